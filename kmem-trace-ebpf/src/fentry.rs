@@ -1,0 +1,125 @@
+//! fentry/fexit-family hooks (BPF trampolines) on the memcg css callbacks. The
+//! target function is chosen at load time by userspace, so the names given to
+//! the macros are defaults only.
+
+use aya_ebpf::{
+    macros::{fentry, fexit},
+    programs::{FEntryContext, FExitContext},
+};
+use kmem_trace_common::{flags, hook, EventKind};
+
+use crate::{
+    emit::{emit, kmem_active, Subject},
+    kprobes::{bad_ptr, on_id_put},
+    read::{lay, memcg_from_css, rd},
+};
+
+#[fexit(function = "mem_cgroup_css_alloc")]
+pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
+    if let Ok(css) = ctx.ret::<u64>() {
+        if !bad_ptr(css) {
+            let subj = Subject {
+                memcg: memcg_from_css(css),
+                cgrp: 0,
+            };
+            emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
+        }
+    }
+    0
+}
+
+/// fexit sees both the css argument and the result, so online and the kmem
+/// state `memcg_online_kmem()` left behind are reported together.
+#[fexit(function = "mem_cgroup_css_online")]
+pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
+    let css: u64 = ctx.arg::<u64>(0);
+    let ret: i32 = ctx.ret::<i32>().unwrap_or(-1);
+    if css == 0 || ret != 0 {
+        return 0;
+    }
+    let subj = Subject::from_css(css);
+    emit(hook::FENTRY_CSS_ONLINE, EventKind::Online, 0, &subj, 0);
+    if kmem_active(subj.memcg) {
+        let kid = rd::<i32>(subj.memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
+        emit(
+            hook::FENTRY_CSS_ONLINE,
+            EventKind::KmemActivate,
+            flags::INFERRED,
+            &subj,
+            kid as i64 as u64,
+        );
+    }
+    0
+}
+
+#[fentry(function = "mem_cgroup_css_offline")]
+pub fn kt_fentry_css_offline(ctx: FEntryContext) -> i32 {
+    let css: u64 = ctx.arg::<u64>(0);
+    if css != 0 {
+        emit(
+            hook::FENTRY_CSS_OFFLINE,
+            EventKind::Offline,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+#[fentry(function = "mem_cgroup_css_released")]
+pub fn kt_fentry_css_released(ctx: FEntryContext) -> i32 {
+    let css: u64 = ctx.arg::<u64>(0);
+    if css != 0 {
+        emit(
+            hook::FENTRY_CSS_RELEASED,
+            EventKind::Released,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+#[fentry(function = "mem_cgroup_css_free")]
+pub fn kt_fentry_css_free(ctx: FEntryContext) -> i32 {
+    let css: u64 = ctx.arg::<u64>(0);
+    if css != 0 {
+        emit(
+            hook::FENTRY_CSS_FREE,
+            EventKind::Free,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+#[fentry(function = "mem_cgroup_id_put_many")]
+pub fn kt_fentry_id_put_many(ctx: FEntryContext) -> i32 {
+    let memcg: u64 = ctx.arg::<u64>(0);
+    let n: u32 = ctx.arg::<u32>(1);
+    on_id_put(hook::FENTRY_ID_PUT, memcg, n);
+    0
+}
+
+/// Direct kmem activation where the kernel has `memcg_online_kmem()` as a function.
+#[fexit(function = "memcg_online_kmem")]
+pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
+    let memcg: u64 = ctx.arg::<u64>(0);
+    let ret: i32 = ctx.ret::<i32>().unwrap_or(-1);
+    if ret == 0 && memcg != 0 && kmem_active(memcg) {
+        let css = memcg + lay!(memcg_css) as u64;
+        let kid = rd::<i32>(memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
+        emit(
+            hook::FENTRY_KMEM_ONLINE,
+            EventKind::KmemActivate,
+            0,
+            &Subject::from_css(css),
+            kid as i64 as u64,
+        );
+    }
+    0
+}

@@ -1,0 +1,181 @@
+//! kprobe-family hooks on the memcg css callbacks in `mm/memcontrol.c`. Userspace
+//! attaches each program to the symbol the probe table chose (alternatives such as
+//! `memcg_offline_kmem.part.0` included), so names here are only defaults.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use kmem_trace_common::{flags, hook, EventKind};
+
+use crate::{
+    emit::{emit, kmem_active, Subject},
+    maps::STASH,
+    read::{lay, memcg_from_css, rd},
+};
+
+/// True for NULL and `ERR_PTR()` values.
+#[inline(always)]
+pub fn bad_ptr(p: u64) -> bool {
+    p == 0 || p >= (-4095i64) as u64
+}
+
+/// `mem_cgroup_css_alloc()` returns the new css with its ID assigned by
+/// `mem_cgroup_alloc()`; `css->cgroup` is only set afterwards (`init_and_link_css`).
+#[kretprobe]
+pub fn kt_kretprobe_css_alloc(ctx: RetProbeContext) -> u32 {
+    let css: u64 = ctx.ret::<u64>();
+    if !bad_ptr(css) {
+        let subj = Subject {
+            memcg: memcg_from_css(css),
+            cgrp: 0,
+        };
+        emit(hook::KPROBE_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
+    }
+    0
+}
+
+/// Stashes the css so the return probe can report online and the kmem state
+/// `memcg_online_kmem()` (called inside `mem_cgroup_css_online()`) left behind.
+#[kprobe]
+pub fn kt_kprobe_css_online(ctx: ProbeContext) -> u32 {
+    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    let key = bpf_get_current_pid_tgid();
+    let _ = STASH.insert(&key, &css, 0);
+    0
+}
+
+#[kretprobe]
+pub fn kt_kretprobe_css_online(ctx: RetProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    let css = match unsafe { STASH.get(&key) } {
+        Some(v) => *v,
+        None => return 0,
+    };
+    let _ = STASH.remove(&key);
+    let ret: i32 = ctx.ret::<i32>();
+    if ret != 0 || css == 0 {
+        return 0;
+    }
+    let subj = Subject::from_css(css);
+    emit(hook::KPROBE_CSS_ONLINE, EventKind::Online, 0, &subj, 0);
+    if kmem_active(subj.memcg) {
+        let kid = rd::<i32>(subj.memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
+        emit(
+            hook::KPROBE_CSS_ONLINE,
+            EventKind::KmemActivate,
+            flags::INFERRED,
+            &subj,
+            kid as i64 as u64,
+        );
+    }
+    0
+}
+
+#[kprobe]
+pub fn kt_kprobe_css_offline(ctx: ProbeContext) -> u32 {
+    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    if css != 0 {
+        emit(
+            hook::KPROBE_CSS_OFFLINE,
+            EventKind::Offline,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+#[kprobe]
+pub fn kt_kprobe_css_released(ctx: ProbeContext) -> u32 {
+    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    if css != 0 {
+        emit(
+            hook::KPROBE_CSS_RELEASED,
+            EventKind::Released,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+#[kprobe]
+pub fn kt_kprobe_css_free(ctx: ProbeContext) -> u32 {
+    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    if css != 0 {
+        emit(
+            hook::KPROBE_CSS_FREE,
+            EventKind::Free,
+            0,
+            &Subject::from_css(css),
+            0,
+        );
+    }
+    0
+}
+
+/// `mem_cgroup_id_put_many(memcg, n)`: the ID goes back to the IDR/xarray when
+/// the reference count drops to zero (`mem_cgroup_id_remove()`), i.e. when the
+/// count before the put equals `n`.
+#[kprobe]
+pub fn kt_kprobe_id_put_many(ctx: ProbeContext) -> u32 {
+    let memcg: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    let n: u32 = ctx.arg::<u32>(1).unwrap_or(0);
+    on_id_put(hook::KPROBE_ID_PUT, memcg, n);
+    0
+}
+
+#[inline(always)]
+pub fn on_id_put(hook_id: u16, memcg: u64, n: u32) {
+    if memcg == 0 {
+        return;
+    }
+    let Some(refs) = rd::<i32>(memcg, lay!(memcg_id_ref)) else {
+        return;
+    };
+    if refs as u32 == n {
+        let subj = Subject {
+            memcg,
+            cgrp: crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
+        };
+        emit(hook_id, EventKind::IdRelease, 0, &subj, n as u64);
+    }
+}
+
+/// Direct kmem activation (`memcg_online_kmem(memcg)` 4.x-6.0,
+/// `memcg_activate_kmem(memcg, limit)` on 3.10): stash the memcg...
+#[kprobe]
+pub fn kt_kprobe_kmem_online(ctx: ProbeContext) -> u32 {
+    let memcg: u64 = ctx.arg::<u64>(0).unwrap_or(0);
+    let key = bpf_get_current_pid_tgid() ^ 0x8000_0000_0000_0000;
+    let _ = STASH.insert(&key, &memcg, 0);
+    0
+}
+
+/// ...and report it when the function returned 0 and left kmem active.
+#[kretprobe]
+pub fn kt_kretprobe_kmem_online(ctx: RetProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid() ^ 0x8000_0000_0000_0000;
+    let memcg = match unsafe { STASH.get(&key) } {
+        Some(v) => *v,
+        None => return 0,
+    };
+    let _ = STASH.remove(&key);
+    let ret: i32 = ctx.ret::<i32>();
+    if ret == 0 && memcg != 0 && kmem_active(memcg) {
+        let css = memcg + lay!(memcg_css) as u64;
+        let kid = rd::<i32>(memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
+        emit(
+            hook::KPROBE_KMEM_ONLINE,
+            EventKind::KmemActivate,
+            0,
+            &Subject::from_css(css),
+            kid as i64 as u64,
+        );
+    }
+    0
+}

@@ -1,0 +1,97 @@
+//! Kernel memory reads through BTF-resolved offsets: every read goes through
+//! `bpf_probe_read_kernel`, so a stale pointer yields an error, never a fault.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use kmem_trace_common::{stat, ABSENT};
+
+use crate::maps::{LAYOUT, STATS};
+
+/// Reads one `Layout` member. `read_volatile` keeps LLVM from folding the
+/// compile-time default; the kernel sees the value userspace wrote into `.rodata`.
+macro_rules! lay {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const crate::maps::LAYOUT.$field) }
+    };
+}
+pub(crate) use lay;
+
+/// Reads a `T` at `base + off`, or `None` when the member is absent on this kernel,
+/// the base is NULL, or the read faults.
+#[inline(always)]
+pub fn rd<T>(base: u64, off: u32) -> Option<T> {
+    if base == 0 || off == ABSENT {
+        return None;
+    }
+    match unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            count(stat::READ_FAULTS);
+            None
+        }
+    }
+}
+
+/// Reads a pointer-sized value at `base + off`, 0 on failure.
+#[inline(always)]
+pub fn rd_ptr(base: u64, off: u32) -> u64 {
+    rd::<u64>(base, off).unwrap_or(0)
+}
+
+/// Copies `dst.len()` bytes at `base + off`; false on failure.
+#[inline(always)]
+pub fn rd_buf(base: u64, off: u32, dst: &mut [u8]) -> bool {
+    if base == 0 || off == ABSENT {
+        return false;
+    }
+    unsafe { bpf_probe_read_kernel_buf((base + off as u64) as *const u8, dst).is_ok() }
+}
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(idx: u32) {
+    if let Some(p) = STATS.get_ptr_mut(idx) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// The memory controller's index in `cgroup.subsys[]`.
+#[inline(always)]
+pub fn memory_subsys_id() -> u32 {
+    lay!(memory_subsys_id)
+}
+
+/// True when `cgrp` belongs to a hierarchy the memory controller is bound to
+/// (`cgroup_root.subsys_mask` has the bit): a v1 memory hierarchy or a v2 root
+/// with the controller.
+#[inline(always)]
+pub fn on_memory_hierarchy(cgrp: u64) -> bool {
+    let root = rd_ptr(cgrp, lay!(cgroup_root));
+    let mask: u32 = match rd(root, lay!(root_subsys_mask)) {
+        Some(m) => m,
+        None => return false,
+    };
+    let id = memory_subsys_id();
+    id < 32 && mask & (1u32 << id) != 0
+}
+
+/// `cgroup->subsys[memory_cgrp_id]`: the memcg css, NULL when the cgroup has no
+/// memory css (v2 without `+memory`, or after `offline_css()` cleared it).
+#[inline(always)]
+pub fn memcg_of_cgroup(cgrp: u64) -> u64 {
+    let base = lay!(cgroup_subsys);
+    let id = memory_subsys_id();
+    if base == ABSENT || id >= 16 {
+        return 0;
+    }
+    rd_ptr(cgrp, base + id * 8)
+}
+
+/// The `struct mem_cgroup` address from its embedded css.
+#[inline(always)]
+pub fn memcg_from_css(css: u64) -> u64 {
+    let off = unsafe { core::ptr::read_volatile(&raw const LAYOUT.memcg_css) };
+    if css == 0 || off == ABSENT {
+        return css;
+    }
+    css - off as u64
+}

@@ -1,0 +1,158 @@
+//! Command-line interface (clap). Shared by `main.rs` and by xtask, which
+//! generates shell completions and the man page from it.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::{HookMode, Point};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kmem-trace",
+    version,
+    about = "Trace the Linux memory-cgroup lifecycle and find zombie memcgs, with who made them",
+    long_about = "kmem-trace attaches eBPF programs to the memcg lifecycle (alloc, online, offline, \
+                  released, free, ID release, kmem activation), keeps the live and dying memcgs with \
+                  their IDs, and tells which memcgs are zombies: removed from cgroupfs but still \
+                  allocated in the kernel."
+)]
+pub struct Cli {
+    /// Show start-up choices (hooks, kernel layout) and debug logs.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream memcg lifecycle events live, with counts of live, dying and zombie memcgs.
+    Watch(WatchArgs),
+    /// Show which hook each lifecycle point uses on this kernel, and why others were rejected.
+    Probes(ProbesArgs),
+    /// Replay a recording (`watch --record FILE`) through the same pipeline.
+    Replay(ReplayArgs),
+}
+
+/// Options shared by everything that loads the probes.
+#[derive(Debug, Args, Clone)]
+pub struct ProbeArgs {
+    /// Hook family: auto picks per lifecycle point what the kernel supports.
+    #[arg(long, value_enum, default_value_t = HookMode::Auto)]
+    pub hooks: HookMode,
+    /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Force the symbol a lifecycle point hooks (testing: POINT=SYMBOL).
+    #[arg(long, value_name = "POINT=SYMBOL", value_parser = parse_forced, hide = true)]
+    pub force_symbol: Vec<(Point, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// One JSON object per line per event, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// A memcg dying for longer than this is a zombie.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
+    pub zombie_after: Duration,
+    /// Size of the memcg ID space.
+    #[arg(long, default_value_t = kmem_trace_common::MEMCG_ID_MAX, value_name = "N")]
+    pub id_limit: u32,
+    /// Ring-buffer size in bytes (power of two, at least 4096).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_buffer_size: u32,
+    /// Also write every raw event to FILE (replay it with `kmem-trace replay`).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// A recording made with `watch --record`.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
+    pub zombie_after: Duration,
+}
+
+/// Durations like `60s`, `5m`, `14d`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. 30s, 5m, 14d"))
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number of bytes"))?;
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!(
+            "ring buffer size must be a power of two of at least 4096 bytes, got {v}"
+        ));
+    }
+    Ok(v)
+}
+
+fn parse_forced(s: &str) -> Result<(Point, String), String> {
+    let (p, sym) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected POINT=SYMBOL, got {s:?}"))?;
+    let point = <Point as clap::ValueEnum>::from_str(p, true)
+        .map_err(|_| format!("unknown lifecycle point {p:?}"))?;
+    if sym.is_empty() {
+        return Err("empty symbol".into());
+    }
+    Ok((point, sym.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86400)
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("use e.g. 30s"));
+        assert_eq!(parse_ring_size("4096").unwrap(), 4096);
+        assert!(parse_ring_size("5000").is_err());
+        assert_eq!(
+            parse_forced("offline=foo").unwrap(),
+            (Point::Offline, "foo".into())
+        );
+        assert!(parse_forced("nope=foo").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        let e = Cli::try_parse_from(["kmem-trace", "watch", "--hooks", "magic"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
+        let e = Cli::try_parse_from(["kmem-trace", "watch", "--frobnicate"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
+}

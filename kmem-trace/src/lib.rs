@@ -1,0 +1,14 @@
+//! kmem-trace: an eBPF tracer for the Linux memory-cgroup lifecycle.
+//!
+//! The pipeline runs one way: [`probes`] (the only code that talks to aya and the
+//! kernel) → [`decode`] (bytes → typed events) → [`lifecycle`] (the memcg state
+//! machine) → [`outputs`]. [`cgroupfs`] feeds the lifecycle's cgroup tree from
+//! the side; [`watch`] drives the whole line.
+
+pub mod cgroupfs;
+pub mod cli;
+pub mod decode;
+pub mod lifecycle;
+pub mod outputs;
+pub mod probes;
+pub mod watch;

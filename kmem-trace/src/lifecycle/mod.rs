@@ -1,0 +1,519 @@
+//! The memcg state machine: Live → Dying (offline seen) → Freed, keyed by kernel
+//! address and by memcg ID, with the cgroup tree for paths. A zombie is a memcg
+//! dying for longer than `zombie_after`. Pure: fed by decoded events, the census
+//! and the history; no I/O.
+
+pub mod task;
+pub mod tree;
+
+use std::{collections::HashMap, sync::Arc};
+
+use hdrhistogram::Histogram;
+use kmem_trace_common::{flags, EventKind, MEMCG_ID_MAX};
+use serde::Serialize;
+
+pub use task::{Comm, Task};
+pub use tree::{CgroupKey, CgroupTree};
+
+use crate::decode::{Counters, TraceEvent};
+
+/// Errors of the lifecycle configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("--id-limit must be between 1 and {MEMCG_ID_MAX}, got {0}")]
+    IdLimit(u32),
+}
+
+/// How the state machine interprets events.
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    /// A memcg dying longer than this is a zombie.
+    pub zombie_after_ns: u64,
+    /// Size of the memcg ID space (65535).
+    pub id_limit: u32,
+    /// When no hook sees `id_release`: the kernel frees the ID at offline
+    /// (4.6+, `mem_cgroup_css_offline()` → `mem_cgroup_id_put()`) unless swap
+    /// entries still hold it.
+    pub id_freed_at_offline: bool,
+    /// Residents kept per memcg.
+    pub max_residents: usize,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            zombie_after_ns: 60_000_000_000,
+            id_limit: MEMCG_ID_MAX,
+            id_freed_at_offline: true,
+            max_residents: 8,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    pub fn validate(&self) -> Result<(), LifecycleError> {
+        if self.id_limit == 0 || self.id_limit > MEMCG_ID_MAX {
+            return Err(LifecycleError::IdLimit(self.id_limit));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Live,
+    Dying,
+    Freed,
+}
+
+/// Where kmem-trace learned about a memcg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Seen from its creation by the probes.
+    Traced,
+    /// Found by the census at start (created before kmem-trace ran).
+    Census,
+    /// Restored from the history database.
+    History,
+    /// First seen at a later lifecycle point (created before kmem-trace ran).
+    Partial,
+}
+
+/// One memcg as kmem-trace knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memcg {
+    #[serde(serialize_with = "hex")]
+    pub addr: u64,
+    pub memcg_id: u32,
+    pub hierarchy_id: u32,
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub path: Arc<str>,
+    pub state: State,
+    pub kmem_active: bool,
+    pub id_released: bool,
+    pub alloc_ns: Option<u64>,
+    pub online_ns: Option<u64>,
+    pub offline_ns: Option<u64>,
+    pub released_ns: Option<u64>,
+    pub free_ns: Option<u64>,
+    pub at_offline: Counters,
+    pub creator: Option<Task>,
+    pub residents: Vec<Task>,
+    /// Residents not kept because `max_residents` was reached.
+    pub residents_dropped: u32,
+    pub last_resident: Option<Task>,
+    pub origin: Origin,
+}
+
+fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:#x}"))
+}
+
+impl Memcg {
+    pub fn new(addr: u64, memcg_id: u32, origin: Origin) -> Memcg {
+        Memcg {
+            addr,
+            memcg_id,
+            hierarchy_id: 0,
+            cgroup_id: 0,
+            level: 0,
+            path: Arc::from(""),
+            state: State::Live,
+            kmem_active: false,
+            id_released: false,
+            alloc_ns: None,
+            online_ns: None,
+            offline_ns: None,
+            released_ns: None,
+            free_ns: None,
+            at_offline: Counters::default(),
+            creator: None,
+            residents: Vec::new(),
+            residents_dropped: 0,
+            last_resident: None,
+            origin,
+        }
+    }
+
+    /// Dying for at least `zombie_after_ns` at `now_ns`; a memcg found dying by
+    /// the census (offline time unknown) counts as a zombie right away.
+    pub fn is_zombie(&self, now_ns: u64, zombie_after_ns: u64) -> bool {
+        self.state == State::Dying
+            && self
+                .offline_ns
+                .is_none_or(|off| now_ns.saturating_sub(off) >= zombie_after_ns)
+    }
+
+    pub fn key(&self) -> Option<CgroupKey> {
+        (self.cgroup_id != 0).then_some((self.hierarchy_id, self.cgroup_id))
+    }
+}
+
+/// Something inconsistent the event stream showed (kept and counted, never fatal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anomaly {
+    /// A lifecycle event for a memcg kmem-trace never saw created.
+    Untracked,
+    /// A new memcg at an address still held by one never seen freed.
+    MissedFree,
+    /// A memcg ID handed out again while another memcg held it.
+    IdReused,
+}
+
+/// What applying one event did.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    pub addr: Option<u64>,
+    pub memcg_id: Option<u32>,
+    pub path: Option<Arc<str>>,
+    /// State after the event.
+    pub state: Option<State>,
+    /// The final record of a memcg this event freed.
+    pub freed: Option<Box<Memcg>>,
+    pub anomaly: Option<Anomaly>,
+}
+
+impl Applied {
+    fn none(anomaly: Option<Anomaly>) -> Applied {
+        Applied {
+            addr: None,
+            memcg_id: None,
+            path: None,
+            state: None,
+            freed: None,
+            anomaly,
+        }
+    }
+}
+
+/// Counts for headers, summaries and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub live: u64,
+    pub dying: u64,
+    pub zombies: u64,
+    pub ids_in_use: u64,
+    pub id_limit: u32,
+    pub freed: u64,
+    pub untracked: u64,
+    pub missed_frees: u64,
+    pub ids_reused: u64,
+}
+
+/// The state machine.
+pub struct Lifecycle {
+    cfg: LifecycleConfig,
+    memcgs: HashMap<u64, Memcg>,
+    by_id: HashMap<u32, u64>,
+    by_cgroup: HashMap<CgroupKey, u64>,
+    pub tree: CgroupTree,
+    /// Offline → free latency in microseconds.
+    pub offline_to_free_us: Histogram<u64>,
+    /// Events applied, indexed by `EventKind as usize`.
+    pub events: [u64; 16],
+    freed: u64,
+    untracked: u64,
+    missed_frees: u64,
+    ids_reused: u64,
+}
+
+impl Lifecycle {
+    pub fn new(cfg: LifecycleConfig) -> Result<Lifecycle, LifecycleError> {
+        cfg.validate()?;
+        Ok(Lifecycle {
+            cfg,
+            memcgs: HashMap::new(),
+            by_id: HashMap::new(),
+            by_cgroup: HashMap::new(),
+            tree: CgroupTree::default(),
+            // 1 µs .. ~1 year, 3 significant digits.
+            offline_to_free_us: Histogram::new_with_bounds(1, 31_536_000_000_000, 3)
+                .expect("static bounds"),
+            events: [0; 16],
+            freed: 0,
+            untracked: 0,
+            missed_frees: 0,
+            ids_reused: 0,
+        })
+    }
+
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.cfg
+    }
+
+    /// Adds a cgroup directory found by scanning cgroupfs.
+    pub fn seed_cgroup(&mut self, key: CgroupKey, parent: u64, name: &str) {
+        self.tree.insert(key, parent, name);
+    }
+
+    /// Adds (or replaces) a memcg found by the census or restored from history.
+    pub fn seed_memcg(&mut self, mut m: Memcg) {
+        if let Some(key) = m.key() {
+            if m.path.is_empty() {
+                m.path = self.tree.path(key);
+            }
+            self.by_cgroup.insert(key, m.addr);
+        }
+        if m.memcg_id != 0 && !m.id_released {
+            self.by_id.insert(m.memcg_id, m.addr);
+        }
+        self.memcgs.insert(m.addr, m);
+    }
+
+    pub fn get(&self, addr: u64) -> Option<&Memcg> {
+        self.memcgs.get(&addr)
+    }
+
+    pub fn get_mut(&mut self, addr: u64) -> Option<&mut Memcg> {
+        self.memcgs.get_mut(&addr)
+    }
+
+    pub fn by_memcg_id(&self, id: u32) -> Option<&Memcg> {
+        self.by_id.get(&id).and_then(|a| self.memcgs.get(a))
+    }
+
+    pub fn by_cgroup(&self, key: CgroupKey) -> Option<&Memcg> {
+        self.by_cgroup.get(&key).and_then(|a| self.memcgs.get(a))
+    }
+
+    /// Every memcg not yet freed.
+    pub fn memcgs(&self) -> impl Iterator<Item = &Memcg> {
+        self.memcgs.values()
+    }
+
+    pub fn dying(&self) -> impl Iterator<Item = &Memcg> {
+        self.memcgs.values().filter(|m| m.state == State::Dying)
+    }
+
+    pub fn counts(&self, now_ns: u64) -> Counts {
+        let mut c = Counts {
+            id_limit: self.cfg.id_limit,
+            freed: self.freed,
+            untracked: self.untracked,
+            missed_frees: self.missed_frees,
+            ids_reused: self.ids_reused,
+            ..Counts::default()
+        };
+        for m in self.memcgs.values() {
+            match m.state {
+                State::Live => c.live += 1,
+                State::Dying => {
+                    c.dying += 1;
+                    if m.is_zombie(now_ns, self.cfg.zombie_after_ns) {
+                        c.zombies += 1;
+                    }
+                }
+                State::Freed => {}
+            }
+            if !m.id_released && m.state != State::Freed {
+                c.ids_in_use += 1;
+            }
+        }
+        c
+    }
+
+    /// Applies one event. Unknown memcgs and inconsistencies are counted, never fatal.
+    pub fn apply(&mut self, ev: &TraceEvent) -> Applied {
+        self.events[ev.kind as usize] += 1;
+        match ev.kind {
+            EventKind::Alloc => self.on_alloc(ev),
+            EventKind::Free => self.on_free(ev),
+            EventKind::Census => {
+                // Census records are turned into `Memcg`s by the census module.
+                Applied::none(None)
+            }
+            _ => self.on_transition(ev),
+        }
+    }
+
+    fn on_alloc(&mut self, ev: &TraceEvent) -> Applied {
+        let Some(addr) = ev.memcg_addr() else {
+            self.untracked += 1;
+            return Applied::none(Some(Anomaly::Untracked));
+        };
+        let mut anomaly = None;
+        if let Some(old) = self.memcgs.remove(&addr) {
+            // The address was reused: the old memcg was freed without us seeing it.
+            self.missed_frees += 1;
+            anomaly = Some(Anomaly::MissedFree);
+            self.forget(&old);
+        }
+        let id = ev.raw.memcg_id;
+        if let Some(holder) = self.by_id.insert(id, addr) {
+            if let Some(h) = self.memcgs.get_mut(&holder) {
+                // The kernel only hands out a free ID: the holder's release was unseen.
+                h.id_released = true;
+                self.ids_reused += 1;
+                anomaly = anomaly.or(Some(Anomaly::IdReused));
+            }
+        }
+        let mut m = Memcg::new(addr, id, Origin::Traced);
+        m.alloc_ns = Some(ev.ts_ns());
+        m.creator = Some(Task::actor(ev));
+        self.memcgs.insert(addr, m);
+        let mut applied = self.on_transition(ev);
+        applied.anomaly = anomaly.or(applied.anomaly);
+        applied
+    }
+
+    /// Every event other than alloc and free: find (or start) the memcg and
+    /// update it.
+    fn on_transition(&mut self, ev: &TraceEvent) -> Applied {
+        let Some(addr) = self.resolve(ev) else {
+            self.untracked += 1;
+            return Applied::none(Some(Anomaly::Untracked));
+        };
+        let mut anomaly = None;
+        if !self.memcgs.contains_key(&addr) {
+            // Created before kmem-trace started and not in the census.
+            self.untracked += 1;
+            anomaly = Some(Anomaly::Untracked);
+            let mut m = Memcg::new(addr, ev.raw.memcg_id, Origin::Partial);
+            if ev.kind == EventKind::Online {
+                m.creator = Some(Task::actor(ev));
+            }
+            if ev.memcg_id().is_some() && !self.by_id.contains_key(&ev.raw.memcg_id) {
+                self.by_id.insert(ev.raw.memcg_id, addr);
+            }
+            self.memcgs.insert(addr, m);
+        }
+        self.learn_cgroup(addr, ev);
+        let cfg_id_at_offline = self.cfg.id_freed_at_offline;
+        let max_residents = self.cfg.max_residents;
+        let m = self.memcgs.get_mut(&addr).expect("inserted above");
+        let ts = ev.ts_ns();
+        match ev.kind {
+            EventKind::Online => {
+                m.online_ns.get_or_insert(ts);
+                if m.creator.is_none() {
+                    m.creator = Some(Task::actor(ev));
+                }
+            }
+            EventKind::KmemActivate => m.kmem_active = true,
+            EventKind::Offline => {
+                m.state = State::Dying;
+                m.offline_ns = Some(ts);
+                m.at_offline = ev.counters();
+                if ev.has(flags::KMEM_ACTIVE) {
+                    m.kmem_active = true;
+                }
+                // Swap entries keep the ID (mem_cgroup_id_get_many() at swap-out).
+                if cfg_id_at_offline && m.at_offline.swap_pages.unwrap_or(0) == 0 {
+                    m.id_released = true;
+                }
+            }
+            EventKind::Released => {
+                m.released_ns = Some(ts);
+                if m.state == State::Live {
+                    m.state = State::Dying;
+                }
+            }
+            EventKind::IdRelease => m.id_released = true,
+            EventKind::Resident => {
+                let t = Task::subject(ev);
+                if m.residents.len() < max_residents {
+                    if !m.residents.iter().any(|r| r.tgid == t.tgid) {
+                        m.residents.push(t.clone());
+                    }
+                } else if !m.residents.iter().any(|r| r.tgid == t.tgid) {
+                    m.residents_dropped += 1;
+                }
+                m.last_resident = Some(t);
+            }
+            EventKind::Alloc | EventKind::Free | EventKind::Census => {}
+        }
+        let (id, path, state, released) = (m.memcg_id, m.path.clone(), m.state, m.id_released);
+        if (ev.kind == EventKind::IdRelease || released) && self.by_id.get(&id) == Some(&addr) {
+            self.by_id.remove(&id);
+        }
+        Applied {
+            addr: Some(addr),
+            memcg_id: Some(id),
+            path: Some(path),
+            state: Some(state),
+            freed: None,
+            anomaly,
+        }
+    }
+
+    fn on_free(&mut self, ev: &TraceEvent) -> Applied {
+        let Some(addr) = self.resolve(ev) else {
+            self.untracked += 1;
+            return Applied::none(Some(Anomaly::Untracked));
+        };
+        let Some(mut m) = self.memcgs.remove(&addr) else {
+            self.untracked += 1;
+            let mut a = Applied::none(Some(Anomaly::Untracked));
+            a.addr = Some(addr);
+            a.memcg_id = ev.memcg_id();
+            return a;
+        };
+        m.state = State::Freed;
+        m.free_ns = Some(ev.ts_ns());
+        m.id_released = true;
+        if let Some(off) = m.offline_ns {
+            let us = (ev.ts_ns().saturating_sub(off) / 1000).max(1);
+            let _ = self.offline_to_free_us.record(us);
+        }
+        self.freed += 1;
+        self.forget(&m);
+        Applied {
+            addr: Some(addr),
+            memcg_id: Some(m.memcg_id),
+            path: Some(m.path.clone()),
+            state: Some(State::Freed),
+            freed: Some(Box::new(m)),
+            anomaly: None,
+        }
+    }
+
+    /// The memcg an event is about: its address, or (hooks without the memcg,
+    /// such as `cgroup_release`) the memcg recorded for its cgroup.
+    fn resolve(&self, ev: &TraceEvent) -> Option<u64> {
+        ev.memcg_addr().or_else(|| {
+            ev.cgroup_key()
+                .and_then(|k| self.by_cgroup.get(&k).copied())
+        })
+    }
+
+    /// Records cgroup identity and path the first time an event carries them.
+    fn learn_cgroup(&mut self, addr: u64, ev: &TraceEvent) {
+        let Some(key) = ev.cgroup_key() else { return };
+        let parent = if ev.has(flags::ROOT) {
+            0
+        } else {
+            ev.raw.parent_cgroup_id
+        };
+        self.tree.insert(key, parent, &ev.name());
+        let m = self.memcgs.get_mut(&addr).expect("caller checked");
+        if m.cgroup_id == 0 {
+            m.hierarchy_id = key.0;
+            m.cgroup_id = key.1;
+            m.level = ev.raw.level;
+            self.by_cgroup.insert(key, addr);
+        }
+        if m.path.is_empty() || m.path.contains('?') {
+            m.path = self.tree.path(key);
+        }
+    }
+
+    /// Drops the indexes of a memcg that is gone.
+    fn forget(&mut self, m: &Memcg) {
+        if self.by_id.get(&m.memcg_id) == Some(&m.addr) {
+            self.by_id.remove(&m.memcg_id);
+        }
+        if let Some(key) = m.key() {
+            if self.by_cgroup.get(&key) == Some(&m.addr) {
+                self.by_cgroup.remove(&key);
+                self.tree.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,166 @@
+//! The `kmem-trace` binary: parses the command line and calls the library.
+
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::Parser;
+use kmem_trace::{
+    cli::{Cli, Command, ProbeArgs, ProbesArgs, ReplayArgs, WatchArgs},
+    lifecycle::{Lifecycle, LifecycleConfig},
+    outputs::{json::JsonOutput, line::LineOutput, Clock, Output},
+    probes::{ProbeConfig, Probes},
+    watch,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("{e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            let _ = writeln!(std::io::stderr(), "kmem-trace: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose > 0;
+    match cli.command {
+        Command::Watch(args) => cmd_watch(args, verbose),
+        Command::Probes(args) => cmd_probes(args, verbose),
+        Command::Replay(args) => cmd_replay(args),
+    }
+}
+
+fn probe_config(p: &ProbeArgs) -> ProbeConfig {
+    ProbeConfig {
+        mode: p.hooks,
+        btf: p.btf.clone(),
+        forced_symbols: p.force_symbol.clone(),
+        ..ProbeConfig::default()
+    }
+}
+
+fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let cfg = watch::WatchConfig {
+        probe: ProbeConfig {
+            ring_bytes: args.ring_buffer_size,
+            ..probe_config(&args.probe)
+        },
+        lifecycle: LifecycleConfig {
+            zombie_after_ns: args.zombie_after.as_nanos() as u64,
+            id_limit: args.id_limit,
+            ..LifecycleConfig::default()
+        },
+        duration: args.duration,
+        record: args.record.clone(),
+        tick: Duration::from_millis(if std::io::stdout().is_terminal() {
+            250
+        } else {
+            1000
+        }),
+    };
+    let (probes, lifecycle) = watch::start(&cfg)?;
+    if verbose {
+        eprint!("{}", probes.report.render(true));
+    }
+    let blind: Vec<&str> = probes
+        .report
+        .blind_points()
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    eprintln!(
+        "kmem-trace: watching with {} hooks{}; Ctrl-C stops",
+        probes.report.family_in_use(),
+        if blind.is_empty() {
+            String::new()
+        } else {
+            format!(" (not visible: {})", blind.join(", "))
+        }
+    );
+    let labels = watch::hook_labels(&probes.report);
+    let stdout = std::io::stdout().lock();
+    let mut out: Box<dyn Output> = if args.json {
+        Box::new(JsonOutput::new(
+            std::io::BufWriter::new(stdout),
+            Clock::measure(),
+            labels,
+        ))
+    } else {
+        let tty = std::io::stdout().is_terminal();
+        Box::new(LineOutput::new(
+            std::io::BufWriter::new(stdout),
+            Clock::measure(),
+            labels,
+            tty,
+        ))
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(watch::run(&cfg, probes, lifecycle, out.as_mut()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_probes(args: ProbesArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let cfg = ProbeConfig {
+        try_all: true,
+        ..probe_config(&args.probe)
+    };
+    let mut probes = Probes::start(&cfg)?;
+    probes.detach();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&probes.report)?);
+    } else {
+        print!("{}", probes.report.render(verbose));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let lc = Lifecycle::new(LifecycleConfig {
+        zombie_after_ns: args.zombie_after.as_nanos() as u64,
+        ..LifecycleConfig::default()
+    })?;
+    let bytes_header =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let clock = match kmem_trace::decode::decode_recording_lossy(&bytes_header) {
+        Ok((h, _, _)) => Clock::from_offset(h.wall_offset_ns),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", args.file.display())),
+    };
+    let stdout = std::io::stdout().lock();
+    let mut out: Box<dyn Output> = if args.json {
+        Box::new(JsonOutput::new(
+            std::io::BufWriter::new(stdout),
+            clock,
+            Default::default(),
+        ))
+    } else {
+        Box::new(LineOutput::new(
+            std::io::BufWriter::new(stdout),
+            clock,
+            Default::default(),
+            false,
+        ))
+    };
+    watch::replay(&args.file, lc, out.as_mut())?;
+    Ok(ExitCode::SUCCESS)
+}

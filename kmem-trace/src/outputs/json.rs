@@ -1,0 +1,123 @@
+//! `--json`: exactly one JSON object per line per event, then one summary object.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
+use crate::{
+    decode::TraceEvent,
+    lifecycle::{Applied, State},
+};
+
+/// One event line.
+#[derive(Serialize)]
+pub struct JsonEvent<'a> {
+    pub kind: &'static str,
+    pub ts: String,
+    pub ts_ns: u64,
+    pub memcg_id: Option<u32>,
+    pub memcg_addr: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub parent_cgroup_id: Option<u64>,
+    pub hierarchy_id: u32,
+    pub level: u32,
+    pub name: &'a str,
+    pub path: Option<&'a str>,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: &'a str,
+    pub ppid: u32,
+    pub pcomm: &'a str,
+    pub hook: Option<&'a str>,
+    pub inferred: bool,
+    pub kmem_active: bool,
+    pub state: Option<State>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kmem_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::lifecycle::Anomaly>,
+}
+
+pub struct JsonOutput<W: Write> {
+    w: W,
+    clock: Clock,
+    hooks: HookLabels,
+    page: u64,
+}
+
+impl<W: Write> JsonOutput<W> {
+    pub fn new(w: W, clock: Clock, hooks: HookLabels) -> Self {
+        JsonOutput {
+            w,
+            clock,
+            hooks,
+            page: page_size(),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+}
+
+impl<W: Write> Output for JsonOutput<W> {
+    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
+        let name = ev.name();
+        let comm = ev.comm();
+        let pcomm = ev.pcomm();
+        let c = ev.counters();
+        let page = self.page;
+        let line = JsonEvent {
+            kind: ev.kind.name(),
+            ts: self.clock.rfc3339(ev.ts_ns()),
+            ts_ns: ev.ts_ns(),
+            memcg_id: applied.memcg_id.or(ev.memcg_id()),
+            memcg_addr: applied.addr.or(ev.memcg_addr()).map(|a| format!("{a:#x}")),
+            cgroup_id: ev.cgroup_key().map(|k| k.1),
+            parent_cgroup_id: ev.cgroup_key().map(|_| ev.raw.parent_cgroup_id),
+            hierarchy_id: ev.raw.hierarchy_id,
+            level: ev.raw.level,
+            name: &name,
+            path: applied.path.as_deref(),
+            pid: ev.raw.pid,
+            tgid: ev.raw.tgid,
+            comm: &comm,
+            ppid: ev.raw.ppid,
+            pcomm: &pcomm,
+            hook: self.hooks.get(&ev.raw.hook).map(|s| &**s),
+            inferred: ev.inferred(),
+            kmem_active: ev.has(kmem_trace_common::flags::KMEM_ACTIVE),
+            state: applied.state,
+            mem_bytes: c.mem_pages.map(|p| p * page),
+            kmem_bytes: c.kmem_pages.map(|p| p * page),
+            swap_bytes: c.swap_pages.map(|p| p * page),
+            anomaly: applied.anomaly,
+        };
+        serde_json::to_writer(&mut self.w, &line)?;
+        self.w.write_all(b"\n")?;
+        Ok(())
+    }
+
+    fn status(&mut self, _status: &Status) -> Result<(), OutputError> {
+        // Status lines would break "one object per event"; the summary carries them.
+        self.w.flush()?;
+        Ok(())
+    }
+
+    fn summary(&mut self, summary: &Summary) -> Result<(), OutputError> {
+        serde_json::to_writer(&mut self.w, summary)?;
+        self.w.write_all(b"\n")?;
+        self.w.flush()?;
+        Ok(())
+    }
+
+    fn note(&mut self, msg: &str) -> Result<(), OutputError> {
+        eprintln!("kmem-trace: {msg}");
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Human output: a header line with the counts and one line per event. On a
+//! terminal the header stays on top and the tail scrolls below it; when piped,
+//! plain lines without escape codes, with the header repeated now and then.
+
+use std::{collections::VecDeque, io::Write};
+
+use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
+use crate::{decode::TraceEvent, lifecycle::Applied};
+
+pub struct LineOutput<W: Write> {
+    w: W,
+    clock: Clock,
+    hooks: HookLabels,
+    tty: bool,
+    tail: VecDeque<String>,
+    tail_len: usize,
+    last_header: Option<String>,
+    page: u64,
+}
+
+impl<W: Write> LineOutput<W> {
+    /// `tty`: redraw a fixed header and tail with ANSI codes.
+    pub fn new(w: W, clock: Clock, hooks: HookLabels, tty: bool) -> Self {
+        LineOutput {
+            w,
+            clock,
+            hooks,
+            tty,
+            tail: VecDeque::new(),
+            tail_len: terminal_rows().saturating_sub(4).max(5),
+            last_header: None,
+            page: page_size(),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+
+    fn format_event(&self, ev: &TraceEvent, applied: &Applied) -> String {
+        let id = applied
+            .memcg_id
+            .or(ev.memcg_id())
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "?".into());
+        let path = applied
+            .path
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_else(|| ev.name().into_owned());
+        let mut s = format!(
+            "{} {:<13} id={:<5} {}  pid {} ({}) <- {} ({})",
+            self.clock.hms(ev.ts_ns()),
+            ev.kind.name(),
+            id,
+            if path.is_empty() { "?" } else { &path },
+            ev.raw.tgid,
+            ev.comm(),
+            ev.raw.ppid,
+            ev.pcomm()
+        );
+        let c = ev.counters();
+        if let Some(m) = c.mem_pages {
+            s.push_str(&format!("  mem={}", human_bytes(m * self.page)));
+        }
+        if let Some(k) = c.kmem_pages {
+            s.push_str(&format!(" kmem={}", human_bytes(k * self.page)));
+        }
+        if ev.inferred() {
+            s.push_str("  (inferred)");
+        }
+        if let Some(a) = applied.anomaly {
+            s.push_str(&format!("  [{a:?}]"));
+        }
+        if let Some(h) = self.hooks.get(&ev.raw.hook) {
+            if self.tty {
+                s.push_str(&format!("  via {h}"));
+            }
+        }
+        s
+    }
+
+    fn header(status: &Status) -> String {
+        format!(
+            "live {}  dying {}  zombies {}  IDs {}/{}  drops {}  hooks {}",
+            status.counts.live,
+            status.counts.dying,
+            status.counts.zombies,
+            status.counts.ids_in_use,
+            status.counts.id_limit,
+            status.drops,
+            status.hook_family
+        )
+    }
+
+    fn redraw(&mut self, header: &str) -> Result<(), OutputError> {
+        // Home, clear screen, header in reverse video, then the tail.
+        write!(self.w, "\x1b[H\x1b[2J\x1b[7m{header}\x1b[0m\r\n")?;
+        for l in &self.tail {
+            write!(self.w, "{l}\r\n")?;
+        }
+        self.w.flush()?;
+        Ok(())
+    }
+}
+
+impl<W: Write> Output for LineOutput<W> {
+    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
+        let line = self.format_event(ev, applied);
+        if self.tty {
+            if self.tail.len() == self.tail_len {
+                self.tail.pop_front();
+            }
+            self.tail.push_back(line);
+        } else {
+            writeln!(self.w, "{line}")?;
+        }
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> Result<(), OutputError> {
+        let header = Self::header(status);
+        if self.tty {
+            self.redraw(&header)?;
+        } else if self.last_header.as_deref() != Some(&header) {
+            writeln!(self.w, "# {header}")?;
+            self.w.flush()?;
+        }
+        self.last_header = Some(header);
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Summary) -> Result<(), OutputError> {
+        let header = Self::header(&s.status);
+        if self.tty {
+            self.redraw(&header)?;
+        }
+        let mut kinds: Vec<_> = s.events.iter().filter(|(_, n)| **n > 0).collect();
+        kinds.sort();
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(self.w, "summary after {:.1}s: {header}", s.status.elapsed_s)?;
+        writeln!(
+            self.w,
+            "events: {}",
+            if kinds.is_empty() {
+                "none".into()
+            } else {
+                kinds.join(", ")
+            }
+        )?;
+        if s.offline_to_free.count > 0 {
+            writeln!(
+                self.w,
+                "offline->free: n={} p50={} p99={} max={}",
+                s.offline_to_free.count,
+                human_us(s.offline_to_free.p50_us),
+                human_us(s.offline_to_free.p99_us),
+                human_us(s.offline_to_free.max_us)
+            )?;
+        }
+        if s.status.drops > 0 {
+            writeln!(
+                self.w,
+                "WARNING: {} events were dropped (ring buffer full); raise --ring-buffer-size",
+                s.status.drops
+            )?;
+        }
+        if s.bad_records > 0 {
+            writeln!(
+                self.w,
+                "WARNING: {} records could not be decoded",
+                s.bad_records
+            )?;
+        }
+        self.w.flush()?;
+        Ok(())
+    }
+
+    fn note(&mut self, msg: &str) -> Result<(), OutputError> {
+        if self.tty {
+            self.tail.push_back(format!("! {msg}"));
+        } else {
+            writeln!(self.w, "! {msg}")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn human_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}us")
+    }
+}
+
+fn terminal_rows() -> usize {
+    // SAFETY: winsize is plain data; ioctl fills it or fails.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0 {
+            ws.ws_row as usize
+        } else {
+            24
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(16 << 20), "16.0MiB");
+        assert_eq!(human_us(1500), "1.5ms");
+    }
+}

@@ -1,0 +1,107 @@
+//! Presenting what the lifecycle knows: one JSON object per line, or a human
+//! header and event tail. Outputs only read; they never change the state.
+
+pub mod clock;
+pub mod json;
+pub mod line;
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::Serialize;
+
+pub use clock::Clock;
+
+use crate::{
+    decode::TraceEvent,
+    lifecycle::{Applied, Counts, Lifecycle},
+};
+
+/// Errors of writing output.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Labels of the hooks in use, by `Event::hook` number (`tp_btf cgroup_rmdir`).
+pub type HookLabels = HashMap<u16, Arc<str>>;
+
+/// Live status for headers.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub drops: u64,
+    pub hook_family: String,
+    pub elapsed_s: f64,
+}
+
+/// Offline → free latency summary (microseconds).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
+/// The end-of-run summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub kind: &'static str,
+    #[serde(flatten)]
+    pub status: Status,
+    pub events: HashMap<&'static str, u64>,
+    pub bad_records: u64,
+    pub offline_to_free: Latency,
+}
+
+impl Summary {
+    pub fn new(lc: &Lifecycle, status: Status, bad_records: u64) -> Summary {
+        let events = kmem_trace_common::EventKind::ALL
+            .iter()
+            .filter(|k| **k != kmem_trace_common::EventKind::Census)
+            .map(|k| (k.name(), lc.events[*k as usize]))
+            .collect();
+        let h = &lc.offline_to_free_us;
+        let offline_to_free = if h.is_empty() {
+            Latency::default()
+        } else {
+            Latency {
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                max_us: h.max(),
+            }
+        };
+        Summary {
+            kind: "summary",
+            status,
+            events,
+            bad_records,
+            offline_to_free,
+        }
+    }
+}
+
+/// Where events, headers and the summary go.
+pub trait Output {
+    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError>;
+    fn status(&mut self, status: &Status) -> Result<(), OutputError>;
+    fn summary(&mut self, summary: &Summary) -> Result<(), OutputError>;
+    /// A line of information (drops, warnings); JSON output sends it to stderr.
+    fn note(&mut self, msg: &str) -> Result<(), OutputError>;
+}
+
+/// Bytes of a page (counters are kept in pages).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 {
+        v as u64
+    } else {
+        4096
+    }
+}

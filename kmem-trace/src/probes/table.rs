@@ -1,0 +1,337 @@
+//! The probe table: for each memcg lifecycle point, the hooks that can observe it,
+//! in order of preference, with symbol alternatives and the kernels each row is
+//! meant for. Choosing a hook is data plus the static checks here; `probes/mod.rs`
+//! then tries to load and attach the survivors and falls back on failure.
+
+use std::fmt;
+
+use kmem_trace_common::{hook, EventKind};
+use serde::Serialize;
+
+use super::kernel::KernelVersion;
+
+/// A lifecycle point kmem-trace reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    Alloc,
+    Online,
+    Offline,
+    Released,
+    Free,
+    IdRelease,
+    KmemActivate,
+}
+
+impl Point {
+    pub const ALL: [Point; 7] = [
+        Point::Alloc,
+        Point::Online,
+        Point::Offline,
+        Point::Released,
+        Point::Free,
+        Point::IdRelease,
+        Point::KmemActivate,
+    ];
+
+    pub fn kind(self) -> EventKind {
+        match self {
+            Point::Alloc => EventKind::Alloc,
+            Point::Online => EventKind::Online,
+            Point::Offline => EventKind::Offline,
+            Point::Released => EventKind::Released,
+            Point::Free => EventKind::Free,
+            Point::IdRelease => EventKind::IdRelease,
+            Point::KmemActivate => EventKind::KmemActivate,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.kind().name()
+    }
+}
+
+/// Hook families, in the order `auto` prefers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Fentry, Family::Kprobe, Family::Tracepoint];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Fentry => "fentry",
+            Family::Kprobe => "kprobe",
+            Family::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `--hooks`: a forced family or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum HookMode {
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl HookMode {
+    pub fn allows(self, f: Family) -> bool {
+        match self {
+            HookMode::Auto => true,
+            HookMode::Fentry => f == Family::Fentry,
+            HookMode::Kprobe => f == Family::Kprobe,
+            HookMode::Tracepoint => f == Family::Tracepoint,
+        }
+    }
+}
+
+/// How a program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attach {
+    Fentry,
+    Fexit,
+    Kprobe,
+    /// A return probe; `Row::entry` names the kprobe that stashes the arguments.
+    Kretprobe,
+    /// BTF tracepoint; the symbol is the tracepoint name.
+    TpBtf,
+    /// Raw tracepoint; the symbol is the tracepoint name.
+    RawTp,
+}
+
+impl Attach {
+    pub fn name(self) -> &'static str {
+        match self {
+            Attach::Fentry => "fentry",
+            Attach::Fexit => "fexit",
+            Attach::Kprobe => "kprobe",
+            Attach::Kretprobe => "kretprobe",
+            Attach::TpBtf => "tp_btf",
+            Attach::RawTp => "raw_tp",
+        }
+    }
+}
+
+/// One row of the probe table.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Row {
+    pub point: Point,
+    pub family: Family,
+    pub attach: Attach,
+    /// eBPF program name in the object.
+    pub program: &'static str,
+    /// For `Kretprobe`: the entry kprobe attached to the same symbol.
+    pub entry: Option<&'static str>,
+    /// `Event::hook` value the program writes.
+    pub hook_id: u16,
+    /// Symbol (function or tracepoint) alternatives, most preferred first.
+    pub symbols: &'static [&'static str],
+    /// Kernel functions whose addresses the program needs from kallsyms.
+    pub needs_kallsyms: &'static [&'static str],
+    /// Kernels the row is meant for: `since <= version < until`.
+    pub since: KernelVersion,
+    pub until: KernelVersion,
+    /// The point is inferred from neighbouring state, not seen directly.
+    pub inferred: bool,
+    pub note: &'static str,
+}
+
+const fn v(major: u32, minor: u32) -> KernelVersion {
+    KernelVersion(major, minor, 0)
+}
+const ANY: KernelVersion = KernelVersion::MAX;
+
+/// Builds a row; the long argument list keeps the table below one line per hook.
+#[allow(clippy::too_many_arguments)]
+const fn row(
+    point: Point,
+    family: Family,
+    attach: Attach,
+    program: &'static str,
+    hook_id: u16,
+    symbols: &'static [&'static str],
+    since: KernelVersion,
+    note: &'static str,
+) -> Row {
+    Row {
+        point,
+        family,
+        attach,
+        program,
+        entry: None,
+        hook_id,
+        symbols,
+        needs_kallsyms: &[],
+        since,
+        until: ANY,
+        inferred: false,
+        note,
+    }
+}
+
+const fn ret(mut r: Row, entry: &'static str) -> Row {
+    r.entry = Some(entry);
+    r
+}
+const fn inferred(mut r: Row) -> Row {
+    r.inferred = true;
+    r
+}
+const fn until(mut r: Row, until: KernelVersion) -> Row {
+    r.until = until;
+    r
+}
+const fn needs(mut r: Row, syms: &'static [&'static str]) -> Row {
+    r.needs_kallsyms = syms;
+    r
+}
+
+use Attach::*;
+use Family::{Fentry as FE, Kprobe as KP, Tracepoint as TP};
+use Point::*;
+
+const CSS_ALLOC: &[&str] = &["mem_cgroup_css_alloc"];
+const CSS_ONLINE: &[&str] = &["mem_cgroup_css_online"];
+const CSS_OFFLINE: &[&str] = &["mem_cgroup_css_offline"];
+const CSS_RELEASED: &[&str] = &["mem_cgroup_css_released"];
+const CSS_FREE: &[&str] = &["mem_cgroup_css_free"];
+const ID_PUT: &[&str] = &["mem_cgroup_id_put_many"];
+const KMEM_ONLINE: &[&str] = &["memcg_online_kmem", "memcg_online_kmem.part.0"];
+const KMEM_ACTIVATE_310: &[&str] = &["memcg_activate_kmem", "memcg_activate_kmem.part.0"];
+const MKDIR: &[&str] = &["cgroup_mkdir"];
+const RMDIR: &[&str] = &["cgroup_rmdir"];
+const RELEASE: &[&str] = &["cgroup_release"];
+const WQ_START: &[&str] = &["workqueue_execute_start"];
+
+/// fentry needs BTF trampolines (5.5); BPF kprobes 4.1; tp_btf 5.5; raw_tp 4.17;
+/// the cgroup_mkdir/rmdir/release tracepoints 4.13 (commit ed1777fd9c2f).
+#[rustfmt::skip]
+pub static TABLE: &[Row] = &[
+    // alloc
+    row(Alloc, FE, Fexit, "kt_fexit_css_alloc", hook::FENTRY_CSS_ALLOC, CSS_ALLOC, v(5, 5), "returns the css with memcg->id assigned by mem_cgroup_alloc()"),
+    ret(row(Alloc, KP, Kretprobe, "kt_kretprobe_css_alloc", hook::KPROBE_CSS_ALLOC, CSS_ALLOC, v(4, 1), "return value is the new css"), ""),
+    row(Alloc, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "cgroup_create() allocated the memcg css before the tracepoint"),
+    row(Alloc, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    // online
+    row(Online, FE, Fexit, "kt_fexit_css_online", hook::FENTRY_CSS_ONLINE, CSS_ONLINE, v(5, 5), "after mem_cgroup_css_online() returned 0"),
+    ret(row(Online, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, v(4, 1), "entry kprobe stashes the css"), "kt_kprobe_css_online"),
+    row(Online, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "online_css() ran inside cgroup_mkdir()"),
+    row(Online, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    // offline
+    row(Offline, FE, Fentry, "kt_fentry_css_offline", hook::FENTRY_CSS_OFFLINE, CSS_OFFLINE, v(5, 5), "page counters read at entry"),
+    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, CSS_OFFLINE, v(4, 1), "page counters read at entry"),
+    row(Offline, TP, TpBtf, "kt_tp_cgroup_rmdir", hook::TP_CGROUP_RMDIR, RMDIR, v(5, 5), "rmdir; offline_css() follows from a work item"),
+    row(Offline, TP, RawTp, "kt_raw_cgroup_rmdir", hook::RAW_CGROUP_RMDIR, RMDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    // released
+    row(Released, FE, Fentry, "kt_fentry_css_released", hook::FENTRY_CSS_RELEASED, CSS_RELEASED, v(5, 5), "last css reference dropped"),
+    row(Released, KP, Kprobe, "kt_kprobe_css_released", hook::KPROBE_CSS_RELEASED, CSS_RELEASED, v(4, 1), "last css reference dropped"),
+    needs(row(Released, TP, TpBtf, "kt_tp_workqueue_start", hook::TP_CSS_RELEASE_WORK, WQ_START, v(5, 5), "css_release_work_fn work item of a memory css"), &["css_release_work_fn"]),
+    // free
+    row(Free, FE, Fentry, "kt_fentry_css_free", hook::FENTRY_CSS_FREE, CSS_FREE, v(5, 5), "memcg freed"),
+    row(Free, KP, Kprobe, "kt_kprobe_css_free", hook::KPROBE_CSS_FREE, CSS_FREE, v(4, 1), "memcg freed"),
+    needs(row(Free, TP, TpBtf, "kt_tp_workqueue_start", hook::TP_CSS_FREE_WORK, WQ_START, v(5, 5), "css_free_rwork_fn work item of a memory css (calls mem_cgroup_css_free)"), &["css_free_rwork_fn"]),
+    row(Free, TP, TpBtf, "kt_tp_cgroup_release", hook::TP_CGROUP_RELEASE, RELEASE, v(5, 5), "the cgroup's own release, after its memcg was freed"),
+    row(Free, TP, RawTp, "kt_raw_cgroup_release", hook::RAW_CGROUP_RELEASE, RELEASE, v(4, 17), "as tp_btf, without BTF typing"),
+    // id_release: no tracepoint sees mem_cgroup_id_remove()
+    row(IdRelease, FE, Fentry, "kt_fentry_id_put_many", hook::FENTRY_ID_PUT, ID_PUT, v(5, 5), "reference count before the put equals n"),
+    row(IdRelease, KP, Kprobe, "kt_kprobe_id_put_many", hook::KPROBE_ID_PUT, ID_PUT, v(4, 7), "reference count before the put equals n"),
+    // kmem_activate: direct where the kernel has a function, else inferred at online
+    until(row(KmemActivate, FE, Fexit, "kt_fexit_kmem_online", hook::FENTRY_KMEM_ONLINE, KMEM_ONLINE, v(5, 5), "memcg_online_kmem() returned 0"), v(6, 1)),
+    inferred(row(KmemActivate, FE, Fexit, "kt_fexit_css_online", hook::FENTRY_CSS_ONLINE, CSS_ONLINE, v(5, 5), "kmemcg_id/objcg set after online")),
+    until(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_kmem_online", hook::KPROBE_KMEM_ONLINE, KMEM_ACTIVATE_310, v(3, 10), "3.10: writing memory.kmem.limit_in_bytes"), "kt_kprobe_kmem_online"), v(4, 6)),
+    until(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_kmem_online", hook::KPROBE_KMEM_ONLINE, KMEM_ONLINE, v(4, 6), "memcg_online_kmem() returned 0"), "kt_kprobe_kmem_online"), v(6, 1)),
+    inferred(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, v(4, 1), "kmemcg_id/objcg set after online"), "kt_kprobe_css_online")),
+    inferred(row(KmemActivate, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "kmemcg_id/objcg set at mkdir")),
+    inferred(row(KmemActivate, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "kmemcg_id/objcg set at mkdir")),
+];
+
+/// The rows for one point that a mode allows, in order of preference.
+pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
+    let mut rows: Vec<&Row> = TABLE
+        .iter()
+        .filter(|r| r.point == point && mode.allows(r.family))
+        .collect();
+    // Stable sort keeps the table's order within a family.
+    rows.sort_by_key(|r| r.family);
+    rows
+}
+
+/// What static checks need to know about the kernel.
+pub trait KernelFacts {
+    fn version(&self) -> Option<KernelVersion>;
+    /// `Err(reason)` when the family cannot work at all on this kernel.
+    fn family_usable(&self, family: Family) -> Result<(), String>;
+    /// Whether the symbol exists for this attach type (kallsyms / BTF func / tracepoint).
+    fn has_symbol(&self, attach: Attach, symbol: &str) -> bool;
+    fn has_kallsyms_addr(&self, symbol: &str) -> bool;
+}
+
+/// Static check of one row: the symbol to use, or why the row cannot work.
+pub fn check(
+    row: &Row,
+    facts: &dyn KernelFacts,
+    forced_symbol: Option<&str>,
+) -> Result<String, String> {
+    if let Some(ver) = facts.version() {
+        if ver < row.since || ver >= row.until {
+            return Err(format!(
+                "meant for kernels {}{}, this is {ver}",
+                row.since,
+                if row.until == ANY {
+                    "+".to_string()
+                } else {
+                    format!(" to before {}", row.until)
+                }
+            ));
+        }
+    }
+    facts.family_usable(row.family)?;
+    for sym in row.needs_kallsyms {
+        if !facts.has_kallsyms_addr(sym) {
+            return Err(format!("{sym} has no address in /proc/kallsyms"));
+        }
+    }
+    if let Some(sym) = forced_symbol {
+        return if facts.has_symbol(row.attach, sym) {
+            Ok(sym.to_string())
+        } else {
+            Err(format!(
+                "forced symbol {sym} not found for {}",
+                row.attach.name()
+            ))
+        };
+    }
+    row.symbols
+        .iter()
+        .find(|s| facts.has_symbol(row.attach, s))
+        .map(|s| s.to_string())
+        .ok_or_else(|| {
+            let place = match row.attach {
+                Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
+                Attach::Fentry | Attach::Fexit => "as a BTF function",
+                Attach::TpBtf => "as a BTF tracepoint",
+                Attach::RawTp => "as a tracepoint",
+            };
+            format!("none of {} exists {place}", row.symbols.join(", "))
+        })
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

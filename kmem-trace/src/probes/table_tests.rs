@@ -1,0 +1,164 @@
+//! Probe-table selection against simulated kernels: this machine (no kprobes),
+//! Debian 6.1 (no memcg_online_kmem) and an old kernel.
+
+use std::collections::HashSet;
+
+use super::*;
+
+struct Fake {
+    version: KernelVersion,
+    kprobes: bool,
+    symbols: HashSet<&'static str>,
+}
+
+impl KernelFacts for Fake {
+    fn version(&self) -> Option<KernelVersion> {
+        Some(self.version)
+    }
+    fn family_usable(&self, family: Family) -> Result<(), String> {
+        if family == Family::Kprobe && !self.kprobes {
+            return Err("no kprobes".into());
+        }
+        Ok(())
+    }
+    fn has_symbol(&self, _attach: Attach, symbol: &str) -> bool {
+        self.symbols.contains(symbol)
+    }
+    fn has_kallsyms_addr(&self, symbol: &str) -> bool {
+        self.symbols.contains(symbol)
+    }
+}
+
+fn debian_61() -> Fake {
+    Fake {
+        version: KernelVersion(6, 1, 0),
+        kprobes: true,
+        symbols: [
+            "mem_cgroup_css_alloc",
+            "mem_cgroup_css_online",
+            "mem_cgroup_css_offline",
+            "mem_cgroup_css_released",
+            "mem_cgroup_css_free",
+            "mem_cgroup_id_put_many",
+            "memcg_offline_kmem.part.0",
+            "cgroup_mkdir",
+            "cgroup_rmdir",
+            "cgroup_release",
+            "workqueue_execute_start",
+            "css_release_work_fn",
+            "css_free_rwork_fn",
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+/// The first row that passes the static checks, as `program@symbol`.
+fn first(point: Point, mode: HookMode, facts: &Fake) -> Option<String> {
+    candidates(point, mode).into_iter().find_map(|r| {
+        check(r, facts, None)
+            .ok()
+            .map(|s| format!("{}@{s}", r.program))
+    })
+}
+
+#[test]
+fn every_point_has_rows_and_auto_prefers_fentry() {
+    for p in Point::ALL {
+        let rows = candidates(p, HookMode::Auto);
+        assert!(!rows.is_empty(), "{p:?}");
+        assert!(rows.windows(2).all(|w| w[0].family <= w[1].family));
+    }
+    assert_eq!(
+        candidates(Point::Offline, HookMode::Auto)[0].family,
+        Family::Fentry
+    );
+}
+
+#[test]
+fn tracepoint_family_cannot_see_id_release() {
+    assert!(candidates(Point::IdRelease, HookMode::Tracepoint).is_empty());
+    assert_eq!(candidates(Point::Free, HookMode::Tracepoint).len(), 3);
+}
+
+#[test]
+fn kmem_activation_is_inferred_where_the_function_is_inlined() {
+    let k = debian_61();
+    assert_eq!(
+        first(Point::KmemActivate, HookMode::Fentry, &k).as_deref(),
+        Some("kt_fexit_css_online@mem_cgroup_css_online")
+    );
+    let row = candidates(Point::KmemActivate, HookMode::Kprobe)
+        .into_iter()
+        .find(|r| check(r, &k, None).is_ok())
+        .unwrap();
+    assert!(row.inferred);
+}
+
+#[test]
+fn no_kprobes_falls_back_to_tracepoints() {
+    let mut k = debian_61();
+    k.kprobes = false;
+    k.version = KernelVersion(6, 18, 0);
+    assert_eq!(first(Point::Offline, HookMode::Kprobe, &k), None);
+    assert_eq!(
+        first(Point::Offline, HookMode::Tracepoint, &k).as_deref(),
+        Some("kt_tp_cgroup_rmdir@cgroup_rmdir")
+    );
+    assert_eq!(
+        first(Point::Free, HookMode::Tracepoint, &k).as_deref(),
+        Some("kt_tp_workqueue_start@workqueue_execute_start")
+    );
+    k.symbols.remove("css_free_rwork_fn");
+    assert_eq!(
+        first(Point::Free, HookMode::Tracepoint, &k).as_deref(),
+        Some("kt_tp_cgroup_release@cgroup_release")
+    );
+}
+
+#[test]
+fn reasons_say_what_is_wrong() {
+    let mut k = debian_61();
+    let alloc = candidates(Point::Alloc, HookMode::Kprobe)[0];
+    k.symbols.remove("mem_cgroup_css_alloc");
+    assert_eq!(
+        check(alloc, &k, None).unwrap_err(),
+        "none of mem_cgroup_css_alloc exists in /proc/kallsyms"
+    );
+    k.version = KernelVersion(3, 10, 0);
+    let fexit = candidates(Point::Alloc, HookMode::Fentry)[0];
+    assert_eq!(
+        check(fexit, &k, None).unwrap_err(),
+        "meant for kernels 5.5+, this is 3.10"
+    );
+    let k = debian_61();
+    let offline = candidates(Point::Offline, HookMode::Kprobe)[0];
+    assert_eq!(
+        check(offline, &k, Some("no_such_function")).unwrap_err(),
+        "forced symbol no_such_function not found for kprobe"
+    );
+    assert_eq!(
+        check(offline, &k, Some("memcg_offline_kmem.part.0")).unwrap(),
+        "memcg_offline_kmem.part.0"
+    );
+}
+
+#[test]
+fn old_kernels_use_memcg_activate_kmem() {
+    let mut k = debian_61();
+    k.symbols.insert("memcg_activate_kmem");
+    // 3.10 to 4.5 activate kmem in memcg_activate_kmem() (a kmem limit write).
+    for version in [KernelVersion(3, 10, 0), KernelVersion(4, 4, 0)] {
+        k.version = version;
+        assert_eq!(
+            first(Point::KmemActivate, HookMode::Kprobe, &k).as_deref(),
+            Some("kt_kretprobe_kmem_online@memcg_activate_kmem")
+        );
+    }
+    // 4.19 without memcg_online_kmem in kallsyms (inlined): inferred at online.
+    k.version = KernelVersion(4, 19, 0);
+    assert_eq!(
+        first(Point::KmemActivate, HookMode::Kprobe, &k).as_deref(),
+        Some("kt_kretprobe_css_online@mem_cgroup_css_online")
+    );
+}

@@ -1,0 +1,279 @@
+//! Runs the pipeline: probes → decode → lifecycle → outputs, live (`watch`) or
+//! from a recording (`replay`). Owns the event loop, signals and the clean stop
+//! (detach, drain what is queued, summary).
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cgroupfs,
+    decode::{self, TraceEvent},
+    lifecycle::{Lifecycle, LifecycleConfig},
+    outputs::{Clock, HookLabels, Output, OutputError, Status, Summary},
+    probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
+};
+
+/// Errors of running the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Probe(#[from] probes::ProbeError),
+    #[error(transparent)]
+    Lifecycle(#[from] crate::lifecycle::LifecycleError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error(transparent)]
+    Decode(#[from] decode::DecodeError),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("waiting for events: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decode + lifecycle + output for one record at a time; shared by live and replay.
+pub struct Pipeline<'o> {
+    pub lifecycle: Lifecycle,
+    out: &'o mut dyn Output,
+    recorder: Option<BufWriter<File>>,
+    pub bad_records: u64,
+    pub events: u64,
+}
+
+impl<'o> Pipeline<'o> {
+    pub fn new(lifecycle: Lifecycle, out: &'o mut dyn Output) -> Self {
+        Pipeline {
+            lifecycle,
+            out,
+            recorder: None,
+            bad_records: 0,
+            events: 0,
+        }
+    }
+
+    /// Writes every raw record to `path` too (a recording with a header).
+    pub fn record_to(&mut self, path: &Path, clock: Clock) -> Result<(), WatchError> {
+        let f = File::create(path).map_err(|source| WatchError::File {
+            what: "creating",
+            path: path.into(),
+            source,
+        })?;
+        let mut w = BufWriter::new(f);
+        decode::write_header(&mut w, clock.offset_ns)?;
+        self.recorder = Some(w);
+        Ok(())
+    }
+
+    /// One raw ring-buffer record. A record that does not decode is counted and
+    /// reported, never fatal; it is still written to the recording.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), WatchError> {
+        if let Some(r) = self.recorder.as_mut() {
+            r.write_all(bytes)?;
+        }
+        match TraceEvent::decode(bytes) {
+            Ok(ev) => self.feed_event(&ev),
+            Err(e) => {
+                self.bad_records += 1;
+                if self.bad_records <= 10 {
+                    self.out.note(&e.to_string())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn feed_event(&mut self, ev: &TraceEvent) -> Result<(), WatchError> {
+        self.events += 1;
+        let applied = self.lifecycle.apply(ev);
+        self.out.event(ev, &applied)?;
+        Ok(())
+    }
+
+    pub fn status(
+        &mut self,
+        drops: u64,
+        family: &str,
+        elapsed: Duration,
+        now_ns: u64,
+    ) -> Result<Status, WatchError> {
+        let status = Status {
+            counts: self.lifecycle.counts(now_ns),
+            drops,
+            hook_family: family.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+        };
+        self.out.status(&status)?;
+        Ok(status)
+    }
+
+    pub fn finish(&mut self, status: Status) -> Result<Summary, WatchError> {
+        if let Some(mut r) = self.recorder.take() {
+            r.flush()?;
+        }
+        let summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        self.out.summary(&summary)?;
+        Ok(summary)
+    }
+
+    pub fn note(&mut self, msg: &str) -> Result<(), WatchError> {
+        self.out.note(msg)?;
+        Ok(())
+    }
+}
+
+/// Settings of a live run.
+pub struct WatchConfig {
+    pub probe: ProbeConfig,
+    pub lifecycle: LifecycleConfig,
+    pub duration: Option<Duration>,
+    pub record: Option<PathBuf>,
+    /// Header refresh period.
+    pub tick: Duration,
+}
+
+/// Labels for the hooks in use, from the probe report.
+pub fn hook_labels(report: &ProbeReport) -> HookLabels {
+    let mut labels = HookLabels::new();
+    for p in &report.points {
+        if let Some(a) = p.chosen() {
+            let hook_id = probes::table::TABLE
+                .iter()
+                .find(|r| r.program == a.program && r.point == p.point)
+                .map(|r| r.hook_id)
+                .unwrap_or(0);
+            labels.insert(hook_id, Arc::from(a.label()));
+        }
+    }
+    labels
+}
+
+/// Seeds the cgroup tree from every memory hierarchy in cgroupfs.
+pub fn seed_from_cgroupfs(lc: &mut Lifecycle) -> Result<usize, cgroupfs::CgroupfsError> {
+    let mut n = 0;
+    for h in cgroupfs::memory_hierarchies(Path::new("/"))? {
+        for d in cgroupfs::scan(&h)? {
+            lc.seed_cgroup(d.key, d.parent, &d.name);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Starts the probes and returns them with the lifecycle ready to run.
+pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
+    let mut lc_cfg = cfg.lifecycle.clone();
+    let probes = Probes::start(&cfg.probe)?;
+    // If a hook sees id_release, trust it instead of inferring at offline.
+    lc_cfg.id_freed_at_offline = probes
+        .report
+        .points
+        .iter()
+        .any(|p| p.point == probes::Point::IdRelease && p.chosen.is_none());
+    let mut lc = Lifecycle::new(lc_cfg)?;
+    if let Err(e) = seed_from_cgroupfs(&mut lc) {
+        log::warn!("{e}; paths of cgroups created before start will be partial");
+    }
+    Ok((probes, lc))
+}
+
+/// Runs until Ctrl-C, SIGTERM or `duration`, then detaches, drains and
+/// summarises. Everything already in the ring buffer when the programs are
+/// detached is still processed.
+pub async fn run(
+    cfg: &WatchConfig,
+    mut probes: Probes,
+    lifecycle: Lifecycle,
+    out: &mut dyn Output,
+) -> Result<Summary, WatchError> {
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let clock = Clock::measure();
+    let family = probes.report.family_in_use();
+    let ring = probes
+        .take_ring()
+        .ok_or(probes::ProbeError::Map("EVENTS"))?;
+    let mut stream = EventStream::new(ring)?;
+    let mut pipe = Pipeline::new(lifecycle, out);
+    if let Some(path) = &cfg.record {
+        pipe.record_to(path, clock)?;
+    }
+    let started = Instant::now();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(cfg.tick);
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep =
+        tokio::time::sleep_until(deadline.unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 100)
+        }));
+    tokio::pin!(sleep);
+    let mut last_drops = 0;
+    loop {
+        tokio::select! {
+            batch = stream.ready() => {
+                batch?.for_each(|b| pipe.feed(b))?;
+            }
+            _ = tick.tick() => {
+                // A drain here too, so a missed wake-up can never stall the tail.
+                stream.drain(|b| pipe.feed(b))?;
+                let drops = probes.drops();
+                if drops > last_drops {
+                    pipe.note(&format!("{} events dropped (ring buffer full); total {drops}", drops - last_drops))?;
+                    last_drops = drops;
+                }
+                pipe.status(drops, &family, started.elapsed(), Clock::mono_now())?;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = &mut sleep => break,
+        }
+    }
+    probes.detach();
+    stream.drain(|b| pipe.feed(b))?;
+    let drops = probes.drops();
+    let status = Status {
+        counts: pipe.lifecycle.counts(Clock::mono_now()),
+        drops,
+        hook_family: family,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    pipe.finish(status)
+}
+
+/// Replays a recording through decode → lifecycle → output.
+pub fn replay(
+    path: &Path,
+    lifecycle: Lifecycle,
+    out: &mut dyn Output,
+) -> Result<Summary, WatchError> {
+    let bytes = std::fs::read(path).map_err(|source| WatchError::File {
+        what: "reading",
+        path: path.into(),
+        source,
+    })?;
+    let (_header, events, rest) = decode::decode_recording_lossy(&bytes)?;
+    let mut pipe = Pipeline::new(lifecycle, out);
+    let events = events?;
+    let last_ts = events.last().map(|e| e.ts_ns()).unwrap_or(0);
+    for ev in &events {
+        pipe.feed_event(ev)?;
+    }
+    if rest != 0 {
+        pipe.note(&decode::DecodeError::Truncated(rest).to_string())?;
+    }
+    let status = Status {
+        counts: pipe.lifecycle.counts(last_ts),
+        drops: 0,
+        hook_family: "replay".into(),
+        elapsed_s: 0.0,
+    };
+    pipe.finish(status)
+}

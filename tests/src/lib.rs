@@ -1,0 +1,336 @@
+//! Helpers for kmem-trace's root integration tests: a per-run parent cgroup that
+//! is always removed, processes spawned into test cgroups (never the test
+//! runner itself), and the tracer binary run as a child process.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// True when the test may touch the kernel. Without root it prints why it is
+/// skipped; with `KMEM_TRACE_REQUIRE_ROOT_TESTS=1` (CI) it fails instead.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_some() {
+        panic!("{test} needs root and KMEM_TRACE_REQUIRE_ROOT_TESTS is set");
+    }
+    eprintln!("skipped {test}: needs root (cgroups and BPF)");
+    false
+}
+
+/// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
+pub fn memory_root() -> Result<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut v2 = None;
+    for line in mi.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount = pre.split(' ').nth(4).unwrap_or_default();
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or_default();
+        let opts = post.nth(1).unwrap_or_default();
+        if fstype == "cgroup" && opts.split(',').any(|o| o == "memory") {
+            return Ok(PathBuf::from(mount));
+        }
+        if fstype == "cgroup2" {
+            let ctrl =
+                fs::read_to_string(Path::new(mount).join("cgroup.controllers")).unwrap_or_default();
+            if ctrl.split_whitespace().any(|c| c == "memory") {
+                v2 = Some(PathBuf::from(mount));
+            }
+        }
+    }
+    v2.context("no memory cgroup controller mounted")
+}
+
+/// A parent cgroup named for one test run, removed with everything below it
+/// (processes killed by PID, tmpfs files deleted) when dropped, also on panic.
+pub struct TestParent {
+    pub path: PathBuf,
+    /// Name of the parent directory (`kmem-trace-test-<tag>-<pid>-<n>`).
+    pub name: String,
+    pids: Vec<u32>,
+    files: Vec<PathBuf>,
+}
+
+impl TestParent {
+    pub fn new(tag: &str) -> Result<TestParent> {
+        let root = memory_root()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let name = format!("kmem-trace-test-{tag}-{}-{nanos}", std::process::id());
+        let path = root.join(&name);
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        // cgroup v2: let children have their own memory controller.
+        let st = path.join("cgroup.subtree_control");
+        if st.exists() {
+            fs::write(&st, "+memory").context("enabling +memory")?;
+        }
+        Ok(TestParent {
+            path,
+            name,
+            pids: Vec::new(),
+            files: Vec::new(),
+        })
+    }
+
+    /// Creates a child cgroup `name` and returns its path.
+    pub fn child(&self, name: &str) -> Result<PathBuf> {
+        let p = self.path.join(name);
+        fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// Remembers a file to delete on drop.
+    pub fn track_file(&mut self, f: &Path) {
+        self.files.push(f.to_path_buf());
+    }
+
+    /// Runs `script` with `sh` inside `cgroup` (the shell moves itself in first)
+    /// and waits for it; the test runner never enters the cgroup.
+    pub fn run_in(&mut self, cgroup: &Path, script: &str) -> Result<()> {
+        let procs = cgroup.join("cgroup.procs");
+        let full = format!("echo $$ > '{}' && {script}", procs.display());
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(&full)
+            .stdin(Stdio::null())
+            .spawn()?;
+        self.pids.push(child.id());
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("`{full}` failed: {}", out.status);
+        }
+        Ok(())
+    }
+
+    /// Removes a child cgroup (retrying while the kernel finishes with exited tasks).
+    pub fn rmdir(&self, cgroup: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::remove_dir(cgroup) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).with_context(|| format!("rmdir {}", cgroup.display()))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for pid in self.pids.drain(..) {
+            // Only processes this test spawned, by PID; most have exited already.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for f in self.files.drain(..) {
+            let _ = fs::remove_file(&f);
+        }
+        remove_tree(&self.path);
+    }
+}
+
+impl Drop for TestParent {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// rmdir a cgroup tree bottom-up, retrying briefly.
+pub fn remove_tree(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        match fs::remove_dir(path) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    eprintln!("warning: could not remove {}", path.display());
+}
+
+/// The kmem-trace binary, built on first use (`KMEM_TRACE_BIN` overrides).
+pub fn kmem_trace_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KMEM_TRACE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "kmem-trace",
+            "--bin",
+            "kmem-trace",
+        ])
+        .status()
+        .context("building kmem-trace")?;
+    if !status.success() {
+        bail!("building kmem-trace failed");
+    }
+    Ok(root.join("target/debug/kmem-trace"))
+}
+
+/// A running `kmem-trace` with its stdout collected.
+pub struct Tracer {
+    child: Option<Child>,
+    stdout: Option<thread::JoinHandle<()>>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl Tracer {
+    /// Starts `kmem-trace ARGS` and waits for its "watching" line on stderr.
+    pub fn start(args: &[&str]) -> Result<Tracer> {
+        let bin = kmem_trace_bin()?;
+        let mut child = Command::new(&bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let out = child.stdout.take().context("stdout")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().expect("lines lock").push(line);
+            }
+        });
+        let err = child.stderr.take().context("stderr")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer {
+            child: Some(child),
+            stdout: Some(stdout),
+            lines,
+            stderr_lines: rx,
+            stderr: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match t.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let ready = line.contains("watching with");
+                    t.stderr.push(line);
+                    if ready {
+                        return Ok(t);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = t.child.as_mut().and_then(|c| c.wait().ok());
+                    bail!(
+                        "kmem-trace exited before it was ready ({status:?}): {}",
+                        t.stderr.join("\n")
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("kmem-trace not ready after 30s: {}", t.stderr.join("\n"));
+            }
+        }
+    }
+
+    /// The stdout lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// The stdout lines so far, parsed as JSON (lines that are not JSON are skipped).
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends `signal`, waits for exit; returns (exit code, stdout).
+    pub fn stop_with(&mut self, signal: i32) -> Result<(Option<i32>, String)> {
+        let mut child = self.child.take().context("already stopped")?;
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let status = child.wait()?;
+        if let Some(h) = self.stdout.take() {
+            let _ = h.join();
+        }
+        let out = self.lines().join("\n");
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+            self.stderr.push(l);
+        }
+        Ok((status.code(), out))
+    }
+
+    pub fn stop(&mut self) -> Result<(Option<i32>, String)> {
+        self.stop_with(libc::SIGTERM)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Parses JSON lines, failing on any line that is not one object.
+pub fn json_lines(out: &str) -> Result<Vec<serde_json::Value>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).with_context(|| format!("not JSON: {l}"))
+        })
+        .collect()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

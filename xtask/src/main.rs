@@ -1,0 +1,37 @@
+//! Project tasks: toolchain setup, builds, the test suite, the VM kernel matrix
+//! and benchmarks. Run as `cargo xtask <task>`.
+
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kmem-trace project tasks")]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain (Debian packages, bpf-linker) where missing.
+    Setup(setup::SetupArgs),
+    /// Set up, build a release binary and run `kmem-trace watch` (extra args are passed on).
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole test suite: fmt, clippy, unit tests, root integration tests.
+    Test(test::TestArgs),
+}
+
+fn main() -> Result<()> {
+    match Xtask::parse().task {
+        Task::Setup(args) => setup::run(&args),
+        Task::Watch { args } => setup::watch(&args),
+        Task::Test(args) => test::run(&args),
+    }
+}

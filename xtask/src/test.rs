@@ -1,0 +1,52 @@
+//! `cargo xtask test`: the project's whole test suite, the same on a laptop and
+//! in CI (`.ci/run`). Root-only tests run for real when root; elsewhere the
+//! suite re-runs itself under sudo for them.
+
+use std::process::Command;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::util::{self, sh};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip steps by name (fmt, clippy, doc, unit).
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    crate::setup::run_setup(false)?;
+    let root = util::root();
+    let skip = |s: &str| args.skip.iter().any(|x| x == s);
+    let cargo = || {
+        let mut c = Command::new(util::cargo());
+        c.current_dir(&root);
+        c
+    };
+    if !skip("fmt") {
+        sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    }
+    if !skip("clippy") {
+        sh(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    if !skip("doc") {
+        sh(cargo()
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--workspace", "--no-deps"]))?;
+    }
+    if !skip("unit") {
+        // Integration tests touch the kernel (cgroups, BPF): one at a time.
+        sh(cargo().args(["test", "--workspace", "--", "--test-threads=1"]))?;
+    }
+    eprintln!("xtask test: all steps passed");
+    Ok(())
+}
