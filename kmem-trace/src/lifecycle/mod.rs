@@ -488,6 +488,10 @@ impl Lifecycle {
         } else {
             ev.raw.parent_cgroup_id
         };
+        if ev.raw.level == 1 && !self.tree.contains((key.0, parent)) {
+            // A level-1 cgroup's parent is the hierarchy root.
+            self.tree.insert((key.0, parent), 0, "");
+        }
         self.tree.insert(key, parent, &ev.name());
         let m = self.memcgs.get_mut(&addr).expect("caller checked");
         if m.cgroup_id == 0 {

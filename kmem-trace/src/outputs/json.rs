@@ -121,3 +121,60 @@ impl<W: Write> Output for JsonOutput<W> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        lifecycle::{Lifecycle, LifecycleConfig},
+        outputs::line::LineOutput,
+        watch::replay,
+    };
+
+    const CHURN: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/churn-6.18-v1.kmt"
+    );
+
+    #[test]
+    fn replay_prints_one_object_per_event_then_a_summary() {
+        let lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+        let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
+        replay(std::path::Path::new(CHURN), lc, &mut out).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 49);
+        for e in &lines[..48] {
+            for field in ["kind", "ts", "memcg_id", "cgroup_id", "path", "pid", "comm"] {
+                assert!(e.get(field).is_some(), "{field} missing in {e}");
+            }
+        }
+        let offline = lines.iter().find(|e| e["kind"] == "offline").unwrap();
+        assert!(offline["mem_bytes"].as_u64().is_some());
+        assert!(offline["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/kmem-trace-fixture-"));
+        let summary = lines.last().unwrap();
+        assert_eq!(summary["kind"], "summary");
+        assert_eq!(summary["dying"], 3);
+        assert_eq!(summary["events"]["alloc"], 9);
+        assert_eq!(summary["drops"], 0);
+    }
+
+    #[test]
+    fn piped_line_output_has_no_escape_codes() {
+        let lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+        let mut out = LineOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new(), false);
+        replay(std::path::Path::new(CHURN), lc, &mut out).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        assert!(!text.contains('\x1b'));
+        assert!(text
+            .lines()
+            .any(|l| l.contains(" offline ") && l.contains("/c3")));
+        assert!(text.contains("summary after"));
+    }
+}
