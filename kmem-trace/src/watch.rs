@@ -37,6 +37,8 @@ pub enum WatchError {
     },
     #[error("waiting for events: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cgroupfs(#[from] cgroupfs::CgroupfsError),
 }
 
 /// Decode + lifecycle + output for one record at a time; shared by live and replay.
@@ -155,21 +157,25 @@ pub fn hook_labels(report: &ProbeReport) -> HookLabels {
     labels
 }
 
-/// Seeds the cgroup tree from every memory hierarchy in cgroupfs.
-pub fn seed_from_cgroupfs(lc: &mut Lifecycle) -> Result<usize, cgroupfs::CgroupfsError> {
-    let mut n = 0;
+/// Every directory of every memory hierarchy in cgroupfs, to seed the cgroup
+/// tree. Fails when no memory controller is mounted; a hierarchy that cannot be
+/// walked only costs path detail.
+pub fn cgroupfs_dirs() -> Result<Vec<cgroupfs::Dir>, cgroupfs::CgroupfsError> {
+    let mut dirs = Vec::new();
     for h in cgroupfs::memory_hierarchies(Path::new("/"))? {
-        for d in cgroupfs::scan(&h)? {
-            lc.seed_cgroup(d.key, d.parent, &d.name);
-            n += 1;
+        match cgroupfs::scan(&h) {
+            Ok(d) => dirs.extend(d),
+            Err(e) => log::warn!("{e}; paths of cgroups created before start will be partial"),
         }
     }
-    Ok(n)
+    Ok(dirs)
 }
 
 /// Starts the probes and returns them with the lifecycle ready to run.
 pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
     let mut lc_cfg = cfg.lifecycle.clone();
+    // Before loading anything: with no memory controller there is nothing to watch.
+    let dirs = cgroupfs_dirs()?;
     let probes = Probes::start(&cfg.probe)?;
     // If a hook sees id_release, trust it instead of inferring at offline.
     lc_cfg.id_freed_at_offline = probes
@@ -178,8 +184,8 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
         .iter()
         .any(|p| p.point == probes::Point::IdRelease && p.chosen.is_none());
     let mut lc = Lifecycle::new(lc_cfg)?;
-    if let Err(e) = seed_from_cgroupfs(&mut lc) {
-        log::warn!("{e}; paths of cgroups created before start will be partial");
+    for d in dirs {
+        lc.seed_cgroup(d.key, d.parent, &d.name);
     }
     Ok((probes, lc))
 }

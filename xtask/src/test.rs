@@ -11,13 +11,18 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, unit).
+    /// Skip steps by name (fmt, clippy, doc, unit, fuzz).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
 
+/// Tools the tests call: bpftool lists loaded programs and links, setpriv and
+/// unshare (util-linux) run the binary unprivileged and in a private mount namespace.
+const TEST_PACKAGES: &[&str] = &["bpftool", "util-linux"];
+
 pub fn run(args: &TestArgs) -> Result<()> {
     crate::setup::run_setup(false)?;
+    crate::setup::apt_install(TEST_PACKAGES, false)?;
     let root = util::root();
     let skip = |s: &str| args.skip.iter().any(|x| x == s);
     let cargo = || {
@@ -46,6 +51,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !skip("unit") {
         // Integration tests touch the kernel (cgroups, BPF): one at a time.
         sh(cargo().args(["test", "--workspace", "--", "--test-threads=1"]))?;
+    }
+    if !skip("fuzz") {
+        // Ten million generated inputs through decode and the lifecycle.
+        sh(cargo().args([
+            "test",
+            "--release",
+            "-p",
+            "kmem-trace-tests",
+            "--test",
+            "fuzz",
+        ]))?;
     }
     eprintln!("xtask test: all steps passed");
     Ok(())

@@ -340,3 +340,22 @@ fn resolves_the_running_kernel() {
     assert_ne!(l.memcg_memory_usage, ABSENT);
     assert_ne!(l.kn_parent, ABSENT);
 }
+
+/// The BTF fixture the bad-input integration test passes with `--btf`: a kernel
+/// layout without `kernfs_node.name`. `KMEM_TRACE_BLESS=1` rewrites it.
+#[test]
+fn missing_member_fixture_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/btf/no-kn-name.btf");
+    let want = kernel_like(Variant {
+        with_kn_name: false,
+        ..Variant::default()
+    });
+    if std::env::var_os("KMEM_TRACE_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        want,
+        "run with KMEM_TRACE_BLESS=1 to regenerate"
+    );
+}

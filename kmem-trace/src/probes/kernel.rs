@@ -7,7 +7,9 @@ use std::{collections::HashMap, fmt, fs, path::Path};
 /// Errors of reading kernel facts.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("kmem-trace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); missing: {0}. Run it with sudo")]
+    #[error(
+        "needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); missing: {0}; run it with sudo"
+    )]
     Privileges(String),
     #[error("reading {path}: {source}")]
     Io {
@@ -216,12 +218,12 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "kmem-trace needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); missing: CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON. Run it with sudo"
+            "needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); missing: CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON; run it with sudo"
         );
         // CAP_BPF + CAP_PERFMON without CAP_SYS_ADMIN.
         let err = check_privileges("CapEff:\t000000c000000000\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("missing: CAP_SYS_ADMIN."), "{err}");
+        assert!(err.contains("missing: CAP_SYS_ADMIN;"), "{err}");
     }
 }
