@@ -2,6 +2,7 @@
 //! kernel layout, picks a hook per lifecycle point from the probe table, loads
 //! and attaches the programs, and hands out the ring buffer and drop counters.
 
+pub mod audit;
 pub mod btf;
 pub mod kernel;
 pub mod report;
