@@ -112,6 +112,12 @@ pub mod flags {
     pub const ROOT: u32 = 1 << 10;
     /// [`super::EventKind::Census`]: the memcg is offline (dying), not online.
     pub const DYING: u32 = 1 << 11;
+    /// [`super::EventKind::Resident`]: the process (already inside) called `exec()`;
+    /// `comm` is its new name.
+    pub const EXEC: u32 = 1 << 12;
+    /// [`super::EventKind::Resident`]: sent after the per-memcg resident limit was
+    /// reached (at most one per second per memcg), so the last resident stays known.
+    pub const OVER_LIMIT: u32 = 1 << 13;
 }
 
 /// Entries of the `EMIT` array map: indexed by hook number, each holds the bits
@@ -221,6 +227,7 @@ pub mod hook {
     pub const RAW_CGROUP_MKDIR: u16 = 8;
     pub const RAW_CGROUP_RMDIR: u16 = 9;
     pub const RAW_CGROUP_RELEASE: u16 = 10;
+    pub const TP_PROCESS_EXEC: u16 = 11;
 
     pub const KPROBE_CSS_ALLOC: u16 = 20;
     pub const KPROBE_CSS_ONLINE: u16 = 21;

@@ -43,6 +43,14 @@ impl Subject {
 /// Reserves, fills and submits one event; counts a drop when the ring is full.
 #[inline(always)]
 pub fn emit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64) {
+    emit_as(hook, kind, extra_flags, subj, aux, 0)
+}
+
+/// As [`emit`], but the task fields describe `task` (a `struct task_struct *`)
+/// instead of the current task; 0 means the current task. Resident events use
+/// it for the process that entered the memcg.
+#[inline(always)]
+pub fn emit_as(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
     if !enabled(hook, kind) {
         return;
     }
@@ -61,9 +69,16 @@ pub fn emit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u
     ev.flags = extra_flags;
     ev.aux = aux;
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    fill_task(ev);
+    if task == 0 {
+        fill_task(ev);
+    } else {
+        fill_task_of(ev, task);
+    }
     if subj.memcg != 0 {
-        fill_memcg(ev, subj.memcg, kind == EventKind::Offline);
+        // Counters at offline and at free: what the memcg still charged when it
+        // went away, and what it held when the kernel finally let it go.
+        let counters = kind == EventKind::Offline || kind == EventKind::Free;
+        fill_memcg(ev, subj.memcg, counters);
     } else {
         ev.flags |= flags::NO_MEMCG;
     }
@@ -85,6 +100,19 @@ fn fill_task(ev: &mut Event) {
         ev.comm = comm;
     }
     let task = unsafe { bpf_get_current_task() };
+    fill_parent(ev, task);
+}
+
+/// pid, tgid and comm of `task` and of its real parent, read through BTF offsets.
+#[inline(always)]
+fn fill_task_of(ev: &mut Event, task: u64) {
+    if let Some(pid) = rd::<i32>(task, lay!(task_pid)) {
+        ev.pid = pid as u32;
+    }
+    if let Some(tgid) = rd::<i32>(task, lay!(task_tgid)) {
+        ev.tgid = tgid as u32;
+    }
+    rd_buf(task, lay!(task_comm), &mut ev.comm);
     fill_parent(ev, task);
 }
 

@@ -13,6 +13,8 @@ mod kprobes;
 #[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]
+mod residents;
+#[cfg(target_arch = "bpf")]
 mod tracepoints;
 
 #[cfg(target_arch = "bpf")]

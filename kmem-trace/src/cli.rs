@@ -33,6 +33,8 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Replay a recording (`watch --record FILE`) through the same pipeline.
     Replay(ReplayArgs),
+    /// Every dying memcg with its owner (namespace/pod/container), creator, residents and pinned bytes, from the history.
+    Zombies(ZombiesArgs),
 }
 
 /// Options shared by everything that loads the probes.
@@ -71,6 +73,43 @@ pub struct WatchArgs {
     /// Also write every raw event to FILE (replay it with `kmem-trace replay`).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// Attribution and history options of `watch`.
+#[derive(Debug, Args, Clone)]
+pub struct HistoryArgs {
+    /// History database (SQLite, created with mode 0600).
+    #[arg(long, value_name = "PATH", default_value = crate::store::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Run without a history database.
+    #[arg(long, conflicts_with = "db")]
+    pub no_history: bool,
+    /// Delete finished memcgs from the history after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "14d", value_name = "D")]
+    pub retain: Duration,
+    /// Directory holding one subdirectory per container ID (containerd task
+    /// bundles, CRI-O overlay-containers, Docker containers); repeatable.
+    /// Default: the usual places of containerd, CRI-O and Docker.
+    #[arg(long, value_name = "DIR")]
+    pub runtime_root: Vec<PathBuf>,
+    /// Residents (processes that entered) kept per memcg.
+    #[arg(long, default_value_t = 8, value_name = "K")]
+    pub residents: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ZombiesArgs {
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Only memcgs dying for at least this long (e.g. 10m, 2h, 1d).
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub older_than: Option<Duration>,
+    /// History database written by `kmem-trace watch`.
+    #[arg(long, value_name = "PATH", default_value = crate::store::DEFAULT_DB)]
+    pub db: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -5,10 +5,13 @@
 //! machine) → [`outputs`]. [`cgroupfs`] feeds the lifecycle's cgroup tree from
 //! the side; [`watch`] drives the whole line.
 
+pub mod attribution;
 pub mod cgroupfs;
 pub mod cli;
 pub mod decode;
 pub mod lifecycle;
 pub mod outputs;
 pub mod probes;
+pub mod store;
 pub mod watch;
+pub mod zombies;

@@ -45,6 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => cmd_watch(args, verbose),
         Command::Probes(args) => cmd_probes(args, verbose),
         Command::Replay(args) => cmd_replay(args),
+        Command::Zombies(args) => {
+            kmem_trace::zombies::command(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -58,16 +62,21 @@ fn probe_config(p: &ProbeArgs) -> ProbeConfig {
 }
 
 fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    let residents = args.history.residents;
     let cfg = watch::WatchConfig {
         probe: ProbeConfig {
             ring_bytes: args.ring_buffer_size,
+            // The kernel counts attach, fork and exec alike: leave room for execs.
+            max_residents: residents.saturating_mul(2),
             ..probe_config(&args.probe)
         },
         lifecycle: LifecycleConfig {
             zombie_after_ns: args.zombie_after.as_nanos() as u64,
             id_limit: args.id_limit,
+            max_residents: residents as usize,
             ..LifecycleConfig::default()
         },
+        history: kmem_trace::store::feed::HistoryConfig::from_args(&args.history),
         duration: args.duration,
         record: args.record.clone(),
         tick: Duration::from_millis(if std::io::stdout().is_terminal() {
@@ -76,7 +85,17 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
             1000
         }),
     };
-    let (probes, lifecycle) = watch::start(&cfg)?;
+    let (probes, mut lifecycle) = watch::start(&cfg)?;
+    let (attribution, history, restored) = watch::prepare(&cfg, &mut lifecycle)?;
+    if let Some(db) = &cfg.history.db {
+        eprintln!(
+            "kmem-trace: history {}: {} memcgs restored ({} dying), {} gone since",
+            db.display(),
+            restored.memcgs,
+            restored.dying,
+            restored.lost + restored.other_boots
+        );
+    }
     if verbose {
         eprint!("{}", probes.report.render(true));
     }
@@ -116,7 +135,13 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(watch::run(&cfg, probes, lifecycle, out.as_mut()))?;
+    rt.block_on(watch::run_with(
+        &cfg,
+        probes,
+        lifecycle,
+        (attribution, history),
+        out.as_mut(),
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,11 +11,16 @@ use std::{
 };
 
 use crate::{
+    attribution::Attributor,
     cgroupfs,
     decode::{self, TraceEvent},
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{Clock, HookLabels, Output, OutputError, Status, Summary},
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
+    store::{
+        self,
+        feed::{HistoryConfig, HistoryFeed, PrepareError, Restored},
+    },
 };
 
 /// Errors of running the pipeline.
@@ -39,11 +44,17 @@ pub enum WatchError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Cgroupfs(#[from] cgroupfs::CgroupfsError),
+    #[error(transparent)]
+    History(#[from] PrepareError),
 }
 
 /// Decode + lifecycle + output for one record at a time; shared by live and replay.
 pub struct Pipeline<'o> {
     pub lifecycle: Lifecycle,
+    /// The stage after the lifecycle: who each memcg belongs to.
+    pub attribution: Attributor,
+    /// Changed memcgs on their way to the history database.
+    history: Option<HistoryFeed>,
     out: &'o mut dyn Output,
     recorder: Option<BufWriter<File>>,
     pub bad_records: u64,
@@ -54,11 +65,20 @@ impl<'o> Pipeline<'o> {
     pub fn new(lifecycle: Lifecycle, out: &'o mut dyn Output) -> Self {
         Pipeline {
             lifecycle,
+            attribution: Attributor::paths_only(),
+            history: None,
             out,
             recorder: None,
             bad_records: 0,
             events: 0,
         }
+    }
+
+    /// Uses `attribution` (with container metadata) and writes the history.
+    pub fn with_stages(mut self, attribution: Attributor, history: Option<HistoryFeed>) -> Self {
+        self.attribution = attribution;
+        self.history = history;
+        self
     }
 
     /// Writes every raw record to `path` too (a recording with a header).
@@ -95,7 +115,11 @@ impl<'o> Pipeline<'o> {
     pub fn feed_event(&mut self, ev: &TraceEvent) -> Result<(), WatchError> {
         self.events += 1;
         let applied = self.lifecycle.apply(ev);
-        self.out.event(ev, &applied)?;
+        let owner = self.attribution.observe(&applied);
+        if let Some(h) = self.history.as_mut() {
+            h.observe(&applied, owner.as_ref());
+        }
+        self.out.event_with_owner(ev, &applied, owner.as_deref())?;
         Ok(())
     }
 
@@ -112,6 +136,10 @@ impl<'o> Pipeline<'o> {
             hook_family: family.to_string(),
             elapsed_s: elapsed.as_secs_f64(),
         };
+        if let Some(h) = self.history.as_mut() {
+            h.flush(&self.lifecycle, &self.attribution);
+        }
+        self.out.owners(&self.attribution.counts(&self.lifecycle))?;
         self.out.status(&status)?;
         Ok(status)
     }
@@ -120,6 +148,18 @@ impl<'o> Pipeline<'o> {
         if let Some(mut r) = self.recorder.take() {
             r.flush()?;
         }
+        if let Some(h) = self.history.take() {
+            let dropped = h.dropped();
+            let stats = h.close(&self.lifecycle, &self.attribution);
+            if stats.errors > 0 || dropped > 0 {
+                let why = stats.last_error.unwrap_or_default();
+                self.out.note(&format!(
+                    "history: {} write errors, {dropped} records dropped {why}",
+                    stats.errors
+                ))?;
+            }
+        }
+        self.out.owners(&self.attribution.counts(&self.lifecycle))?;
         let summary = Summary::new(&self.lifecycle, status, self.bad_records);
         self.out.summary(&summary)?;
         Ok(summary)
@@ -139,6 +179,17 @@ pub struct WatchConfig {
     pub record: Option<PathBuf>,
     /// Header refresh period.
     pub tick: Duration,
+    /// History database, retention and container runtime roots.
+    pub history: HistoryConfig,
+}
+
+/// Builds the attribution stage and opens the history, restoring what it
+/// knows of memcgs that still exist (call after [`start`], before [`run_with`]).
+pub fn prepare(
+    cfg: &WatchConfig,
+    lc: &mut Lifecycle,
+) -> Result<(Attributor, Option<HistoryFeed>, Restored), WatchError> {
+    Ok(store::feed::prepare(&cfg.history, lc, Clock::measure())?)
 }
 
 /// Labels for the hooks in use, from the probe report.
@@ -195,8 +246,26 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
 /// detached is still processed.
 pub async fn run(
     cfg: &WatchConfig,
+    probes: Probes,
+    lifecycle: Lifecycle,
+    out: &mut dyn Output,
+) -> Result<Summary, WatchError> {
+    run_with(
+        cfg,
+        probes,
+        lifecycle,
+        (Attributor::paths_only(), None),
+        out,
+    )
+    .await
+}
+
+/// [`run`] with the attribution stage and history from [`prepare`].
+pub async fn run_with(
+    cfg: &WatchConfig,
     mut probes: Probes,
     lifecycle: Lifecycle,
+    stages: (Attributor, Option<HistoryFeed>),
     out: &mut dyn Output,
 ) -> Result<Summary, WatchError> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -207,7 +276,7 @@ pub async fn run(
         .take_ring()
         .ok_or(probes::ProbeError::Map("EVENTS"))?;
     let mut stream = EventStream::new(ring)?;
-    let mut pipe = Pipeline::new(lifecycle, out);
+    let mut pipe = Pipeline::new(lifecycle, out).with_stages(stages.0, stages.1);
     if let Some(path) = &cfg.record {
         pipe.record_to(path, clock)?;
     }

@@ -100,6 +100,8 @@ pub struct Memcg {
     pub released_ns: Option<u64>,
     pub free_ns: Option<u64>,
     pub at_offline: Counters,
+    /// Page counters when the memcg was freed (hooks that see the memcg at free).
+    pub at_free: Counters,
     pub creator: Option<Task>,
     pub residents: Vec<Task>,
     /// Residents not kept because `max_residents` was reached.
@@ -130,6 +132,7 @@ impl Memcg {
             released_ns: None,
             free_ns: None,
             at_offline: Counters::default(),
+            at_free: Counters::default(),
             creator: None,
             residents: Vec::new(),
             residents_dropped: 0,
@@ -413,6 +416,19 @@ impl Lifecycle {
                 }
             }
             EventKind::IdRelease => m.id_released = true,
+            EventKind::Resident if ev.has(flags::EXEC) => {
+                // exec() of a process already inside: it keeps its place in the
+                // list (first seen) and takes the name of what it runs now.
+                let t = Task::subject(ev);
+                if let Some(r) = m.residents.iter_mut().find(|r| r.tgid == t.tgid) {
+                    r.comm = t.comm;
+                } else if m.residents.len() < max_residents {
+                    m.residents.push(t.clone());
+                } else {
+                    m.residents_dropped += 1;
+                }
+                m.last_resident = Some(t);
+            }
             EventKind::Resident => {
                 let t = Task::subject(ev);
                 if m.residents.len() < max_residents {
@@ -454,6 +470,7 @@ impl Lifecycle {
         };
         m.state = State::Freed;
         m.free_ns = Some(ev.ts_ns());
+        m.at_free = ev.counters();
         m.id_released = true;
         if let Some(off) = m.offline_ns {
             let us = (ev.ts_ns().saturating_sub(off) / 1000).max(1);

@@ -194,3 +194,36 @@ fn bad_id_limit_is_rejected() {
         "--id-limit must be between 1 and 65535, got 70000"
     );
 }
+
+#[test]
+fn exec_renames_a_resident_and_free_keeps_counters() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    lc.apply(&ev(EventKind::Alloc, 0x1000, 5, 10, 1));
+    let resident = |tgid: u32, comm: &[u8], fl: u32, ts: u64| {
+        let mut r = ev(EventKind::Resident, 0x1000, 5, 10, ts);
+        r.raw.tgid = tgid;
+        r.raw.pid = tgid;
+        r.raw.flags |= fl;
+        r.raw.comm = [0; 16];
+        r.raw.comm[..comm.len()].copy_from_slice(comm);
+        r
+    };
+    lc.apply(&resident(200, b"runc:[2:INIT]", flags::ATTACH, 2));
+    lc.apply(&resident(200, b"nginx", flags::EXEC, 3));
+    lc.apply(&resident(201, b"nginx", flags::FORK, 4));
+    let m = lc.get(0x1000).unwrap();
+    let names: Vec<(u32, String, u64)> = m
+        .residents
+        .iter()
+        .map(|t| (t.tgid, t.comm.to_string(), t.ts_ns))
+        .collect();
+    assert_eq!(
+        names,
+        [(200, "nginx".to_string(), 2), (201, "nginx".to_string(), 4)]
+    );
+    let mut free = ev(EventKind::Free, 0x1000, 5, 10, 9);
+    free.raw.flags |= flags::MEM_COUNTER;
+    free.raw.mem_pages = 3;
+    let freed = lc.apply(&free).freed.unwrap();
+    assert_eq!(freed.at_free.mem_pages, Some(3));
+}

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
 use crate::{
+    attribution::{Attribution, OwnerView},
     decode::TraceEvent,
     lifecycle::{Applied, State},
 };
@@ -41,6 +42,8 @@ pub struct JsonEvent<'a> {
     pub swap_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<crate::lifecycle::Anomaly>,
+    /// Who the memcg belongs to (null until its path is known).
+    pub owner: Option<OwnerView<'a>>,
 }
 
 pub struct JsonOutput<W: Write> {
@@ -67,6 +70,15 @@ impl<W: Write> JsonOutput<W> {
 
 impl<W: Write> Output for JsonOutput<W> {
     fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
+        self.event_with_owner(ev, applied, None)
+    }
+
+    fn event_with_owner(
+        &mut self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        owner: Option<&Attribution>,
+    ) -> Result<(), OutputError> {
         let name = ev.name();
         let comm = ev.comm();
         let pcomm = ev.pcomm();
@@ -97,6 +109,7 @@ impl<W: Write> Output for JsonOutput<W> {
             kmem_bytes: c.kmem_pages.map(|p| p * page),
             swap_bytes: c.swap_pages.map(|p| p * page),
             anomaly: applied.anomaly,
+            owner: owner.map(Attribution::view),
         };
         serde_json::to_writer(&mut self.w, &line)?;
         self.w.write_all(b"\n")?;

@@ -5,7 +5,11 @@
 use std::{collections::VecDeque, io::Write};
 
 use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
-use crate::{decode::TraceEvent, lifecycle::Applied};
+use crate::{
+    attribution::{Attribution, OwnerCounts},
+    decode::TraceEvent,
+    lifecycle::Applied,
+};
 
 pub struct LineOutput<W: Write> {
     w: W,
@@ -16,6 +20,8 @@ pub struct LineOutput<W: Write> {
     tail_len: usize,
     last_header: Option<String>,
     page: u64,
+    /// Owner counts for the header (`owners pod 12 (3 dying), ...`).
+    owners: String,
 }
 
 impl<W: Write> LineOutput<W> {
@@ -30,6 +36,7 @@ impl<W: Write> LineOutput<W> {
             tail_len: terminal_rows().saturating_sub(4).max(5),
             last_header: None,
             page: page_size(),
+            owners: String::new(),
         }
     }
 
@@ -37,7 +44,12 @@ impl<W: Write> LineOutput<W> {
         self.w
     }
 
-    fn format_event(&self, ev: &TraceEvent, applied: &Applied) -> String {
+    fn format_event(
+        &self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        owner: Option<&Attribution>,
+    ) -> String {
         let id = applied
             .memcg_id
             .or(ev.memcg_id())
@@ -66,6 +78,12 @@ impl<W: Write> LineOutput<W> {
         if let Some(k) = c.kmem_pages {
             s.push_str(&format!(" kmem={}", human_bytes(k * self.page)));
         }
+        if let Some(o) = owner {
+            // The path already says it for plain paths.
+            if o.owner.kind() != "path" {
+                s.push_str(&format!("  [{}]", o.label()));
+            }
+        }
         if ev.inferred() {
             s.push_str("  (inferred)");
         }
@@ -80,7 +98,16 @@ impl<W: Write> LineOutput<W> {
         s
     }
 
-    fn header(status: &Status) -> String {
+    fn header(&self, status: &Status) -> String {
+        let mut h = Self::counts_header(status);
+        if !self.owners.is_empty() {
+            h.push_str("  ");
+            h.push_str(&self.owners);
+        }
+        h
+    }
+
+    fn counts_header(status: &Status) -> String {
         format!(
             "live {}  dying {}  zombies {}  IDs {}/{}  drops {}  hooks {}",
             status.counts.live,
@@ -106,7 +133,16 @@ impl<W: Write> LineOutput<W> {
 
 impl<W: Write> Output for LineOutput<W> {
     fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
-        let line = self.format_event(ev, applied);
+        self.event_with_owner(ev, applied, None)
+    }
+
+    fn event_with_owner(
+        &mut self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        owner: Option<&Attribution>,
+    ) -> Result<(), OutputError> {
+        let line = self.format_event(ev, applied, owner);
         if self.tty {
             if self.tail.len() == self.tail_len {
                 self.tail.pop_front();
@@ -118,8 +154,13 @@ impl<W: Write> Output for LineOutput<W> {
         Ok(())
     }
 
+    fn owners(&mut self, counts: &OwnerCounts) -> Result<(), OutputError> {
+        self.owners = counts.render();
+        Ok(())
+    }
+
     fn status(&mut self, status: &Status) -> Result<(), OutputError> {
-        let header = Self::header(status);
+        let header = self.header(status);
         if self.tty {
             self.redraw(&header)?;
         } else if self.last_header.as_deref() != Some(&header) {
@@ -131,7 +172,7 @@ impl<W: Write> Output for LineOutput<W> {
     }
 
     fn summary(&mut self, s: &Summary) -> Result<(), OutputError> {
-        let header = Self::header(&s.status);
+        let header = self.header(&s.status);
         if self.tty {
             self.redraw(&header)?;
         }

@@ -12,6 +12,7 @@ use serde::Serialize;
 pub use clock::Clock;
 
 use crate::{
+    attribution::{Attribution, OwnerCounts},
     decode::TraceEvent,
     lifecycle::{Applied, Counts, Lifecycle},
 };
@@ -89,6 +90,20 @@ impl Summary {
 /// Where events, headers and the summary go.
 pub trait Output {
     fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError>;
+    /// An event with the owner of its memcg (the attribution stage's view);
+    /// outputs that show owners override it.
+    fn event_with_owner(
+        &mut self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        _owner: Option<&Attribution>,
+    ) -> Result<(), OutputError> {
+        self.event(ev, applied)
+    }
+    /// Memcgs per owner kind, sent before each [`Output::status`].
+    fn owners(&mut self, _counts: &OwnerCounts) -> Result<(), OutputError> {
+        Ok(())
+    }
     fn status(&mut self, status: &Status) -> Result<(), OutputError>;
     fn summary(&mut self, summary: &Summary) -> Result<(), OutputError>;
     /// A line of information (drops, warnings); JSON output sends it to stderr.

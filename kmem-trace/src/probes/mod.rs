@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod btf;
+pub mod extras;
 pub mod kernel;
 pub mod report;
 pub mod ring;
@@ -239,13 +240,15 @@ impl Probes {
             }
             points.push(pr);
         }
-        let report = ProbeReport::new(cfg.mode, &facts, resolved, points);
+        let mut report = ProbeReport::new(cfg.mode, &facts, resolved, points);
         if report.points.iter().all(|p| p.chosen.is_none()) {
             return Err(ProbeError::NothingAttached {
                 mode: format!("{:?}", cfg.mode).to_lowercase(),
                 reasons: report.rejections(),
             });
         }
+        // Residents: extra hooks, never fatal.
+        report.extras = attacher.attach_extras(&mut emit, &facts)?;
         Ok(Probes {
             bpf: Some(bpf),
             ring: Some(ring),

@@ -95,6 +95,8 @@ pub struct ProbeReport {
     pub kprobes: String,
     pub points: Vec<PointReport>,
     pub layout: Vec<Resolved>,
+    /// Hooks beside the lifecycle points (residents).
+    pub extras: Vec<super::extras::ExtraReport>,
 }
 
 impl ProbeReport {
@@ -114,6 +116,7 @@ impl ProbeReport {
             },
             points,
             layout,
+            extras: Vec::new(),
         }
     }
 
@@ -206,6 +209,21 @@ impl ProbeReport {
                     a.label(),
                     why
                 );
+            }
+        }
+        for x in &self.extras {
+            let what = match &x.outcome {
+                Outcome::Chosen => "tracepoint".to_string(),
+                Outcome::Rejected(r) => format!("-          not attached: {r}"),
+                _ => continue,
+            };
+            match &x.outcome {
+                Outcome::Chosen => {
+                    let _ = writeln!(s, "{:<14} {:<10} {}", x.name, what, x.label);
+                }
+                _ => {
+                    let _ = writeln!(s, "{:<14} {} ({})", x.name, what, x.label);
+                }
             }
         }
         if verbose {

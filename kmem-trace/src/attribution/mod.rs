@@ -1,0 +1,383 @@
+//! Who a memcg belongs to: the stage after the lifecycle. The owner comes from
+//! the memcg's own cgroup path ([`path`]) and, for containers, from the
+//! runtime's metadata read while the container still exists ([`runtime`]), not
+//! from the namespaces of the task that made the cgroup (runc, kubelet or
+//! systemd on the host). Attributions are cached per memcg so the store and the
+//! outputs can name the owner long after the pod is gone.
+
+pub mod path;
+pub mod runtime;
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+pub use path::{Owner, PodPath, Qos, Runtime};
+pub use runtime::{ContainerMeta, RuntimeRoots};
+
+use crate::lifecycle::{Applied, Lifecycle, State};
+
+/// Errors of the attribution stage (only its configuration can fail).
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    #[error("--runtime-root {0} is not a directory; pass the directory that holds one subdirectory per container ID")]
+    NotADirectory(String),
+}
+
+/// A memcg's owner: what its path says, and the container metadata if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    pub owner: Owner,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<ContainerMeta>,
+}
+
+/// The owner flattened for JSON output and the history's columns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerView<'a> {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
+}
+
+impl Attribution {
+    /// From the path alone (no metadata).
+    pub fn of_path(path: &str) -> Attribution {
+        Attribution {
+            owner: path::parse(path),
+            meta: None,
+        }
+    }
+
+    pub fn view(&self) -> OwnerView<'_> {
+        let meta = self.meta.as_ref();
+        let m = |f: fn(&ContainerMeta) -> &Option<String>| meta.and_then(|m| f(m).as_deref());
+        let mut v = OwnerView {
+            kind: self.owner.kind(),
+            namespace: m(|m| &m.namespace),
+            pod: m(|m| &m.pod_name),
+            container: m(|m| &m.container_name),
+            image: m(|m| &m.image),
+            container_id: self.owner.container_id(),
+            runtime: self
+                .owner
+                .runtime()
+                .or(meta.and_then(|m| m.source))
+                .map(Runtime::name),
+            ..OwnerView::default()
+        };
+        match &self.owner {
+            Owner::Pod(p) => {
+                v.pod_uid = Some(&p.pod_uid);
+                v.qos = Some(p.qos.name());
+            }
+            Owner::Systemd { unit } => v.unit = Some(unit),
+            Owner::Path { path } => v.path = Some(path),
+            Owner::Container { .. } => {}
+        }
+        if v.container_id.is_none() {
+            // A pod-level cgroup: its metadata came from one of its containers.
+            v.container = None;
+            v.image = None;
+            v.runtime = self.owner.runtime().map(Runtime::name);
+        }
+        v
+    }
+
+    /// Short human label: `shop/web-7d4b9/nginx`, `pod 5b2ae0e6…/4c1f0e5b9d2a`,
+    /// `docker 4c1f0e5b9d2a`, `sshd.service`, or the path.
+    pub fn label(&self) -> String {
+        let v = self.view();
+        let short = |id: &str| id.chars().take(12).collect::<String>();
+        match &self.owner {
+            Owner::Pod(p) => {
+                let pod = match (v.namespace, v.pod) {
+                    (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
+                    _ => format!("pod {}", p.pod_uid),
+                };
+                match (v.container, &p.container_id) {
+                    (Some(c), _) => format!("{pod}/{c}"),
+                    (None, Some(id)) => format!("{pod}/{}", short(id)),
+                    (None, None) => pod,
+                }
+            }
+            Owner::Container {
+                runtime,
+                container_id,
+            } => match v.container {
+                Some(name) => format!("{} {name}", runtime.name()),
+                None => format!("{} {}", runtime.name(), short(container_id)),
+            },
+            Owner::Systemd { unit } => unit.clone(),
+            Owner::Path { path } => path.clone(),
+        }
+    }
+}
+
+/// Looks up container metadata; [`RuntimeRoots`] reads the runtimes' files.
+pub trait MetaLookup: Send {
+    fn lookup(&self, id: &str, hint: Option<Runtime>) -> Option<ContainerMeta>;
+}
+
+impl MetaLookup for RuntimeRoots {
+    fn lookup(&self, id: &str, hint: Option<Runtime>) -> Option<ContainerMeta> {
+        RuntimeRoots::lookup(self, id, hint)
+    }
+}
+
+/// Runtime roots from `--runtime-root` (the defaults when none was given);
+/// an explicit root that is not a directory is a usage error.
+pub fn runtime_roots(explicit: &[std::path::PathBuf]) -> Result<RuntimeRoots, AttributionError> {
+    for r in explicit {
+        if !r.is_dir() {
+            return Err(AttributionError::NotADirectory(r.display().to_string()));
+        }
+    }
+    Ok(RuntimeRoots::new(explicit))
+}
+
+/// Memcgs per owner kind, for the watch header.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerCounts {
+    /// `(kind, memcgs, of them dying)`, in a fixed order.
+    pub kinds: Vec<(&'static str, u64, u64)>,
+    /// Distinct pods that have at least one dying memcg.
+    pub pods_with_dying: u64,
+}
+
+/// Lookup statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AttributionStats {
+    pub lookups: u64,
+    pub found: u64,
+}
+
+struct Entry {
+    path: Arc<str>,
+    attr: Arc<Attribution>,
+}
+
+/// Most pods remembered for their pod-level cgroups.
+const MAX_PODS: usize = 16384;
+
+/// The attribution stage: one [`Attribution`] per memcg, made when its path is
+/// first known and kept until it is freed.
+pub struct Attributor {
+    lookup: Box<dyn MetaLookup>,
+    by_addr: HashMap<u64, Entry>,
+    /// Pod UID → pod metadata learned from its containers, for the pod-level
+    /// cgroup (created before any container, so it has no metadata of its own).
+    pods: HashMap<String, ContainerMeta>,
+    pub stats: AttributionStats,
+}
+
+impl Attributor {
+    pub fn new(lookup: Box<dyn MetaLookup>) -> Attributor {
+        Attributor {
+            lookup,
+            by_addr: HashMap::new(),
+            pods: HashMap::new(),
+            stats: AttributionStats::default(),
+        }
+    }
+
+    /// Path-only attribution (replays: the runtimes' files are not the ones of then).
+    pub fn paths_only() -> Attributor {
+        Attributor::new(Box::new(RuntimeRoots::none()))
+    }
+
+    /// The attribution of the memcg an event was about. Made (and container
+    /// metadata read) when the memcg's path is first complete; dropped once the
+    /// memcg is freed (the returned value still names it).
+    pub fn observe(&mut self, applied: &Applied) -> Option<Arc<Attribution>> {
+        let addr = applied.addr?;
+        let freed = applied.freed.is_some();
+        let path = applied.path.as_ref().filter(|p| complete(p));
+        let attr = match (self.by_addr.get(&addr), path) {
+            (Some(e), Some(p)) if e.path != *p => Some(self.attribute(addr, p.clone())),
+            (Some(e), _) => {
+                let attr = e.attr.clone();
+                Some(self.upgrade_pod_level(addr, attr))
+            }
+            (None, Some(p)) => Some(self.attribute(addr, p.clone())),
+            (None, None) => None,
+        };
+        if freed {
+            self.by_addr.remove(&addr);
+        }
+        attr
+    }
+
+    /// The cached attribution of a memcg.
+    pub fn get(&self, addr: u64) -> Option<&Arc<Attribution>> {
+        self.by_addr.get(&addr).map(|e| &e.attr)
+    }
+
+    /// Restores an attribution kept in the history (after a restart).
+    pub fn seed(&mut self, addr: u64, path: Arc<str>, attr: Attribution) {
+        self.learn_pod(&attr);
+        self.by_addr.insert(
+            addr,
+            Entry {
+                path,
+                attr: Arc::new(attr),
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    fn attribute(&mut self, addr: u64, path: Arc<str>) -> Arc<Attribution> {
+        let owner = path::parse(&path);
+        let meta = match owner.container_id() {
+            Some(id) => {
+                self.stats.lookups += 1;
+                let m = self.lookup.lookup(id, owner.runtime());
+                self.stats.found += m.is_some() as u64;
+                m
+            }
+            None => owner.pod_uid().and_then(|uid| self.pods.get(uid).cloned()),
+        };
+        let attr = Attribution { owner, meta };
+        self.learn_pod(&attr);
+        let attr = Arc::new(attr);
+        self.by_addr.insert(
+            addr,
+            Entry {
+                path,
+                attr: attr.clone(),
+            },
+        );
+        attr
+    }
+
+    /// A pod-level memcg attributed before any container of its pod: take the
+    /// pod's name and namespace once a container taught them.
+    fn upgrade_pod_level(&mut self, addr: u64, attr: Arc<Attribution>) -> Arc<Attribution> {
+        if attr.meta.is_some() || attr.owner.container_id().is_some() {
+            return attr;
+        }
+        let Some(meta) = attr.owner.pod_uid().and_then(|u| self.pods.get(u)) else {
+            return attr;
+        };
+        let better = Arc::new(Attribution {
+            owner: attr.owner.clone(),
+            meta: Some(meta.clone()),
+        });
+        if let Some(e) = self.by_addr.get_mut(&addr) {
+            e.attr = better.clone();
+        }
+        better
+    }
+
+    fn learn_pod(&mut self, attr: &Attribution) {
+        let (Some(uid), Some(meta)) = (attr.owner.pod_uid(), attr.meta.as_ref()) else {
+            return;
+        };
+        if meta.pod_name.is_none() || self.pods.contains_key(uid) {
+            return;
+        }
+        if self.pods.len() >= MAX_PODS {
+            self.pods.clear();
+        }
+        self.pods.insert(
+            uid.to_string(),
+            ContainerMeta {
+                source: meta.source,
+                pod_name: meta.pod_name.clone(),
+                namespace: meta.namespace.clone(),
+                pod_uid: Some(uid.to_string()),
+                ..ContainerMeta::default()
+            },
+        );
+    }
+
+    /// Memcgs per owner kind (live and dying), for headers.
+    pub fn counts(&self, lc: &Lifecycle) -> OwnerCounts {
+        const KINDS: [&str; 4] = ["pod", "container", "systemd", "path"];
+        let mut kinds: Vec<(&'static str, u64, u64)> = KINDS.iter().map(|k| (*k, 0, 0)).collect();
+        let mut dying_pods: Vec<&str> = Vec::new();
+        for (addr, e) in &self.by_addr {
+            let Some(m) = lc.get(*addr) else { continue };
+            let dying = m.state == State::Dying;
+            let kind = e.attr.owner.kind();
+            if let Some(k) = kinds.iter_mut().find(|k| k.0 == kind) {
+                k.1 += 1;
+                k.2 += dying as u64;
+            }
+            if dying {
+                if let Some(uid) = e.attr.owner.pod_uid() {
+                    dying_pods.push(uid);
+                }
+            }
+        }
+        dying_pods.sort_unstable();
+        dying_pods.dedup();
+        OwnerCounts {
+            kinds,
+            pods_with_dying: dying_pods.len() as u64,
+        }
+    }
+}
+
+/// Paths with unknown ancestors (`?<id>`) are not attributed yet.
+fn complete(p: &str) -> bool {
+    !p.is_empty() && !p.contains('?')
+}
+
+impl OwnerCounts {
+    /// `owners pod 12 (3 dying), systemd 30, path 5; 2 pods with zombies`.
+    pub fn render(&self) -> String {
+        let parts: Vec<String> = self
+            .kinds
+            .iter()
+            .filter(|k| k.1 > 0)
+            .map(|(k, n, d)| {
+                if *d > 0 {
+                    format!("{k} {n} ({d} dying)")
+                } else {
+                    format!("{k} {n}")
+                }
+            })
+            .collect();
+        if parts.is_empty() {
+            return String::new();
+        }
+        let mut s = format!("owners {}", parts.join(", "));
+        if self.pods_with_dying > 0 {
+            s.push_str(&format!(
+                "; {} pods with dying memcgs",
+                self.pods_with_dying
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

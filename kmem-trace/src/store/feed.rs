@@ -1,0 +1,180 @@
+//! Between the event loop and the history writer: remembers which memcgs
+//! changed, and once per tick sends their current records (freed ones first)
+//! as one batch. Also the start-up step: open the history, close rows of
+//! earlier boots, and restore the memcgs still there with their attribution.
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+
+use super::{
+    reconcile::{reconcile, Reconciled},
+    writer::{now_ns, Writer, WriterStats},
+    Record, Store, StoreError,
+};
+use crate::{
+    attribution::{runtime_roots, Attribution, AttributionError, Attributor},
+    lifecycle::{Applied, Lifecycle, Memcg, Origin},
+    outputs::Clock,
+};
+
+/// History and attribution settings of `watch`.
+#[derive(Clone, Debug)]
+pub struct HistoryConfig {
+    /// `None`: no history (`--no-history`).
+    pub db: Option<PathBuf>,
+    pub retain: Duration,
+    /// `--runtime-root`; empty means the defaults.
+    pub runtime_roots: Vec<PathBuf>,
+}
+
+impl HistoryConfig {
+    /// From `watch`'s options.
+    pub fn from_args(a: &crate::cli::HistoryArgs) -> HistoryConfig {
+        HistoryConfig {
+            db: (!a.no_history).then(|| a.db.clone()),
+            retain: a.retain,
+            runtime_roots: a.runtime_root.clone(),
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            db: Some(PathBuf::from(super::DEFAULT_DB)),
+            retain: super::DEFAULT_RETAIN,
+            runtime_roots: Vec::new(),
+        }
+    }
+}
+
+/// Errors of preparing attribution and history.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Attribution(#[from] AttributionError),
+}
+
+/// What start-up restored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub memcgs: usize,
+    pub dying: usize,
+    pub lost: usize,
+    pub other_boots: usize,
+}
+
+/// Builds the attribution stage and, unless disabled, opens the history and
+/// restores the memcgs it still knows into `lc` (after cgroupfs seeding, and
+/// after a census if one ran: census memcgs in `lc` are then the reference).
+pub fn prepare(
+    cfg: &HistoryConfig,
+    lc: &mut Lifecycle,
+    clock: Clock,
+) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
+    let mut attributor = Attributor::new(Box::new(runtime_roots(&cfg.runtime_roots)?));
+    let Some(db) = &cfg.db else {
+        return Ok((attributor, None, Restored::default()));
+    };
+    let mut store = Store::open(db)?;
+    let now = now_ns();
+    let mut restored = Restored {
+        other_boots: store.retire_other_boots(now)?,
+        ..Restored::default()
+    };
+    let rows = store.open_rows(clock.offset_ns)?;
+    let census: Vec<Memcg> = lc
+        .memcgs()
+        .filter(|m| m.origin == Origin::Census)
+        .cloned()
+        .collect();
+    let Reconciled {
+        restore,
+        lost,
+        went_offline,
+    } = reconcile(
+        rows,
+        |k| lc.tree.contains(k),
+        (!census.is_empty()).then_some(census.as_slice()),
+    );
+    restored.lost = store.mark_lost(&lost, now)?;
+    let mut feed = HistoryFeed::new(Writer::spawn(store, cfg.retain), clock);
+    for (m, attr) in restore {
+        restored.memcgs += 1;
+        restored.dying += (m.state == crate::lifecycle::State::Dying) as usize;
+        if let Some(a) = attr {
+            attributor.seed(m.addr, m.path.clone(), a);
+        }
+        if went_offline.contains(&m.addr) {
+            feed.dirty.insert(m.addr);
+        }
+        lc.seed_memcg(m);
+    }
+    Ok((attributor, Some(feed), restored))
+}
+
+/// Changed memcgs waiting for the next flush.
+pub struct HistoryFeed {
+    writer: Writer,
+    dirty: HashSet<u64>,
+    freed: Vec<Record>,
+    clock: Clock,
+}
+
+impl HistoryFeed {
+    pub fn new(writer: Writer, clock: Clock) -> HistoryFeed {
+        HistoryFeed {
+            writer,
+            dirty: HashSet::new(),
+            freed: Vec::new(),
+            clock,
+        }
+    }
+
+    /// Notes what an event changed. A freed memcg leaves the lifecycle, so its
+    /// final record is kept here until the flush.
+    pub fn observe(&mut self, applied: &Applied, owner: Option<&Arc<Attribution>>) {
+        if let Some(m) = &applied.freed {
+            self.dirty.remove(&m.addr);
+            self.freed.push(Record {
+                memcg: (**m).clone(),
+                attribution: owner.cloned(),
+            });
+        } else if let Some(addr) = applied.addr {
+            self.dirty.insert(addr);
+        }
+    }
+
+    /// Sends one batch: freed memcgs first (their addresses may already be
+    /// reused by memcgs in the same batch), then the changed ones.
+    pub fn flush(&mut self, lc: &Lifecycle, attrs: &Attributor) {
+        if self.freed.is_empty() && self.dirty.is_empty() {
+            return;
+        }
+        let mut batch: Vec<Record> = std::mem::take(&mut self.freed);
+        for addr in self.dirty.drain() {
+            if let Some(m) = lc.get(addr) {
+                batch.push(Record {
+                    memcg: m.clone(),
+                    attribution: attrs.get(addr).cloned(),
+                });
+            }
+        }
+        let n = batch.len() as u64;
+        if !self.writer.send(self.clock.offset_ns, batch) && self.writer.dropped == n {
+            log::warn!("history writer is behind; dropping history records");
+        }
+    }
+
+    /// Records not written because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.writer.dropped
+    }
+
+    /// Flushes and stops the writer.
+    pub fn close(mut self, lc: &Lifecycle, attrs: &Attributor) -> WriterStats {
+        self.flush(lc, attrs);
+        self.writer.close()
+    }
+}

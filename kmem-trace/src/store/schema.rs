@@ -1,0 +1,85 @@
+//! The history database's schema as numbered migrations. `PRAGMA user_version`
+//! holds how many have been applied; each runs once, in a transaction, in
+//! order. Never edit a released migration: add the next one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: memcg lifecycles with owner, processes and counters; key/value meta.
+    r#"
+    CREATE TABLE memcg (
+        id                 INTEGER PRIMARY KEY,
+        boot_id            TEXT    NOT NULL,
+        addr               INTEGER NOT NULL,
+        memcg_id           INTEGER NOT NULL,
+        hierarchy_id       INTEGER NOT NULL,
+        cgroup_id          INTEGER NOT NULL,
+        level              INTEGER NOT NULL,
+        path               TEXT    NOT NULL,
+        state              TEXT    NOT NULL,
+        origin             TEXT    NOT NULL,
+        kmem_active        INTEGER NOT NULL,
+        id_released        INTEGER NOT NULL,
+        alloc_at           INTEGER,
+        online_at          INTEGER,
+        offline_at         INTEGER,
+        released_at        INTEGER,
+        free_at            INTEGER,
+        offline_mem_pages  INTEGER,
+        offline_kmem_pages INTEGER,
+        offline_swap_pages INTEGER,
+        free_mem_pages     INTEGER,
+        free_kmem_pages    INTEGER,
+        free_swap_pages    INTEGER,
+        owner_kind         TEXT,
+        namespace          TEXT,
+        pod                TEXT,
+        pod_uid            TEXT,
+        container          TEXT,
+        container_id       TEXT,
+        runtime            TEXT,
+        image              TEXT,
+        unit               TEXT,
+        attribution        TEXT,
+        creator            TEXT,
+        residents          TEXT,
+        last_resident      TEXT,
+        residents_dropped  INTEGER NOT NULL DEFAULT 0,
+        first_seen         INTEGER NOT NULL,
+        updated_at         INTEGER NOT NULL
+    );
+    CREATE INDEX memcg_key ON memcg (boot_id, addr, memcg_id);
+    CREATE INDEX memcg_state ON memcg (state, boot_id);
+    CREATE INDEX memcg_pod ON memcg (namespace, pod);
+    CREATE INDEX memcg_updated ON memcg (updated_at);
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database to [`VERSION`]; refuses a newer one.
+pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > VERSION {
+        return Err(StoreError::Newer {
+            found,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        // PRAGMA takes no parameters; the value is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(found)
+}

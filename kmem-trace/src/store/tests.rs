@@ -1,0 +1,250 @@
+//! The history database on a temporary file: modes, migrations, upserts by
+//! memcg identity, lost rows, retention, and a round trip of every field.
+
+use std::{os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
+
+use super::*;
+use crate::{
+    attribution::Attribution,
+    lifecycle::{Comm, Memcg, Origin, State, Task},
+};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "kmem-trace-store-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+const OFF: i64 = 1_700_000_000_000_000_000;
+const NOW: i64 = OFF + 500_000_000_000;
+
+fn task(pid: u32, comm: &str, ts: u64) -> Task {
+    Task {
+        pid,
+        tgid: pid,
+        comm: Comm::new(comm),
+        ppid: 1,
+        pcomm: Comm::new("containerd-shim"),
+        ts_ns: ts,
+    }
+}
+
+fn memcg(addr: u64, id: u32, cgroup_id: u64, state: State) -> Memcg {
+    let mut m = Memcg::new(addr, id, Origin::Traced);
+    m.cgroup_id = cgroup_id;
+    m.hierarchy_id = 4;
+    m.level = 5;
+    m.path =
+        Arc::from("/kubepods/burstable/pod5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d/abcdef0123456789");
+    m.state = state;
+    m.alloc_ns = Some(1_000);
+    m.online_ns = Some(1_100);
+    m.creator = Some(task(10, "runc", 1_000));
+    m.residents = vec![task(11, "runc:[2:INIT]", 1_200), task(12, "nginx", 1_300)];
+    m.last_resident = Some(task(12, "nginx", 1_300));
+    if state != State::Live {
+        m.offline_ns = Some(2_000);
+        m.at_offline.mem_pages = Some(4096);
+        m.at_offline.swap_pages = Some(0);
+    }
+    m
+}
+
+fn rec(m: Memcg) -> Record {
+    Record {
+        attribution: Some(Arc::new(Attribution::of_path(&m.path))),
+        memcg: m,
+    }
+}
+
+#[test]
+fn creates_the_file_0600_and_tightens_a_loose_one() {
+    let d = TempDir::new("mode");
+    let db = d.0.join("sub/history.db");
+    let s = Store::open(&db).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(db.parent().unwrap()), 0o700);
+    assert_eq!(s.schema_version().unwrap(), schema::VERSION);
+    drop(s);
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
+    Store::open(&db).unwrap();
+    assert_eq!(mode(&db), 0o600);
+}
+
+#[test]
+fn refuses_a_newer_schema_and_migrates_idempotently() {
+    let d = TempDir::new("schema");
+    let db = d.0.join("h.db");
+    drop(Store::open(&db).unwrap());
+    drop(Store::open(&db).unwrap()); // already current: nothing to do
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(c);
+    let e = Store::open(&db).err().unwrap();
+    assert!(matches!(e, StoreError::Newer { found: 99, .. }), "{e}");
+    assert!(e.to_string().contains("upgrade kmem-trace"));
+    let e = Store::open_existing(&d.0.join("none.db")).err().unwrap();
+    assert!(matches!(e, StoreError::Missing(_)));
+}
+
+#[test]
+fn round_trips_a_memcg_with_wall_clock_times() {
+    let d = TempDir::new("roundtrip");
+    let mut s = Store::open(&d.0.join("h.db")).unwrap();
+    let m = memcg(0xffff_8880_1234_0000, 42, 777, State::Dying);
+    s.write(&[rec(m.clone())], OFF, NOW).unwrap();
+    let rows = s.dying(OFF).unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r.state, "dying");
+    assert_eq!(r.wall.offline, Some(OFF + 2_000));
+    assert_eq!(r.wall.first_seen, NOW);
+    let back = &r.memcg;
+    assert_eq!(back.addr, m.addr);
+    assert_eq!((back.memcg_id, back.cgroup_id, back.level), (42, 777, 5));
+    assert_eq!(back.offline_ns, Some(2_000));
+    assert_eq!(back.at_offline, m.at_offline);
+    assert_eq!(back.creator, m.creator);
+    assert_eq!(back.residents, m.residents);
+    assert_eq!(back.last_resident, m.last_resident);
+    assert_eq!(
+        r.attribution.as_ref().unwrap().owner.pod_uid(),
+        Some("5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d")
+    );
+    // Read back with another clock offset: the same wall-clock instant.
+    let later = s.dying(OFF + 10).unwrap();
+    assert_eq!(later[0].memcg.offline_ns, Some(1_990));
+}
+
+#[test]
+fn updates_the_same_memcg_and_starts_a_new_row_for_a_new_one() {
+    let d = TempDir::new("upsert");
+    let mut s = Store::open(&d.0.join("h.db")).unwrap();
+    let addr = 0xffff_8880_0000_1000;
+    let mut live = memcg(addr, 7, 100, State::Live);
+    live.residents.clear();
+    s.write(&[rec(live)], OFF, NOW).unwrap();
+    // Offline: same row, counters and residents filled in, attribution kept.
+    let dying = memcg(addr, 7, 100, State::Dying);
+    s.write(
+        &[Record {
+            memcg: dying,
+            attribution: None,
+        }],
+        OFF,
+        NOW + 1,
+    )
+    .unwrap();
+    let all = s.all(OFF).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, "dying");
+    assert_eq!(all[0].memcg.residents.len(), 2);
+    assert!(all[0].attribution.is_some());
+    // Freed: the row is finished.
+    let mut freed = memcg(addr, 7, 100, State::Freed);
+    freed.free_ns = Some(3_000);
+    freed.at_free.mem_pages = Some(0);
+    s.write(&[rec(freed)], OFF, NOW + 2).unwrap();
+    // A new memcg at the same address with the same recycled ID: a new row.
+    s.write(&[rec(memcg(addr, 7, 200, State::Live))], OFF, NOW + 3)
+        .unwrap();
+    let all = s.all(OFF).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].state.as_str(), all[0].wall.free),
+        ("freed", Some(OFF + 3_000))
+    );
+    assert_eq!(all[0].memcg.at_free.mem_pages, Some(0));
+    assert_eq!(
+        (all[1].state.as_str(), all[1].memcg.cgroup_id),
+        ("live", 200)
+    );
+    assert!(s.dying(OFF).unwrap().is_empty());
+}
+
+#[test]
+fn an_address_taken_by_a_new_memcg_closes_the_old_row() {
+    let d = TempDir::new("lost");
+    let mut s = Store::open(&d.0.join("h.db")).unwrap();
+    s.write(&[rec(memcg(0x1000, 5, 100, State::Dying))], OFF, NOW)
+        .unwrap();
+    s.write(&[rec(memcg(0x1000, 6, 101, State::Live))], OFF, NOW + 1)
+        .unwrap();
+    let all = s.all(OFF).unwrap();
+    let states: Vec<&str> = all.iter().map(|r| r.state.as_str()).collect();
+    assert_eq!(states, vec!["lost", "live"]);
+    // mark_lost and other boots
+    let id = all[1].row_id;
+    assert_eq!(s.mark_lost(&[id], NOW + 2).unwrap(), 1);
+    s.write(&[rec(memcg(0x2000, 8, 102, State::Dying))], OFF, NOW + 3)
+        .unwrap();
+    let mut other = Store::open(s.path()).unwrap().with_boot_id("another-boot");
+    assert_eq!(other.retire_other_boots(NOW + 4).unwrap(), 1);
+    assert!(s.dying(OFF).unwrap().is_empty());
+}
+
+#[test]
+fn retention_deletes_only_old_finished_rows() {
+    let d = TempDir::new("retain");
+    let mut s = Store::open(&d.0.join("h.db")).unwrap();
+    let day = 86_400_000_000_000i64;
+    let mut old = memcg(0x1000, 1, 1, State::Freed);
+    old.free_ns = Some(5);
+    s.write(&[rec(old)], OFF, NOW - 20 * day).unwrap();
+    s.write(
+        &[rec(memcg(0x2000, 2, 2, State::Dying))],
+        OFF,
+        NOW - 20 * day,
+    )
+    .unwrap();
+    let mut recent = memcg(0x3000, 3, 3, State::Freed);
+    recent.free_ns = Some(5);
+    s.write(&[rec(recent)], OFF, NOW - day).unwrap();
+    assert_eq!(s.prune(DEFAULT_RETAIN, NOW).unwrap(), 1);
+    let left: Vec<u64> = s.all(OFF).unwrap().iter().map(|r| r.memcg.addr).collect();
+    assert_eq!(left, vec![0x2000, 0x3000]);
+}
+
+#[test]
+fn the_writer_thread_writes_batches_and_meta() {
+    let d = TempDir::new("writer");
+    let db = d.0.join("h.db");
+    let mut w = writer::Writer::spawn(Store::open(&db).unwrap(), DEFAULT_RETAIN);
+    for i in 0..10u64 {
+        assert!(w.send(
+            OFF,
+            vec![rec(memcg(0x1000 + i, i as u32 + 1, 100 + i, State::Dying))]
+        ));
+    }
+    assert!(w.send(OFF, Vec::new()));
+    let stats = w.close();
+    assert_eq!((stats.records, stats.errors), (10, 0));
+    let s = Store::open_existing(&db).unwrap();
+    assert_eq!(s.dying(OFF).unwrap().len(), 10);
+    assert_eq!(s.meta("running").unwrap().as_deref(), Some("0"));
+    let beat: i64 = s.meta("heartbeat").unwrap().unwrap().parse().unwrap();
+    assert!((writer::now_ns() - beat).abs() < 60_000_000_000);
+    assert_eq!(
+        s.meta("writer_pid").unwrap(),
+        Some(std::process::id().to_string())
+    );
+}

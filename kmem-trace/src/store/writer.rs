@@ -1,0 +1,166 @@
+//! The history writer: a thread that owns the SQLite connection and writes
+//! batches as they come through a bounded channel. The event loop only ever
+//! `try_send`s, so a slow disk costs history rows (counted), never events.
+
+use std::{
+    sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use super::{Record, Store};
+
+/// Batches waiting for the writer before new ones are dropped.
+const QUEUE: usize = 1024;
+/// How often finished rows older than the retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the writer says it is alive when nothing happens.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Batch {
+        offset_ns: i64,
+        records: Vec<Record>,
+    },
+    Stop,
+}
+
+/// What the writer did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    pub batches: u64,
+    pub records: u64,
+    pub errors: u64,
+    pub pruned: u64,
+    pub last_error: Option<String>,
+}
+
+/// Handle to the writer thread.
+pub struct Writer {
+    tx: SyncSender<Msg>,
+    handle: Option<JoinHandle<WriterStats>>,
+    /// Records not written because the queue was full.
+    pub dropped: u64,
+}
+
+/// Wall-clock now, ns since the epoch.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    /// Starts the thread; it prunes at once and then every hour.
+    pub fn spawn(store: Store, retain: Duration) -> Writer {
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let handle = thread::Builder::new()
+            .name("kmem-trace-history".into())
+            .spawn(move || run(store, rx, retain))
+            .ok();
+        if handle.is_none() {
+            log::warn!("could not start the history writer thread; history is off");
+        }
+        Writer {
+            tx,
+            handle,
+            dropped: 0,
+        }
+    }
+
+    /// Queues a batch without blocking; false (and counted) when it was dropped.
+    pub fn send(&mut self, offset_ns: i64, records: Vec<Record>) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let n = records.len() as u64;
+        match self.tx.try_send(Msg::Batch { offset_ns, records }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped += n;
+                false
+            }
+        }
+    }
+
+    /// Writes what is queued and stops the thread.
+    pub fn close(mut self) -> WriterStats {
+        let _ = self.tx.send(Msg::Stop);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
+    let mut stats = WriterStats::default();
+    let fail = |stats: &mut WriterStats, what: &str, e: super::StoreError| {
+        stats.errors += 1;
+        if stats.errors <= 5 {
+            log::warn!("history: {what}: {e}");
+        }
+        stats.last_error = Some(e.to_string());
+    };
+    let pid = std::process::id().to_string();
+    for (k, v) in [
+        ("writer_pid", pid.as_str()),
+        ("running", "1"),
+        ("heartbeat", &now_ns().to_string()),
+    ] {
+        if let Err(e) = store.set_meta(k, v) {
+            fail(&mut stats, "writing meta", e);
+        }
+    }
+    let mut last_prune: Option<Instant> = None;
+    let mut last_beat = Instant::now();
+    loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            match store.prune(retain, now_ns()) {
+                Ok(n) => stats.pruned += n as u64,
+                Err(e) => fail(&mut stats, "pruning", e),
+            }
+            last_prune = Some(Instant::now());
+        }
+        let mut stop = false;
+        let mut batches = Vec::new();
+        match rx.recv_timeout(HEARTBEAT) {
+            Ok(Msg::Batch { offset_ns, records }) => batches.push((offset_ns, records)),
+            Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stop = true,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // Whatever else is queued goes into the same transaction, in order.
+        while !stop && batches.len() < 64 {
+            match rx.try_recv() {
+                Ok(Msg::Batch { offset_ns, records }) => batches.push((offset_ns, records)),
+                Ok(Msg::Stop) => stop = true,
+                Err(_) => break,
+            }
+        }
+        let now = now_ns();
+        for (offset_ns, records) in &batches {
+            match store.write(records, *offset_ns, now) {
+                Ok(()) => {
+                    stats.batches += 1;
+                    stats.records += records.len() as u64;
+                }
+                Err(e) => fail(&mut stats, "writing", e),
+            }
+        }
+        if !batches.is_empty() || stop || last_beat.elapsed() >= HEARTBEAT {
+            if let Err(e) = store.set_meta("heartbeat", &now.to_string()) {
+                fail(&mut stats, "writing meta", e);
+            }
+            if stop {
+                if let Err(e) = store.set_meta("running", "0") {
+                    fail(&mut stats, "writing meta", e);
+                }
+            }
+            last_beat = Instant::now();
+        }
+        if stop {
+            return stats;
+        }
+    }
+}

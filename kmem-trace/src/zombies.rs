@@ -1,0 +1,343 @@
+//! `kmem-trace zombies`: every dying memcg with its ID, age, path, owner
+//! (namespace/pod/container), creator, residents and pinned bytes. The memcgs
+//! come from any source that yields [`Memcg`]s (a census of the kernel, when
+//! one is available) or from the history alone; either way they are joined
+//! with the history, which keeps the owner long after the pod is gone.
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    attribution::Attribution,
+    lifecycle::{Memcg, State, Task},
+    outputs::{line::human_bytes, page_size, Clock},
+    store::{reconcile::same, writer::now_ns, HistoryRow, Store, StoreError},
+};
+
+/// Errors of `zombies`.
+#[derive(Debug, thiserror::Error)]
+pub enum ZombiesError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Settings of `zombies`.
+#[derive(Clone, Debug)]
+pub struct ZombiesConfig {
+    pub db: PathBuf,
+    pub older_than: Option<Duration>,
+    pub json: bool,
+}
+
+/// A process as shown by `zombies`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskView {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub ppid: u32,
+    pub pcomm: String,
+    /// When it was seen (RFC 3339).
+    pub seen: String,
+}
+
+impl TaskView {
+    fn new(t: &Task, clock: &Clock) -> TaskView {
+        TaskView {
+            pid: t.pid,
+            tgid: t.tgid,
+            comm: t.comm.to_string(),
+            ppid: t.ppid,
+            pcomm: t.pcomm.to_string(),
+            seen: clock.rfc3339(t.ts_ns),
+        }
+    }
+}
+
+/// One dying memcg.
+#[derive(Clone, Debug, Serialize)]
+pub struct Zombie {
+    pub memcg_id: u32,
+    pub memcg_addr: String,
+    pub cgroup_id: u64,
+    pub path: String,
+    /// Seconds since offline; `null` when the offline was not seen.
+    pub age_s: Option<f64>,
+    pub offline_at: Option<String>,
+    #[serde(serialize_with = "owner_view")]
+    pub owner: Option<Attribution>,
+    pub owner_label: Option<String>,
+    pub creator: Option<TaskView>,
+    pub residents: Vec<TaskView>,
+    pub residents_dropped: u32,
+    pub last_resident: Option<TaskView>,
+    /// Bytes still charged (memory page counter at offline, or now for a census).
+    pub pinned_bytes: Option<u64>,
+    pub kmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
+    pub kmem_active: bool,
+    /// `history`, `census`, or `census+history`.
+    pub source: &'static str,
+}
+
+/// Whether a tracer is writing the history now.
+#[derive(Clone, Debug, Serialize)]
+pub struct TracerStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// Last time the tracer's writer said it was alive (RFC 3339).
+    pub last_heartbeat: Option<String>,
+    /// The last tracer stopped cleanly (not killed).
+    pub stopped: bool,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub kind: &'static str,
+    pub db: String,
+    pub tracer: TracerStatus,
+    pub count: usize,
+    pub zombies: Vec<Zombie>,
+}
+
+/// The owner as the flat view events use.
+fn owner_view<S: serde::Serializer>(a: &Option<Attribution>, s: S) -> Result<S::Ok, S::Error> {
+    a.as_ref().map(Attribution::view).serialize(s)
+}
+
+/// Joins dying memcgs with the history. `census`: the kernel's list from any
+/// source (authoritative, the history adds owner and processes); without it
+/// the history's dying rows are the list.
+pub fn join(
+    rows: &[HistoryRow],
+    census: Option<&[Memcg]>,
+    clock: &Clock,
+    now_wall: i64,
+    older_than: Option<Duration>,
+) -> Vec<Zombie> {
+    let page = page_size();
+    let mut out: Vec<Zombie> = Vec::new();
+    let mut push = |m: &Memcg, row: Option<&HistoryRow>, source: &'static str| {
+        let attr = row
+            .and_then(|r| r.attribution.clone())
+            .or_else(|| (!m.path.is_empty()).then(|| Attribution::of_path(&m.path)));
+        let offline_wall = row
+            .and_then(|r| r.wall.offline)
+            .or(m.offline_ns.map(|o| o as i64 + clock.offset_ns));
+        let age_s = offline_wall.map(|w| (now_wall - w).max(0) as f64 / 1e9);
+        if let (Some(min), Some(age)) = (older_than, age_s) {
+            if age < min.as_secs_f64() {
+                return;
+            }
+        }
+        // The history keeps processes and times; the census has current counters.
+        let hist = row.map(|r| &r.memcg);
+        let procs = hist.unwrap_or(m);
+        let counters = if m.at_offline.mem_pages.is_some() {
+            m.at_offline
+        } else {
+            hist.map(|h| h.at_offline).unwrap_or_default()
+        };
+        out.push(Zombie {
+            memcg_id: m.memcg_id,
+            memcg_addr: format!("{:#x}", m.addr),
+            cgroup_id: m.cgroup_id,
+            path: if m.path.is_empty() {
+                hist.map(|h| h.path.to_string()).unwrap_or_default()
+            } else {
+                m.path.to_string()
+            },
+            age_s,
+            offline_at: offline_wall.map(|w| Clock::from_offset(0).rfc3339(w.max(0) as u64)),
+            owner_label: attr.as_ref().map(Attribution::label),
+            owner: attr,
+            creator: procs.creator.as_ref().map(|t| TaskView::new(t, clock)),
+            residents: procs
+                .residents
+                .iter()
+                .map(|t| TaskView::new(t, clock))
+                .collect(),
+            residents_dropped: procs.residents_dropped,
+            last_resident: procs
+                .last_resident
+                .as_ref()
+                .map(|t| TaskView::new(t, clock)),
+            pinned_bytes: counters.mem_pages.map(|p| p * page),
+            kmem_bytes: counters.kmem_pages.map(|p| p * page),
+            swap_bytes: counters.swap_pages.map(|p| p * page),
+            kmem_active: m.kmem_active || procs.kmem_active,
+            source,
+        });
+    };
+    match census {
+        Some(census) => {
+            for m in census.iter().filter(|m| m.state == State::Dying) {
+                let row = rows.iter().find(|r| same(&r.memcg, m));
+                push(
+                    m,
+                    row,
+                    if row.is_some() {
+                        "census+history"
+                    } else {
+                        "census"
+                    },
+                );
+            }
+        }
+        None => {
+            for r in rows.iter().filter(|r| r.memcg.state == State::Dying) {
+                push(&r.memcg, Some(r), "history");
+            }
+        }
+    }
+    // Oldest first; unknown ages (offline unseen) first of all.
+    out.sort_by(|a, b| {
+        b.age_s
+            .unwrap_or(f64::MAX)
+            .total_cmp(&a.age_s.unwrap_or(f64::MAX))
+    });
+    out
+}
+
+/// Whether a tracer wrote the history lately (heartbeat within 30 s).
+fn tracer_status(store: &Store, now_wall: i64) -> TracerStatus {
+    let beat: Option<i64> = store
+        .meta("heartbeat")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok());
+    let pid = store
+        .meta("writer_pid")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok());
+    let stopped = store.meta("running").ok().flatten().as_deref() == Some("0");
+    // A tracer killed with -9 never says it stopped: its heartbeat gets old.
+    let running = !stopped && beat.is_some_and(|b| now_wall - b < 30_000_000_000);
+    TracerStatus {
+        running,
+        pid: running.then_some(pid).flatten(),
+        last_heartbeat: beat
+            .filter(|b| *b > 0)
+            .map(|b| Clock::from_offset(0).rfc3339(b as u64)),
+        stopped,
+    }
+}
+
+/// Builds the report from the history database (and a census, when given).
+pub fn report(cfg: &ZombiesConfig, census: Option<&[Memcg]>) -> Result<Report, ZombiesError> {
+    let store = Store::open_existing(&cfg.db)?;
+    let clock = Clock::measure();
+    let now = now_ns();
+    let rows = if census.is_some() {
+        store.open_rows(clock.offset_ns)?
+    } else {
+        store.dying(clock.offset_ns)?
+    };
+    let zombies = join(&rows, census, &clock, now, cfg.older_than);
+    Ok(Report {
+        kind: "zombies",
+        db: cfg.db.display().to_string(),
+        tracer: tracer_status(&store, now),
+        count: zombies.len(),
+        zombies,
+    })
+}
+
+/// Writes the report as one JSON document or as a human table.
+pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesError> {
+    if json {
+        serde_json::to_writer_pretty(&mut *w, r)?;
+        writeln!(w)?;
+        return Ok(());
+    }
+    if !r.tracer.running {
+        writeln!(
+            w,
+            "# no tracer is writing {} ({} {}); memcgs freed since then still show",
+            r.db,
+            if r.tracer.stopped {
+                "stopped at"
+            } else {
+                "last heartbeat"
+            },
+            r.tracer.last_heartbeat.as_deref().unwrap_or("never")
+        )?;
+    }
+    writeln!(w, "{} dying memcgs", r.count)?;
+    if r.zombies.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        w,
+        "{:<6} {:>9} {:>9}  {:<40} PATH",
+        "ID", "AGE", "PINNED", "OWNER"
+    )?;
+    for z in &r.zombies {
+        let age = z
+            .age_s
+            .map(|s| humantime::format_duration(Duration::from_secs(s as u64)).to_string())
+            .unwrap_or_else(|| "?".into());
+        let age = age.split(' ').take(2).collect::<Vec<_>>().join("");
+        writeln!(
+            w,
+            "{:<6} {:>9} {:>9}  {:<40} {}",
+            z.memcg_id,
+            age,
+            z.pinned_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "?".into()),
+            // A plain path owner is the path column already.
+            match &z.owner {
+                Some(o) if o.owner.kind() != "path" => z.owner_label.as_deref().unwrap_or("?"),
+                _ => "-",
+            },
+            z.path
+        )?;
+        let task = |t: &TaskView| format!("{} ({}) <- {} ({})", t.comm, t.tgid, t.pcomm, t.ppid);
+        if let Some(c) = &z.creator {
+            writeln!(w, "       created by {}", task(c))?;
+        }
+        if !z.residents.is_empty() {
+            let names: Vec<String> = z
+                .residents
+                .iter()
+                .map(|t| format!("{} ({})", t.comm, t.tgid))
+                .collect();
+            let more = if z.residents_dropped > 0 {
+                format!(" and {} more", z.residents_dropped)
+            } else {
+                String::new()
+            };
+            writeln!(w, "       residents {}{more}", names.join(", "))?;
+        }
+        if let Some(l) = &z.last_resident {
+            writeln!(w, "       last resident {}", task(l))?;
+        }
+    }
+    Ok(())
+}
+
+/// `kmem-trace zombies`: the report from the history, on stdout.
+pub fn command(args: &crate::cli::ZombiesArgs) -> Result<(), ZombiesError> {
+    let cfg = ZombiesConfig {
+        db: args.db.clone(),
+        older_than: args.older_than,
+        json: args.json,
+    };
+    let r = report(&cfg, None)?;
+    let mut out = std::io::stdout().lock();
+    render(&r, cfg.json, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "zombies_tests.rs"]
+mod tests;

@@ -1,0 +1,147 @@
+//! Joining dying memcgs with the history, filtering by age, and both renderings.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    attribution::{ContainerMeta, Runtime},
+    lifecycle::{Comm, Origin},
+    store::WallTimes,
+};
+
+const OFF: i64 = 1_700_000_000_000_000_000;
+const UID: &str = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
+const CID: &str = "4c1f0e5b9d2a7c3e8f6b1a0d9e8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c";
+
+fn task(pid: u32, comm: &str) -> Task {
+    Task {
+        pid,
+        tgid: pid,
+        comm: Comm::new(comm),
+        ppid: 1,
+        pcomm: Comm::new("containerd-shim"),
+        ts_ns: 1_000,
+    }
+}
+
+fn row(addr: u64, id: u32, offline_wall: i64) -> HistoryRow {
+    let mut m = Memcg::new(addr, id, Origin::History);
+    m.cgroup_id = 100 + id as u64;
+    m.state = State::Dying;
+    m.path = Arc::from(format!("/kubepods/burstable/pod{UID}/{CID}"));
+    m.offline_ns = Some((offline_wall - OFF) as u64);
+    m.at_offline.mem_pages = Some(4096);
+    m.creator = Some(task(10, "runc"));
+    m.residents = vec![task(11, "sh"), task(12, "head")];
+    m.last_resident = Some(task(12, "head"));
+    HistoryRow {
+        row_id: id as i64,
+        state: "dying".into(),
+        memcg: m,
+        wall: WallTimes {
+            offline: Some(offline_wall),
+            ..WallTimes::default()
+        },
+        attribution: Some(Attribution {
+            owner: crate::attribution::path::parse(&format!("/kubepods/burstable/pod{UID}/{CID}")),
+            meta: Some(ContainerMeta {
+                source: Some(Runtime::Containerd),
+                pod_name: Some("web-1".into()),
+                namespace: Some("shop".into()),
+                container_name: Some("nginx".into()),
+                ..ContainerMeta::default()
+            }),
+        }),
+    }
+}
+
+const NOW: i64 = OFF + 7_200_000_000_000; // two hours after the epoch of the rows
+
+#[test]
+fn history_rows_are_the_list_without_a_census() {
+    let clock = Clock::from_offset(OFF);
+    let rows = vec![
+        row(0x10, 1, NOW - 3_600_000_000_000),
+        row(0x20, 2, NOW - 60_000_000_000),
+    ];
+    let z = join(&rows, None, &clock, NOW, None);
+    assert_eq!(z.len(), 2);
+    assert_eq!(z[0].memcg_id, 1, "oldest first");
+    assert_eq!(z[0].age_s, Some(3600.0));
+    assert_eq!(z[0].owner_label.as_deref(), Some("shop/web-1/nginx"));
+    assert_eq!(z[0].residents.len(), 2);
+    assert_eq!(z[0].last_resident.as_ref().unwrap().comm, "head");
+    assert_eq!(z[0].pinned_bytes, Some(4096 * page_size()));
+    assert_eq!(z[0].source, "history");
+    let old = join(&rows, None, &clock, NOW, Some(Duration::from_secs(600)));
+    assert_eq!(old.len(), 1);
+}
+
+#[test]
+fn a_census_is_joined_with_the_history() {
+    let clock = Clock::from_offset(OFF);
+    let rows = vec![
+        row(0x10, 1, NOW - 3_600_000_000_000),
+        row(0x30, 3, NOW - 10),
+    ];
+    let mut known = Memcg::new(0x10, 1, Origin::Census);
+    known.cgroup_id = 101;
+    known.state = State::Dying;
+    known.at_offline.mem_pages = Some(10);
+    let mut unknown = Memcg::new(0x20, 2, Origin::Census);
+    unknown.state = State::Dying;
+    unknown.path = Arc::from("/system.slice/cron.service");
+    let live = Memcg::new(0x40, 4, Origin::Census);
+    let census = [known, unknown, live];
+    let z = join(&rows, Some(&census), &clock, NOW, None);
+    assert_eq!(z.len(), 2, "row 0x30 is gone from the kernel, 0x40 is live");
+    let k = z.iter().find(|z| z.memcg_id == 1).unwrap();
+    assert_eq!(k.source, "census+history");
+    assert_eq!(k.owner_label.as_deref(), Some("shop/web-1/nginx"));
+    assert_eq!(
+        k.pinned_bytes,
+        Some(10 * page_size()),
+        "the census counters are current"
+    );
+    assert_eq!(k.path, format!("/kubepods/burstable/pod{UID}/{CID}"));
+    let u = z.iter().find(|z| z.memcg_id == 2).unwrap();
+    assert_eq!(
+        (u.source, u.owner_label.as_deref(), u.age_s),
+        ("census", Some("cron.service"), None)
+    );
+}
+
+#[test]
+fn renders_json_and_a_table() {
+    let clock = Clock::from_offset(OFF);
+    let rows = vec![row(0x10, 1, NOW - 3_600_000_000_000)];
+    let r = Report {
+        kind: "zombies",
+        db: "/tmp/h.db".into(),
+        tracer: TracerStatus {
+            running: false,
+            pid: None,
+            last_heartbeat: None,
+            stopped: false,
+        },
+        count: 1,
+        zombies: join(&rows, None, &clock, NOW, None),
+    };
+    let mut buf = Vec::new();
+    render(&r, true, &mut buf).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    let z = &v["zombies"][0];
+    assert_eq!(z["owner"]["namespace"], "shop");
+    assert_eq!(z["owner"]["pod"], "web-1");
+    assert_eq!(z["owner"]["container"], "nginx");
+    assert_eq!(z["owner"]["pod_uid"], UID);
+    assert_eq!(z["residents"][1]["comm"], "head");
+    assert_eq!(z["creator"]["comm"], "runc");
+    let mut buf = Vec::new();
+    render(&r, false, &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    assert!(text.contains("no tracer is writing"), "{text}");
+    assert!(text.contains("shop/web-1/nginx"), "{text}");
+    assert!(text.contains("residents sh (11), head (12)"), "{text}");
+    assert!(text.contains(" 1h "), "{text}");
+}
