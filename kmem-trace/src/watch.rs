@@ -205,6 +205,11 @@ pub fn hook_labels(report: &ProbeReport) -> HookLabels {
             labels.insert(hook_id, Arc::from(a.label()));
         }
     }
+    for x in &report.extras {
+        if x.outcome == probes::Outcome::Chosen {
+            labels.insert(x.hook_id, Arc::from(x.label.as_str()));
+        }
+    }
     labels
 }
 

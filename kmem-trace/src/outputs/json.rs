@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use kmem_trace_common::EventKind;
 use serde::Serialize;
 
 use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
@@ -44,6 +45,27 @@ pub struct JsonEvent<'a> {
     pub anomaly: Option<crate::lifecycle::Anomaly>,
     /// Who the memcg belongs to (null until its path is known).
     pub owner: Option<OwnerView<'a>>,
+    /// Resident events: how the process entered (`attach`, `fork`, `exec`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered_by: Option<&'static str>,
+    /// Resident events: tgid of the task that moved or forked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_tgid: Option<u64>,
+}
+
+/// How a resident entered its memcg, from the event flags.
+fn entered_by(ev: &TraceEvent) -> Option<&'static str> {
+    use kmem_trace_common::flags;
+    if ev.kind != EventKind::Resident {
+        return None;
+    }
+    Some(if ev.has(flags::EXEC) {
+        "exec"
+    } else if ev.has(flags::FORK) {
+        "fork"
+    } else {
+        "attach"
+    })
 }
 
 pub struct JsonOutput<W: Write> {
@@ -110,6 +132,8 @@ impl<W: Write> Output for JsonOutput<W> {
             swap_bytes: c.swap_pages.map(|p| p * page),
             anomaly: applied.anomaly,
             owner: owner.map(Attribution::view),
+            entered_by: entered_by(ev),
+            actor_tgid: (ev.kind == EventKind::Resident).then_some(ev.raw.aux),
         };
         serde_json::to_writer(&mut self.w, &line)?;
         self.w.write_all(b"\n")?;
@@ -189,5 +213,38 @@ mod tests {
             .lines()
             .any(|l| l.contains(" offline ") && l.contains("/c3")));
         assert!(text.contains("summary after"));
+    }
+
+    #[test]
+    fn residents_say_how_they_entered_and_events_carry_the_owner() {
+        use kmem_trace_common::{flags, Event};
+        let mut e = Event::ZERO;
+        e.kind = EventKind::Resident as u32;
+        e.flags = flags::EXEC;
+        e.memcg_addr = 0x1000;
+        e.aux = 77;
+        let ev = TraceEvent::from_raw(e).unwrap();
+        let applied = crate::lifecycle::Applied {
+            addr: Some(0x1000),
+            memcg_id: Some(3),
+            path: Some(std::sync::Arc::from("/system.slice/cron.service")),
+            state: Some(State::Live),
+            freed: None,
+            anomaly: None,
+        };
+        let owner = Attribution::of_path("/system.slice/cron.service");
+        let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
+        out.event_with_owner(&ev, &applied, Some(&owner)).unwrap();
+        out.event(&ev, &applied).unwrap();
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["entered_by"], "exec");
+        assert_eq!(lines[0]["actor_tgid"], 77);
+        assert_eq!(lines[0]["owner"]["kind"], "systemd");
+        assert_eq!(lines[0]["owner"]["unit"], "cron.service");
+        assert!(lines[1]["owner"].is_null());
     }
 }

@@ -52,6 +52,8 @@ pub static EXTRAS: &[Extra] = &[
 #[derive(Clone, Debug, Serialize)]
 pub struct ExtraReport {
     pub name: &'static str,
+    /// `Event::hook` of the program.
+    pub hook_id: u16,
     /// `tp_btf cgroup_attach_task`.
     pub label: String,
     #[serde(flatten)]
@@ -89,6 +91,7 @@ impl Attacher<'_> {
             }
             out.push(ExtraReport {
                 name: x.name,
+                hook_id: x.hook_id,
                 label,
                 outcome,
             });
