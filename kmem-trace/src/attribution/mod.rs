@@ -226,6 +226,18 @@ impl Attributor {
         attr
     }
 
+    /// Attributes a memcg known from elsewhere (a census at start): reads
+    /// container metadata now, while the container may still exist.
+    pub fn attribute_path(&mut self, addr: u64, path: &Arc<str>) -> Option<Arc<Attribution>> {
+        if !complete(path) {
+            return None;
+        }
+        match self.by_addr.get(&addr) {
+            Some(e) if e.path == *path => Some(e.attr.clone()),
+            _ => Some(self.attribute(addr, path.clone())),
+        }
+    }
+
     /// The cached attribution of a memcg.
     pub fn get(&self, addr: u64) -> Option<&Arc<Attribution>> {
         self.by_addr.get(&addr).map(|e| &e.attr)

@@ -194,3 +194,14 @@ fn runtime_roots_must_be_directories() {
     let e = runtime_roots(&["/nonexistent/kmem-trace".into()]).unwrap_err();
     assert!(e.to_string().contains("is not a directory"));
 }
+
+#[test]
+fn memcgs_from_a_census_are_attributed_by_path() {
+    let (mut a, calls) = stage();
+    let path: Arc<str> = Arc::from(format!("/kubepods/burstable/pod{UID}/{CID}"));
+    let x = a.attribute_path(5, &path).unwrap();
+    assert_eq!(x.label(), "shop/web-1/nginx");
+    assert!(Arc::ptr_eq(&x, &a.attribute_path(5, &path).unwrap()));
+    assert!(a.attribute_path(6, &Arc::from("/?3/x")).is_none());
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}

@@ -111,6 +111,14 @@ pub fn prepare(
         }
         lc.seed_memcg(m);
     }
+    // Memcgs the census found and the history did not know: attribute them now
+    // (their containers may still exist) and record them.
+    for m in lc.memcgs().filter(|m| m.origin == Origin::Census) {
+        if attributor.get(m.addr).is_none() && attributor.attribute_path(m.addr, &m.path).is_some()
+        {
+            feed.dirty.insert(m.addr);
+        }
+    }
     Ok((attributor, Some(feed), restored))
 }
 

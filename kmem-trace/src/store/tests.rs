@@ -248,3 +248,65 @@ fn the_writer_thread_writes_batches_and_meta() {
         Some(std::process::id().to_string())
     );
 }
+
+#[test]
+fn prepare_restores_history_and_records_census_memcgs() {
+    use crate::{
+        attribution::Attributor,
+        lifecycle::{Lifecycle, LifecycleConfig},
+        outputs::Clock,
+        store::feed::{prepare, HistoryConfig},
+    };
+    let d = TempDir::new("prepare");
+    let db = d.0.join("h.db");
+    let clock = Clock::measure();
+    let now = writer::now_ns();
+    // A dying memcg in the history, attributed while its pod lived.
+    {
+        let mut s = Store::open(&db).unwrap();
+        let mut m = memcg(0x1000, 5, 100, State::Dying);
+        m.offline_ns = Some(Clock::mono_now() - 1_000_000_000);
+        s.write(&[rec(m)], clock.offset_ns, now).unwrap();
+    }
+    let cfg = HistoryConfig {
+        db: Some(db.clone()),
+        retain: DEFAULT_RETAIN,
+        runtime_roots: vec![d.0.clone()],
+    };
+    // The census of this start found it again and one memcg the history lacks.
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    let mut again = Memcg::new(0x1000, 0, Origin::Census); // ID zeroed at offline
+    again.state = State::Dying;
+    again.cgroup_id = 100;
+    again.hierarchy_id = 4;
+    lc.seed_memcg(again);
+    let mut other = Memcg::new(0x2000, 9, Origin::Census);
+    other.cgroup_id = 200;
+    other.hierarchy_id = 4;
+    other.path = Arc::from("/system.slice/cron.service");
+    lc.seed_memcg(other);
+    let (attr, feed, restored): (Attributor, _, _) = prepare(&cfg, &mut lc, clock).unwrap();
+    assert_eq!((restored.memcgs, restored.dying, restored.lost), (1, 1, 0));
+    let m = lc.get(0x1000).unwrap();
+    assert_eq!(
+        (m.origin, m.memcg_id, m.residents.len()),
+        (Origin::History, 5, 2)
+    );
+    assert_eq!(
+        attr.get(0x1000).unwrap().owner.pod_uid(),
+        Some("5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d")
+    );
+    assert_eq!(attr.get(0x2000).unwrap().label(), "cron.service");
+    feed.unwrap().close(&lc, &attr);
+    let s = Store::open_existing(&db).unwrap();
+    let rows = s.all(clock.offset_ns).unwrap();
+    let states: Vec<(u64, &str)> = rows
+        .iter()
+        .map(|r| (r.memcg.addr, r.state.as_str()))
+        .collect();
+    assert_eq!(states, vec![(0x1000, "dying"), (0x2000, "live")]);
+    assert_eq!(
+        rows[1].attribution.as_ref().unwrap().label(),
+        "cron.service"
+    );
+}
