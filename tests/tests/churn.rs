@@ -32,7 +32,10 @@ fn churn_with_tmpfs_pins() {
     let mut parent = TestParent::new("churn").unwrap();
     let shm = PathBuf::from(format!("/dev/shm/{}", parent.name));
     fs::create_dir_all(&shm).unwrap();
-    let mut tracer = Tracer::start(&["watch", "--json", "--zombie-after", "1s"]).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut tracer =
+        Tracer::start(&["watch", "--json", "--no-history", "--zombie-after", "1s"]).unwrap();
+    eprintln!("{:?} tracer ready", t0.elapsed());
 
     let mut cgroups = Vec::new();
     for i in 0..N {
@@ -50,9 +53,11 @@ fn churn_with_tmpfs_pins() {
     for i in PINNED..N {
         fs::remove_file(shm.join(format!("f{i}"))).unwrap();
     }
+    eprintln!("{:?} memcgs charged", t0.elapsed());
     for cg in &cgroups {
         parent.rmdir(cg).unwrap();
     }
+    eprintln!("{:?} memcgs removed", t0.elapsed());
 
     // The unpinned memcgs are freed; the pinned ones stay dying.
     let freed_unpinned = wait_for(Duration::from_secs(30), || {
@@ -64,6 +69,7 @@ fn churn_with_tmpfs_pins() {
         ours(&tracer.json(), &parent.name, "free").len(),
         N - PINNED
     );
+    eprintln!("{:?} unpinned memcgs freed", t0.elapsed());
     std::thread::sleep(Duration::from_secs(2));
     let events = tracer.json();
     let freed: HashSet<&str> = ours(&events, &parent.name, "free")
@@ -86,6 +92,7 @@ fn churn_with_tmpfs_pins() {
     let all_freed = wait_for(Duration::from_secs(30), || {
         ours(&tracer.json(), &parent.name, "free").len() >= N
     });
+    eprintln!("{:?} pinned memcgs freed", t0.elapsed());
     let (code, out) = tracer.stop().unwrap();
     assert_eq!(code, Some(0), "stderr: {:?}", tracer.stderr);
     let events = json_lines(&out).unwrap();

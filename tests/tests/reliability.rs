@@ -46,7 +46,14 @@ fn a_tiny_ring_buffer_counts_and_shows_drops() {
         return;
     }
     let parent = TestParent::new("drops").unwrap();
-    let mut tracer = Tracer::start(&["watch", "--json", "--ring-buffer-size", "4096"]).unwrap();
+    let mut tracer = Tracer::start(&[
+        "watch",
+        "--json",
+        "--no-history",
+        "--ring-buffer-size",
+        "4096",
+    ])
+    .unwrap();
     // Freeze the consumer so the 4 KiB ring (15 records) overflows for sure.
     unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
     const N: usize = 100;
@@ -93,7 +100,7 @@ fn sigterm_under_load_exits_zero_and_detaches_everything() {
         return;
     }
     let parent = TestParent::new("sigterm").unwrap();
-    let mut tracer = Tracer::start(&["watch"]).unwrap();
+    let mut tracer = Tracer::start(&["watch", "--no-history"]).unwrap();
     let ours = our_programs();
     assert!(!ours.is_empty(), "no kt_ programs loaded while watching");
     assert!(
