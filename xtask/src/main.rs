@@ -4,6 +4,7 @@
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Task {
     },
     /// The whole test suite: fmt, clippy, unit tests, root integration tests.
     Test(test::TestArgs),
+    /// The VM kernel matrix: Debian kernels in qemu, every hook family, kmem on and off.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +36,6 @@ fn main() -> Result<()> {
         Task::Setup(args) => setup::run(&args),
         Task::Watch { args } => setup::watch(&args),
         Task::Test(args) => test::run(&args),
+        Task::VmTest(args) => vm::run(&args),
     }
 }

@@ -225,7 +225,9 @@ const WQ_START: &[&str] = &["workqueue_execute_start"];
 pub static TABLE: &[Row] = &[
     // alloc
     row(Alloc, FE, Fexit, "kt_fexit_css_alloc", hook::FENTRY_CSS_ALLOC, CSS_ALLOC, v(5, 5), "returns the css with memcg->id assigned by mem_cgroup_alloc()"),
-    ret(row(Alloc, KP, Kretprobe, "kt_kretprobe_css_alloc", hook::KPROBE_CSS_ALLOC, CSS_ALLOC, v(4, 1), "return value is the new css"), ""),
+    // No entry kprobe: the return value alone is the new css (an empty entry
+    // name made every kprobe-family run blind to alloc).
+    row(Alloc, KP, Kretprobe, "kt_kretprobe_css_alloc", hook::KPROBE_CSS_ALLOC, CSS_ALLOC, v(4, 1), "return value is the new css"),
     row(Alloc, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "cgroup_create() allocated the memcg css before the tracepoint"),
     row(Alloc, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "as tp_btf, without BTF typing"),
     // online

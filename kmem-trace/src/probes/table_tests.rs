@@ -162,3 +162,14 @@ fn old_kernels_use_memcg_activate_kmem() {
         Some("kt_kretprobe_css_online@mem_cgroup_css_online")
     );
 }
+
+#[test]
+fn entry_probes_name_real_programs() {
+    for r in TABLE {
+        assert!(!r.program.is_empty());
+        if let Some(e) = r.entry {
+            assert!(e.starts_with("kt_kprobe_"), "{}: entry {e:?}", r.program);
+            assert_eq!(r.attach, Attach::Kretprobe, "{}", r.program);
+        }
+    }
+}

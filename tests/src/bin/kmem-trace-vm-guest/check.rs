@@ -1,0 +1,604 @@
+//! Judging one family run of the VM scenario: what kmem-trace reported (its JSON
+//! events and summaries) against what the scenario did to the kernel. Pure: no
+//! I/O, so every verdict is unit-tested with hand-made event streams.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Value};
+
+/// Lifecycle points, in the order the matrix shows them.
+pub const POINTS: [&str; 7] = [
+    "alloc",
+    "online",
+    "offline",
+    "released",
+    "free",
+    "id_release",
+    "kmem_activate",
+];
+
+/// Points every memcg passes exactly once, in this order.
+const ORDERED: [&str; 5] = ["alloc", "online", "offline", "released", "free"];
+
+/// One kmem-trace JSON event, reduced to what the checks read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ev {
+    pub kind: String,
+    pub ts_ns: u64,
+    pub addr: Option<String>,
+    pub id: Option<u64>,
+    pub path: Option<String>,
+    pub kmem_active: bool,
+    pub state: Option<String>,
+    pub mem_bytes: Option<u64>,
+}
+
+impl Ev {
+    /// `None` for the summary and anything that is not an event line.
+    pub fn from_json(v: &Value) -> Option<Ev> {
+        let kind = v["kind"].as_str()?;
+        if kind == "summary" || !v.get("ts_ns").is_some_and(Value::is_u64) {
+            return None;
+        }
+        Some(Ev {
+            kind: kind.to_string(),
+            ts_ns: v["ts_ns"].as_u64().unwrap_or(0),
+            addr: v["memcg_addr"].as_str().map(str::to_string),
+            id: v["memcg_id"].as_u64(),
+            path: v["path"].as_str().map(str::to_string),
+            kmem_active: v["kmem_active"].as_bool().unwrap_or(false),
+            state: v["state"].as_str().map(str::to_string),
+            mem_bytes: v["mem_bytes"].as_u64(),
+        })
+    }
+}
+
+/// The events of one memcg from alloc (or first sight) on, with its path
+/// relative to the scenario's parent cgroup once an event carried it.
+#[derive(Clone, Debug, Default)]
+pub struct Life {
+    pub rel: Option<String>,
+    pub events: Vec<Ev>,
+}
+
+impl Life {
+    pub fn count(&self, kind: &str) -> usize {
+        self.events.iter().filter(|e| e.kind == kind).count()
+    }
+
+    pub fn first(&self, kind: &str) -> Option<&Ev> {
+        self.events.iter().find(|e| e.kind == kind)
+    }
+}
+
+/// Groups events by memcg address; an alloc starts a new life, since the kernel
+/// may reuse a freed memcg's memory for a new one.
+pub fn lives(events: &[Ev], parent: &str) -> Vec<Life> {
+    let prefix = format!("/{parent}/");
+    let mut out: Vec<Life> = Vec::new();
+    let mut current: HashMap<&str, usize> = HashMap::new();
+    for ev in events {
+        let Some(addr) = ev.addr.as_deref() else {
+            continue;
+        };
+        let idx = match current.get(addr) {
+            Some(&i) if ev.kind != "alloc" => i,
+            _ => {
+                out.push(Life::default());
+                current.insert(addr, out.len() - 1);
+                out.len() - 1
+            }
+        };
+        let life = &mut out[idx];
+        if life.rel.is_none() {
+            life.rel = ev
+                .path
+                .as_deref()
+                .and_then(|p| p.strip_prefix(&prefix))
+                .map(str::to_string);
+        }
+        life.events.push(ev.clone());
+    }
+    out
+}
+
+/// Whether a family can see a point on this kernel, from `kmem-trace probes --json`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Vis {
+    Seen,
+    Blind(String),
+}
+
+/// A point is visible to a family when the unforced `probes` report attached one
+/// of that family's hooks for it (`chosen` or `works`).
+pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
+    let Some(p) = report["points"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["point"] == point))
+    else {
+        return Vis::Blind("not in the probes report".into());
+    };
+    let tried: Vec<&Value> = p["tried"]
+        .as_array()
+        .map(|t| t.iter().filter(|a| a["family"] == family).collect())
+        .unwrap_or_default();
+    if tried.is_empty() {
+        return Vis::Blind(format!("no {family} hook can see {point}"));
+    }
+    if tried
+        .iter()
+        .any(|a| matches!(a["outcome"].as_str(), Some("chosen" | "works")))
+    {
+        return Vis::Seen;
+    }
+    let reasons: Vec<String> = tried
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}: {}",
+                a["attach"].as_str().unwrap_or("?"),
+                a["symbol"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| join(&a["candidates"])),
+                a["reason"].as_str().unwrap_or("not attached")
+            )
+        })
+        .collect();
+    Vis::Blind(reasons.join("; "))
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .unwrap_or_default()
+}
+
+/// The points a `watch` reported as not visible, from its start-up line
+/// `kmem-trace: watching with kprobe hooks (not visible: alloc, free); ...`.
+pub fn watch_blind(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .find_map(|l| l.split_once("(not visible: "))
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list.split(", ").map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// What the scenario did, and so what kmem-trace must report.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub churn: Vec<String>,
+    pub tmpfs_pin: String,
+    pub cache_pins: Vec<String>,
+    /// Kernel-memory accounting is on (no `cgroup.memory=nokmem`).
+    pub kmem: bool,
+    pub pin_bytes: u64,
+    /// Counts in summaries and in the kernel must match exactly (a VM); on a
+    /// shared host other memcgs may die meanwhile, so only "at least" holds.
+    pub exact: bool,
+}
+
+impl Expect {
+    pub fn pins(&self) -> Vec<&str> {
+        std::iter::once(self.tmpfs_pin.as_str())
+            .chain(self.cache_pins.iter().map(String::as_str))
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.churn
+            .iter()
+            .map(String::as_str)
+            .chain(self.pins())
+            .collect()
+    }
+}
+
+/// Everything one family run observed.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    pub family: String,
+    pub parent: String,
+    pub events: Vec<Ev>,
+    /// Points `watch` said it could not see.
+    pub watch_blind: Vec<String>,
+    /// Summary of the watch that ran through the whole scenario.
+    pub summary: Option<Value>,
+    /// Summary of the watch stopped while the pins held their memcgs.
+    pub snapshot: Option<Value>,
+    /// Dying memcgs the kernel counted at the snapshot.
+    pub kernel_dying: Option<i64>,
+    /// Pinned memcgs whose free was seen before their pin was released.
+    pub freed_early: Vec<String>,
+    /// Scenario steps that failed (timeouts, kmem-trace errors).
+    pub errors: Vec<String>,
+}
+
+/// The verdict of one family run: JSON for the host's matrix.
+pub fn judge(obs: &Observation, exp: &Expect, report: &Value) -> Value {
+    let all = lives(&obs.events, &obs.parent);
+    let names = exp.names();
+    let ours: BTreeMap<&str, Vec<&Life>> = names
+        .iter()
+        .map(|n| {
+            let l: Vec<&Life> = all.iter().filter(|l| l.rel.as_deref() == Some(n)).collect();
+            (*n, l)
+        })
+        .collect();
+    let mut errors = obs.errors.clone();
+    let strangers: BTreeSet<&str> = all
+        .iter()
+        .filter_map(|l| l.rel.as_deref())
+        .filter(|r| !names.contains(r))
+        .collect();
+    if !strangers.is_empty() {
+        errors.push(format!("events for unexpected cgroups: {strangers:?}"));
+    }
+
+    let mut points = serde_json::Map::new();
+    let mut seen = BTreeSet::new();
+    for point in POINTS {
+        let r = judge_point(point, obs, exp, report, &ours);
+        if r["status"] != "blind" {
+            seen.insert(point);
+        }
+        points.insert(point.to_string(), r);
+    }
+    let checks = vec![
+        check_ids(exp, &ours),
+        check_order(&ours),
+        check_kmem(exp, &ours, seen.contains("offline")),
+        check_pins(obs, exp, &ours),
+        check_zombies(obs, exp),
+        check_kernel(obs, exp),
+        check_final(obs, &ours, seen.contains("free")),
+    ];
+    let ok = errors.is_empty()
+        && checks.iter().all(|c| c["ok"] == true)
+        && points.values().all(|p| p["status"] != "fail");
+    json!({
+        "family": obs.family,
+        "status": if ok { "pass" } else { "fail" },
+        "points": points,
+        "checks": checks,
+        "errors": errors,
+    })
+}
+
+fn point_result(status: &str, expected: usize, got: usize, detail: String) -> Value {
+    json!({"status": status, "expected": expected, "got": got, "detail": detail})
+}
+
+fn judge_point(
+    point: &str,
+    obs: &Observation,
+    exp: &Expect,
+    report: &Value,
+    ours: &BTreeMap<&str, Vec<&Life>>,
+) -> Value {
+    let per = if point == "kmem_activate" {
+        usize::from(exp.kmem)
+    } else {
+        1
+    };
+    let expected = per * ours.len();
+    let got: usize = ours
+        .values()
+        .flat_map(|ls| ls.iter())
+        .map(|l| l.count(point))
+        .sum();
+    let watch_blind = obs.watch_blind.iter().any(|p| p == point);
+    match visibility(report, &obs.family, point) {
+        Vis::Blind(reason) if got == 0 => point_result("blind", 0, 0, reason),
+        Vis::Blind(reason) => point_result(
+            "fail",
+            0,
+            got,
+            format!("{got} events although probes cannot attach it ({reason})"),
+        ),
+        Vis::Seen if watch_blind => point_result(
+            "fail",
+            expected,
+            got,
+            "probes attach a hook for it but watch did not".into(),
+        ),
+        Vis::Seen => {
+            let bad: Vec<String> = ours
+                .iter()
+                .filter_map(|(name, ls)| {
+                    let n: usize = ls.iter().map(|l| l.count(point)).sum();
+                    (n != per).then(|| format!("{name}: {n}"))
+                })
+                .collect();
+            if bad.is_empty() {
+                point_result("pass", expected, got, String::new())
+            } else {
+                let more = if bad.len() > 4 {
+                    format!(" (+{} more)", bad.len() - 4)
+                } else {
+                    String::new()
+                };
+                let shown = bad.iter().take(4).cloned().collect::<Vec<_>>().join(", ");
+                point_result(
+                    "fail",
+                    expected,
+                    got,
+                    format!("expected {per} per memcg; {shown}{more}"),
+                )
+            }
+        }
+    }
+}
+
+fn check(name: &str, ok: bool, detail: String) -> Value {
+    json!({"name": name, "ok": ok, "detail": detail})
+}
+
+/// Every memcg keeps one non-zero ID through its life; memcgs alive at the same
+/// time (the churn) hold distinct IDs.
+fn check_ids(exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
+    let mut problems = Vec::new();
+    let mut churn_ids = BTreeMap::new();
+    for (name, ls) in ours {
+        let ids: BTreeSet<Option<u64>> = ls
+            .iter()
+            .flat_map(|l| l.events.iter().map(|e| e.id))
+            .collect();
+        match ids.iter().collect::<Vec<_>>().as_slice() {
+            [Some(id)] if *id > 0 && *id <= 65535 => {
+                if exp.churn.iter().any(|c| c == name) {
+                    if let Some(other) = churn_ids.insert(*id, *name) {
+                        problems.push(format!("{name} and {other} share ID {id}"));
+                    }
+                }
+            }
+            [] => {}
+            _ => problems.push(format!("{name}: IDs {ids:?}")),
+        }
+    }
+    let ids: Vec<String> = ours
+        .iter()
+        .filter_map(|(n, ls)| {
+            let id = ls.first()?.events.first()?.id?;
+            Some(format!("{n}={id}"))
+        })
+        .collect();
+    let detail = if problems.is_empty() {
+        ids.join(" ")
+    } else {
+        problems.join("; ")
+    };
+    check("memcg IDs", problems.is_empty(), detail)
+}
+
+/// alloc ≤ online ≤ offline ≤ released ≤ free, and the ID goes after offline
+/// started (`mem_cgroup_css_offline()` → `mem_cgroup_id_put()`).
+fn check_order(ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
+    let mut problems = Vec::new();
+    for (name, ls) in ours {
+        for l in ls {
+            let ts: Vec<(&str, u64)> = ORDERED
+                .iter()
+                .filter_map(|k| l.first(k).map(|e| (*k, e.ts_ns)))
+                .collect();
+            if let Some(w) = ts.windows(2).find(|w| w[0].1 > w[1].1) {
+                problems.push(format!("{name}: {} after {}", w[0].0, w[1].0));
+            }
+            if let (Some(off), Some(id)) = (l.first("offline"), l.first("id_release")) {
+                if id.ts_ns < off.ts_ns {
+                    problems.push(format!("{name}: id_release before offline"));
+                }
+            }
+        }
+    }
+    check(
+        "event order",
+        problems.is_empty(),
+        problems.into_iter().take(4).collect::<Vec<_>>().join("; "),
+    )
+}
+
+/// `kmem_active` at offline says whether kmem accounting was on for the memcg:
+/// on by default, off with `cgroup.memory=nokmem`.
+fn check_kmem(exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>, offline_seen: bool) -> Value {
+    let want = if exp.kmem { "on" } else { "off" };
+    if !offline_seen {
+        return check("kmem state", true, format!("{want} (offline not visible)"));
+    }
+    let wrong: Vec<&str> = ours
+        .iter()
+        .filter(|(_, ls)| {
+            ls.iter()
+                .filter_map(|l| l.first("offline"))
+                .any(|e| e.kmem_active != exp.kmem)
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    let detail = if wrong.is_empty() {
+        want.to_string()
+    } else {
+        format!("expected kmem {want} at offline; wrong for {wrong:?}")
+    };
+    check("kmem state", wrong.is_empty(), detail)
+}
+
+/// Pinned memcgs go dying at offline holding their pages, and are not freed
+/// before their pin is released.
+fn check_pins(obs: &Observation, exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
+    let mut problems: Vec<String> = obs
+        .freed_early
+        .iter()
+        .map(|n| format!("{n} freed before its pin was released"))
+        .collect();
+    for pin in exp.pins() {
+        for l in ours.get(pin).into_iter().flatten() {
+            if let Some(off) = l.first("offline") {
+                if off.state.as_deref() != Some("dying") {
+                    problems.push(format!("{pin}: state {:?} at offline", off.state));
+                }
+                if let Some(b) = off.mem_bytes {
+                    if b < exp.pin_bytes {
+                        problems.push(format!(
+                            "{pin}: {b} bytes charged at offline, expected >= {}",
+                            exp.pin_bytes
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    check(
+        "pins hold",
+        problems.is_empty(),
+        problems.into_iter().take(4).collect::<Vec<_>>().join("; "),
+    )
+}
+
+fn count(v: &Option<Value>, key: &str) -> Option<i64> {
+    v.as_ref().and_then(|s| s[key].as_i64())
+}
+
+fn matches(exact: bool, got: Option<i64>, want: i64) -> bool {
+    match got {
+        Some(g) if exact => g == want,
+        Some(g) => g >= want,
+        None => false,
+    }
+}
+
+/// kmem-trace's own verdict while the pins hold: every pinned memcg is dying and,
+/// past `--zombie-after`, a zombie.
+fn check_zombies(obs: &Observation, exp: &Expect) -> Value {
+    let want = exp.pins().len() as i64;
+    let z = count(&obs.snapshot, "zombies");
+    let d = count(&obs.snapshot, "dying");
+    let ok = matches(exp.exact, z, want) && matches(exp.exact, d, want);
+    check(
+        "zombie verdict",
+        ok,
+        format!("zombies {z:?}, dying {d:?}; expected {want}"),
+    )
+}
+
+/// The kernel's own count of dying memcgs at the snapshot (`cgroup.stat` or
+/// `/proc/cgroups` against the directories).
+fn check_kernel(obs: &Observation, exp: &Expect) -> Value {
+    let want = exp.pins().len() as i64;
+    match obs.kernel_dying {
+        Some(n) if exp.exact => check(
+            "kernel dying count",
+            n == want,
+            format!("{n}; expected {want}"),
+        ),
+        Some(n) => check(
+            "kernel dying count",
+            true,
+            format!("{n} (informational on a shared host; expected {want})"),
+        ),
+        None => check("kernel dying count", !exp.exact, "not read".into()),
+    }
+}
+
+/// After the pins are released every memcg is freed, nothing was dropped and
+/// every record decoded.
+fn check_final(obs: &Observation, ours: &BTreeMap<&str, Vec<&Life>>, free_seen: bool) -> Value {
+    let mut problems = Vec::new();
+    match &obs.summary {
+        Some(s) => {
+            for key in ["drops", "bad_records"] {
+                if s[key].as_u64() != Some(0) {
+                    problems.push(format!("{key} {}", s[key]));
+                }
+            }
+        }
+        None => problems.push("no summary from watch".into()),
+    }
+    if free_seen {
+        let alive: Vec<&str> = ours
+            .iter()
+            .filter(|(_, ls)| {
+                ls.last()
+                    .and_then(|l| l.events.last())
+                    .is_none_or(|e| e.state.as_deref() != Some("freed"))
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        if !alive.is_empty() {
+            problems.push(format!("not freed at the end: {alive:?}"));
+        }
+    }
+    check(
+        "clean end",
+        problems.is_empty(),
+        problems.into_iter().take(4).collect::<Vec<_>>().join("; "),
+    )
+}
+
+/// What a family saw of one point: per cgroup, the number of events and the IDs
+/// they carried.
+type Signature = BTreeMap<String, (usize, BTreeSet<u64>)>;
+
+fn signature(lives: &[Life], names: &[&str], point: &str) -> Signature {
+    names
+        .iter()
+        .map(|n| {
+            let evs: Vec<&Ev> = lives
+                .iter()
+                .filter(|l| l.rel.as_deref() == Some(n))
+                .flat_map(|l| l.events.iter().filter(|e| e.kind == point))
+                .collect();
+            let ids = evs.iter().filter_map(|e| e.id).collect();
+            (n.to_string(), (evs.len(), ids))
+        })
+        .collect()
+}
+
+/// Families that can see a point must report the same events for it: the same
+/// cgroups, as often, with the same memcg IDs (the kernel hands out the lowest
+/// free ID, and every family runs the same scenario from the same state).
+pub fn compare(runs: &[&Observation], exp: &Expect, report: &Value) -> Vec<Value> {
+    let names = exp.names();
+    let lifes: Vec<Vec<Life>> = runs.iter().map(|o| lives(&o.events, &o.parent)).collect();
+    let mut out = Vec::new();
+    for point in POINTS {
+        let sigs: Vec<(&str, Signature)> = runs
+            .iter()
+            .zip(&lifes)
+            .filter(|(o, _)| visibility(report, &o.family, point) == Vis::Seen)
+            .map(|(o, l)| (o.family.as_str(), signature(l, &names, point)))
+            .collect();
+        let families: Vec<&str> = sigs.iter().map(|(f, _)| *f).collect();
+        if sigs.len() < 2 {
+            out.push(
+                json!({"point": point, "families": families, "agree": Value::Null,
+                            "detail": "fewer than two families see it"}),
+            );
+            continue;
+        }
+        let (f0, s0) = &sigs[0];
+        let mut detail = String::new();
+        for (f, s) in &sigs[1..] {
+            if let Some(n) = names.iter().find(|n| s0.get(**n) != s.get(**n)) {
+                detail = format!(
+                    "{n}: {f0} {:?}, {f} {:?}",
+                    s0.get(*n).map(|x| (x.0, &x.1)),
+                    s.get(*n).map(|x| (x.0, &x.1))
+                );
+                break;
+            }
+        }
+        out.push(json!({"point": point, "families": families,
+                        "agree": detail.is_empty(), "detail": detail}));
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "check_tests.rs"]
+mod tests;

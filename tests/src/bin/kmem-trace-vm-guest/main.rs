@@ -1,0 +1,282 @@
+//! `kmem-trace-vm-guest`: the VM kernel matrix's scenario. As PID 1 of a test VM
+//! it is the init (mounts, modules, data disk, memory controller), runs the
+//! scenario once per hook family the kernel supports, reports on the serial
+//! console (see `proto`) and powers off. `run` does the same on the machine it is
+//! started on (the matrix's host row), under a parent cgroup named for the run.
+
+mod check;
+mod init;
+mod proto;
+mod scenario;
+mod sys;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    check::Vis,
+    scenario::{Plan, Release},
+};
+
+const FAMILIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+
+const USAGE: &str = "usage: kmem-trace-vm-guest run --kmem-trace BIN --data-dir DIR \
+[--family F]... [--force FAMILY:POINT=SYMBOL]... [--churn N] [--pins N] \
+[--release fadvise|drop-caches]
+As PID 1 of a VM it reads kmt.families=, kmt.force=, kmt.churn=, kmt.pins= from the kernel command line.";
+
+fn main() -> ExitCode {
+    if std::process::id() == 1 {
+        init_main();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("run") {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    match host_plan(&args[1..]).and_then(|p| run_all(&p, false)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            proto::emit("error", json!({"msg": format!("{e:#}")}));
+            proto::emit("done", json!({"ok": false}));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_plan() -> Plan {
+    Plan {
+        families: Vec::new(),
+        forced: Vec::new(),
+        churn: 16,
+        cache_pins: 3,
+        pin_bytes: 1 << 20,
+        zombie_after: Duration::from_millis(500),
+        release: Release::DropCaches,
+        data_dir: PathBuf::from(init::DISK),
+        shm_dir: PathBuf::from(init::SHM),
+        kmem_trace: PathBuf::from("/bin/kmem-trace"),
+        exact: true,
+        wait: Duration::from_secs(20),
+    }
+}
+
+/// `FAMILY:POINT=SYMBOL`.
+fn parse_force(s: &str) -> Result<(String, String)> {
+    match s.split_once(':') {
+        Some((f, ps)) if FAMILIES.contains(&f) && ps.contains('=') => {
+            Ok((f.to_string(), ps.to_string()))
+        }
+        _ => bail!("expected FAMILY:POINT=SYMBOL, got {s:?}"),
+    }
+}
+
+fn parse_families(s: &str) -> Result<Vec<String>> {
+    s.split(',')
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            if FAMILIES.contains(&f) {
+                Ok(f.to_string())
+            } else {
+                bail!("unknown hook family {f:?}; use one of {FAMILIES:?}")
+            }
+        })
+        .collect()
+}
+
+/// The plan of a VM, from `kmt.*` options on the kernel command line.
+fn vm_plan(cmdline: &str) -> Result<Plan> {
+    let mut plan = default_plan();
+    for arg in cmdline.split_whitespace() {
+        let Some((key, val)) = arg.strip_prefix("kmt.").and_then(|a| a.split_once('=')) else {
+            continue;
+        };
+        match key {
+            "families" => plan.families = parse_families(val)?,
+            "force" => {
+                for f in val.split(',') {
+                    plan.forced.push(parse_force(f)?);
+                }
+            }
+            "churn" => plan.churn = val.parse().context("kmt.churn")?,
+            "pins" => plan.cache_pins = val.parse().context("kmt.pins")?,
+            _ => bail!("unknown option kmt.{key}"),
+        }
+    }
+    Ok(plan)
+}
+
+/// The plan of a host run, from the command line.
+fn host_plan(args: &[String]) -> Result<Plan> {
+    let mut plan = Plan {
+        shm_dir: PathBuf::from("/dev/shm"),
+        release: Release::Fadvise,
+        exact: false,
+        ..default_plan()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--kmem-trace" => plan.kmem_trace = PathBuf::from(val()?),
+            "--data-dir" => plan.data_dir = PathBuf::from(val()?),
+            "--family" => plan.families.extend(parse_families(val()?)?),
+            "--force" => plan.forced.push(parse_force(val()?)?),
+            "--churn" => plan.churn = val()?.parse().context("--churn")?,
+            "--pins" => plan.cache_pins = val()?.parse().context("--pins")?,
+            "--release" => {
+                plan.release = match val()?.as_str() {
+                    "fadvise" => Release::Fadvise,
+                    "drop-caches" => Release::DropCaches,
+                    other => bail!("unknown --release {other:?}"),
+                }
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if plan.data_dir.as_os_str() == init::DISK {
+        bail!("--data-dir is required (a directory on a disk filesystem)\n{USAGE}");
+    }
+    Ok(plan)
+}
+
+/// PID 1: set up the VM, run, power off — whatever happens.
+fn init_main() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        proto::emit("error", json!({"msg": format!("guest panicked: {info}")}));
+        proto::emit("done", json!({"ok": false}));
+        init::poweroff();
+    }));
+    let result = init::setup()
+        .and_then(|()| std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline"))
+        .and_then(|c| vm_plan(&c))
+        .and_then(|p| run_all(&p, true));
+    if let Err(e) = result {
+        proto::emit("error", json!({"msg": format!("{e:#}")}));
+        proto::emit("done", json!({"ok": false}));
+    }
+    init::poweroff()
+}
+
+/// `kmem-trace probes --json` without forcing anything: which family sees which
+/// point on this kernel.
+fn probes_report(bin: &std::path::Path) -> Result<Value> {
+    let out = Command::new(bin)
+        .args(["probes", "--json"])
+        .output()
+        .with_context(|| format!("running {} probes", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "kmem-trace probes failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing kmem-trace probes --json")
+}
+
+/// The whole scenario on this kernel; `Ok(false)` when any check failed.
+fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
+    let mut kmsg = sys::Kmsg::open(!vm);
+    std::env::set_var("KMEM_TRACE_BIN", &plan.kmem_trace);
+    let kmem = sys::kmem_enabled();
+    proto::emit(
+        "env",
+        json!({
+            "kernel": sys::release(),
+            "cgroup": if sys::cgroup_v2() { "v2" } else { "v1" },
+            "kmem": kmem,
+            "cmdline": std::fs::read_to_string("/proc/cmdline").unwrap_or_default().trim(),
+        }),
+    );
+    plan.prepare_data()?;
+    proto::step(None, "probes");
+    let report = probes_report(&plan.kmem_trace)?;
+    proto::emit("probes", json!({"report": report}));
+    proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
+
+    let families: Vec<&str> = if plan.families.is_empty() {
+        FAMILIES.to_vec()
+    } else {
+        plan.families.iter().map(String::as_str).collect()
+    };
+    let exp = plan.expect(kmem);
+    let mut ok = true;
+    let mut runs = Vec::new();
+    for family in families {
+        let supported = check::POINTS
+            .iter()
+            .any(|p| check::visibility(&report, family, p) == Vis::Seen);
+        if !supported {
+            proto::emit(
+                "cell",
+                json!({"family": family, "status": "unsupported",
+                       "errors": [format!("no {family} hook attaches on this kernel")]}),
+            );
+            continue;
+        }
+        if plan.exact && !scenario::settle(Duration::from_secs(5)) {
+            proto::emit(
+                "note",
+                json!({"msg": "dying memcgs left from the last family"}),
+            );
+        }
+        let start = Instant::now();
+        let obs = scenario::run_family(plan, family, kmem);
+        let mut cell = check::judge(&obs, &exp, &report);
+        cell["seconds"] = json!(start.elapsed().as_secs_f64());
+        ok &= cell["status"] == "pass";
+        proto::emit("cell", cell);
+        runs.push(obs);
+    }
+    let refs: Vec<&check::Observation> = runs.iter().collect();
+    let cmp = check::compare(&refs, &exp, &report);
+    ok &= cmp.iter().all(|c| c["agree"] != false);
+    proto::emit("compare", json!({ "points": cmp }));
+    let log = kmsg.collect();
+    ok &= log["splat"] != true;
+    proto::emit("kernel_log", log);
+    proto::emit("done", json!({ "ok": ok }));
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_options_come_from_the_kernel_command_line() {
+        let p = vm_plan(
+            "console=ttyS0 quiet kmt.families=kprobe,fentry kmt.force=kprobe:offline=nope kmt.churn=4",
+        )
+        .unwrap();
+        assert_eq!(p.families, vec!["kprobe", "fentry"]);
+        assert_eq!(
+            p.forced,
+            vec![("kprobe".to_string(), "offline=nope".to_string())]
+        );
+        assert_eq!(p.churn, 4);
+        assert!(p.exact);
+        assert!(vm_plan("kmt.families=magic").is_err());
+        assert!(vm_plan("kmt.force=offline=x").is_err());
+    }
+
+    #[test]
+    fn host_runs_need_a_data_dir_and_are_not_exact() {
+        let args: Vec<String> = ["--kmem-trace", "/x/kmem-trace", "--data-dir", "/var/tmp/d"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = host_plan(&args).unwrap();
+        assert!(!p.exact);
+        assert_eq!(p.release, Release::Fadvise);
+        assert!(host_plan(&args[..2]).is_err());
+    }
+}

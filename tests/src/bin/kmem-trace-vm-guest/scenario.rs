@@ -1,0 +1,306 @@
+//! One family run of the VM scenario on a live kernel: a lifecycle churn, a tmpfs
+//! pin and page-cache pins under a parent cgroup named for the run, traced by two
+//! `kmem-trace watch --json` processes — one through the whole run, one stopped
+//! while the pins hold their memcgs, for the zombie verdict.
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use kmem_trace_tests::{wait_for, TestParent, Tracer};
+use serde_json::Value;
+
+use crate::{
+    check::{lives, watch_blind, Ev, Expect, Observation},
+    proto,
+};
+
+/// How the page-cache pins are released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// `echo 1 > /proc/sys/vm/drop_caches` (VMs: nothing else runs there).
+    DropCaches,
+    /// `posix_fadvise(DONTNEED)` on the pinning files only, so a shared host
+    /// keeps its caches.
+    Fadvise,
+}
+
+/// What to run and where.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Families to run; empty means every family the kernel supports.
+    pub families: Vec<String>,
+    /// `(family, "point=symbol")`: `--force-symbol` for that family's watch.
+    pub forced: Vec<(String, String)>,
+    pub churn: usize,
+    pub cache_pins: usize,
+    pub pin_bytes: u64,
+    pub zombie_after: Duration,
+    pub release: Release,
+    /// Directory on a disk filesystem holding `pin-N` files for the cache pins.
+    pub data_dir: PathBuf,
+    /// Directory on tmpfs for the tmpfs pin.
+    pub shm_dir: PathBuf,
+    pub kmem_trace: PathBuf,
+    /// Nothing else runs on this kernel: counts must match exactly.
+    pub exact: bool,
+    /// How long to wait for each expected event before giving up.
+    pub wait: Duration,
+}
+
+impl Plan {
+    pub fn expect(&self, kmem: bool) -> Expect {
+        Expect {
+            churn: (0..self.churn).map(|i| format!("churn-{i}")).collect(),
+            tmpfs_pin: "tmpfs-pin".into(),
+            cache_pins: (0..self.cache_pins)
+                .map(|i| format!("cache-pin-{i}"))
+                .collect(),
+            kmem,
+            pin_bytes: self.pin_bytes,
+            exact: self.exact,
+        }
+    }
+
+    pub fn data_file(&self, i: usize) -> PathBuf {
+        self.data_dir.join(format!("pin-{i}"))
+    }
+
+    /// Creates missing data files (host runs; a VM's disk comes prepared) and
+    /// syncs them so their pages are clean and can be evicted.
+    pub fn prepare_data(&self) -> Result<()> {
+        fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        for i in 0..self.cache_pins {
+            let f = self.data_file(i);
+            let ok = fs::metadata(&f).is_ok_and(|m| m.len() >= self.pin_bytes);
+            if !ok {
+                let data: Vec<u8> = (0..self.pin_bytes).map(|b| (b % 251) as u8).collect();
+                fs::write(&f, data).with_context(|| format!("writing {}", f.display()))?;
+                fs::File::open(&f)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the scenario for one family; failures are recorded, never propagated.
+pub fn run_family(plan: &Plan, family: &str, kmem: bool) -> Observation {
+    let mut obs = Observation {
+        family: family.to_string(),
+        ..Observation::default()
+    };
+    if let Err(e) = scenario(plan, family, kmem, &mut obs) {
+        obs.errors.push(format!("{e:#}"));
+    }
+    obs
+}
+
+fn events(t: &Tracer) -> Vec<Ev> {
+    t.json().iter().filter_map(Ev::from_json).collect()
+}
+
+fn summary(out: &str) -> Option<Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|v| v["kind"] == "summary")
+}
+
+/// Names (relative to the parent) that have an event of `kind` in `evs`.
+fn with_event(evs: &[Ev], parent: &str, kind: &str) -> Vec<String> {
+    lives(evs, parent)
+        .into_iter()
+        .filter(|l| l.count(kind) > 0)
+        .filter_map(|l| l.rel)
+        .collect()
+}
+
+struct Run<'a> {
+    plan: &'a Plan,
+    family: &'a str,
+    parent: String,
+    blind: Vec<String>,
+}
+
+impl Run<'_> {
+    fn step(&self, what: &str) {
+        proto::step(Some(self.family), what);
+    }
+
+    /// Waits until every name in `names` has a `kind` event in `w`'s output;
+    /// when the watch cannot see `kind`, just lets the kernel catch up.
+    fn wait_event(&self, w: &Tracer, kind: &str, names: &[String], obs: &mut Observation) {
+        if self.blind.iter().any(|b| b == kind) {
+            thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        let ok = wait_for(self.plan.wait, || {
+            let have = with_event(&events(w), &self.parent, kind);
+            names.iter().all(|n| have.contains(n))
+        });
+        if !ok {
+            let have = with_event(&events(w), &self.parent, kind);
+            let missing: Vec<&String> = names.iter().filter(|n| !have.contains(n)).collect();
+            obs.errors.push(format!(
+                "no {kind} event within {:?} for {missing:?}",
+                self.plan.wait
+            ));
+        }
+    }
+}
+
+fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Result<()> {
+    let exp = plan.expect(kmem);
+    let mut parent = TestParent::new(&format!("vm-{family}")).context("creating the parent")?;
+    obs.parent = parent.name.clone();
+    let zombie_after = format!("{}ms", plan.zombie_after.as_millis());
+    let mut args = vec!["watch", "--json", "--hooks", family];
+    args.extend(["--zombie-after", &zombie_after]);
+    for (f, forced) in &plan.forced {
+        if f == family {
+            args.extend(["--force-symbol", forced.as_str()]);
+        }
+    }
+    let mut run = Run {
+        plan,
+        family,
+        parent: parent.name.clone(),
+        blind: Vec::new(),
+    };
+    run.step("start watch");
+    let mut w = Tracer::start(&args).context("starting kmem-trace watch")?;
+    let mut z = Tracer::start(&args).context("starting the snapshot watch")?;
+    run.blind = watch_blind(&w.stderr);
+    obs.watch_blind = run.blind.clone();
+    let dying_before = crate::sys::kernel_dying();
+
+    run.step("churn");
+    let mut churn = Vec::new();
+    for name in &exp.churn {
+        churn.push(parent.child(name)?);
+    }
+    for c in &churn {
+        parent.rmdir(c)?;
+    }
+    run.wait_event(&w, "free", &exp.churn, obs);
+
+    run.step("pins");
+    let tmpfs_file = plan.shm_dir.join(format!("{}-pin", parent.name));
+    parent.track_file(&tmpfs_file);
+    let cg = parent.child(&exp.tmpfs_pin)?;
+    parent.run_in(
+        &cg,
+        &format!(
+            "head -c {} /dev/zero > '{}'",
+            plan.pin_bytes,
+            tmpfs_file.display()
+        ),
+    )?;
+    let mut pins = vec![cg];
+    for (i, name) in exp.cache_pins.iter().enumerate() {
+        let f = plan.data_file(i);
+        evict(&f)?;
+        let cg = parent.child(name)?;
+        parent.run_in(&cg, &format!("cat '{}' > /dev/null", f.display()))?;
+        pins.push(cg);
+    }
+    for cg in &pins {
+        parent.rmdir(cg)?;
+    }
+    let pin_names: Vec<String> = exp.pins().iter().map(|s| s.to_string()).collect();
+    run.wait_event(&w, "offline", &pin_names, obs);
+
+    run.step("zombies");
+    thread::sleep(plan.zombie_after + Duration::from_millis(300));
+    obs.kernel_dying = match (crate::sys::kernel_dying(), dying_before) {
+        (Some(now), Some(before)) => Some(now - before),
+        _ => None,
+    };
+    let (_, zout) = z.stop().context("stopping the snapshot watch")?;
+    obs.snapshot = summary(&zout);
+    note_early_frees(&w, &run.parent, &pin_names, obs);
+
+    run.step("unpin tmpfs");
+    fs::remove_file(&tmpfs_file).with_context(|| format!("removing {}", tmpfs_file.display()))?;
+    run.wait_event(&w, "free", std::slice::from_ref(&exp.tmpfs_pin), obs);
+    note_early_frees(&w, &run.parent, &exp.cache_pins, obs);
+
+    run.step("drop caches");
+    match plan.release {
+        Release::DropCaches => {
+            fs::write("/proc/sys/vm/drop_caches", "1").context("writing drop_caches")?
+        }
+        Release::Fadvise => {
+            for i in 0..plan.cache_pins {
+                evict(&plan.data_file(i))?;
+            }
+        }
+    }
+    run.wait_event(&w, "free", &exp.cache_pins, obs);
+    // Late events (id_release after free on old kernels) get a moment to arrive.
+    thread::sleep(Duration::from_millis(200));
+
+    run.step("stop watch");
+    let (code, out) = w.stop().context("stopping kmem-trace watch")?;
+    if code != Some(0) {
+        obs.errors.push(format!(
+            "watch exited with {code:?}: {}",
+            w.stderr.join(" | ")
+        ));
+    }
+    obs.events = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Ev::from_json(&v))
+        .collect();
+    obs.summary = summary(&out);
+    drop(parent);
+    Ok(())
+}
+
+/// Records pinned memcgs that were freed while their pin should still hold.
+fn note_early_frees(w: &Tracer, parent: &str, pinned: &[String], obs: &mut Observation) {
+    let freed = with_event(&events(w), parent, "free");
+    for n in pinned {
+        if freed.contains(n) && !obs.freed_early.contains(n) {
+            obs.freed_early.push(n.clone());
+        }
+    }
+}
+
+/// Drops a file's clean pages from the page cache (`POSIX_FADV_DONTNEED`), so
+/// the next read charges them to the reader's memcg — and a later call uncharges
+/// them again.
+pub fn evict(path: &Path) -> Result<()> {
+    let f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a valid open descriptor; the advice has no memory effects.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        anyhow::bail!(
+            "posix_fadvise({}): {}",
+            path.display(),
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the kernel has no dying memcgs left over from an earlier run,
+/// so every family starts from the same state (and gets the same memcg IDs).
+pub fn settle(limit: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        if crate::sys::kernel_dying() == Some(0) {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

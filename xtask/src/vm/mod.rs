@@ -1,0 +1,369 @@
+//! `cargo xtask vm-test`: the VM kernel matrix. Boots Debian kernels in qemu
+//! (TCG) with and without `cgroup.memory=nokmem`, runs the guest scenario
+//! (`tests/src/bin/kmem-trace-vm-guest`) once per hook family in each, runs the
+//! same scenario on this machine's kernel (the host row), and prints the matrix
+//! of lifecycle points × families × kernels; results go to `target/vm-test`.
+
+mod image;
+mod kernels;
+mod progress;
+mod qemu;
+mod report;
+mod results;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use self::{
+    progress::Progress,
+    qemu::{Limits, VmSpec},
+    report::FAMILIES,
+    results::RunResult,
+};
+use crate::util::{self, sh};
+
+/// Debian packages the matrix needs on the host.
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "e2fsprogs",
+    "xz-utils",
+    "zstd",
+    "binutils",
+];
+/// The kernel lock every helper holds while touching this machine's kernel.
+const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Boot {
+    /// The kernel's defaults: kmem accounting on.
+    Default,
+    /// `cgroup.memory=nokmem`: kmem accounting off.
+    Nokmem,
+}
+
+impl Boot {
+    fn name(self) -> &'static str {
+        match self {
+            Boot::Default => "default",
+            Boot::Nokmem => "nokmem",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct VmArgs {
+    /// Kernel to boot: a Debian release (6.1.0-57-amd64), a package name, or a
+    /// series alias (6.12, 6.1-cloud); `host` is this machine's kernel. Repeatable.
+    /// Default: the newest 6.1 and 6.12 in amd64 and cloud-amd64, and the host.
+    #[arg(long = "kernel", value_name = "NAME")]
+    pub kernels: Vec<String>,
+    /// VMs run at once (default: 4 per CPU; TCG guests spend much time waiting).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Keep the work directory (initramfs images) after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Boot options to test.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["default", "nokmem"])]
+    pub boot: Vec<Boot>,
+    /// Hook families to run (default: fentry, kprobe, tracepoint where each applies).
+    #[arg(long, value_delimiter = ',', value_parser = ["fentry", "kprobe", "tracepoint"])]
+    pub family: Vec<String>,
+    /// Leave out the host row.
+    #[arg(long)]
+    pub no_host: bool,
+    /// Rewrite README.md's "Tested kernels" table from this run.
+    #[arg(long)]
+    pub readme: bool,
+    /// Directory for results.json, matrix.txt and console logs.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Seconds before a VM is stopped.
+    #[arg(long, default_value_t = 300, value_name = "S")]
+    pub timeout: u64,
+    /// Testing the runner: FAMILY:POINT=SYMBOL forced in every run.
+    #[arg(long, hide = true, value_name = "FAMILY:POINT=SYMBOL")]
+    pub force_symbol: Vec<String>,
+}
+
+/// One matrix row to run.
+enum Job {
+    Vm(VmSpec),
+    Host(Command),
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Static kmem-trace and guest binaries (glibc `crt-static`: no musl target here).
+fn build_binaries(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let mut c = Command::new(util::cargo());
+    c.current_dir(root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "--target", TARGET])
+        .args(["-p", "kmem-trace", "--bin", "kmem-trace"])
+        .args(["-p", "kmem-trace-tests", "--bin", "kmem-trace-vm-guest"]);
+    sh(&mut c)?;
+    let dir = target_dir(root).join(TARGET).join("release");
+    Ok((dir.join("kmem-trace"), dir.join("kmem-trace-vm-guest")))
+}
+
+fn host_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn host_boot() -> Boot {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if cmdline
+        .split_whitespace()
+        .any(|a| a == "cgroup.memory=nokmem")
+    {
+        Boot::Nokmem
+    } else {
+        Boot::Default
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) for the README, without a date crate.
+fn today() -> String {
+    let days = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn run(args: &VmArgs) -> Result<()> {
+    crate::setup::run_setup(false)?;
+    crate::setup::apt_install(PACKAGES, false)?;
+    let root = util::root();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir(&root).join("vm-test"));
+    let cache = root.join("vm-cache");
+    let work = out.join("work");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+
+    let want_host =
+        !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
+    let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
+    let releases = if args.kernels.is_empty() {
+        kernels::default_releases(&kernels::package_names()?)?
+    } else if specs.is_empty() {
+        Vec::new()
+    } else {
+        let names = kernels::package_names()?;
+        specs
+            .iter()
+            .map(|s| kernels::resolve(s, &names))
+            .collect::<Result<_>>()?
+    };
+    let families: Vec<String> = if args.family.is_empty() {
+        FAMILIES.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.family.clone()
+    };
+
+    let (kmem_trace, guest) = build_binaries(&root)?;
+    let mut kernels = Vec::new();
+    for r in &releases {
+        kernels.push(kernels::prepare(&cache, r)?);
+    }
+    let disk = image::data_disk(&cache)?;
+    let base = image::base_archive(
+        &image::Payload {
+            busybox: image::busybox()?,
+            guest: guest.clone(),
+            kmem_trace: kmem_trace.clone(),
+        },
+        &work,
+    )?;
+
+    let mut jobs: Vec<(RunResult, Job)> = Vec::new();
+    if want_host && families.iter().any(|f| f == "tracepoint") {
+        // This kernel has no kprobes and refuses fentry: the tracepoint family only.
+        let fams = vec!["tracepoint".to_string()];
+        let mut c = util::privileged("flock");
+        c.args(["-w", "600", KERNEL_LOCK])
+            .arg(&guest)
+            .arg("run")
+            .arg("--kmem-trace")
+            .arg(&kmem_trace)
+            .arg("--data-dir")
+            .arg(cache.join("host-data"))
+            .args(["--family", "tracepoint"]);
+        for f in args
+            .force_symbol
+            .iter()
+            .filter(|f| f.starts_with("tracepoint:"))
+        {
+            c.args(["--force", f]);
+        }
+        let release = host_release();
+        jobs.push((
+            RunResult {
+                label: "host".into(),
+                host: true,
+                release,
+                boot: host_boot().name().into(),
+                families: fams,
+                ..RunResult::default()
+            },
+            Job::Host(c),
+        ));
+    }
+    for k in &kernels {
+        let initrd = work.join(format!("initramfs-{}.cpio", k.release));
+        image::write_initramfs(&initrd, &base, &k.modules)?;
+        for boot in &args.boot {
+            let mut append = vec![format!("kmt.families={}", families.join(","))];
+            if *boot == Boot::Nokmem {
+                append.push("cgroup.memory=nokmem".into());
+            }
+            if !args.force_symbol.is_empty() {
+                append.push(format!("kmt.force={}", args.force_symbol.join(",")));
+            }
+            jobs.push((
+                RunResult {
+                    label: format!("{} {}", k.release, boot.name()),
+                    release: k.release.clone(),
+                    boot: boot.name().into(),
+                    families: families.clone(),
+                    ..RunResult::default()
+                },
+                Job::Vm(VmSpec {
+                    kernel: k.clone(),
+                    initrd: initrd.clone(),
+                    disk: disk.clone(),
+                    append,
+                    memory_mb: 768,
+                }),
+            ));
+        }
+    }
+    if jobs.is_empty() {
+        bail!("nothing to run: no kernels selected");
+    }
+
+    let labels: Vec<String> = jobs.iter().map(|(r, _)| r.label.clone()).collect();
+    let progress = Progress::new(&labels);
+    let ncpu = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = args.jobs.unwrap_or(4 * ncpu).max(1);
+    eprintln!(
+        "vm-test: {} runs ({} VMs at once), logs in {}",
+        jobs.len(),
+        workers,
+        out.display()
+    );
+    let limits = Limits {
+        timeout: Duration::from_secs(args.timeout),
+        silence: Duration::from_secs(90),
+    };
+    let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
+    let done = Mutex::new(Vec::new());
+    let log_name = |r: &RunResult| out.join(format!("{}.log", r.label.replace(' ', "-")));
+    std::thread::scope(|s| {
+        // The host row does not use a VM slot: it mostly waits for its kernel.
+        let host = {
+            let mut q = queue.lock().expect("queue");
+            q.iter().position(|(_, (r, _))| r.host).map(|i| q.remove(i))
+        };
+        if let Some((i, (mut r, Job::Host(cmd)))) = host {
+            let (done, progress) = (&done, &progress);
+            let log = log_name(&r);
+            s.spawn(move || {
+                qemu::supervise(cmd, &log, limits, &mut r, progress);
+                done.lock().expect("done").push((i, r));
+            });
+        }
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let next = {
+                    let mut q = queue.lock().expect("queue");
+                    if q.is_empty() {
+                        None
+                    } else {
+                        Some(q.remove(0))
+                    }
+                };
+                let Some((i, (mut r, job))) = next else { break };
+                let cmd = match job {
+                    Job::Vm(spec) => spec.command(),
+                    Job::Host(cmd) => cmd,
+                };
+                qemu::supervise(cmd, &log_name(&r), limits, &mut r, &progress);
+                done.lock().expect("done").push((i, r));
+            });
+        }
+    });
+    progress.done();
+    let mut runs = done.into_inner().expect("done");
+    runs.sort_by_key(|(i, _)| *i);
+    let runs: Vec<RunResult> = runs.into_iter().map(|(_, r)| r).collect();
+    let wall = progress.elapsed_s();
+
+    let matrix = report::matrix(&runs, wall);
+    let symbols = report::symbols_text(&runs);
+    print!("\n{matrix}\n{symbols}");
+    fs::write(out.join("matrix.txt"), format!("{matrix}\n{symbols}"))?;
+    let ok = runs.iter().all(|r| r.ok);
+    let results = json!({
+        "date": today(),
+        "wall_s": wall,
+        "ok": ok,
+        "runs": runs,
+        "symbols": report::symbols_seen(&runs),
+    });
+    fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let table = report::readme_table(&runs, &today());
+    fs::write(out.join("tested-kernels.md"), &table)?;
+    if args.readme {
+        let path = root.join("README.md");
+        let text = fs::read_to_string(&path).context("reading README.md")?;
+        let new = report::splice_readme(&text, &table)
+            .context("README.md has no <!-- tested-kernels:start/end --> markers")?;
+        fs::write(&path, new)?;
+        eprintln!("vm-test: updated the Tested kernels table in README.md");
+    }
+    if !args.keep {
+        let _ = fs::remove_dir_all(&work);
+    }
+    eprintln!("vm-test: results in {}", out.join("results.json").display());
+    let failed = runs.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        bail!("{failed} of {} matrix runs failed", runs.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! The result of one matrix row (a VM boot or the host run), built from the
+//! guest's protocol records (`@@KMT {json}` lines on the serial console or the
+//! host run's stdout), and its final verdict.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Starts every protocol line (the guest's `proto::MARKER`).
+pub const MARKER: &str = "@@KMT ";
+
+/// Console lines kept for the failure report.
+const TAIL: usize = 25;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    /// `6.1.0-57-cloud-amd64 nokmem`, or `host`.
+    pub label: String,
+    pub host: bool,
+    /// The kernel asked for (a Debian release, or the host's `uname -r`).
+    pub release: String,
+    /// `uname -r` as the guest saw it.
+    pub kernel: String,
+    /// `default` or `nokmem` (`cgroup.memory=nokmem`).
+    pub boot: String,
+    pub cgroup: String,
+    pub kmem: Option<bool>,
+    /// Families that had to run and pass.
+    pub families: Vec<String>,
+    pub ok: bool,
+    /// Why the run as a whole failed (panic, hang, timeout, guest error).
+    pub failure: Option<String>,
+    pub seconds: f64,
+    /// Seconds from start to the guest's first record (boot time for a VM).
+    pub ready_s: Option<f64>,
+    pub cells: Vec<Value>,
+    pub compare: Vec<Value>,
+    /// `kmem-trace probes --json` on this kernel.
+    pub probes: Option<Value>,
+    /// memcg/css text symbols in the kernel's kallsyms.
+    pub symbols: Vec<String>,
+    pub kernel_log: Option<Value>,
+    pub errors: Vec<String>,
+    /// `seconds step` for every progress step, for finding slow steps.
+    pub timeline: Vec<String>,
+    pub done: Option<bool>,
+    pub console: Option<String>,
+    #[serde(skip)]
+    pub tail: VecDeque<String>,
+}
+
+/// What a record means for the progress display.
+pub struct Step {
+    pub family: Option<String>,
+    pub step: String,
+}
+
+impl RunResult {
+    /// Feeds one console/stdout line; returns a progress step if it was one.
+    pub fn line(&mut self, line: &str, elapsed_s: f64) -> Option<Step> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        if self.tail.len() == TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.to_string());
+        if line.contains("Kernel panic - not syncing") && self.failure.is_none() {
+            self.failure = Some(format!(
+                "kernel panic: {}",
+                line.split("Kernel panic - ").nth(1).unwrap_or(line)
+            ));
+            return Some(Step {
+                family: None,
+                step: "kernel panic".into(),
+            });
+        }
+        let (_, json) = line.split_once(MARKER)?;
+        let v: Value = match serde_json::from_str(json) {
+            Ok(v) => v,
+            Err(e) => {
+                self.errors
+                    .push(format!("garbled protocol line ({e}): {json:.120}"));
+                return None;
+            }
+        };
+        self.ready_s.get_or_insert(elapsed_s);
+        let step = self.record(v)?;
+        let what = match &step.family {
+            Some(f) => format!("{f}: {}", step.step),
+            None => step.step.clone(),
+        };
+        self.timeline.push(format!("{elapsed_s:.1} {what}"));
+        Some(step)
+    }
+
+    fn record(&mut self, v: Value) -> Option<Step> {
+        let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+        match v["t"].as_str().unwrap_or("") {
+            "env" => {
+                self.kernel = s("kernel");
+                self.cgroup = s("cgroup");
+                self.kmem = v["kmem"].as_bool();
+            }
+            "step" => {
+                return Some(Step {
+                    family: v["family"].as_str().map(str::to_string),
+                    step: s("step"),
+                })
+            }
+            "probes" => self.probes = Some(v["report"].clone()),
+            "symbols" => {
+                self.symbols = v["symbols"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            "cell" => {
+                let step = format!("{} {}", s("family"), s("status"));
+                self.cells.push(v);
+                return Some(Step { family: None, step });
+            }
+            "compare" => self.compare = v["points"].as_array().cloned().unwrap_or_default(),
+            "kernel_log" => self.kernel_log = Some(v),
+            "error" => self.errors.push(s("msg")),
+            "done" => self.done = v["ok"].as_bool(),
+            _ => {}
+        }
+        None
+    }
+
+    pub fn cell(&self, family: &str) -> Option<&Value> {
+        self.cells.iter().find(|c| c["family"] == family)
+    }
+
+    /// The verdict: the guest finished and said ok, and every family that had to
+    /// run has a passing cell.
+    pub fn finish(&mut self) {
+        if self.failure.is_none() {
+            if self.done.is_none() {
+                self.failure = Some("the guest stopped before reporting its result".into());
+            } else if let Some(e) = self.errors.first() {
+                self.failure = Some(format!("guest error: {e}"));
+            }
+        }
+        let missing: Vec<&str> = self
+            .families
+            .iter()
+            .filter(|f| self.cell(f).is_none())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() && self.failure.is_none() {
+            self.failure = Some(format!("no result for {}", missing.join(", ")));
+        }
+        let cells_ok = self
+            .families
+            .iter()
+            .all(|f| self.cell(f).is_some_and(|c| c["status"] == "pass"));
+        self.ok = self.failure.is_none() && self.done == Some(true) && cells_ok;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(r: &mut RunResult, lines: &[&str]) {
+        for l in lines {
+            r.line(l, 1.0);
+        }
+    }
+
+    #[test]
+    fn protocol_lines_are_found_between_kernel_messages() {
+        let mut r = RunResult {
+            families: vec!["kprobe".into()],
+            ..RunResult::default()
+        };
+        feed(
+            &mut r,
+            &[
+                "[    2.1] virtio_blk virtio1: [vda] 32768 512-byte logical blocks",
+                r#"@@KMT {"t":"env","kernel":"6.1.0-57-amd64","cgroup":"v1","kmem":true}"#,
+                r#"junk before @@KMT {"t":"step","family":"kprobe","step":"churn"}"#,
+                r#"@@KMT {"t":"cell","family":"kprobe","status":"pass"}"#,
+                r#"@@KMT {"t":"done","ok":true}"#,
+            ],
+        );
+        r.finish();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.kernel, "6.1.0-57-amd64");
+        assert_eq!(r.kmem, Some(true));
+    }
+
+    #[test]
+    fn red_cells_panics_and_missing_families_fail_the_run() {
+        let mut r = RunResult {
+            families: vec!["kprobe".into(), "fentry".into()],
+            ..RunResult::default()
+        };
+        feed(
+            &mut r,
+            &[
+                r#"@@KMT {"t":"cell","family":"kprobe","status":"fail"}"#,
+                r#"@@KMT {"t":"done","ok":false}"#,
+            ],
+        );
+        r.finish();
+        assert!(!r.ok);
+        assert_eq!(r.failure.as_deref(), Some("no result for fentry"));
+
+        let mut r = RunResult::default();
+        feed(
+            &mut r,
+            &["[ 3.2] Kernel panic - not syncing: Attempted to kill init!"],
+        );
+        r.finish();
+        assert_eq!(
+            r.failure.as_deref(),
+            Some("kernel panic: not syncing: Attempted to kill init!")
+        );
+    }
+
+    #[test]
+    fn garbled_lines_are_errors_not_crashes() {
+        let mut r = RunResult::default();
+        feed(
+            &mut r,
+            &[
+                r#"@@KMT {"t":"cell","fam"#,
+                r#"@@KMT {"t":"done","ok":true}"#,
+            ],
+        );
+        r.finish();
+        assert!(!r.ok);
+        assert!(r
+            .failure
+            .unwrap()
+            .starts_with("guest error: garbled protocol line"));
+    }
+}
