@@ -11,7 +11,7 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, unit, fuzz).
+    /// Skip steps by name (fmt, clippy, doc, unit, fuzz, vm).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -62,6 +62,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "--test",
             "fuzz",
         ]))?;
+    }
+    if !skip("vm") {
+        // The VM kernel matrix (xtask/src/vm) and the test that a broken cell fails it.
+        crate::vm::ci()?;
     }
     eprintln!("xtask test: all steps passed");
     Ok(())

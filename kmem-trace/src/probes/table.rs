@@ -212,6 +212,9 @@ const CSS_OFFLINE: &[&str] = &["mem_cgroup_css_offline"];
 const CSS_RELEASED: &[&str] = &["mem_cgroup_css_released"];
 const CSS_FREE: &[&str] = &["mem_cgroup_css_free"];
 const ID_PUT: &[&str] = &["mem_cgroup_id_put_many"];
+/// GCC splits `memcg_offline_kmem()` after its `mem_cgroup_kmem_disabled()`
+/// check; only the `.part.0` clone is in kallsyms (6.1 to 6.18).
+const KMEM_OFFLINE: &[&str] = &["memcg_offline_kmem", "memcg_offline_kmem.part.0"];
 const KMEM_ONLINE: &[&str] = &["memcg_online_kmem", "memcg_online_kmem.part.0"];
 const KMEM_ACTIVATE_310: &[&str] = &["memcg_activate_kmem", "memcg_activate_kmem.part.0"];
 const MKDIR: &[&str] = &["cgroup_mkdir"];
@@ -238,6 +241,10 @@ pub static TABLE: &[Row] = &[
     // offline
     row(Offline, FE, Fentry, "kt_fentry_css_offline", hook::FENTRY_CSS_OFFLINE, CSS_OFFLINE, v(5, 5), "page counters read at entry"),
     row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, CSS_OFFLINE, v(4, 1), "page counters read at entry"),
+    // Fallback inside mem_cgroup_css_offline(): its first argument is the memcg, whose
+    // css sits at offset 0, so the same program reads it. Fires only with kmem
+    // accounting on (not with cgroup.memory=nokmem) and never for the root.
+    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, KMEM_OFFLINE, v(4, 6), "memcg_offline_kmem(): kmem accounting on only"),
     row(Offline, TP, TpBtf, "kt_tp_cgroup_rmdir", hook::TP_CGROUP_RMDIR, RMDIR, v(5, 5), "rmdir; offline_css() follows from a work item"),
     row(Offline, TP, RawTp, "kt_raw_cgroup_rmdir", hook::RAW_CGROUP_RMDIR, RMDIR, v(4, 17), "as tp_btf, without BTF typing"),
     // released
@@ -261,6 +268,62 @@ pub static TABLE: &[Row] = &[
     inferred(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, v(4, 1), "kmemcg_id/objcg set after online"), "kt_kprobe_css_online")),
     inferred(row(KmemActivate, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "kmemcg_id/objcg set at mkdir")),
     inferred(row(KmemActivate, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "kmemcg_id/objcg set at mkdir")),
+];
+
+/// Where the VM kernel matrix (`cargo xtask vm-test`) found a symbol the table
+/// names: in `/proc/kallsyms` for functions, as an attachable tracepoint for
+/// tracepoints. Kernels outside a range are untested, not unsupported; the
+/// matrix prints symbols it sees outside these ranges, so this grows with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Seen {
+    pub symbol: &'static str,
+    /// First and last kernel series it was seen on; `None`: on no tested kernel.
+    pub range: Option<(KernelVersion, KernelVersion)>,
+    pub note: &'static str,
+}
+
+const fn seen(
+    symbol: &'static str,
+    first: KernelVersion,
+    last: KernelVersion,
+    note: &'static str,
+) -> Seen {
+    Seen {
+        symbol,
+        range: Some((first, last)),
+        note,
+    }
+}
+const fn never(symbol: &'static str, note: &'static str) -> Seen {
+    Seen {
+        symbol,
+        range: None,
+        note,
+    }
+}
+
+/// Tested: Debian 6.1.0-57 and 6.12.117 (amd64 and cloud-amd64) in the VM
+/// matrix, and 6.18 (this project's build machine, no kprobes) as its host row.
+#[rustfmt::skip]
+pub static SEEN: &[Seen] = &[
+    seen("mem_cgroup_css_alloc", v(6, 1), v(6, 18), ""),
+    seen("mem_cgroup_css_online", v(6, 1), v(6, 18), ""),
+    seen("mem_cgroup_css_offline", v(6, 1), v(6, 18), ""),
+    seen("mem_cgroup_css_released", v(6, 1), v(6, 18), ""),
+    seen("mem_cgroup_css_free", v(6, 1), v(6, 18), ""),
+    seen("mem_cgroup_id_put_many", v(6, 1), v(6, 18), "mem_cgroup_id_put() is an inline wrapper"),
+    seen("memcg_offline_kmem.part.0", v(6, 1), v(6, 18), "GCC partial-inlining clone"),
+    never("memcg_offline_kmem", "only its .part.0 clone is a symbol on 6.1 to 6.18"),
+    never("memcg_online_kmem", "inlined into mem_cgroup_css_online() on 6.1 to 6.18"),
+    never("memcg_online_kmem.part.0", "no clone on 6.1 to 6.18"),
+    never("memcg_activate_kmem", "3.10 to 4.5 only; no such kernel is in the matrix"),
+    never("memcg_activate_kmem.part.0", "3.10 to 4.5 only; no such kernel is in the matrix"),
+    seen("css_release_work_fn", v(6, 1), v(6, 18), "kallsyms address for the workqueue hook"),
+    seen("css_free_rwork_fn", v(6, 1), v(6, 18), "kallsyms address for the workqueue hook"),
+    seen("cgroup_mkdir", v(6, 1), v(6, 18), "tracepoint"),
+    seen("cgroup_rmdir", v(6, 1), v(6, 18), "tracepoint"),
+    seen("cgroup_release", v(6, 1), v(6, 18), "tracepoint"),
+    seen("workqueue_execute_start", v(6, 1), v(6, 18), "tracepoint"),
 ];
 
 /// The rows for one point that a mode allows, in order of preference.

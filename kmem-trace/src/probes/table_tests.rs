@@ -173,3 +173,41 @@ fn entry_probes_name_real_programs() {
         }
     }
 }
+
+#[test]
+fn every_symbol_has_a_seen_entry_and_only_those() {
+    let named: HashSet<&str> = TABLE
+        .iter()
+        .flat_map(|r| r.symbols.iter().chain(r.needs_kallsyms))
+        .copied()
+        .collect();
+    let seen: HashSet<&str> = SEEN.iter().map(|s| s.symbol).collect();
+    assert_eq!(seen.len(), SEEN.len(), "a symbol listed twice in SEEN");
+    let mut missing: Vec<&&str> = named.difference(&seen).collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "table symbols without a SEEN entry: {missing:?}"
+    );
+    let mut stale: Vec<&&str> = seen.difference(&named).collect();
+    stale.sort();
+    assert!(
+        stale.is_empty(),
+        "SEEN entries the table does not name: {stale:?}"
+    );
+    for s in SEEN {
+        if let Some((a, b)) = s.range {
+            assert!(a <= b, "{}", s.symbol);
+        }
+    }
+}
+
+#[test]
+fn offline_falls_back_to_the_kmem_offline_clone() {
+    let mut k = debian_61();
+    k.symbols.remove("mem_cgroup_css_offline");
+    assert_eq!(
+        first(Point::Offline, HookMode::Kprobe, &k).as_deref(),
+        Some("kt_kprobe_css_offline@memcg_offline_kmem.part.0")
+    );
+}

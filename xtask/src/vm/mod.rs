@@ -43,6 +43,8 @@ const PACKAGES: &[&str] = &[
 ];
 /// The kernel lock every helper holds while touching this machine's kernel.
 const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
+/// Longest wait for that lock before the host row fails.
+const LOCK_WAIT_S: u64 = 600;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -141,6 +143,35 @@ fn host_boot() -> Boot {
     }
 }
 
+/// True when a process above this one is `flock ... /tmp/kmem-trace-kernel.lock`
+/// (`flock LOCK cargo xtask test`): it holds the lock for us, and a second
+/// flock would wait for it forever.
+fn lock_held_by_ancestor() -> bool {
+    let mut pid = std::process::id();
+    for _ in 0..32 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if ppid <= 1 {
+            return false;
+        }
+        let cmdline = fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_flock = args.first().is_some_and(|a| a.ends_with(b"flock"));
+        if is_flock && args.iter().any(|a| *a == KERNEL_LOCK.as_bytes()) {
+            return true;
+        }
+        pid = ppid;
+    }
+    false
+}
+
 /// `YYYY-MM-DD` (UTC) for the README, without a date crate.
 fn today() -> String {
     let days = SystemTime::now()
@@ -194,11 +225,16 @@ pub fn run(args: &VmArgs) -> Result<()> {
     };
 
     let (kmem_trace, guest) = build_binaries(&root)?;
+    fs::create_dir_all(&cache)?;
+    // Runs at the same time (the matrix and the runner test) share the cache.
+    let lock = fs::File::create(cache.join(".lock"))?;
+    lock.lock().context("locking vm-cache")?;
     let mut kernels = Vec::new();
     for r in &releases {
         kernels.push(kernels::prepare(&cache, r)?);
     }
     let disk = image::data_disk(&cache)?;
+    drop(lock);
     let base = image::base_archive(
         &image::Payload {
             busybox: image::busybox()?,
@@ -212,10 +248,15 @@ pub fn run(args: &VmArgs) -> Result<()> {
     if want_host && families.iter().any(|f| f == "tracepoint") {
         // This kernel has no kprobes and refuses fentry: the tracepoint family only.
         let fams = vec!["tracepoint".to_string()];
-        let mut c = util::privileged("flock");
-        c.args(["-w", "600", KERNEL_LOCK])
-            .arg(&guest)
-            .arg("run")
+        let mut c = if lock_held_by_ancestor() {
+            util::privileged(&guest.to_string_lossy())
+        } else {
+            let mut c = util::privileged("flock");
+            c.args(["-w", &LOCK_WAIT_S.to_string(), KERNEL_LOCK])
+                .arg(&guest);
+            c
+        };
+        c.arg("run")
             .arg("--kmem-trace")
             .arg(&kmem_trace)
             .arg("--data-dir")
@@ -300,8 +341,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
         if let Some((i, (mut r, Job::Host(cmd)))) = host {
             let (done, progress) = (&done, &progress);
             let log = log_name(&r);
+            // flock prints nothing while another helper holds the kernel lock.
+            let host_limits = Limits {
+                timeout: limits.timeout + Duration::from_secs(LOCK_WAIT_S),
+                silence: limits.silence + Duration::from_secs(LOCK_WAIT_S),
+            };
             s.spawn(move || {
-                qemu::supervise(cmd, &log, limits, &mut r, progress);
+                progress.update(&r.label, None, "waiting for the kernel lock");
+                qemu::supervise(cmd, &log, host_limits, &mut r, progress);
                 done.lock().expect("done").push((i, r));
             });
         }
@@ -332,7 +379,10 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let wall = progress.elapsed_s();
 
     let matrix = report::matrix(&runs, wall);
-    let symbols = report::symbols_text(&runs);
+    let table_rs =
+        fs::read_to_string(root.join("kmem-trace/src/probes/table.rs")).unwrap_or_default();
+    let findings = report::seen_findings(&runs, &report::parse_seen(&table_rs));
+    let symbols = report::symbols_text(&runs, &findings);
     print!("\n{matrix}\n{symbols}");
     fs::write(out.join("matrix.txt"), format!("{matrix}\n{symbols}"))?;
     let ok = runs.iter().all(|r| r.ok);
@@ -342,6 +392,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         "ok": ok,
         "runs": runs,
         "symbols": report::symbols_seen(&runs),
+        "seen_findings": findings,
     });
     fs::write(
         out.join("results.json"),
@@ -364,6 +415,31 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let failed = runs.iter().filter(|r| !r.ok).count();
     if failed > 0 {
         bail!("{failed} of {} matrix runs failed", runs.len());
+    }
+    Ok(())
+}
+
+/// The `vm` step of `cargo xtask test`: the default matrix, and alongside it
+/// the runner's own test (a deliberately broken cell must fail the run).
+pub fn ci() -> Result<()> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        args: VmArgs,
+    }
+    let args = <Defaults as clap::Parser>::parse_from(["vm-test"]).args;
+    let mut runner_test = Command::new(util::cargo());
+    runner_test
+        .current_dir(util::root())
+        .env("KMEM_TRACE_VM_TESTS", "1")
+        .args(["test", "-q", "-p", "xtask", "--test", "vm_runner"]);
+    eprintln!("+ {}", util::show(&runner_test));
+    let mut child = runner_test.spawn().context("starting the VM runner test")?;
+    let matrix = run(&args);
+    let status = child.wait()?;
+    matrix?;
+    if !status.success() {
+        bail!("the VM runner test failed ({status}): a broken cell did not fail the matrix");
     }
     Ok(())
 }
