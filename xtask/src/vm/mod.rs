@@ -8,8 +8,10 @@ mod image;
 mod kernels;
 mod progress;
 mod qemu;
+mod readme;
 mod report;
 mod results;
+mod symbols;
 
 use std::{
     fs,
@@ -381,8 +383,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let matrix = report::matrix(&runs, wall);
     let table_rs =
         fs::read_to_string(root.join("kmem-trace/src/probes/table.rs")).unwrap_or_default();
-    let findings = report::seen_findings(&runs, &report::parse_seen(&table_rs));
-    let symbols = report::symbols_text(&runs, &findings);
+    let findings = symbols::seen_findings(&runs, &symbols::parse_seen(&table_rs));
+    let symbols = symbols::symbols_text(&runs, &findings);
     print!("\n{matrix}\n{symbols}");
     fs::write(out.join("matrix.txt"), format!("{matrix}\n{symbols}"))?;
     let ok = runs.iter().all(|r| r.ok);
@@ -391,19 +393,19 @@ pub fn run(args: &VmArgs) -> Result<()> {
         "wall_s": wall,
         "ok": ok,
         "runs": runs,
-        "symbols": report::symbols_seen(&runs),
+        "symbols": symbols::symbols_seen(&runs),
         "seen_findings": findings,
     });
     fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = report::readme_table(&runs, &today());
+    let table = readme::readme_table(&runs, &today());
     fs::write(out.join("tested-kernels.md"), &table)?;
     if args.readme {
         let path = root.join("README.md");
         let text = fs::read_to_string(&path).context("reading README.md")?;
-        let new = report::splice_readme(&text, &table)
+        let new = readme::splice_readme(&text, &table)
             .context("README.md has no <!-- tested-kernels:start/end --> markers")?;
         fs::write(&path, new)?;
         eprintln!("vm-test: updated the Tested kernels table in README.md");

@@ -4,6 +4,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use crate::compare::compare;
 
 const P: &str = "kmem-trace-test-vm-kprobe-1-2";
 

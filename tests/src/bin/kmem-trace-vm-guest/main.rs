@@ -5,6 +5,7 @@
 //! started on (the matrix's host row), under a parent cgroup named for the run.
 
 mod check;
+mod compare;
 mod init;
 mod proto;
 mod scenario;
@@ -237,7 +238,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         runs.push(obs);
     }
     let refs: Vec<&check::Observation> = runs.iter().collect();
-    let cmp = check::compare(&refs, &exp, &report);
+    let cmp = compare::compare(&refs, &exp, &report);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
     let log = kmsg.collect();

@@ -1,0 +1,159 @@
+//! The README's "Tested kernels" table: one row per kernel, one column per hook
+//! family, generated from a run and spliced between the README's markers.
+
+use std::{collections::BTreeSet, fmt::Write as _};
+
+use serde_json::Value;
+
+use super::{report::FAMILIES, results::RunResult};
+
+/// Rows of the README's "Tested kernels" table, one per kernel.
+pub fn readme_table(runs: &[RunResult], date: &str) -> String {
+    let mut kernels: Vec<&str> = Vec::new();
+    for r in runs {
+        if !kernels.contains(&r.release.as_str()) {
+            kernels.push(&r.release);
+        }
+    }
+    let mut s = String::from(
+        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint |\n|---|---|---|---|---|---|\n",
+    );
+    for k in kernels {
+        let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
+        let host = rs.iter().any(|r| r.host);
+        let name = if host {
+            format!("build machine {k} (host row)")
+        } else {
+            format!("Debian {k}")
+        };
+        let boots: Vec<&str> = rs.iter().map(|r| r.boot.as_str()).collect();
+        let cg = rs.first().map(|r| r.cgroup.as_str()).unwrap_or("");
+        let _ = write!(s, "| {name} | {cg} | {} |", boots.join(", "));
+        for f in FAMILIES {
+            let cells: Vec<Option<&Value>> = rs
+                .iter()
+                .filter(|r| r.families.iter().any(|x| x == f))
+                .map(|r| r.cell(f))
+                .collect();
+            let text = if cells.is_empty() {
+                if rs.iter().any(|r| family_unavailable(r, f)) {
+                    "unavailable".to_string()
+                } else {
+                    "not run".to_string()
+                }
+            } else if cells
+                .iter()
+                .all(|c| c.is_some_and(|c| c["status"] == "pass"))
+            {
+                let blind: BTreeSet<&str> = cells
+                    .iter()
+                    .flatten()
+                    .flat_map(|c| c["points"].as_object())
+                    .flat_map(|m| m.iter())
+                    .filter(|(_, v)| v["status"] == "blind")
+                    .map(|(p, _)| p.as_str())
+                    .collect();
+                if blind.is_empty() {
+                    "pass".to_string()
+                } else {
+                    format!(
+                        "pass ({} not visible)",
+                        blind.into_iter().collect::<Vec<_>>().join(", ")
+                    )
+                }
+            } else {
+                "**FAIL**".to_string()
+            };
+            let _ = write!(s, " {text} |");
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "\nLast run {date} with `cargo xtask vm-test --readme`: each Debian kernel booted in qemu \
+         (TCG) with and without `cgroup.memory=nokmem`; per hook family a churn of memcgs, a \
+         tmpfs pin and page-cache pins on ext4, checking every lifecycle point's events, the \
+         memcg IDs, the zombie verdicts, kmem activation, and that families agree. \
+         \"unavailable\": the kernel attaches no hook of that family."
+    );
+    s
+}
+
+/// The kernel's probes report attaches no hook of `family` at all (the build
+/// machine: no kprobes, fentry refused).
+fn family_unavailable(r: &RunResult, family: &str) -> bool {
+    let Some(points) = r.probes.as_ref().and_then(|p| p["points"].as_array()) else {
+        return false;
+    };
+    !points.iter().any(|p| {
+        p["tried"].as_array().into_iter().flatten().any(|a| {
+            a["family"] == family && matches!(a["outcome"].as_str(), Some("chosen" | "works"))
+        })
+    })
+}
+
+/// Replaces the text between the README's tested-kernels markers.
+pub fn splice_readme(readme: &str, table: &str) -> Option<String> {
+    const START: &str = "<!-- tested-kernels:start -->";
+    const END: &str = "<!-- tested-kernels:end -->";
+    let a = readme.find(START)? + START.len();
+    let b = readme[a..].find(END)? + a;
+    Some(format!("{}\n{}{}", &readme[..a], table, &readme[b..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn run(release: &str, boot: &str, status: &str) -> RunResult {
+        let pts = |kmem: u64| {
+            json!({
+                "alloc": {"status": "pass", "expected": 20, "got": 20},
+                "online": {"status": "pass", "expected": 20, "got": 20},
+                "offline": {"status": status, "expected": 20, "got": 0},
+                "released": {"status": "pass", "expected": 20, "got": 20},
+                "free": {"status": "pass", "expected": 20, "got": 20},
+                "id_release": {"status": "blind", "expected": 0, "got": 0},
+                "kmem_activate": {"status": "pass", "expected": kmem, "got": kmem},
+            })
+        };
+        let mut r = RunResult {
+            label: format!("{release} {boot}"),
+            release: release.into(),
+            kernel: release.into(),
+            boot: boot.into(),
+            cgroup: "v1".into(),
+            families: vec!["tracepoint".into()],
+            cells: vec![json!({"family": "tracepoint", "status": status,
+                               "points": pts(if boot == "nokmem" { 0 } else { 20 }),
+                               "checks": [{"name": "memcg IDs", "ok": true}]})],
+            done: Some(status == "pass"),
+            ..RunResult::default()
+        };
+        r.finish();
+        r
+    }
+
+    #[test]
+    fn readme_table_groups_boots_per_kernel() {
+        let runs = vec![
+            run("6.1.0-57-amd64", "default", "pass"),
+            run("6.1.0-57-amd64", "nokmem", "pass"),
+        ];
+        let t = readme_table(&runs, "2026-11-29");
+        assert!(
+            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) |"),
+            "{t}"
+        );
+        let readme =
+            "intro\n<!-- tested-kernels:start -->\nold\n<!-- tested-kernels:end -->\nrest\n";
+        let new = splice_readme(readme, "NEW\n").unwrap();
+        assert_eq!(
+            new,
+            "intro\n<!-- tested-kernels:start -->\nNEW\n<!-- tested-kernels:end -->\nrest\n"
+        );
+        assert!(splice_readme("no markers", "x").is_none());
+    }
+}
