@@ -374,6 +374,50 @@ impl Layout {
     };
 }
 
+/// What the census iterator (`iter/cgroup`) writes to its seq file once it has
+/// walked the memcg tree; the records themselves go to the `CENSUS` ring buffer.
+/// Counts are complete even when records were dropped (ring buffer full).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusSummary {
+    /// [`CENSUS_MAGIC`]: tells a summary from anything else the seq file may hold.
+    pub magic: u32,
+    /// [`census_flags`] bits.
+    pub flags: u32,
+    /// memcgs visited (online + dying).
+    pub visited: u64,
+    pub online: u64,
+    pub dying: u64,
+    /// Records written to `CENSUS`.
+    pub emitted: u64,
+    /// Records lost because `CENSUS` was full.
+    pub dropped: u64,
+    /// Walk steps taken (at most two per memcg).
+    pub steps: u64,
+    /// `bpf_ktime_get_ns()` when the walk started and ended.
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// `"KTCS"`: [`CensusSummary::magic`].
+pub const CENSUS_MAGIC: u32 = 0x5343_544b;
+pub const CENSUS_SUMMARY_SIZE: usize = 72;
+const _: () = assert!(core::mem::size_of::<CensusSummary>() == CENSUS_SUMMARY_SIZE);
+
+/// Bits of [`CensusSummary::flags`].
+pub mod census_flags {
+    /// The walk came back to the root: every memcg was visited.
+    pub const COMPLETE: u32 = 1 << 0;
+    /// The iterator's cgroup has no memory css (not a memory hierarchy).
+    pub const NO_MEMORY: u32 = 1 << 1;
+    /// A kernel read failed during the walk; it stopped there.
+    pub const FAULT: u32 = 1 << 2;
+    /// The walk hit its step limit before it was complete.
+    pub const TRUNCATED: u32 = 1 << 3;
+    /// `Layout` lacks a member the walk needs (css children/sibling/flags).
+    pub const NO_LAYOUT: u32 = 1 << 4;
+}
+
 /// Index into the `STATS` per-CPU array map.
 pub mod stat {
     /// Failed ring-buffer reservations: events lost.
@@ -390,4 +434,5 @@ mod user {
     // SAFETY: both are repr(C), Copy, without implicit padding, valid for any bits.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Layout {}
+    unsafe impl aya::Pod for super::CensusSummary {}
 }

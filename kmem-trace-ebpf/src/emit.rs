@@ -128,7 +128,7 @@ pub fn fill_parent(ev: &mut Event, task: u64) {
 
 /// memcg ID, kmem state and (at offline) page counters.
 #[inline(always)]
-fn fill_memcg(ev: &mut Event, memcg: u64, counters: bool) {
+pub fn fill_memcg(ev: &mut Event, memcg: u64, counters: bool) {
     ev.memcg_addr = memcg;
     let id_off = lay!(memcg_id);
     if let Some(id) = rd::<i32>(memcg, id_off) {
@@ -189,7 +189,7 @@ pub fn cgroup_id(cgrp: u64) -> u64 {
 
 /// cgroup id, parent id, level, hierarchy and leaf name.
 #[inline(always)]
-fn fill_cgroup(ev: &mut Event, cgrp: u64) {
+pub fn fill_cgroup(ev: &mut Event, cgrp: u64) {
     let kn = rd_ptr(cgrp, lay!(cgroup_kn));
     ev.cgroup_id = cgroup_id(cgrp);
     // `cgroup.self.parent` is the parent cgroup's `self` css, which sits at

@@ -33,6 +33,10 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Replay a recording (`watch --record FILE`) through the same pipeline.
     Replay(ReplayArgs),
+    /// Every memcg the kernel holds now, dying ones included, with pin causes (BPF iterator; counts only without it).
+    Census(CensusArgs),
+    /// Check this node's exposure to memcg leaks from procfs and cgroupfs (works without BPF, on 3.10 too).
+    Doctor(DoctorArgs),
     /// Every dying memcg with its owner (namespace/pod/container), creator, residents and pinned bytes, from the history.
     Zombies(ZombiesArgs),
 }
@@ -129,6 +133,48 @@ pub struct ReplayArgs {
     pub json: bool,
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
     pub zombie_after: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CensusArgs {
+    /// One JSON document with every memcg.
+    #[arg(long)]
+    pub json: bool,
+    /// List live memcgs too, not only the dying ones.
+    #[arg(long)]
+    pub all: bool,
+    /// Do not load BPF: counts from procfs and cgroupfs only.
+    #[arg(long)]
+    pub counts_only: bool,
+    /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Where the host's / is mounted (running in a container).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// node-problem-detector custom plugin mode: print one line; exit 0 OK, 1 problem, 2 unknown.
+    #[arg(long)]
+    pub npd: bool,
+    /// Where the host's / is mounted (a container with the host mounted, or a test tree).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
+    /// Size of the memcg ID space.
+    #[arg(long, default_value_t = kmem_trace_common::MEMCG_ID_MAX, value_name = "N")]
+    pub id_limit: u32,
+    /// Measure the dying count before and after `echo 1 > /proc/sys/vm/drop_caches` (root; frees page cache node-wide).
+    #[arg(long)]
+    pub try_drop_caches: bool,
+    /// Do not load BPF to test which hooks attach (by default it does as root
+    /// on the real host, except with --npd); capabilities are then predicted from files.
+    #[arg(long)]
+    pub no_bpf: bool,
 }
 
 /// Durations like `60s`, `5m`, `14d`, `1h30m`.

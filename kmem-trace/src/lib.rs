@@ -6,9 +6,12 @@
 //! the side; [`watch`] drives the whole line.
 
 pub mod attribution;
+pub mod census;
 pub mod cgroupfs;
 pub mod cli;
 pub mod decode;
+pub mod doctor;
+pub mod forecast;
 pub mod lifecycle;
 pub mod outputs;
 pub mod probes;

@@ -45,6 +45,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => cmd_watch(args, verbose),
         Command::Probes(args) => cmd_probes(args, verbose),
         Command::Replay(args) => cmd_replay(args),
+        Command::Census(args) => Ok(kmem_trace::census::render::command(&args)?),
+        Command::Doctor(args) => Ok(kmem_trace::doctor::command(&args)?),
         Command::Zombies(args) => {
             kmem_trace::zombies::command(&args)?;
             Ok(ExitCode::SUCCESS)

@@ -55,6 +55,8 @@ pub struct Pipeline<'o> {
     pub attribution: Attributor,
     /// Changed memcgs on their way to the history database.
     history: Option<HistoryFeed>,
+    /// Samples for the leak-rate forecast in the header.
+    forecast: Option<crate::forecast::Tracker>,
     out: &'o mut dyn Output,
     recorder: Option<BufWriter<File>>,
     pub bad_records: u64,
@@ -67,6 +69,7 @@ impl<'o> Pipeline<'o> {
             lifecycle,
             attribution: Attributor::paths_only(),
             history: None,
+            forecast: crate::forecast::Tracker::new(3600.0).ok(),
             out,
             recorder: None,
             bad_records: 0,
@@ -130,11 +133,21 @@ impl<'o> Pipeline<'o> {
         elapsed: Duration,
         now_ns: u64,
     ) -> Result<Status, WatchError> {
+        let counts = self.lifecycle.counts(now_ns);
+        let forecast = self.forecast.as_mut().and_then(|t| {
+            t.push(crate::forecast::Sample {
+                t_s: elapsed.as_secs_f64(),
+                dying: counts.dying,
+                ids_in_use: counts.ids_in_use,
+            });
+            t.forecast(counts.id_limit)
+        });
         let status = Status {
-            counts: self.lifecycle.counts(now_ns),
+            counts,
             drops,
             hook_family: family.to_string(),
             elapsed_s: elapsed.as_secs_f64(),
+            forecast,
         };
         if let Some(h) = self.history.as_mut() {
             h.flush(&self.lifecycle, &self.attribution);
@@ -243,6 +256,8 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
     for d in dirs {
         lc.seed_cgroup(d.key, d.parent, &d.name);
     }
+    // After attaching, so nothing falls between the census and the probes.
+    crate::census::seed_watch(&mut lc, cfg.probe.btf.clone());
     Ok((probes, lc))
 }
 
@@ -324,6 +339,7 @@ pub async fn run_with(
         drops,
         hook_family: family,
         elapsed_s: started.elapsed().as_secs_f64(),
+        forecast: None,
     };
     pipe.finish(status)
 }
@@ -354,6 +370,7 @@ pub fn replay(
         drops: 0,
         hook_family: "replay".into(),
         elapsed_s: 0.0,
+        forecast: None,
     };
     pipe.finish(status)
 }

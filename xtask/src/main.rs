@@ -1,6 +1,7 @@
 //! Project tasks: toolchain setup, builds, the test suite, the VM kernel matrix
 //! and benchmarks. Run as `cargo xtask <task>`.
 
+mod census_bench;
 mod setup;
 mod test;
 mod util;
@@ -27,6 +28,8 @@ enum Task {
     },
     /// The whole test suite: fmt, clippy, unit tests, root integration tests.
     Test(test::TestArgs),
+    /// Time the census on many memcgs (root; creates and removes them).
+    BenchCensus(census_bench::BenchCensusArgs),
     /// The VM kernel matrix: Debian kernels in qemu, every hook family, kmem on and off.
     VmTest(vm::VmArgs),
 }
@@ -36,6 +39,7 @@ fn main() -> Result<()> {
         Task::Setup(args) => setup::run(&args),
         Task::Watch { args } => setup::watch(&args),
         Task::Test(args) => test::run(&args),
+        Task::BenchCensus(args) => census_bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
     }
 }

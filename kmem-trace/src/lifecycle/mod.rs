@@ -108,6 +108,10 @@ pub struct Memcg {
     pub residents_dropped: u32,
     pub last_resident: Option<Task>,
     pub origin: Origin,
+    /// Page counters the census read (a dying memcg found by the census has
+    /// no counters from its offline); `crate::census::pin` classifies them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census_counters: Option<Counters>,
 }
 
 fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -138,6 +142,7 @@ impl Memcg {
             residents_dropped: 0,
             last_resident: None,
             origin,
+            census_counters: None,
         }
     }
 
@@ -339,6 +344,20 @@ impl Lifecycle {
             return Applied::none(Some(Anomaly::Untracked));
         };
         let mut anomaly = None;
+        if let Some(m) = self.memcgs.get_mut(&addr) {
+            // The census runs after the probes are attached, so a memcg created
+            // in between is in the census and its alloc still queued: the same
+            // memcg, not a missed free.
+            let same_cgroup = ev
+                .cgroup_key()
+                .is_none_or(|k| m.key().is_none_or(|mk| mk == k));
+            if m.origin == Origin::Census && m.memcg_id == ev.raw.memcg_id && same_cgroup {
+                m.origin = Origin::Traced;
+                m.alloc_ns = Some(ev.ts_ns());
+                m.creator = Some(Task::actor(ev));
+                return self.on_transition(ev);
+            }
+        }
         if let Some(old) = self.memcgs.remove(&addr) {
             // The address was reused: the old memcg was freed without us seeing it.
             self.missed_frees += 1;

@@ -100,6 +100,10 @@ impl<W: Write> LineOutput<W> {
 
     fn header(&self, status: &Status) -> String {
         let mut h = Self::counts_header(status);
+        if let Some(f) = &status.forecast {
+            h.push_str("  ");
+            h.push_str(&f.short());
+        }
         if !self.owners.is_empty() {
             h.push_str("  ");
             h.push_str(&self.owners);

@@ -37,6 +37,9 @@ pub struct Status {
     pub drops: u64,
     pub hook_family: String,
     pub elapsed_s: f64,
+    /// Leak rate and time until the ID space is used up (after a minute of samples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<crate::forecast::Forecast>,
 }
 
 /// Offline → free latency summary (microseconds).

@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod btf;
+pub mod caps;
+pub mod census;
 pub mod extras;
 pub mod kernel;
 pub mod report;
@@ -95,7 +97,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn gather(cfg: &ProbeConfig) -> Result<HostFacts, ProbeError> {
-        let btf = KernelBtf::load(cfg.btf.as_deref())?;
+        let btf = KernelBtf::load_mapped(cfg.btf.as_deref())?;
         let release = kernel::release();
         let kallsyms = Kallsyms::read(&cfg.proc_root.join("kallsyms")).unwrap_or_default();
         Ok(HostFacts {

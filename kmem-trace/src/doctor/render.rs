@@ -1,0 +1,79 @@
+//! Doctor output: text for people, one JSON document for tools, and the one
+//! line a node-problem-detector custom plugin prints (NPD keeps the first 80
+//! characters by default, so the most important words come first).
+
+use std::io::{self, Write};
+
+use super::{Report, Severity};
+
+/// Human report: the verdict, then every finding worst first with its fixes.
+pub fn text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
+    let f = &r.facts;
+    writeln!(
+        w,
+        "kmem-trace doctor: {} (exit {}) — kernel {}{}",
+        r.status.label(),
+        r.exit_code,
+        f.release.as_deref().unwrap_or("?"),
+        if f.host_root.as_os_str() == "/" {
+            String::new()
+        } else {
+            format!(", host root {}", f.host_root.display())
+        }
+    )?;
+    for x in &r.findings {
+        writeln!(w, "[{:<8}] {}: {}", x.severity.label(), x.id, x.title)?;
+        if !x.detail.is_empty() {
+            writeln!(w, "           {}", x.detail)?;
+        }
+        for fix in &x.remediation {
+            writeln!(w, "           fix: {fix}")?;
+        }
+    }
+    if !f.unreadable.is_empty() {
+        writeln!(w, "not readable: {}", f.unreadable.join(", "))?;
+    }
+    Ok(())
+}
+
+/// The whole report as one JSON document.
+pub fn json(r: &Report, w: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, r)?;
+    writeln!(w)
+}
+
+/// One line: `KmemLeak: <worst finding>; <dying>, IDs <n>/<limit>[, full in T]`.
+pub fn npd_line(r: &Report) -> String {
+    let worst = r.findings.first();
+    let reason = match r.exit_code {
+        1 => match worst.map(|f| f.id) {
+            Some("kmem-leak") => "KmemLeak",
+            Some("memcg-ids") => "MemcgIDsExhausting",
+            Some("forecast") => "MemcgIDsExhausting",
+            _ => "MemcgLeak",
+        },
+        2 => "Unknown",
+        _ => "OK",
+    };
+    let mut parts = Vec::new();
+    if r.status >= Severity::Warning {
+        if let Some(x) = worst {
+            parts.push(x.title.clone());
+        }
+    }
+    if let Some((d, _)) = r.facts.dying {
+        parts.push(format!("{d} dying memcgs"));
+    }
+    if let Some(ids) = r.facts.ids_in_use {
+        let mut s = format!("IDs {ids}/{}", r.id_limit);
+        if let Some(h) = r.forecast.and_then(|f| f.hours_to_exhaustion) {
+            s.push_str(&format!(" full in {}", crate::forecast::human_hours(h)));
+        }
+        parts.push(s);
+    }
+    format!("{reason}: {}", parts.join("; "))
+}
+
+pub fn npd(r: &Report, w: &mut dyn Write) -> io::Result<()> {
+    writeln!(w, "{}", npd_line(r))
+}

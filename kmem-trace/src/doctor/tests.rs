@@ -1,0 +1,165 @@
+//! Doctor rules on the fixture trees (`tests/fixtures/doctor/`) and on
+//! hand-made variations of them.
+
+use std::path::PathBuf;
+
+use super::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/doctor")
+        .join(name)
+}
+
+fn report(name: &str) -> Report {
+    run(&DoctorConfig {
+        host_root: fixture(name),
+        id_limit: 65535,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+    })
+    .unwrap()
+}
+
+fn find<'a>(r: &'a Report, id: &str) -> &'a Finding {
+    r.findings
+        .iter()
+        .find(|f| f.id == id)
+        .unwrap_or_else(|| panic!("no finding {id}: {:#?}", r.findings))
+}
+
+#[test]
+fn centos7_with_kmem_under_kubepods_is_critical() {
+    let r = report("centos7-kmem-leak");
+    assert_eq!(r.exit_code, 1);
+    assert_eq!(r.status, Severity::Critical);
+    let leak = find(&r, "kmem-leak");
+    assert_eq!(leak.severity, Severity::Critical);
+    assert_eq!(r.findings[0].id, "kmem-leak", "the leak comes first");
+    for fix in [
+        findings::FIX_NOKMEM,
+        findings::FIX_RUNC,
+        findings::FIX_REBOOT,
+    ] {
+        assert!(leak.remediation.iter().any(|r| r == fix), "{fix}");
+    }
+    let f = &r.facts;
+    assert_eq!(f.el7_build, Some(957));
+    assert_eq!(f.kubelet.driver, Some(host::Driver::Cgroupfs));
+    assert_eq!(f.kubelet.pods, 4);
+    let kmem = f.kmem.as_ref().unwrap();
+    assert_eq!(kmem.active, Some(true));
+    assert!(kmem.slabinfo_readable);
+    assert_eq!(f.dying.unwrap().0, 61_234 - 20);
+    assert_eq!(
+        f.ids_in_use,
+        Some(61_234),
+        "before 4.6 every memcg holds an ID"
+    );
+    assert_eq!(find(&r, "memcg-ids").severity, Severity::Critical);
+    assert_eq!(find(&r, "ids-not-recycled").severity, Severity::Warning);
+    assert_eq!(find(&r, "slab-pins").severity, Severity::Warning);
+    // 61,214 zombies in 20 days: ~127/h; 4,301 IDs left: ~34 h.
+    let fc = r.forecast.unwrap();
+    assert_eq!(fc.basis, crate::forecast::Basis::SinceBoot);
+    let h = fc.hours_to_exhaustion.unwrap();
+    assert!((30.0..40.0).contains(&h), "{h}");
+    assert_eq!(r.facts.caps.hook_family, "none");
+    assert!(!r.facts.shmem_known);
+    let npd = render::npd_line(&r);
+    assert!(
+        npd.starts_with("KmemLeak: 3.10 kmem accounting leak"),
+        "{npd}"
+    );
+}
+
+#[test]
+fn the_same_node_with_nokmem_or_a_fixed_kernel_is_not_a_kmem_leak() {
+    let base = report("centos7-kmem-leak");
+    let mut f = base.facts.clone();
+    f.nokmem = true;
+    if let Some(k) = f.kmem.as_mut() {
+        k.active = Some(false);
+    }
+    let fs = findings::judge(&f, None, None, 65535);
+    assert_eq!(
+        fs.iter().find(|x| x.id == "kmem-leak").unwrap().severity,
+        Severity::Ok
+    );
+    // Still critical: the ID space is 93 % used (leaked before the fix).
+    assert_eq!(findings::exit_code(&fs), 1);
+
+    let mut f = base.facts.clone();
+    f.el7_build = Some(1160);
+    let fs = findings::judge(&f, None, None, 65535);
+    assert_eq!(
+        fs.iter().find(|x| x.id == "kmem-leak").unwrap().severity,
+        Severity::Warning
+    );
+}
+
+#[test]
+fn a_healthy_modern_node_exits_zero() {
+    let r = report("debian12-v2-healthy");
+    assert_eq!(r.exit_code, 0, "{:#?}", r.findings);
+    assert!(r.status <= Severity::Warning);
+    assert!(
+        r.findings.iter().all(|f| f.severity < Severity::Warning),
+        "{:#?}",
+        r.findings
+    );
+    let f = &r.facts;
+    assert_eq!(f.kubelet.driver, Some(host::Driver::Systemd));
+    assert_eq!(f.kubelet.pods, 4);
+    assert!(f.kmem.is_none(), "kmem files are v1 only");
+    assert_eq!(
+        f.dying.unwrap(),
+        (2, crate::census::DyingBasis::DyingSubsysMemory)
+    );
+    assert_eq!(f.ids_in_use, Some(22));
+    assert_eq!(find(&r, "kernel").severity, Severity::Ok);
+    assert!(r.findings.iter().all(|f| f.id != "kmem-leak"));
+    assert!(r.facts.shmem_known);
+    assert!(render::npd_line(&r).starts_with("OK: 2 dying memcgs"));
+}
+
+#[test]
+fn missing_files_are_unknown_not_errors() {
+    let dir = std::env::temp_dir().join(format!("kmem-trace-doctor-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let r = run(&DoctorConfig {
+        host_root: dir.clone(),
+        id_limit: 65535,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+    })
+    .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(r.exit_code, 2, "{:#?}", r.findings);
+    assert!(render::npd_line(&r).starts_with("Unknown"));
+    assert!(!r.facts.unreadable.is_empty());
+}
+
+#[test]
+fn the_id_limit_is_checked_and_scales_the_verdict() {
+    let bad = run(&DoctorConfig {
+        host_root: fixture("debian12-v2-healthy"),
+        id_limit: 0,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+    });
+    assert!(matches!(bad, Err(DoctorError::IdLimit { got: 0, .. })));
+    let r = run(&DoctorConfig {
+        host_root: fixture("debian12-v2-healthy"),
+        id_limit: 24,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+    })
+    .unwrap();
+    assert_eq!(find(&r, "memcg-ids").severity, Severity::Critical);
+    assert_eq!(r.exit_code, 1);
+}

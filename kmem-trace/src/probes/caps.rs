@@ -1,0 +1,275 @@
+//! What BPF can do on a host, as plain data for `doctor`: BTF, kprobes, fentry,
+//! ring buffer, iterators, and the hook family `watch` would use. Predicted from
+//! files under a root directory (procfs, sysfs: works on a host tree mounted in
+//! a container and on test fixtures, on any kernel), or verified by loading the
+//! probes ([`verify`], root on the real host only).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use super::{
+    btf::KernelBtf,
+    kernel::{self, Kallsyms, KernelVersion},
+    table::{self, Attach, Family, HookMode, KernelFacts, Point},
+};
+
+/// One capability.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cap {
+    /// `None`: could not tell.
+    pub available: Option<bool>,
+    pub detail: String,
+}
+
+impl Cap {
+    fn yes(detail: impl Into<String>) -> Cap {
+        Cap {
+            available: Some(true),
+            detail: detail.into(),
+        }
+    }
+    fn no(detail: impl Into<String>) -> Cap {
+        Cap {
+            available: Some(false),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The BPF picture of a host.
+#[derive(Clone, Debug, Serialize)]
+pub struct BpfCapabilities {
+    pub btf: Cap,
+    pub kprobes: Cap,
+    pub fentry: Cap,
+    pub tracepoints: Cap,
+    pub ring_buffer: Cap,
+    /// The cgroup iterator the census needs (6.1+).
+    pub iterators: Cap,
+    /// The family per lifecycle point `watch --hooks auto` would use, joined
+    /// (`tracepoint`, `fentry+tracepoint`), or `none`.
+    pub hook_family: String,
+    /// Lifecycle points no hook can see.
+    pub blind_points: Vec<Point>,
+    /// `predicted` from files, or `verified` by loading the probes.
+    pub how: &'static str,
+    pub notes: Vec<String>,
+}
+
+/// Kernel facts read from files under a root, for the probe table's checks.
+struct RootFacts {
+    version: Option<KernelVersion>,
+    btf: Option<KernelBtf>,
+    kallsyms: Kallsyms,
+    kprobes: Result<(), String>,
+}
+
+impl KernelFacts for RootFacts {
+    fn version(&self) -> Option<KernelVersion> {
+        self.version
+    }
+
+    fn family_usable(&self, family: Family) -> Result<(), String> {
+        match family {
+            Family::Kprobe => self.kprobes.clone(),
+            Family::Fentry if self.btf.is_none() => Err("fentry needs the kernel's BTF".into()),
+            Family::Tracepoint if self.version.is_some_and(|v| v < KernelVersion(4, 17, 0)) => {
+                Err("raw tracepoints need 4.17+".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn has_symbol(&self, attach: Attach, symbol: &str) -> bool {
+        let btf = self.btf.as_ref();
+        match attach {
+            Attach::Kprobe | Attach::Kretprobe => self.kallsyms.has(symbol),
+            Attach::Fentry | Attach::Fexit => btf.is_some_and(|b| b.has_func(symbol)),
+            Attach::TpBtf => btf.is_some_and(|b| b.has_tracepoint(symbol)),
+            Attach::RawTp => {
+                btf.is_some_and(|b| b.has_tracepoint(symbol))
+                    || self.kallsyms.has(&format!("__bpf_trace_{symbol}"))
+            }
+        }
+    }
+
+    fn has_kallsyms_addr(&self, symbol: &str) -> bool {
+        self.kallsyms.addr(symbol).is_some()
+    }
+}
+
+/// The kernel release under `root`: `proc/sys/kernel/osrelease`, else `uname`
+/// when `root` is `/`.
+pub fn release(root: &Path) -> Option<String> {
+    match fs::read_to_string(root.join("proc/sys/kernel/osrelease")) {
+        Ok(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ if root == Path::new("/") => Some(kernel::release()),
+        _ => None,
+    }
+}
+
+/// Predicts the capabilities from files under `root` (no BPF syscalls).
+pub fn predict(root: &Path) -> BpfCapabilities {
+    let version = release(root).and_then(|r| KernelVersion::parse(&r));
+    let btf_path: PathBuf = root.join("sys/kernel/btf/vmlinux");
+    let btf = btf_path
+        .exists()
+        .then(|| KernelBtf::load_mapped(Some(&btf_path)).ok())
+        .flatten();
+    let facts = RootFacts {
+        version,
+        kallsyms: Kallsyms::read(&root.join("proc/kallsyms")).unwrap_or_default(),
+        kprobes: kernel::kprobes_supported(&root.join("sys")),
+        btf,
+    };
+    let at_least = |maj, min| version.map(|v| v >= KernelVersion(maj, min, 0));
+    let mut notes = Vec::new();
+    let mut chosen = Vec::new();
+    let mut blind = Vec::new();
+    for point in Point::ALL {
+        let fam = table::candidates(point, HookMode::Auto)
+            .into_iter()
+            .find(|row| table::check(row, &facts, None).is_ok())
+            .map(|row| row.family);
+        match fam {
+            Some(f) => chosen.push(f),
+            None => blind.push(point),
+        }
+    }
+    chosen.sort();
+    chosen.dedup();
+    let hook_family = if chosen.is_empty() {
+        "none".to_string()
+    } else {
+        chosen
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    };
+    if version.is_some_and(|v| v < KernelVersion(4, 18, 0)) {
+        notes.push(
+            "this kernel predates BTF-era BPF: `watch` cannot run here; `doctor` and `census --counts-only` work".into(),
+        );
+    }
+    let btf = match &facts.btf {
+        Some(_) => Cap::yes(format!("{}", btf_path.display())),
+        None => Cap::no(
+            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF off or kernel older than 5.4)",
+        ),
+    };
+    let kprobes = match &facts.kprobes {
+        Ok(()) => Cap::yes("kprobe PMU present"),
+        Err(e) => Cap::no(e.clone()),
+    };
+    let fentry = match (facts.btf.is_some(), at_least(5, 5)) {
+        (true, Some(true)) => Cap {
+            available: Some(true),
+            detail: "5.5+ with BTF (a load can still be refused, e.g. by a BPF LSM or sandbox)"
+                .into(),
+        },
+        (false, _) => Cap::no("needs the kernel's BTF"),
+        (_, Some(false)) => Cap::no("needs 5.5+"),
+        (_, None) => Cap {
+            available: None,
+            detail: "kernel version unknown".into(),
+        },
+    };
+    let tracepoints = match at_least(4, 17) {
+        Some(true) => Cap::yes("raw tracepoints (4.17+); BTF tracepoints with BTF (5.5+)"),
+        Some(false) => Cap::no("raw tracepoints need 4.17+"),
+        None => Cap {
+            available: None,
+            detail: "kernel version unknown".into(),
+        },
+    };
+    let ring_buffer = match at_least(5, 8) {
+        Some(true) => Cap::yes("BPF ring buffer (5.8+)"),
+        Some(false) => Cap::no("the BPF ring buffer needs 5.8+"),
+        None => Cap {
+            available: None,
+            detail: "kernel version unknown".into(),
+        },
+    };
+    let iterators = match &facts.btf {
+        Some(b) if b.has_func("bpf_iter_cgroup") => {
+            Cap::yes("cgroup iterator (6.1+): the census reads every memcg")
+        }
+        Some(_) => Cap::no("no cgroup iterator (6.1+): the census counts only"),
+        None => Cap::no("no BTF: the census counts only"),
+    };
+    BpfCapabilities {
+        btf,
+        kprobes,
+        fentry,
+        tracepoints,
+        ring_buffer,
+        iterators,
+        hook_family,
+        blind_points: blind,
+        how: "predicted",
+        notes,
+    }
+}
+
+/// [`predict`], then loads the probes on this host to see what really attaches
+/// (root on the real host only; the caller holds any lock it needs). A failure
+/// to load is a finding, not an error.
+pub fn verify() -> BpfCapabilities {
+    let mut caps = predict(Path::new("/"));
+    let cfg = super::ProbeConfig {
+        try_all: true,
+        ..super::ProbeConfig::default()
+    };
+    match super::Probes::start(&cfg) {
+        Ok(mut p) => {
+            p.detach();
+            caps.hook_family = p.report.family_in_use();
+            caps.blind_points = p.report.blind_points();
+            let fentry_refused = p.report.points.iter().all(|pt| {
+                pt.tried
+                    .iter()
+                    .filter(|a| a.family == Family::Fentry)
+                    .all(|a| !matches!(a.outcome, super::Outcome::Chosen | super::Outcome::Works))
+            });
+            if fentry_refused && caps.fentry.available == Some(true) {
+                caps.fentry = Cap::no("the kernel refused to load fentry programs");
+            }
+            caps.how = "verified";
+        }
+        Err(e) => {
+            caps.notes.push(format!("loading the probes failed: {e}"));
+            caps.hook_family = "none".into();
+            caps.how = "verified";
+        }
+    }
+    caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_kernel_without_btf_predicts_no_watch() {
+        let dir = std::env::temp_dir().join(format!("kmem-trace-caps-{}", std::process::id()));
+        fs::create_dir_all(dir.join("proc/sys/kernel")).unwrap();
+        fs::write(
+            dir.join("proc/sys/kernel/osrelease"),
+            "3.10.0-957.el7.x86_64\n",
+        )
+        .unwrap();
+        let caps = predict(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(caps.hook_family, "none");
+        assert_eq!(caps.btf.available, Some(false));
+        assert_eq!(caps.ring_buffer.available, Some(false));
+        assert_eq!(caps.iterators.available, Some(false));
+        assert_eq!(caps.blind_points.len(), Point::ALL.len());
+        assert!(caps.notes[0].contains("cannot run"), "{:?}", caps.notes);
+    }
+}

@@ -1,0 +1,425 @@
+//! The census iterator, kernel side of userspace: loads the `iter/cgroup`
+//! program `kt_census`, attaches it `SELF_ONLY` to a memory hierarchy's root
+//! and reads back the records and the summary. Pure interpretation of the
+//! records lives in `crate::census`.
+//!
+//! aya 0.14's `Iter::attach()` passes no `bpf_iter_link_info`, and the kernel
+//! then iterates from the cgroup v2 root (`bpf_iter_attach_cgroup()` in
+//! `kernel/bpf/cgroup_iter.c`), which on a cgroup v1 machine has no memory
+//! controller. So the link is made here with a raw `BPF_LINK_CREATE` carrying
+//! `bpf_iter_link_info.cgroup = { SELF_ONLY, cgroup_fd }`, then
+//! `BPF_ITER_CREATE` and `read()`.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use aya::{
+    maps::{MapData, RingBuf},
+    programs::Iter,
+    EbpfLoader,
+};
+use kmem_trace_common::{
+    census_flags, CensusSummary, Event, CENSUS_MAGIC, CENSUS_SUMMARY_SIZE, EVENT_SIZE,
+};
+
+use super::{btf::KernelBtf, kernel, OBJECT};
+
+/// Errors of running the census iterator. Every one means "fall back to counts".
+#[derive(Debug, thiserror::Error)]
+pub enum CensusProbeError {
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Btf(#[from] super::btf::BtfError),
+    #[error("this kmem-trace binary was built without its eBPF programs; run `cargo xtask setup`, then rebuild")]
+    NoObject,
+    #[error("the kernel has no cgroup BPF iterator (`bpf_iter_cgroup` is not in its BTF; it arrived in 6.1)")]
+    NoCgroupIter,
+    #[error("loading the census iterator failed: {0}")]
+    Load(String),
+    #[error("{call} failed: {source}{hint}")]
+    Syscall {
+        call: &'static str,
+        source: std::io::Error,
+        hint: &'static str,
+    },
+    #[error("opening the memory hierarchy root {path}: {source}")]
+    Root {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the census iterator returned {0} bytes instead of its summary; the eBPF object does not match this binary, rebuild both")]
+    Summary(usize),
+    #[error("the census iterator found no memory controller at {0}; pass the memory hierarchy's mount point")]
+    NotMemory(PathBuf),
+    #[error("the kernel layout lacks css children/sibling/flags members, so the memcg tree cannot be walked on this kernel")]
+    NoLayout,
+}
+
+/// How to run the iterator.
+#[derive(Clone, Debug)]
+pub struct CensusProbeConfig {
+    /// Mount point of the memory hierarchy (v1 `memory` or the cgroup2 root).
+    pub root: PathBuf,
+    pub btf: Option<PathBuf>,
+    /// How many memcgs to expect (memory `num_cgroups` of `/proc/cgroups`),
+    /// to size the record ring buffer; it is doubled and retried when short.
+    pub expected: u64,
+}
+
+/// Time spent per phase.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct CensusTiming {
+    /// BTF parsing and layout resolution (both parsers, run in parallel).
+    pub btf_us: u64,
+    /// Of which btf-rs (layout) and aya (loader), each on its own thread.
+    pub layout_btf_us: u64,
+    pub aya_btf_us: u64,
+    /// Object and program load (maps, verifier).
+    pub load_us: u64,
+    /// Of which the census program's load (the verifier).
+    pub verify_us: u64,
+    /// Link and iterator creation.
+    pub attach_us: u64,
+    /// The `read()` of the iterator, which runs the whole walk in the kernel.
+    pub read_us: u64,
+    /// The walk itself, as the program measured it (`bpf_ktime_get_ns`).
+    pub walk_us: u64,
+    /// Copying the records out of the ring buffer.
+    pub drain_us: u64,
+    /// Every attempt, end to end.
+    pub total_us: u64,
+    /// Attempts made (a retry follows a ring buffer that was too small).
+    pub attempts: u32,
+}
+
+/// What the iterator returned: raw records in walk order (parents before
+/// children) and the in-kernel summary.
+pub struct RawCensus {
+    pub records: Vec<Event>,
+    pub summary: CensusSummary,
+    pub ring_bytes: u32,
+    pub timing: CensusTiming,
+}
+
+/// Bytes one record takes in a BPF ring buffer (8-byte header, 8-aligned).
+const RING_RECORD: u64 = EVENT_SIZE as u64 + 8;
+/// Largest ring buffer tried (fits ~980,000 records).
+const MAX_RING: u64 = 256 << 20;
+
+/// Ring buffer bytes for `n` expected memcgs: room for a quarter more plus
+/// some slack, a power of two of at least 64 KiB.
+pub fn ring_bytes_for(n: u64) -> u32 {
+    let want = (n + n / 4 + 256) * RING_RECORD;
+    want.next_power_of_two().clamp(64 << 10, MAX_RING) as u32
+}
+
+/// Runs the census. Retries with a bigger ring buffer while records were lost.
+pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
+    let start = Instant::now();
+    kernel::check_own_privileges()?;
+    if OBJECT.is_empty() {
+        return Err(CensusProbeError::NoObject);
+    }
+    // The two BTF parsers are independent and the slowest step: run them side by side.
+    let t = Instant::now();
+    let (layout, aya_btf, layout_btf_us, aya_btf_us) = std::thread::scope(|s| {
+        let aya_side = s.spawn(|| {
+            let t = Instant::now();
+            let b = match &cfg.btf {
+                Some(p) => aya::Btf::parse_file(p, aya::Endianness::default()),
+                None => aya::Btf::from_sys_fs(),
+            }
+            .map_err(|e| CensusProbeError::Load(format!("reading BTF: {e}")));
+            (b, t.elapsed().as_micros() as u64)
+        });
+        let t = Instant::now();
+        let layout = KernelBtf::load_mapped(cfg.btf.as_deref())
+            .map_err(CensusProbeError::from)
+            .and_then(|k| Ok(k.layout()?.0));
+        let layout_us = t.elapsed().as_micros() as u64;
+        let (aya_btf, aya_us) = aya_side.join().unwrap_or_else(|_| {
+            (
+                Err(CensusProbeError::Load("BTF parser thread panicked".into())),
+                0,
+            )
+        });
+        (layout, aya_btf, layout_us, aya_us)
+    });
+    let (layout, aya_btf) = (layout?, aya_btf?);
+    if [layout.css_children, layout.css_sibling, layout.css_flags]
+        .contains(&kmem_trace_common::ABSENT)
+    {
+        return Err(CensusProbeError::NoLayout);
+    }
+    let btf_us = t.elapsed().as_micros() as u64;
+
+    let root = File::open(&cfg.root).map_err(|source| CensusProbeError::Root {
+        path: cfg.root.clone(),
+        source,
+    })?;
+    let mut ring = ring_bytes_for(cfg.expected);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut raw = attempt(&layout, &aya_btf, &root, ring)?;
+        if raw.summary.flags & census_flags::NO_MEMORY != 0 {
+            return Err(CensusProbeError::NotMemory(cfg.root.clone()));
+        }
+        if raw.summary.flags & census_flags::NO_LAYOUT != 0 {
+            return Err(CensusProbeError::NoLayout);
+        }
+        let needed = ring_bytes_for(raw.summary.visited);
+        if raw.summary.dropped > 0 && needed > ring && attempts < 4 {
+            log::info!(
+                "census: {} of {} records did not fit a {ring}-byte ring buffer; retrying with {needed}",
+                raw.summary.dropped,
+                raw.summary.visited
+            );
+            ring = needed;
+            continue;
+        }
+        raw.timing.btf_us = btf_us;
+        raw.timing.layout_btf_us = layout_btf_us;
+        raw.timing.aya_btf_us = aya_btf_us;
+        raw.timing.attempts = attempts;
+        raw.timing.total_us = start.elapsed().as_micros() as u64;
+        return Ok(raw);
+    }
+}
+
+/// One load → attach → read → drain round with a ring buffer of `ring` bytes.
+fn attempt(
+    layout: &kmem_trace_common::Layout,
+    btf: &aya::Btf,
+    root: &File,
+    ring: u32,
+) -> Result<RawCensus, CensusProbeError> {
+    let mut timing = CensusTiming::default();
+    let t = Instant::now();
+    // The tracer's own maps are created too (one object); keep them minimal.
+    let mut bpf = EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global("LAYOUT", layout, true)
+        .map_max_entries("EVENTS", 4096)
+        .map_max_entries("CENSUS", ring)
+        .load(OBJECT)
+        .map_err(|e| CensusProbeError::Load(super::error_chain(&e)))?;
+    let prog: &mut Iter = bpf
+        .program_mut("kt_census")
+        .ok_or_else(|| {
+            CensusProbeError::Load("program kt_census is not in the eBPF object".into())
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| CensusProbeError::Load(e.to_string()))?;
+    let tv = Instant::now();
+    if let Err(e) = prog.load("cgroup", btf) {
+        if matches!(e, aya::programs::ProgramError::Btf(_)) {
+            return Err(CensusProbeError::NoCgroupIter);
+        }
+        return Err(CensusProbeError::Load(super::describe(&e)));
+    }
+    let prog_fd = prog
+        .fd()
+        .map_err(|e| CensusProbeError::Load(e.to_string()))?
+        .as_fd()
+        .as_raw_fd();
+    timing.verify_us = tv.elapsed().as_micros() as u64;
+    timing.load_us = t.elapsed().as_micros() as u64;
+
+    let t = Instant::now();
+    let link = link_create_cgroup_iter(prog_fd, root.as_raw_fd())?;
+    let iter = iter_create(&link)?;
+    timing.attach_us = t.elapsed().as_micros() as u64;
+
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(CENSUS_SUMMARY_SIZE);
+    File::from(iter)
+        .read_to_end(&mut out)
+        .map_err(|source| CensusProbeError::Syscall {
+            call: "read() of the census iterator",
+            source,
+            hint: "",
+        })?;
+    timing.read_us = t.elapsed().as_micros() as u64;
+    let summary = parse_summary(&out)?;
+    timing.walk_us = summary.end_ns.saturating_sub(summary.start_ns) / 1000;
+
+    let t = Instant::now();
+    let map = bpf
+        .take_map("CENSUS")
+        .ok_or_else(|| CensusProbeError::Load("map CENSUS is not in the eBPF object".into()))?;
+    let mut rb: RingBuf<MapData> =
+        RingBuf::try_from(map).map_err(|e| CensusProbeError::Load(e.to_string()))?;
+    let mut records = Vec::with_capacity(summary.emitted as usize);
+    while let Some(item) = rb.next() {
+        if item.len() == EVENT_SIZE {
+            // SAFETY: length checked; Event is plain data valid for any bits.
+            records.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
+        }
+    }
+    timing.drain_us = t.elapsed().as_micros() as u64;
+    Ok(RawCensus {
+        records,
+        summary,
+        ring_bytes: ring,
+        timing,
+    })
+}
+
+/// The summary is the only thing the program writes to its seq file.
+pub fn parse_summary(bytes: &[u8]) -> Result<CensusSummary, CensusProbeError> {
+    if bytes.len() != CENSUS_SUMMARY_SIZE {
+        return Err(CensusProbeError::Summary(bytes.len()));
+    }
+    // SAFETY: length checked; CensusSummary is plain data valid for any bits.
+    let s: CensusSummary = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const _) };
+    if s.magic != CENSUS_MAGIC {
+        return Err(CensusProbeError::Summary(bytes.len()));
+    }
+    Ok(s)
+}
+
+// Numbers from include/uapi/linux/bpf.h (stable ABI).
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+const BPF_CGROUP_ITER_SELF_ONLY: u32 = 1;
+
+/// `union bpf_iter_link_info`, the `cgroup` member.
+#[repr(C)]
+struct IterLinkInfoCgroup {
+    order: u32,
+    cgroup_fd: u32,
+    cgroup_id: u64,
+}
+
+/// The `link_create` member of `union bpf_attr`, padded with zeros (the kernel
+/// requires every byte it does not know to be zero).
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: [u32; 25],
+}
+
+#[repr(C)]
+struct IterCreateAttr {
+    link_fd: u32,
+    flags: u32,
+    _pad: [u64; 6],
+}
+
+fn bpf_syscall<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i32> {
+    // SAFETY: `attr` is a properly sized, zero-padded bpf_attr for `cmd`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+fn link_create_cgroup_iter(prog_fd: i32, cgroup_fd: i32) -> Result<OwnedFd, CensusProbeError> {
+    let info = IterLinkInfoCgroup {
+        order: BPF_CGROUP_ITER_SELF_ONLY,
+        cgroup_fd: cgroup_fd as u32,
+        cgroup_id: 0,
+    };
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog_fd as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: &info as *const IterLinkInfoCgroup as u64,
+        iter_info_len: std::mem::size_of::<IterLinkInfoCgroup>() as u32,
+        _pad: [0; 25],
+    };
+    let fd = bpf_syscall(BPF_LINK_CREATE, &mut attr).map_err(|source| {
+        let hint = if source.raw_os_error() == Some(libc::EBADF) {
+            " (the cgroup fd is not a cgroup directory)"
+        } else {
+            ""
+        };
+        CensusProbeError::Syscall {
+            call: "BPF_LINK_CREATE (cgroup iterator)",
+            source,
+            hint,
+        }
+    })?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn iter_create(link: &OwnedFd) -> Result<OwnedFd, CensusProbeError> {
+    let mut attr = IterCreateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        flags: 0,
+        _pad: [0; 6],
+    };
+    let fd =
+        bpf_syscall(BPF_ITER_CREATE, &mut attr).map_err(|source| CensusProbeError::Syscall {
+            call: "BPF_ITER_CREATE",
+            source,
+            hint: "",
+        })?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Whether this kernel can run the census iterator, from its BTF alone (no
+/// loading): the cgroup iterator (6.1+) and `bpf_loop` (5.17+, always there
+/// when the cgroup iterator is).
+pub fn iterator_available(btf: Option<&Path>) -> Result<(), String> {
+    let kbtf = KernelBtf::load_mapped(btf).map_err(|e| e.to_string())?;
+    if !kbtf.has_func("bpf_iter_cgroup") {
+        return Err(CensusProbeError::NoCgroupIter.to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_fit_the_expected_count() {
+        assert_eq!(ring_bytes_for(0), 128 << 10);
+        let r = ring_bytes_for(10_000) as u64;
+        assert!(r.is_power_of_two());
+        assert!(r >= 12_500 * RING_RECORD, "{r}");
+        assert_eq!(ring_bytes_for(u64::MAX / 1024) as u64, MAX_RING);
+    }
+
+    #[test]
+    fn summaries_are_checked() {
+        let s = CensusSummary {
+            magic: CENSUS_MAGIC,
+            visited: 3,
+            ..CensusSummary::default()
+        };
+        // SAFETY: plain data.
+        let bytes: [u8; CENSUS_SUMMARY_SIZE] = unsafe { std::mem::transmute(s) };
+        assert_eq!(parse_summary(&bytes).unwrap().visited, 3);
+        assert!(parse_summary(&bytes[..10]).is_err());
+        let mut bad = bytes;
+        bad[0] ^= 1;
+        assert!(parse_summary(&bad).is_err());
+    }
+}

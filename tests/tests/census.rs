@@ -1,0 +1,264 @@
+//! Root integration test of the census on the real kernel: its dying count
+//! must equal memory `num_cgroups` of `/proc/cgroups` minus the visible memory
+//! cgroup directories (cgroup v1; on v2 `nr_dying_subsys_memory`), before and
+//! after making dying memcgs pinned by tmpfs files under a test parent, and
+//! those zombies must be listed with their paths and a tmpfs pin.
+//! Holds the kernel lock: other helpers' root tests must not change the
+//! cgroup tree meanwhile. Needs root, BTF and the cgroup BPF iterator (6.1+).
+
+use std::{
+    fs::{self, File},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use kmem_trace_tests::{kmem_trace_bin, memory_root, require_root, wait_for, TestParent};
+use serde_json::Value;
+
+/// `flock /tmp/kmem-trace-kernel.lock` for the test's lifetime, unless a
+/// parent process already holds it (`flock /tmp/kmem-trace-kernel.lock cargo
+/// test ...`): waiting for it then would wait forever.
+struct KernelLock {
+    _file: File,
+}
+
+impl KernelLock {
+    fn take() -> KernelLock {
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open("/tmp/kmem-trace-kernel.lock")
+            .expect("opening the kernel lock");
+        // SAFETY: flock on an fd we own; released when the file is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return KernelLock { _file: f };
+        }
+        if held_by_an_ancestor(&f) {
+            eprintln!("the kernel lock is held by a parent process: running under it");
+            return KernelLock { _file: f };
+        }
+        eprintln!("waiting for the kernel lock");
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        KernelLock { _file: f }
+    }
+}
+
+/// Whether a granted lock on `f`'s inode in /proc/locks belongs to one of our ancestors.
+fn held_by_an_ancestor(f: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    let holders: Vec<u32> = locks
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            // `1: FLOCK ADVISORY WRITE <pid> <maj:min:ino> 0 EOF`; waiters have `->`.
+            if fields.get(1) == Some(&"->") {
+                return None;
+            }
+            let dev_ino = fields.get(5)?;
+            (dev_ino.rsplit(':').next()? == ino.to_string()).then(|| fields.get(4)?.parse().ok())?
+        })
+        .collect();
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The ppid follows the `)` closing the command name.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if ppid <= 1 {
+            return false;
+        }
+        if holders.contains(&ppid) {
+            return true;
+        }
+        pid = ppid;
+    }
+    false
+}
+
+/// The kernel's counts, read here independently of kmem-trace: (memcgs,
+/// visible directories) on v1, (live, dying) memory csses on v2.
+fn kernel_counts(root: &Path) -> (u64, u64) {
+    let v2 = root.join("cgroup.controllers").exists();
+    if v2 {
+        let stat = fs::read_to_string(root.join("cgroup.stat")).unwrap();
+        let get = |k: &str| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+        };
+        let dying = get("nr_dying_subsys_memory ")
+            .or_else(|| get("nr_dying_descendants "))
+            .expect("cgroup.stat has a dying count");
+        return (dirs(root) + dying, dirs(root));
+    }
+    let num = fs::read_to_string("/proc/cgroups")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&"memory")).then(|| f[2].parse::<u64>().unwrap())
+        })
+        .unwrap();
+    (num, dirs(root))
+}
+
+fn dirs(dir: &Path) -> u64 {
+    1 + fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| dirs(&e.path()))
+                .sum::<u64>()
+        })
+        .unwrap_or(0)
+}
+
+fn census() -> Value {
+    let out = Command::new(kmem_trace_bin().unwrap())
+        .args(["census", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "census failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["source"], "bpf_iterator",
+        "the census fell back to counts: {}",
+        v["fallback"]
+    );
+    v
+}
+
+/// A census taken while the kernel's dying count stayed the same around it;
+/// returns (census, kernel dying count). The machine's own tooling creates
+/// cgroups now and then, so a census that raced one is taken again.
+fn quiet_census(root: &Path) -> (Value, u64) {
+    for _ in 0..20 {
+        let before = kernel_counts(root);
+        let c = census();
+        let after = kernel_counts(root);
+        if before == after {
+            return (c, after.0 - after.1);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    panic!("the cgroup tree never stayed still for one census");
+}
+
+fn census_dying(c: &Value) -> u64 {
+    c["totals"]["dying"].as_u64().unwrap()
+}
+
+#[test]
+fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
+    if !require_root("census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies") {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let _lock = KernelLock::take();
+    eprintln!("kernel lock after {:?}", t.elapsed());
+    let root = memory_root().unwrap();
+
+    // 1. The machine as it is.
+    let (c, kernel) = quiet_census(&root);
+    assert_eq!(
+        census_dying(&c),
+        kernel,
+        "census vs kernel: {}",
+        c["checks"]
+    );
+    assert_eq!(c["consistent"], true, "{}", c["checks"]);
+
+    // 2. Dying memcgs of our own: 6 children write 1 MiB each to tmpfs; 3 keep
+    // their file (pinned), 3 delete it (freed soon after rmdir).
+    let mut parent = TestParent::new("census").unwrap();
+    let shm = PathBuf::from(format!("/dev/shm/{}", parent.name));
+    fs::create_dir_all(&shm).unwrap();
+    let mut children = Vec::new();
+    for i in 0..6 {
+        let cg = parent.child(&format!("c{i}")).unwrap();
+        let f = shm.join(format!("f{i}"));
+        parent.track_file(&f);
+        parent
+            .run_in(
+                &cg,
+                &format!("head -c 1048576 /dev/zero > '{}'", f.display()),
+            )
+            .unwrap();
+        children.push(cg);
+    }
+    for i in 3..6 {
+        fs::remove_file(shm.join(format!("f{i}"))).unwrap();
+    }
+    for cg in &children {
+        parent.rmdir(cg).unwrap();
+    }
+    let prefix = format!("/{}/", parent.name);
+    let ours = |c: &Value| -> Vec<Value> {
+        c["memcgs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "dying" && m["path"].as_str().unwrap().starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    eprintln!("zombies made at {:?}", t.elapsed());
+    // The unpinned ones are freed asynchronously; wait until only the pinned remain.
+    let settled = wait_for(Duration::from_secs(30), || ours(&census()).len() == 3);
+    let (c, kernel) = quiet_census(&root);
+    let mine = ours(&c);
+    assert!(settled, "our dying memcgs: {mine:#?}");
+    assert_eq!(
+        census_dying(&c),
+        kernel,
+        "census vs kernel: {}",
+        c["checks"]
+    );
+    assert_eq!(c["consistent"], true, "{}", c["checks"]);
+    let mut paths: Vec<String> = mine
+        .iter()
+        .map(|m| m["path"].as_str().unwrap().to_string())
+        .collect();
+    paths.sort();
+    let want: Vec<String> = (0..3).map(|i| format!("{prefix}c{i}")).collect();
+    assert_eq!(paths, want);
+    for m in &mine {
+        // 1 MiB of tmpfs pages still charged, and the parent's stats say shmem.
+        assert!(m["mem_bytes"].as_u64().unwrap() >= 1 << 20, "{m}");
+        assert_eq!(m["pin"], "tmpfs", "{m}");
+        assert_eq!(m["level"], 2, "{m}");
+        assert!(m["addr"].as_str().unwrap().starts_with("0xffff"), "{m}");
+    }
+
+    eprintln!("pinned zombies checked at {:?}", t.elapsed());
+    // 3. Deleting the files frees them, and the counts agree again.
+    for i in 0..3 {
+        fs::remove_file(shm.join(format!("f{i}"))).unwrap();
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || ours(&census()).is_empty()),
+        "zombies stayed after their tmpfs files were deleted"
+    );
+    let (c, kernel) = quiet_census(&root);
+    assert_eq!(
+        census_dying(&c),
+        kernel,
+        "census vs kernel: {}",
+        c["checks"]
+    );
+    drop(parent);
+    let _ = fs::remove_dir(&shm);
+    eprintln!("done at {:?}", t.elapsed());
+}

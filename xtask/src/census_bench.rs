@@ -1,0 +1,315 @@
+//! `cargo xtask bench-census`: how long a census of many memcgs takes. Creates
+//! N memcgs under a parent named for the run, times `kmem-trace census --json`
+//! several times (the census reports its own phases), prints the numbers and
+//! per-memcg ratios, and removes everything it created, also on failure.
+//! Holds the kernel lock (`/tmp/kmem-trace-kernel.lock`) while it runs.
+
+use std::{
+    fs::{self, File},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+use crate::util::{self, sh};
+
+#[derive(Args)]
+pub struct BenchCensusArgs {
+    /// memcgs to create.
+    #[arg(long, default_value_t = 10_000)]
+    pub memcgs: usize,
+    /// Children per intermediate cgroup (the tree is two levels deep).
+    #[arg(long, default_value_t = 100)]
+    pub fanout: usize,
+    /// Census runs to time.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// kmem-trace binary to time (default: build and use target/release/kmem-trace).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
+}
+
+unsafe extern "C" {
+    fn flock(fd: i32, operation: i32) -> i32;
+}
+const LOCK_EX: i32 = 2;
+
+/// The bench's cgroups, removed bottom-up when dropped.
+struct Tree {
+    parent: PathBuf,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let t = Instant::now();
+        let mut left = 0;
+        for d in self.dirs.iter().rev().chain(std::iter::once(&self.parent)) {
+            let mut ok = false;
+            for _ in 0..50 {
+                match fs::remove_dir(d) {
+                    Ok(()) => {
+                        ok = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        ok = true;
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            if !ok {
+                left += 1;
+            }
+        }
+        eprintln!(
+            "bench-census: removed {} cgroups in {:.2}s{}",
+            self.dirs.len() + 1,
+            t.elapsed().as_secs_f64(),
+            if left > 0 {
+                format!(" ({left} could not be removed)")
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+pub fn run(args: &BenchCensusArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!("bench-census creates cgroups and loads BPF: run it as root");
+    }
+    if args.memcgs == 0 || args.fanout == 0 || args.runs == 0 {
+        bail!("--memcgs, --fanout and --runs must be at least 1");
+    }
+    let bin = match &args.binary {
+        Some(b) => b.clone(),
+        None => {
+            sh(Command::new(util::cargo()).current_dir(util::root()).args([
+                "build",
+                "--release",
+                "-p",
+                "kmem-trace",
+            ]))?;
+            util::root().join("target/release/kmem-trace")
+        }
+    };
+    let lock = File::options()
+        .create(true)
+        .append(true)
+        .open("/tmp/kmem-trace-kernel.lock")
+        .context("opening /tmp/kmem-trace-kernel.lock")?;
+    eprintln!("bench-census: waiting for the kernel lock");
+    // SAFETY: flock on an fd we own.
+    if unsafe { flock(lock.as_raw_fd(), LOCK_EX) } != 0 {
+        bail!("flock: {}", std::io::Error::last_os_error());
+    }
+    let root = memory_root()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    let name = format!("kmem-trace-bench-census-{}-{nanos}", std::process::id());
+    let mut tree = Tree {
+        parent: root.join(&name),
+        dirs: Vec::with_capacity(args.memcgs),
+    };
+    fs::create_dir(&tree.parent).with_context(|| format!("creating {}", tree.parent.display()))?;
+    let st = tree.parent.join("cgroup.subtree_control");
+    if st.exists() {
+        fs::write(&st, "+memory").context("enabling +memory")?;
+    }
+
+    let base = census(&bin)?;
+    eprintln!(
+        "bench-census: baseline {} memcgs; creating {} under {}",
+        base.memcgs,
+        args.memcgs,
+        tree.parent.display()
+    );
+    let t = Instant::now();
+    let v2 = st.exists();
+    let mut g = 0;
+    while tree.dirs.len() < args.memcgs {
+        let group = tree.parent.join(format!("g{g}"));
+        g += 1;
+        fs::create_dir(&group).with_context(|| format!("creating {}", group.display()))?;
+        tree.dirs.push(group.clone());
+        if v2 {
+            fs::write(group.join("cgroup.subtree_control"), "+memory")?;
+        }
+        for c in 0..args.fanout {
+            if tree.dirs.len() >= args.memcgs {
+                break;
+            }
+            let d = group.join(format!("c{c}"));
+            fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
+            tree.dirs.push(d);
+        }
+    }
+    eprintln!(
+        "bench-census: created {} memcgs in {:.2}s",
+        tree.dirs.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut runs = Vec::new();
+    for _ in 0..args.runs {
+        runs.push(census(&bin)?);
+    }
+    print_report(&base, &runs, tree.dirs.len());
+    drop(tree);
+    drop(lock);
+    Ok(())
+}
+
+/// One timed run of `kmem-trace census --json`.
+struct Run {
+    memcgs: u64,
+    dying: u64,
+    wall_ms: f64,
+    /// Reconciliation: the cgroupfs walk for the kernel counts (not the census).
+    counts_ms: f64,
+    timing: Value,
+}
+
+fn census(bin: &Path) -> Result<Run> {
+    let t = Instant::now();
+    let out = Command::new(bin)
+        .args(["census", "--json"])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let wall_ms = t.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() {
+        bail!(
+            "kmem-trace census failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("census output is not JSON")?;
+    if v["source"] != "bpf_iterator" {
+        bail!(
+            "the census ran counts only ({}); the benchmark needs the BPF iterator",
+            v["fallback"]
+        );
+    }
+    Ok(Run {
+        memcgs: v["totals"]["memcgs"].as_u64().unwrap_or(0),
+        dying: v["totals"]["dying"].as_u64().unwrap_or(0),
+        wall_ms,
+        counts_ms: v["counts_us"].as_f64().unwrap_or(0.0) / 1e3,
+        timing: v["timing"].clone(),
+    })
+}
+
+fn ms(t: &Value, k: &str) -> f64 {
+    t[k].as_f64().unwrap_or(0.0) / 1e3
+}
+
+fn print_report(base: &Run, runs: &[Run], created: usize) {
+    println!(
+        "census benchmark: {created} memcgs created (+{} already there)",
+        base.memcgs
+    );
+    println!(
+        "{:>4} {:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "run",
+        "memcgs",
+        "dying",
+        "walk",
+        "read",
+        "drain",
+        "load",
+        "btf",
+        "census",
+        "reconcile",
+        "process",
+        "µs/memcg"
+    );
+    let row = |label: &str, r: &Run| {
+        let t = &r.timing;
+        println!(
+            "{:>4} {:>7} {:>6} {:>6.2}ms {:>6.2}ms {:>6.2}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>7.1}ms {:>7.1}ms {:>9.3}",
+            label,
+            r.memcgs,
+            r.dying,
+            ms(t, "walk_us"),
+            ms(t, "read_us"),
+            ms(t, "drain_us"),
+            ms(t, "load_us"),
+            ms(t, "btf_us"),
+            ms(t, "total_us"),
+            r.counts_ms,
+            r.wall_ms,
+            t["walk_us"].as_f64().unwrap_or(0.0) / r.memcgs.max(1) as f64
+        );
+    };
+    row("base", base);
+    for (i, r) in runs.iter().enumerate() {
+        row(&(i + 1).to_string(), r);
+    }
+    let median = |f: &dyn Fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let walk = median(&|r| ms(&r.timing, "walk_us"));
+    let read = median(&|r| ms(&r.timing, "read_us"));
+    let total = median(&|r| ms(&r.timing, "total_us"));
+    let wall = median(&|r| r.wall_ms);
+    let counts = median(&|r| r.counts_ms);
+    let fixed = median(&|r| ms(&r.timing, "btf_us") + ms(&r.timing, "load_us"));
+    let n = runs[0].memcgs.max(1) as f64;
+    println!(
+        "median of {}: walk {walk:.2} ms ({:.2} µs/memcg), read() {read:.2} ms, census {total:.1} ms \
+         (of which {fixed:.1} ms BTF + load, independent of the memcg count); \
+         reconciliation walk of cgroupfs {counts:.1} ms; whole process {wall:.1} ms",
+        runs.len(),
+        walk * 1e3 / n
+    );
+    let base_walk = ms(&base.timing, "walk_us");
+    println!(
+        "scaling: {} → {} memcgs: walk {:.2} → {walk:.2} ms ({:.1}x for {:.1}x memcgs)",
+        base.memcgs,
+        runs[0].memcgs,
+        base_walk,
+        walk / base_walk.max(1e-3),
+        n / base.memcgs.max(1) as f64
+    );
+    println!(
+        "verdict: census of {} memcgs {} 100 ms ({total:.1} ms)",
+        runs[0].memcgs,
+        if total < 100.0 { "under" } else { "NOT under" }
+    );
+}
+
+/// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
+fn memory_root() -> Result<PathBuf> {
+    let mi = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut v2 = None;
+    for line in mi.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mount = pre.split(' ').nth(4).unwrap_or_default();
+        let mut post = post.split(' ');
+        let fstype = post.next().unwrap_or_default();
+        let opts = post.nth(1).unwrap_or_default();
+        if fstype == "cgroup" && opts.split(',').any(|o| o == "memory") {
+            return Ok(PathBuf::from(mount));
+        }
+        if fstype == "cgroup2" {
+            let ctrl =
+                fs::read_to_string(Path::new(mount).join("cgroup.controllers")).unwrap_or_default();
+            if ctrl.split_whitespace().any(|c| c == "memory") {
+                v2 = Some(PathBuf::from(mount));
+            }
+        }
+    }
+    v2.context("no memory cgroup controller mounted")
+}
