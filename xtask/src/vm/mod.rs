@@ -400,6 +400,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
+    for r in &runs {
+        if let Some(p) = &r.probes {
+            let name = format!("{}.probes.json", r.label.replace(' ', "-"));
+            fs::write(out.join(name), serde_json::to_string_pretty(p)?)?;
+        }
+    }
     let table = readme::readme_table(&runs, &today());
     fs::write(out.join("tested-kernels.md"), &table)?;
     if args.readme {
