@@ -108,11 +108,13 @@ fn observation(family: &str, kmem: bool, id_release: bool) -> Observation {
         parent: P.into(),
         events,
         watch_blind: vec![],
-        summary: Some(json!({"kind": "summary", "drops": 0, "bad_records": 0})),
+        summary: Some(json!({"kind": "summary", "drops": 0, "bad_records": 0,
+                             "untracked": 0, "missed_frees": 0, "ids_reused": 0})),
         snapshot: Some(json!({"kind": "summary", "zombies": 2, "dying": 2})),
         kernel_dying: Some(2),
         freed_early: vec![],
         errors: vec![],
+        watch_stderr: vec![],
     }
 }
 
@@ -272,4 +274,18 @@ fn visibility_reads_outcomes_and_reasons() {
         visibility(&r, "tracepoint", "free"),
         Vis::Blind("no tracepoint hook can see free".into())
     );
+}
+
+#[test]
+fn untracked_memcgs_fail_a_vm_but_not_the_host() {
+    let r = report(&["kprobe"], &[]);
+    let mut o = observation("kprobe", true, true);
+    o.summary = Some(json!({"drops": 0, "bad_records": 0, "untracked": 20,
+                            "missed_frees": 0, "ids_reused": 0}));
+    let v = judge(&o, &expect(true), &r);
+    assert!(failed_checks(&v)[0].contains("untracked 20"), "{v:#}");
+    let mut e = expect(true);
+    e.exact = false;
+    o.snapshot = Some(json!({"zombies": 2, "dying": 2}));
+    assert_eq!(judge(&o, &e, &r)["status"], "pass");
 }

@@ -259,6 +259,7 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
         .filter_map(|v| Ev::from_json(&v))
         .collect();
     obs.summary = summary(&out);
+    obs.watch_stderr = w.stderr.clone();
     drop(parent);
     Ok(())
 }
