@@ -33,12 +33,16 @@ pub enum Command {
     Probes(ProbesArgs),
     /// Replay a recording (`watch --record FILE`) through the same pipeline.
     Replay(ReplayArgs),
+    /// Every dying memcg with its owner (namespace/pod/container), creator, residents and pinned bytes, from the history.
+    Zombies(ZombiesArgs),
     /// Every memcg the kernel holds now, dying ones included, with pin causes (BPF iterator; counts only without it).
     Census(CensusArgs),
     /// Check this node's exposure to memcg leaks from procfs and cgroupfs (works without BPF, on 3.10 too).
     Doctor(DoctorArgs),
-    /// Every dying memcg with its owner (namespace/pod/container), creator, residents and pinned bytes, from the history.
-    Zombies(ZombiesArgs),
+    /// The tracer without the event tail, exporting Prometheus metrics (for DaemonSets).
+    Serve(ServeArgs),
+    /// An incident report from the history, a fresh census and doctor (Markdown, JSON or one HTML file).
+    Report(ReportArgs),
 }
 
 /// Options shared by everything that loads the probes.
@@ -77,8 +81,81 @@ pub struct WatchArgs {
     /// Also write every raw event to FILE (replay it with `kmem-trace replay`).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Plain lines even on a terminal (no live view).
+    #[arg(long)]
+    pub plain: bool,
+    /// Also export Prometheus metrics on ADDR (IP:PORT; loopback unless --listen-any).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Allow a non-loopback metrics address.
+    #[arg(long, requires = "metrics")]
+    pub listen_any: bool,
     #[command(flatten)]
     pub history: HistoryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// Address of the metrics endpoint, IP:PORT (`GET /metrics`).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub listen: String,
+    /// Allow a non-loopback --listen address (a pod IP, 0.0.0.0).
+    #[arg(long)]
+    pub listen_any: bool,
+    /// Namespaces with their own zombies_by_namespace series; the rest are summed as `other`.
+    #[arg(long, default_value_t = crate::metrics::DEFAULT_TOP_NAMESPACES, value_name = "N")]
+    pub top_namespaces: usize,
+    /// Stop after this long (e.g. 30s, 5m); default: until SIGTERM or Ctrl-C.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// A memcg dying for longer than this is a zombie.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
+    pub zombie_after: Duration,
+    /// Size of the memcg ID space.
+    #[arg(long, default_value_t = kmem_trace_common::MEMCG_ID_MAX, value_name = "N")]
+    pub id_limit: u32,
+    /// Ring-buffer size in bytes (power of two, at least 4096).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
+    pub ring_buffer_size: u32,
+    /// Where the host's / is mounted (a DaemonSet): container runtime state is read under it.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
+    #[command(flatten)]
+    pub history: HistoryArgs,
+}
+
+/// Output format of `report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Json,
+    Html,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The period the report covers (timeline, events), e.g. 1h, 24h, 7d.
+    #[arg(long, value_parser = parse_duration, default_value = "24h", value_name = "D")]
+    pub since: Duration,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// History database written by `kmem-trace watch`/`serve`.
+    #[arg(long, value_name = "PATH", default_value = crate::store::DEFAULT_DB)]
+    pub db: PathBuf,
+    /// Where the host's / is mounted (running in a container).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub host_root: PathBuf,
+    /// Do not load BPF (census counts only, capabilities predicted).
+    #[arg(long)]
+    pub no_bpf: bool,
+    /// A memcg dying for longer than this is a zombie.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
+    pub zombie_after: Duration,
 }
 
 /// Attribution and history options of `watch`.

@@ -13,7 +13,7 @@ use kmem_trace::{
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{json::JsonOutput, line::LineOutput, Clock, Output},
     probes::{ProbeConfig, Probes},
-    watch,
+    serve, watch,
 };
 
 fn main() -> ExitCode {
@@ -45,12 +45,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => cmd_watch(args, verbose),
         Command::Probes(args) => cmd_probes(args, verbose),
         Command::Replay(args) => cmd_replay(args),
-        Command::Census(args) => Ok(kmem_trace::census::render::command(&args)?),
-        Command::Doctor(args) => Ok(kmem_trace::doctor::command(&args)?),
         Command::Zombies(args) => {
             kmem_trace::zombies::command(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Census(args) => Ok(kmem_trace::census::render::command(&args)?),
+        Command::Doctor(args) => Ok(kmem_trace::doctor::command(&args)?),
+        Command::Serve(args) => Ok(serve::command(&args, verbose)?),
+        Command::Report(args) => Ok(kmem_trace::report::command(&args)?),
     }
 }
 
@@ -64,6 +66,18 @@ fn probe_config(p: &ProbeArgs) -> ProbeConfig {
 }
 
 fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
+    // Bound before the probes load, so a bad or taken address fails at once.
+    let exporter = args
+        .metrics
+        .as_deref()
+        .map(|a| {
+            serve::Exporter::bind(
+                a,
+                args.listen_any,
+                kmem_trace::metrics::DEFAULT_TOP_NAMESPACES,
+            )
+        })
+        .transpose()?;
     let residents = args.history.residents;
     let cfg = watch::WatchConfig {
         probe: ProbeConfig {
@@ -89,61 +103,26 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     };
     let (probes, mut lifecycle) = watch::start(&cfg)?;
     let (attribution, history, restored) = watch::prepare(&cfg, &mut lifecycle)?;
-    if let Some(db) = &cfg.history.db {
-        eprintln!(
-            "kmem-trace: history {}: {} memcgs restored ({} dying), {} gone since",
-            db.display(),
-            restored.memcgs,
-            restored.dying,
-            restored.lost + restored.other_boots
-        );
+    if let Some(addr) = exporter.as_ref().and_then(|x| x.local_addr()) {
+        eprintln!("kmem-trace: metrics on http://{addr}/metrics");
     }
-    if verbose {
-        eprint!("{}", probes.report.render(true));
-    }
-    let blind: Vec<&str> = probes
-        .report
-        .blind_points()
-        .iter()
-        .map(|p| p.name())
-        .collect();
-    eprintln!(
-        "kmem-trace: watching with {} hooks{}; Ctrl-C stops",
-        probes.report.family_in_use(),
-        if blind.is_empty() {
-            String::new()
-        } else {
-            format!(" (not visible: {})", blind.join(", "))
-        }
-    );
+    serve::announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
     let labels = watch::hook_labels(&probes.report);
-    let stdout = std::io::stdout().lock();
-    let mut out: Box<dyn Output> = if args.json {
-        Box::new(JsonOutput::new(
-            std::io::BufWriter::new(stdout),
-            Clock::measure(),
-            labels,
-        ))
-    } else {
-        let tty = std::io::stdout().is_terminal();
-        Box::new(LineOutput::new(
-            std::io::BufWriter::new(stdout),
-            Clock::measure(),
-            labels,
-            tty,
-        ))
+    let tty = std::io::stdout().is_terminal();
+    let primary = match (args.json, tty && !args.plain) {
+        (true, _) => serve::Primary::Json,
+        (false, true) => serve::Primary::Live,
+        (false, false) => serve::Primary::Lines { tty },
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(watch::run_with(
+    serve::run(
         &cfg,
         probes,
         lifecycle,
         (attribution, history),
-        out.as_mut(),
-    ))?;
+        primary,
+        labels,
+        exporter,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,7 +15,7 @@ use crate::{
     cgroupfs,
     decode::{self, TraceEvent},
     lifecycle::{Lifecycle, LifecycleConfig},
-    outputs::{Clock, HookLabels, Output, OutputError, Status, Summary},
+    outputs::{tui::Key, Clock, HookLabels, Output, OutputError, Snapshot, Status, Summary},
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
     store::{
         self,
@@ -151,8 +151,14 @@ impl<'o> Pipeline<'o> {
         };
         if let Some(h) = self.history.as_mut() {
             h.flush(&self.lifecycle, &self.attribution);
+            h.sample(&status, false);
         }
         self.out.owners(&self.attribution.counts(&self.lifecycle))?;
+        self.out.snapshot(&Snapshot {
+            lifecycle: &self.lifecycle,
+            attribution: &self.attribution,
+            now_ns,
+        })?;
         self.out.status(&status)?;
         Ok(status)
     }
@@ -161,7 +167,8 @@ impl<'o> Pipeline<'o> {
         if let Some(mut r) = self.recorder.take() {
             r.flush()?;
         }
-        if let Some(h) = self.history.take() {
+        if let Some(mut h) = self.history.take() {
+            h.sample(&status, true);
             let dropped = h.dropped();
             let stats = h.close(&self.lifecycle, &self.attribution);
             if stats.errors > 0 || dropped > 0 {
@@ -181,6 +188,11 @@ impl<'o> Pipeline<'o> {
     pub fn note(&mut self, msg: &str) -> Result<(), WatchError> {
         self.out.note(msg)?;
         Ok(())
+    }
+
+    /// A key from the live view; false when it asks to stop.
+    pub fn key(&mut self, key: Key) -> Result<bool, WatchError> {
+        Ok(self.out.key(key)?)
     }
 }
 
@@ -258,7 +270,20 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
     }
     // After attaching, so nothing falls between the census and the probes.
     crate::census::seed_watch(&mut lc, cfg.probe.btf.clone());
+    release_startup_memory();
     Ok((probes, lc))
+}
+
+/// Start-up parses the kernel BTF (twice: ours and aya's) and kallsyms, tens
+/// of MiB at peak, all freed by now; glibc keeps freed pages unless asked, so
+/// the idle tracer would stay at ~70 MiB resident instead of ~30
+/// (docs/PERFORMANCE.md).
+fn release_startup_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Runs until Ctrl-C, SIGTERM or `duration`, then detaches, drains and
@@ -283,10 +308,39 @@ pub async fn run(
 /// [`run`] with the attribution stage and history from [`prepare`].
 pub async fn run_with(
     cfg: &WatchConfig,
+    probes: Probes,
+    lifecycle: Lifecycle,
+    stages: (Attributor, Option<HistoryFeed>),
+    out: &mut dyn Output,
+) -> Result<Summary, WatchError> {
+    run_interactive(cfg, probes, lifecycle, stages, out, None).await
+}
+
+/// The next key of the live view; pending forever without one.
+async fn next_key(keys: &mut Option<Keys>) -> Key {
+    loop {
+        match keys {
+            Some(rx) => match rx.recv().await {
+                Some(k) => return k,
+                None => *keys = None,
+            },
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Keys read from the terminal by another thread (`outputs::tui::term`).
+pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
+
+/// [`run_with`] with keys from the live view: each goes to the output, which
+/// may ask to stop (`q`).
+pub async fn run_interactive(
+    cfg: &WatchConfig,
     mut probes: Probes,
     lifecycle: Lifecycle,
     stages: (Attributor, Option<HistoryFeed>),
     out: &mut dyn Output,
+    mut keys: Option<Keys>,
 ) -> Result<Summary, WatchError> {
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -325,6 +379,11 @@ pub async fn run_with(
                     last_drops = drops;
                 }
                 pipe.status(drops, &family, started.elapsed(), Clock::mono_now())?;
+            }
+            key = next_key(&mut keys) => {
+                if !pipe.key(key)? {
+                    break;
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

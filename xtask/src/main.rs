@@ -2,6 +2,7 @@
 //! and benchmarks. Run as `cargo xtask <task>`.
 
 mod census_bench;
+mod docs;
 mod setup;
 mod test;
 mod util;
@@ -32,6 +33,10 @@ enum Task {
     BenchCensus(census_bench::BenchCensusArgs),
     /// The VM kernel matrix: Debian kernels in qemu, every hook family, kmem on and off.
     VmTest(vm::VmArgs),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) for kmem-trace, into DIR or target/completions.
+    Completions(docs::DocsArgs),
+    /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
+    Man(docs::DocsArgs),
 }
 
 fn main() -> Result<()> {
@@ -41,5 +46,7 @@ fn main() -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::BenchCensus(args) => census_bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
+        Task::Completions(args) => docs::completions(&args),
+        Task::Man(args) => docs::man(&args),
     }
 }

@@ -11,14 +11,16 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, unit, fuzz, vm).
+    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, vm).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
 
 /// Tools the tests call: bpftool lists loaded programs and links, setpriv and
-/// unshare (util-linux) run the binary unprivileged and in a private mount namespace.
-const TEST_PACKAGES: &[&str] = &["bpftool", "util-linux"];
+/// unshare (util-linux) run the binary unprivileged and in a private mount namespace;
+/// tmux drives the live view, chromium renders the HTML report, prometheus
+/// (promtool and the server) tests the alert rules and scrapes `serve`.
+const TEST_PACKAGES: &[&str] = &["bpftool", "util-linux", "tmux", "chromium", "prometheus"];
 
 pub fn run(args: &TestArgs) -> Result<()> {
     crate::setup::run_setup(false)?;
@@ -47,6 +49,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
         sh(cargo()
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps"]))?;
+    }
+    if !skip("promtool") {
+        // The alert rules of deploy/prometheus and their unit tests.
+        let rules = root.join("deploy/prometheus");
+        sh(Command::new("promtool")
+            .current_dir(&rules)
+            .args(["check", "rules", "rules.yml"]))?;
+        sh(Command::new("promtool")
+            .current_dir(&rules)
+            .args(["test", "rules", "rules_test.yml"]))?;
     }
     if !skip("unit") {
         // Integration tests touch the kernel (cgroups, BPF): one at a time.

@@ -1,9 +1,12 @@
 //! Presenting what the lifecycle knows: one JSON object per line, or a human
 //! header and event tail. Outputs only read; they never change the state.
 
+pub mod aggregate;
 pub mod clock;
 pub mod json;
 pub mod line;
+pub mod tee;
+pub mod tui;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -12,7 +15,7 @@ use serde::Serialize;
 pub use clock::Clock;
 
 use crate::{
-    attribution::{Attribution, OwnerCounts},
+    attribution::{Attribution, Attributor, OwnerCounts},
     decode::TraceEvent,
     lifecycle::{Applied, Counts, Lifecycle},
 };
@@ -90,6 +93,15 @@ impl Summary {
     }
 }
 
+/// The whole state, read-only, once per tick before [`Output::status`]: for
+/// outputs that aggregate (the live view's owner table, the metrics).
+pub struct Snapshot<'a> {
+    pub lifecycle: &'a Lifecycle,
+    pub attribution: &'a Attributor,
+    /// Monotonic now (ns), for ages and zombies.
+    pub now_ns: u64,
+}
+
 /// Where events, headers and the summary go.
 pub trait Output {
     fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError>;
@@ -111,6 +123,14 @@ pub trait Output {
     fn summary(&mut self, summary: &Summary) -> Result<(), OutputError>;
     /// A line of information (drops, warnings); JSON output sends it to stderr.
     fn note(&mut self, msg: &str) -> Result<(), OutputError>;
+    /// The whole state at a tick (see [`Snapshot`]).
+    fn snapshot(&mut self, _s: &Snapshot<'_>) -> Result<(), OutputError> {
+        Ok(())
+    }
+    /// A key pressed in the live view; `Ok(false)` asks the run to stop.
+    fn key(&mut self, _key: tui::Key) -> Result<bool, OutputError> {
+        Ok(true)
+    }
 }
 
 /// Bytes of a page (counters are kept in pages).

@@ -126,9 +126,15 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
     if OBJECT.is_empty() {
         return Err(CensusProbeError::NoObject);
     }
-    // The two BTF parsers are independent and the slowest step: run them side by side.
-    let t = Instant::now();
-    let (layout, aya_btf, layout_btf_us, aya_btf_us) = std::thread::scope(|s| {
+    let root = File::open(&cfg.root).map_err(|source| CensusProbeError::Root {
+        path: cfg.root.clone(),
+        source,
+    })?;
+    let mut ring = ring_bytes_for(cfg.expected);
+    // The slow steps are independent: aya's parse of the kernel BTF (only the
+    // program load needs it, to find `bpf_iter_cgroup`) runs on its own
+    // thread while this one resolves the layout and loads the object.
+    let (layout, first, aya_btf, layout_btf_us, aya_btf_us) = std::thread::scope(|s| {
         let aya_side = s.spawn(|| {
             let t = Instant::now();
             let b = match &cfg.btf {
@@ -141,33 +147,33 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
         let t = Instant::now();
         let layout = KernelBtf::load_mapped(cfg.btf.as_deref())
             .map_err(CensusProbeError::from)
-            .and_then(|k| Ok(k.layout()?.0));
+            .and_then(|k| Ok(k.layout()?.0))
+            .and_then(|l| {
+                if [l.css_children, l.css_sibling, l.css_flags].contains(&kmem_trace_common::ABSENT)
+                {
+                    Err(CensusProbeError::NoLayout)
+                } else {
+                    Ok(l)
+                }
+            });
         let layout_us = t.elapsed().as_micros() as u64;
+        let first = layout.as_ref().ok().map(|l| load_object(l, ring));
         let (aya_btf, aya_us) = aya_side.join().unwrap_or_else(|_| {
             (
                 Err(CensusProbeError::Load("BTF parser thread panicked".into())),
                 0,
             )
         });
-        (layout, aya_btf, layout_us, aya_us)
+        (layout, first, aya_btf, layout_us, aya_us)
     });
     let (layout, aya_btf) = (layout?, aya_btf?);
-    if [layout.css_children, layout.css_sibling, layout.css_flags]
-        .contains(&kmem_trace_common::ABSENT)
-    {
-        return Err(CensusProbeError::NoLayout);
-    }
-    let btf_us = t.elapsed().as_micros() as u64;
-
-    let root = File::open(&cfg.root).map_err(|source| CensusProbeError::Root {
-        path: cfg.root.clone(),
-        source,
-    })?;
-    let mut ring = ring_bytes_for(cfg.expected);
+    let btf_us = layout_btf_us.max(aya_btf_us);
+    let mut loaded = first.unwrap_or_else(|| load_object(&layout, ring));
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut raw = attempt(&layout, &aya_btf, &root, ring)?;
+        let (bpf, load_us) = loaded?;
+        let mut raw = walk(bpf, load_us, &aya_btf, &root, ring)?;
         if raw.summary.flags & census_flags::NO_MEMORY != 0 {
             return Err(CensusProbeError::NotMemory(cfg.root.clone()));
         }
@@ -182,6 +188,7 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
                 raw.summary.visited
             );
             ring = needed;
+            loaded = load_object(&layout, ring);
             continue;
         }
         raw.timing.btf_us = btf_us;
@@ -193,23 +200,35 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
     }
 }
 
-/// One load → attach → read → drain round with a ring buffer of `ring` bytes.
-fn attempt(
+/// Loads the object (maps, relocations; programs stay unloaded) with a record
+/// ring buffer of `ring` bytes. No kernel BTF is given to the loader: the
+/// Rust programs carry no CO-RE relocations (offsets come through `LAYOUT`).
+fn load_object(
     layout: &kmem_trace_common::Layout,
-    btf: &aya::Btf,
-    root: &File,
     ring: u32,
-) -> Result<RawCensus, CensusProbeError> {
-    let mut timing = CensusTiming::default();
+) -> Result<(aya::Ebpf, u64), CensusProbeError> {
     let t = Instant::now();
     // The tracer's own maps are created too (one object); keep them minimal.
-    let mut bpf = EbpfLoader::new()
-        .btf(Some(btf))
+    let bpf = EbpfLoader::new()
+        .btf(None)
         .override_global("LAYOUT", layout, true)
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("CENSUS", ring)
         .load(OBJECT)
         .map_err(|e| CensusProbeError::Load(super::error_chain(&e)))?;
+    Ok((bpf, t.elapsed().as_micros() as u64))
+}
+
+/// Loads the census program, attaches it, runs the walk (`read()`) and
+/// drains the records.
+fn walk(
+    mut bpf: aya::Ebpf,
+    object_us: u64,
+    btf: &aya::Btf,
+    root: &File,
+    ring: u32,
+) -> Result<RawCensus, CensusProbeError> {
+    let mut timing = CensusTiming::default();
     let prog: &mut Iter = bpf
         .program_mut("kt_census")
         .ok_or_else(|| {
@@ -230,7 +249,7 @@ fn attempt(
         .as_fd()
         .as_raw_fd();
     timing.verify_us = tv.elapsed().as_micros() as u64;
-    timing.load_us = t.elapsed().as_micros() as u64;
+    timing.load_us = object_us + timing.verify_us;
 
     let t = Instant::now();
     let link = link_create_cgroup_iter(prog_fd, root.as_raw_fd())?;

@@ -128,6 +128,8 @@ pub struct HistoryFeed {
     dirty: HashSet<u64>,
     freed: Vec<Record>,
     clock: Clock,
+    /// When the last count sample was sent (`samples::SAMPLE_EVERY` apart).
+    last_sample: Option<std::time::Instant>,
 }
 
 impl HistoryFeed {
@@ -137,7 +139,31 @@ impl HistoryFeed {
             dirty: HashSet::new(),
             freed: Vec::new(),
             clock,
+            last_sample: None,
         }
+    }
+
+    /// Sends a count sample for the report's timeline, at most once every
+    /// `samples::SAMPLE_EVERY` unless `force` (the last one of a run).
+    pub fn sample(&mut self, status: &crate::outputs::Status, force: bool) {
+        let due = self
+            .last_sample
+            .is_none_or(|t| t.elapsed() >= super::samples::SAMPLE_EVERY);
+        if !due && !force {
+            return;
+        }
+        self.last_sample = Some(std::time::Instant::now());
+        self.writer.send_sample(super::samples::CountSample {
+            ts: now_ns(),
+            boot_id: String::new(),
+            live: status.counts.live,
+            dying: status.counts.dying,
+            zombies: status.counts.zombies,
+            ids_in_use: status.counts.ids_in_use,
+            id_limit: status.counts.id_limit,
+            drops: status.drops,
+            hooks: status.hook_family.clone(),
+        });
     }
 
     /// Notes what an event changed. A freed memcg leaves the lifecycle, so its

@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod reconcile;
+pub mod samples;
 pub mod schema;
 pub mod writer;
 
@@ -238,6 +239,7 @@ impl Store {
     /// Deletes finished rows (freed, lost) last updated before `now - retain`.
     pub fn prune(&mut self, retain: Duration, now: i64) -> Result<usize, StoreError> {
         let cutoff = now.saturating_sub(retain.as_nanos().min(i64::MAX as u128) as i64);
+        self.prune_samples(cutoff)?;
         Ok(self.conn.execute(
             "DELETE FROM memcg WHERE state IN ('freed', 'lost') AND updated_at < ?1",
             [cutoff],

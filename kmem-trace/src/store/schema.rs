@@ -60,6 +60,21 @@ pub const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: periodic count samples for the report's timeline (`samples.rs`).
+    r#"
+    CREATE TABLE sample (
+        ts         INTEGER NOT NULL,
+        boot_id    TEXT    NOT NULL,
+        live       INTEGER NOT NULL,
+        dying      INTEGER NOT NULL,
+        zombies    INTEGER NOT NULL,
+        ids_in_use INTEGER NOT NULL,
+        id_limit   INTEGER NOT NULL,
+        drops      INTEGER NOT NULL,
+        hooks      TEXT    NOT NULL
+    );
+    CREATE INDEX sample_ts ON sample (ts);
+    "#,
 ];
 
 /// The schema version this binary writes.

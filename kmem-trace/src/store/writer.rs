@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Record, Store};
+use super::{samples::CountSample, Record, Store};
 
 /// Batches waiting for the writer before new ones are dropped.
 const QUEUE: usize = 1024;
@@ -22,6 +22,7 @@ enum Msg {
         offset_ns: i64,
         records: Vec<Record>,
     },
+    Sample(CountSample),
     Stop,
 }
 
@@ -84,6 +85,11 @@ impl Writer {
         }
     }
 
+    /// Queues a count sample without blocking; a full queue drops it.
+    pub fn send_sample(&mut self, sample: CountSample) -> bool {
+        self.tx.try_send(Msg::Sample(sample)).is_ok()
+    }
+
     /// Writes what is queued and stops the thread.
     pub fn close(mut self) -> WriterStats {
         let _ = self.tx.send(Msg::Stop);
@@ -125,8 +131,10 @@ fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
         }
         let mut stop = false;
         let mut batches = Vec::new();
+        let mut samples = Vec::new();
         match rx.recv_timeout(HEARTBEAT) {
             Ok(Msg::Batch { offset_ns, records }) => batches.push((offset_ns, records)),
+            Ok(Msg::Sample(s)) => samples.push(s),
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => stop = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
@@ -134,8 +142,14 @@ fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
         while !stop && batches.len() < 64 {
             match rx.try_recv() {
                 Ok(Msg::Batch { offset_ns, records }) => batches.push((offset_ns, records)),
+                Ok(Msg::Sample(s)) => samples.push(s),
                 Ok(Msg::Stop) => stop = true,
                 Err(_) => break,
+            }
+        }
+        for s in &samples {
+            if let Err(e) = store.write_sample(s) {
+                fail(&mut stats, "writing a sample", e);
             }
         }
         let now = now_ns();

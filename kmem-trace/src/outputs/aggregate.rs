@@ -1,0 +1,270 @@
+//! Aggregates over the state for the live view, the metrics and the report:
+//! memcgs per owner (namespace/pod/container) with their zombies and pinned
+//! bytes, and zombies per namespace with bounded cardinality. Pure.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{page_size, Snapshot};
+use crate::{
+    attribution::{Attribution, Owner},
+    decode::Counters,
+    lifecycle::{Memcg, State},
+};
+
+/// Namespace label of memcgs that belong to no Kubernetes pod.
+pub const NS_NONE: &str = "none";
+/// Namespace label of pod memcgs whose namespace is not known (no runtime metadata).
+pub const NS_UNKNOWN: &str = "unknown";
+/// The bucket that takes every namespace beyond the top N.
+pub const NS_OTHER: &str = "other";
+
+/// One owner's memcgs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnerRow {
+    /// Kubernetes namespace, [`NS_UNKNOWN`] for a pod without metadata, or
+    /// [`NS_NONE`] when the owner is no pod.
+    pub namespace: String,
+    /// Pod name (or `pod <uid>`); empty for non-pod owners.
+    pub pod: String,
+    /// Container name (or short ID), `(pod)` for pod-level cgroups; the unit,
+    /// container or path for non-pod owners.
+    pub container: String,
+    /// `pod`, `container`, `systemd` or `path`.
+    pub kind: &'static str,
+    pub live: u64,
+    pub dying: u64,
+    pub zombies: u64,
+    /// Bytes charged to its dying memcgs (at offline, or as the census read them).
+    pub pinned_bytes: u64,
+}
+
+impl OwnerRow {
+    /// `namespace/pod/container`, or the owner alone for non-pod owners.
+    pub fn label(&self) -> String {
+        if self.pod.is_empty() {
+            self.container.clone()
+        } else {
+            format!("{}/{}/{}", self.namespace, self.pod, self.container)
+        }
+    }
+}
+
+/// The owner columns of an attribution: (namespace, pod, container).
+pub fn owner_columns(a: &Attribution) -> (String, String, String) {
+    let v = a.view();
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    match &a.owner {
+        Owner::Pod(p) => {
+            let ns = v.namespace.unwrap_or(NS_UNKNOWN).to_string();
+            let pod = v
+                .pod
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("pod {}", short(&p.pod_uid)));
+            let container = match (v.container, &p.container_id) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(id)) => short(id),
+                (None, None) => "(pod)".into(),
+            };
+            (ns, pod, container)
+        }
+        _ => (NS_NONE.into(), String::new(), a.label()),
+    }
+}
+
+/// Namespace of an attribution for per-namespace counts.
+pub fn namespace_of(a: Option<&Attribution>) -> String {
+    match a {
+        Some(a) => owner_columns(a).0,
+        None => NS_NONE.into(),
+    }
+}
+
+/// Bytes a dying memcg holds, from its counters at offline or the census's.
+pub fn pinned_bytes(m: &Memcg) -> Option<u64> {
+    let c: Counters = if m.at_offline.mem_pages.is_some() {
+        m.at_offline
+    } else {
+        m.census_counters.unwrap_or_default()
+    };
+    c.mem_pages.map(|p| p * page_size())
+}
+
+/// Memcgs per owner (attributed memcgs only), zombies first.
+pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
+    let after = s.lifecycle.config().zombie_after_ns;
+    let mut rows: HashMap<(String, String, String), OwnerRow> = HashMap::new();
+    for m in s.lifecycle.memcgs() {
+        let Some(a) = s.attribution.get(m.addr) else {
+            continue;
+        };
+        let key = owner_columns(a);
+        let row = rows.entry(key.clone()).or_insert_with(|| OwnerRow {
+            namespace: key.0,
+            pod: key.1,
+            container: key.2,
+            kind: a.owner.kind(),
+            ..OwnerRow::default()
+        });
+        match m.state {
+            State::Live => row.live += 1,
+            State::Dying => {
+                row.dying += 1;
+                row.zombies += m.is_zombie(s.now_ns, after) as u64;
+                row.pinned_bytes += pinned_bytes(m).unwrap_or(0);
+            }
+            State::Freed => {}
+        }
+    }
+    let mut v: Vec<OwnerRow> = rows.into_values().collect();
+    sort_rows(&mut v, SortKey::Zombies);
+    v
+}
+
+/// How the owner table is ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    #[default]
+    Zombies,
+    Pinned,
+    Dying,
+    Name,
+}
+
+impl SortKey {
+    /// The next order (`s` in the live view).
+    pub fn next(self) -> SortKey {
+        match self {
+            SortKey::Zombies => SortKey::Pinned,
+            SortKey::Pinned => SortKey::Dying,
+            SortKey::Dying => SortKey::Name,
+            SortKey::Name => SortKey::Zombies,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SortKey::Zombies => "zombies",
+            SortKey::Pinned => "pinned bytes",
+            SortKey::Dying => "dying",
+            SortKey::Name => "name",
+        }
+    }
+}
+
+/// Sorts rows by `key`, biggest first (names A→Z); ties by name.
+pub fn sort_rows(rows: &mut [OwnerRow], key: SortKey) {
+    rows.sort_by(|a, b| {
+        let by = match key {
+            SortKey::Zombies => b
+                .zombies
+                .cmp(&a.zombies)
+                .then(b.pinned_bytes.cmp(&a.pinned_bytes)),
+            SortKey::Pinned => b
+                .pinned_bytes
+                .cmp(&a.pinned_bytes)
+                .then(b.zombies.cmp(&a.zombies)),
+            SortKey::Dying => b.dying.cmp(&a.dying).then(b.zombies.cmp(&a.zombies)),
+            SortKey::Name => std::cmp::Ordering::Equal,
+        };
+        by.then_with(|| a.label().cmp(&b.label()))
+    });
+}
+
+/// Zombies per namespace: the `top` namespaces with the most zombies, every
+/// other namespace summed into [`NS_OTHER`] (so a metric's label set stays
+/// bounded however many pods leak). Namespaces are sorted by count, then name.
+pub fn namespace_buckets(counts: &HashMap<String, u64>, top: usize) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if v.len() > top {
+        let other: u64 = v[top..].iter().map(|x| x.1).sum();
+        v.truncate(top);
+        match v.iter_mut().find(|x| x.0 == NS_OTHER) {
+            Some(o) => o.1 += other,
+            None => v.push((NS_OTHER.into(), other)),
+        }
+    }
+    v
+}
+
+/// Zombies per namespace of the current state (every zombie counts, attributed or not).
+pub fn zombies_by_namespace(s: &Snapshot<'_>) -> HashMap<String, u64> {
+    let after = s.lifecycle.config().zombie_after_ns;
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for m in s.lifecycle.dying() {
+        if m.is_zombie(s.now_ns, after) {
+            let ns = namespace_of(s.attribution.get(m.addr).map(|a| &**a));
+            *out.entry(ns).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(label: &str, zombies: u64, pinned: u64) -> OwnerRow {
+        OwnerRow {
+            namespace: NS_NONE.into(),
+            container: label.into(),
+            zombies,
+            dying: zombies,
+            pinned_bytes: pinned,
+            ..OwnerRow::default()
+        }
+    }
+
+    #[test]
+    fn rows_sort_by_each_key() {
+        let mut v = vec![row("b", 1, 900), row("a", 5, 10), row("c", 1, 5000)];
+        sort_rows(&mut v, SortKey::Zombies);
+        assert_eq!(v[0].container, "a");
+        assert_eq!(v[1].container, "c", "ties by pinned bytes");
+        sort_rows(&mut v, SortKey::Pinned);
+        assert_eq!(v[0].container, "c");
+        sort_rows(&mut v, SortKey::Name);
+        assert_eq!(v[0].container, "a");
+        assert_eq!(SortKey::Name.next(), SortKey::Zombies);
+    }
+
+    #[test]
+    fn namespaces_beyond_the_top_go_to_other() {
+        let counts: HashMap<String, u64> = (0..20)
+            .map(|i| (format!("ns{i:02}"), i as u64))
+            .chain([("other".to_string(), 2)])
+            .collect();
+        let b = namespace_buckets(&counts, 5);
+        assert_eq!(b.len(), 6, "{b:?}");
+        assert_eq!(b[0], ("ns19".into(), 19));
+        let other = b.iter().find(|x| x.0 == NS_OTHER).unwrap().1;
+        // ns00 has no zombies and is left out; the rest beyond the top five sum up.
+        assert_eq!(other, (1..15).sum::<u64>() + 2);
+        let total: u64 = b.iter().map(|x| x.1).sum();
+        assert_eq!(total, counts.values().sum::<u64>());
+        assert!(namespace_buckets(&HashMap::new(), 3).is_empty());
+    }
+
+    #[test]
+    fn owner_columns_name_pods_and_others() {
+        let a = Attribution::of_path(
+            "/kubepods/burstable/pod5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d/0123456789abcdef0123",
+        );
+        let (ns, pod, c) = owner_columns(&a);
+        assert_eq!(ns, NS_UNKNOWN);
+        assert_eq!(pod, "pod 5b2ae0e6-4d1");
+        assert_eq!(c, "0123456789ab");
+        let s = Attribution::of_path("/system.slice/sshd.service");
+        let (ns, pod, c) = owner_columns(&s);
+        assert_eq!((ns.as_str(), pod.as_str()), (NS_NONE, ""));
+        assert_eq!(c, "sshd.service");
+        assert_eq!(namespace_of(None), NS_NONE);
+    }
+}

@@ -1,0 +1,172 @@
+//! The live terminal view of `watch` (ratatui + crossterm) when stdout is a
+//! terminal: gauges, owner table, dying-count sparkline and event tail
+//! ([`render`]) from a pure [`model::Model`]; keys `q` quit, `s` sort, `/`
+//! filter. The terminal is restored on every exit path ([`term`]). When piped,
+//! `watch` keeps the plain lines of `outputs::line`.
+
+pub mod model;
+pub mod render;
+pub mod term;
+
+use std::io::{Stdout, Write};
+
+use ratatui::{backend::CrosstermBackend, Terminal};
+
+pub use model::{Action, Key, Model};
+
+use super::{
+    aggregate::owner_rows, line::human_bytes, line::LineOutput, page_size, Clock, HookLabels,
+    Output, OutputError, Snapshot, Status, Summary,
+};
+use crate::{attribution::Attribution, decode::TraceEvent, lifecycle::Applied};
+
+/// The live view as a pipeline output.
+pub struct TuiOutput {
+    model: Model,
+    terminal: Option<Terminal<CrosstermBackend<Stdout>>>,
+    guard: Option<term::Guard>,
+    clock: Clock,
+    hooks: HookLabels,
+    page: u64,
+}
+
+/// Starts the live view: the output, the key reader thread (keep it for the
+/// run) and the channel of keys for `watch::run_interactive`.
+pub fn start(
+    clock: Clock,
+    hooks: HookLabels,
+) -> Result<(TuiOutput, term::KeyReader, crate::watch::Keys), OutputError> {
+    let out = TuiOutput::enter(clock, hooks)?;
+    let (reader, keys) = term::KeyReader::spawn()?;
+    Ok((out, reader, keys))
+}
+
+impl TuiOutput {
+    /// Enters raw mode and the alternate screen.
+    pub fn enter(clock: Clock, hooks: HookLabels) -> Result<TuiOutput, OutputError> {
+        let guard = term::Guard::enter()?;
+        let terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+        Ok(TuiOutput {
+            model: Model::new(),
+            terminal: Some(terminal),
+            guard: Some(guard),
+            clock,
+            hooks,
+            page: page_size(),
+        })
+    }
+
+    fn draw(&mut self) -> Result<(), OutputError> {
+        if let Some(t) = self.terminal.as_mut() {
+            let m = &self.model;
+            t.draw(|f| render::draw(f, m))?;
+        }
+        Ok(())
+    }
+
+    /// Back to the normal screen (idempotent).
+    fn leave(&mut self) {
+        self.terminal = None;
+        self.guard = None;
+    }
+
+    /// One tail line for an event.
+    fn format_event(
+        &self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        owner: Option<&Attribution>,
+    ) -> String {
+        let id = applied
+            .memcg_id
+            .or(ev.memcg_id())
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "?".into());
+        let path = applied
+            .path
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_else(|| ev.name().into_owned());
+        let mut s = format!(
+            "{} {:<12} id={:<5} {}",
+            self.clock.hms(ev.ts_ns()),
+            ev.kind.name(),
+            id,
+            if path.is_empty() { "?" } else { &path },
+        );
+        if let Some(o) = owner.filter(|o| o.owner.kind() != "path") {
+            s.push_str(&format!("  [{}]", o.label()));
+        }
+        if let Some(m) = ev.counters().mem_pages {
+            s.push_str(&format!("  mem={}", human_bytes(m * self.page)));
+        }
+        s.push_str(&format!("  {} ({})", ev.comm(), ev.raw.tgid));
+        if let Some(h) = self.hooks.get(&ev.raw.hook) {
+            s.push_str(&format!("  via {h}"));
+        }
+        s
+    }
+}
+
+impl Output for TuiOutput {
+    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
+        self.event_with_owner(ev, applied, None)
+    }
+
+    fn event_with_owner(
+        &mut self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        owner: Option<&Attribution>,
+    ) -> Result<(), OutputError> {
+        let line = self.format_event(ev, applied, owner);
+        self.model.push_event(line);
+        Ok(())
+    }
+
+    fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {
+        self.model.set_owners(owner_rows(s));
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> Result<(), OutputError> {
+        self.model.set_status(status);
+        self.draw()
+    }
+
+    fn summary(&mut self, summary: &Summary) -> Result<(), OutputError> {
+        self.leave();
+        // The normal screen gets the same summary the line output prints.
+        let mut plain = LineOutput::new(
+            std::io::stdout().lock(),
+            self.clock,
+            HookLabels::new(),
+            false,
+        );
+        plain.summary(summary)?;
+        std::io::stdout().flush()?;
+        Ok(())
+    }
+
+    fn note(&mut self, msg: &str) -> Result<(), OutputError> {
+        self.model.push_note(msg);
+        Ok(())
+    }
+
+    fn key(&mut self, key: Key) -> Result<bool, OutputError> {
+        match self.model.key(key) {
+            Action::Quit => Ok(false),
+            Action::Redraw => self.draw().map(|_| true),
+            Action::Nothing => Ok(true),
+        }
+    }
+}
+
+impl Drop for TuiOutput {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! `kmem-trace report`: an incident report that stands on its own, from the
+//! history (samples, memcg rows, owners), a fresh census and the doctor:
+//! verdict, node facts, timeline chart, top owners, pin causes, ID usage and
+//! forecast, remediation, and every zombie with its attribution. [`gather`]
+//! reads (the only impure part), [`model::build`] decides, and [`md`],
+//! JSON and [`html`] (one self-contained file) render.
+
+pub mod html;
+pub mod md;
+pub mod model;
+pub mod svg;
+pub mod timeline;
+
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+pub use model::Report;
+
+use crate::{
+    census::{self, CensusConfig, Source},
+    cli::{ReportArgs, ReportFormat},
+    doctor::{self, DoctorConfig, DoctorError},
+    outputs::Clock,
+    store::{writer::now_ns, Store, StoreError},
+    zombies::{self, ZombiesConfig, ZombiesError},
+};
+
+/// Errors of `report`.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Doctor(#[from] DoctorError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Zombies(#[from] ZombiesError),
+    #[error("writing the report to {path}: {source}; pass another -o FILE")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the report: {0}")]
+    Output(#[from] std::io::Error),
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// What the report covers and where it reads.
+#[derive(Clone, Debug)]
+pub struct ReportConfig {
+    pub db: PathBuf,
+    /// The period: the last `since` before now.
+    pub since: Duration,
+    pub host_root: PathBuf,
+    /// Load BPF (census iterator, verified capabilities) when it can.
+    pub bpf: bool,
+    pub zombie_after: Duration,
+}
+
+fn hostname(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join("proc/sys/kernel/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Reads everything and builds the report.
+pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
+    let mut notes = Vec::new();
+    let real_host = cfg.host_root == Path::new("/");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let use_bpf = cfg.bpf && real_host && root && crate::probes::has_object();
+    let doctor = doctor::run(&DoctorConfig {
+        host_root: cfg.host_root.clone(),
+        id_limit: kmem_trace_common::MEMCG_ID_MAX,
+        try_drop_caches: false,
+        verify_bpf: use_bpf,
+        history_db: Some(cfg.db.clone()),
+    })?;
+    let census = match census::take(&CensusConfig {
+        host_root: cfg.host_root.clone(),
+        btf: None,
+        counts_only: !use_bpf,
+    }) {
+        Ok(c) => {
+            if c.source == Source::CountsOnly && use_bpf {
+                notes.push(format!(
+                    "census counted only ({}): zombies come from the history alone",
+                    c.fallback.as_deref().unwrap_or("no BPF iterator")
+                ));
+            }
+            Some(c)
+        }
+        Err(e) => {
+            notes.push(format!("no census: {e}"));
+            None
+        }
+    };
+    let census_memcgs = census
+        .as_ref()
+        .filter(|c| c.source == Source::BpfIterator)
+        .map(|c| c.memcgs.as_slice());
+    let now = now_ns();
+    let since = now.saturating_sub(cfg.since.as_nanos().min(i64::MAX as u128) as i64);
+    let clock = Clock::measure();
+    let (samples, rows, zombies, tracer) = match Store::open_existing(&cfg.db) {
+        Ok(store) => {
+            let samples = store.samples(since)?;
+            let rows = store.rows_since(since, clock.offset_ns)?;
+            let z = zombies::report(
+                &ZombiesConfig {
+                    db: cfg.db.clone(),
+                    older_than: Some(cfg.zombie_after),
+                    json: false,
+                },
+                census_memcgs,
+            )?;
+            (samples, rows, z.zombies, Some(z.tracer))
+        }
+        Err(e) => {
+            notes.push(format!(
+                "{e}; the timeline and owners need the history of `kmem-trace watch` or `serve`"
+            ));
+            let z = census_memcgs
+                .map(|m| zombies::join(&[], Some(m), &clock, now, Some(cfg.zombie_after)))
+                .unwrap_or_default();
+            (Vec::new(), Vec::new(), z, None)
+        }
+    };
+    let pins = census
+        .as_ref()
+        .map(|c| {
+            c.pins
+                .iter()
+                .map(|(a, p)| (format!("{a:#x}"), *p))
+                .collect::<HashMap<_, _>>()
+        })
+        .unwrap_or_default();
+    let census_view = census.as_ref().map(|c| model::CensusView {
+        source: match c.source {
+            Source::BpfIterator => "bpf_iterator".into(),
+            Source::CountsOnly => "counts_only".into(),
+        },
+        memcgs: c.totals.memcgs,
+        live: c.totals.online,
+        dying: c.totals.dying,
+        kmem_pins: c.kmem_pins,
+        fallback: c.fallback.clone(),
+    });
+    Ok(model::build(model::Inputs {
+        now,
+        since,
+        hostname: hostname(&cfg.host_root),
+        zombie_after_s: cfg.zombie_after.as_secs(),
+        doctor,
+        census: census_view,
+        samples,
+        rows,
+        zombies,
+        pins,
+        tracer,
+        db: cfg.db.display().to_string(),
+        notes,
+    }))
+}
+
+/// The report in a format.
+pub fn render(r: &Report, format: ReportFormat) -> Result<String, ReportError> {
+    Ok(match format {
+        ReportFormat::Md => md::render(r),
+        ReportFormat::Html => html::render(r),
+        ReportFormat::Json => {
+            let mut s = serde_json::to_string_pretty(r)?;
+            s.push('\n');
+            s
+        }
+    })
+}
+
+/// `kmem-trace report`.
+pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
+    let cfg = ReportConfig {
+        db: args.db.clone(),
+        since: args.since,
+        host_root: args.host_root.clone(),
+        bpf: !args.no_bpf,
+        zombie_after: args.zombie_after,
+    };
+    let report = gather(&cfg)?;
+    let text = render(&report, args.format)?;
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).map_err(|source| ReportError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            eprintln!(
+                "kmem-trace: report written to {} ({})",
+                path.display(),
+                report.verdict.severity.label()
+            );
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests;

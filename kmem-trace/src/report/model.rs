@@ -1,0 +1,539 @@
+//! The incident report as data, built purely from what was gathered (doctor,
+//! census, history): the verdict, node facts, timeline, owners, pin causes,
+//! ID usage and forecast, remediation, and the zombie appendix. Every format
+//! (`md`, `json`, `html`) renders this one value.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::timeline::{self, Point};
+use crate::{
+    census::{Pin, PinCause},
+    cgroupfs::CgroupVersion,
+    doctor::{self, Finding, Severity},
+    forecast::{self, Forecast},
+    outputs::{aggregate::owner_columns, line::human_bytes},
+    store::{samples::CountSample, HistoryRow},
+    zombies::{TracerStatus, Zombie},
+};
+
+/// Everything gathered for a report (impure inputs, pure build).
+pub struct Inputs {
+    /// Wall-clock now and the start of the period (ns since the epoch).
+    pub now: i64,
+    pub since: i64,
+    pub hostname: Option<String>,
+    pub zombie_after_s: u64,
+    pub doctor: doctor::Report,
+    /// Where the current counts come from and the census totals, if one ran.
+    pub census: Option<CensusView>,
+    pub samples: Vec<CountSample>,
+    /// History rows for the timeline when there are no samples.
+    pub rows: Vec<HistoryRow>,
+    /// Zombies (dying longer than `zombie_after`) with their attribution.
+    pub zombies: Vec<Zombie>,
+    /// Pin cause per memcg address (`0x...`), from the census.
+    pub pins: HashMap<String, Pin>,
+    pub tracer: Option<TracerStatus>,
+    pub db: String,
+    pub notes: Vec<String>,
+}
+
+/// What the report keeps of a census.
+#[derive(Clone, Debug, Serialize)]
+pub struct CensusView {
+    /// `bpf_iterator` or `counts_only`.
+    pub source: String,
+    pub memcgs: Option<u64>,
+    pub live: Option<u64>,
+    pub dying: Option<u64>,
+    /// Kernel memory pins memcgs on this kernel (before 5.9).
+    pub kmem_pins: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// The one-paragraph answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub severity: Severity,
+    pub text: String,
+}
+
+/// Facts about the node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeFacts {
+    pub hostname: Option<String>,
+    pub kernel: Option<String>,
+    pub cmdline: Option<String>,
+    /// Cgroup versions mounted (`v1`, `v2`).
+    pub cgroup_versions: Vec<CgroupVersion>,
+    /// The memory controller's hierarchy and where it is mounted.
+    pub memory_hierarchy: Option<String>,
+    /// Kubelet's cgroup driver, as the paths show it.
+    pub cgroup_driver: Option<String>,
+    pub kubepods: Option<String>,
+    /// Kernel-memory accounting, in words.
+    pub kmem: String,
+    pub nokmem: bool,
+    /// Hook family of the tracer that wrote the history (or what `watch` would use).
+    pub hook_family: String,
+    pub hook_family_source: &'static str,
+    pub uptime_s: Option<f64>,
+}
+
+/// One owner's zombies.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OwnerTotal {
+    pub label: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub kind: String,
+    pub zombies: u64,
+    pub pinned_bytes: u64,
+}
+
+/// Zombies held by one cause.
+#[derive(Clone, Debug, Serialize)]
+pub struct CauseTotal {
+    pub cause: String,
+    pub zombies: u64,
+    pub pinned_bytes: u64,
+    pub remedy: String,
+}
+
+/// ID usage now.
+#[derive(Clone, Debug, Serialize)]
+pub struct Ids {
+    pub in_use: Option<u64>,
+    pub limit: u32,
+    pub percent: Option<f64>,
+    pub forecast: Option<Forecast>,
+    /// The forecast in words.
+    pub outlook: String,
+}
+
+/// Current counts.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Now {
+    pub live: Option<u64>,
+    pub dying: Option<u64>,
+    pub zombies: u64,
+    pub source: String,
+}
+
+/// One zombie of the appendix with its pin cause.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppendixRow {
+    #[serde(flatten)]
+    pub zombie: Zombie,
+    pub cause: Option<String>,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub kind: &'static str,
+    pub generated_at: String,
+    pub since: String,
+    pub zombie_after_s: u64,
+    pub verdict: Verdict,
+    pub node: NodeFacts,
+    pub now: Now,
+    pub timeline: Vec<Point>,
+    /// `samples`, `history rows (reconstructed)`, or `none`.
+    pub timeline_source: String,
+    pub owners: Vec<OwnerTotal>,
+    pub causes: Vec<CauseTotal>,
+    /// Bytes held by dying memcgs node-wide by type (live ancestors' stats).
+    pub dying_bytes_by_type: BTreeMap<String, u64>,
+    pub ids: Ids,
+    pub remediation: Vec<String>,
+    pub findings: Vec<Finding>,
+    pub zombies: Vec<AppendixRow>,
+    pub tracer: Option<TracerStatus>,
+    pub history_db: String,
+    pub notes: Vec<String>,
+}
+
+/// Most owners listed in the "top owners" table.
+pub const TOP_OWNERS: usize = 20;
+
+/// RFC 3339 UTC to the second.
+pub fn rfc3339(wall_ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Builds the report (pure).
+pub fn build(i: Inputs) -> Report {
+    let facts = &i.doctor.facts;
+    let (timeline, timeline_source) = if !i.samples.is_empty() {
+        (timeline::from_samples(&i.samples), "samples".to_string())
+    } else if !i.rows.is_empty() {
+        (
+            timeline::from_rows(&i.rows, i.since, i.now, i.zombie_after_s),
+            "history rows (reconstructed)".to_string(),
+        )
+    } else {
+        (Vec::new(), "none".to_string())
+    };
+    let page = crate::outputs::page_size();
+    let appendix: Vec<AppendixRow> = i
+        .zombies
+        .iter()
+        .map(|z| {
+            let pin = i.pins.get(&z.memcg_addr);
+            let mut zombie = z.clone();
+            // A census zombie has no counters from its offline: the census read them now.
+            if zombie.pinned_bytes.is_none() {
+                zombie.pinned_bytes =
+                    pin.map(|p| (p.user_pages + p.kmem_pages.unwrap_or(0)) * page);
+            }
+            AppendixRow {
+                cause: pin.map(|p| p.cause.name().to_string()),
+                zombie,
+            }
+        })
+        .collect();
+    let listed: Vec<Zombie> = appendix.iter().map(|a| a.zombie.clone()).collect();
+    let owners = owners(&listed);
+    let causes = causes(&appendix, &i.pins);
+    let now = now(&i, appendix.len() as u64);
+    let ids = ids(&i);
+    let node = node(&i);
+    let dying_bytes_by_type = facts
+        .dying_bytes
+        .map(|r| {
+            BTreeMap::from([
+                ("tmpfs/shmem".to_string(), r.shmem),
+                ("page cache".to_string(), r.file),
+                ("anon".to_string(), r.anon),
+            ])
+        })
+        .unwrap_or_default();
+    let remediation = remediation(&i.doctor.findings, &causes);
+    let verdict = verdict(&i, &now, &ids, &owners, &causes);
+    Report {
+        kind: "report",
+        generated_at: rfc3339(i.now),
+        since: rfc3339(i.since),
+        zombie_after_s: i.zombie_after_s,
+        verdict,
+        node,
+        now,
+        timeline,
+        timeline_source,
+        owners,
+        causes,
+        dying_bytes_by_type,
+        ids,
+        remediation,
+        findings: i.doctor.findings.clone(),
+        zombies: appendix,
+        tracer: i.tracer.clone(),
+        history_db: i.db.clone(),
+        notes: i.notes.clone(),
+    }
+}
+
+fn owners(zombies: &[Zombie]) -> Vec<OwnerTotal> {
+    let mut by: HashMap<String, OwnerTotal> = HashMap::new();
+    for z in zombies {
+        let (label, cols, kind) = match &z.owner {
+            Some(a) => (a.label(), owner_columns(a), a.owner.kind().to_string()),
+            None => (
+                z.path.clone(),
+                ("none".into(), String::new(), z.path.clone()),
+                "unknown".into(),
+            ),
+        };
+        let e = by.entry(label.clone()).or_insert_with(|| OwnerTotal {
+            label,
+            namespace: cols.0,
+            pod: cols.1,
+            container: cols.2,
+            kind,
+            ..OwnerTotal::default()
+        });
+        e.zombies += 1;
+        e.pinned_bytes += z.pinned_bytes.unwrap_or(0);
+    }
+    let mut v: Vec<OwnerTotal> = by.into_values().collect();
+    v.sort_by(|a, b| {
+        b.zombies
+            .cmp(&a.zombies)
+            .then(b.pinned_bytes.cmp(&a.pinned_bytes))
+            .then_with(|| a.label.cmp(&b.label))
+    });
+    v.truncate(TOP_OWNERS);
+    v
+}
+
+fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> {
+    let mut by: BTreeMap<PinCause, (u64, u64)> = BTreeMap::new();
+    for r in rows {
+        let cause = pins
+            .get(&r.zombie.memcg_addr)
+            .map(|p| p.cause)
+            .unwrap_or(PinCause::Unknown);
+        let e = by.entry(cause).or_default();
+        e.0 += 1;
+        e.1 += r.zombie.pinned_bytes.unwrap_or(0);
+    }
+    let mut v: Vec<CauseTotal> = by
+        .into_iter()
+        .map(|(c, (n, b))| CauseTotal {
+            cause: c.name().to_string(),
+            zombies: n,
+            pinned_bytes: b,
+            remedy: c.remedy().to_string(),
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.zombies
+            .cmp(&a.zombies)
+            .then(b.pinned_bytes.cmp(&a.pinned_bytes))
+    });
+    v
+}
+
+fn now(i: &Inputs, zombies: u64) -> Now {
+    let f = &i.doctor.facts;
+    if let Some(c) = i.census.as_ref().filter(|c| c.dying.is_some()) {
+        return Now {
+            live: c.live,
+            dying: c.dying,
+            zombies,
+            source: format!("census ({})", c.source.replace('_', " ")),
+        };
+    }
+    if let Some((d, basis)) = f.dying {
+        return Now {
+            live: f.counts.as_ref().map(|c| c.visible),
+            dying: Some(d),
+            zombies,
+            source: basis.label().to_string(),
+        };
+    }
+    match i.samples.last() {
+        Some(s) => Now {
+            live: Some(s.live),
+            dying: Some(s.dying),
+            zombies: s.zombies.max(zombies),
+            source: "last history sample".into(),
+        },
+        None => Now {
+            zombies,
+            source: "history".into(),
+            ..Now::default()
+        },
+    }
+}
+
+fn ids(i: &Inputs) -> Ids {
+    let limit = i.doctor.id_limit;
+    let in_use = i
+        .doctor
+        .facts
+        .ids_in_use
+        .or(i.samples.last().map(|s| s.ids_in_use));
+    // Samples of the period give the best rate; else the doctor's forecast.
+    let samples: Vec<forecast::Sample> = i
+        .samples
+        .iter()
+        .map(|s| forecast::Sample {
+            t_s: s.ts as f64 / 1e9,
+            dying: s.dying,
+            ids_in_use: s.ids_in_use,
+        })
+        .collect();
+    let fc = forecast::from_samples(&samples, limit, forecast::Basis::History)
+        .filter(|f| f.window_s >= forecast::MIN_WINDOW_S)
+        .or(i.doctor.forecast);
+    let outlook = match &fc {
+        Some(f) => match f.hours_to_exhaustion {
+            Some(h) => format!(
+                "at {:+.1} IDs/h ({}), every memcg ID is in use in {}",
+                f.ids_per_hour,
+                basis(f),
+                forecast::human_hours(h)
+            ),
+            None => format!(
+                "the ID space is not filling ({:+.1} zombies/h, {}; zombies do not hold IDs here or the count is flat)",
+                f.zombies_per_hour,
+                basis(f)
+            ),
+        },
+        None => "no forecast: too little history".into(),
+    };
+    let mut outlook = outlook;
+    if let Some(first) = outlook.get(..1) {
+        outlook = first.to_uppercase() + &outlook[1..];
+    }
+    Ids {
+        in_use,
+        limit,
+        percent: in_use.map(|u| u as f64 * 100.0 / limit.max(1) as f64),
+        forecast: fc,
+        outlook,
+    }
+}
+
+fn basis(f: &Forecast) -> String {
+    let w = forecast::human_hours(f.window_s / 3600.0);
+    match f.basis {
+        forecast::Basis::Running => format!("over the last {w} of this run"),
+        forecast::Basis::History => format!("over {w} of history"),
+        forecast::Basis::SinceBoot => format!("average since boot, {w}"),
+    }
+}
+
+fn node(i: &Inputs) -> NodeFacts {
+    let f = &i.doctor.facts;
+    let mut versions: Vec<CgroupVersion> = f.mounts.iter().map(|m| m.version).collect();
+    versions.sort_by_key(|v| *v != CgroupVersion::V1);
+    versions.dedup();
+    let kmem = match &f.kmem {
+        Some(k) => format!(
+            "{} under {}: {}",
+            match k.active {
+                Some(true) => "active",
+                Some(false) => "inactive",
+                None => "unknown",
+            },
+            k.path,
+            k.why
+        ),
+        None if f.nokmem => "off (cgroup.memory=nokmem)".into(),
+        None => "not applicable (no cgroup v1 kubepods memcg)".into(),
+    };
+    let (hook_family, hook_family_source) = match i.samples.last().filter(|s| !s.hooks.is_empty()) {
+        Some(s) => (s.hooks.clone(), "history (the tracer that wrote it)"),
+        None => (f.caps.hook_family.clone(), f.caps.how),
+    };
+    NodeFacts {
+        hostname: i.hostname.clone(),
+        kernel: f.release.clone(),
+        cmdline: f.cmdline.as_ref().map(|c| c.trim().to_string()),
+        cgroup_versions: versions,
+        memory_hierarchy: f.memory.as_ref().map(|h| {
+            format!(
+                "{} at {}",
+                match h.version {
+                    CgroupVersion::V1 => "v1",
+                    CgroupVersion::V2 => "v2",
+                },
+                f.memory_mount().unwrap_or_default()
+            )
+        }),
+        cgroup_driver: f.kubelet.driver.map(|d| {
+            match d {
+                doctor::host::Driver::Cgroupfs => "cgroupfs",
+                doctor::host::Driver::Systemd => "systemd",
+            }
+            .to_string()
+        }),
+        kubepods: f.kubelet.kubepods.clone(),
+        kmem,
+        nokmem: f.nokmem,
+        hook_family,
+        hook_family_source,
+        uptime_s: f.uptime_s,
+    }
+}
+
+fn remediation(findings: &[Finding], causes: &[CauseTotal]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in findings.iter().filter(|f| f.severity >= Severity::Warning) {
+        for r in &f.remediation {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+    }
+    for c in causes.iter().filter(|c| c.zombies > 0) {
+        let step = format!("{} ({} zombies): {}", c.cause, c.zombies, c.remedy);
+        out.push(step);
+    }
+    for f in findings.iter().filter(|f| f.severity < Severity::Warning) {
+        for r in &f.remediation {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+    }
+    out
+}
+
+fn verdict(
+    i: &Inputs,
+    now: &Now,
+    ids: &Ids,
+    owners: &[OwnerTotal],
+    causes: &[CauseTotal],
+) -> Verdict {
+    let host = i.hostname.as_deref().unwrap_or("This node");
+    let mut severity = i.doctor.status;
+    let mut s = match now.dying {
+        Some(d) => format!("{host} holds {d} dying memcgs"),
+        None => format!("{host}: the number of dying memcgs could not be read"),
+    };
+    let bytes: u64 = owners.iter().map(|o| o.pinned_bytes).sum();
+    s.push_str(&format!(
+        ", {} of them zombies (removed more than {} ago)",
+        now.zombies,
+        humantime::format_duration(std::time::Duration::from_secs(i.zombie_after_s))
+    ));
+    if bytes > 0 {
+        s.push_str(&format!(" still charged {}", human_bytes(bytes)));
+    }
+    s.push('.');
+    if let Some(c) = causes.iter().find(|c| c.cause != PinCause::Unknown.name()) {
+        s.push_str(&format!(" Most are pinned by {}.", c.cause));
+    }
+    if let Some(o) = owners.first() {
+        s.push_str(&format!(
+            " The top owner is {} with {} zombie{}",
+            o.label,
+            o.zombies,
+            if o.zombies == 1 { "" } else { "s" }
+        ));
+        if owners.len() > 1 {
+            s.push_str(&format!(", of {} owners", owners.len()));
+        }
+        s.push('.');
+    }
+    if now.zombies > 0 {
+        severity = severity.max(Severity::Warning);
+    }
+    if let (Some(u), Some(p)) = (ids.in_use, ids.percent) {
+        s.push_str(&format!(
+            " memcg IDs: {u} of {} in use ({p:.1}%). {}.",
+            ids.limit, ids.outlook
+        ));
+        let soon = ids
+            .forecast
+            .and_then(|f| f.hours_to_exhaustion)
+            .is_some_and(|h| h < 7.0 * 24.0);
+        if p >= 80.0 || soon {
+            severity = Severity::Critical;
+        }
+    }
+    if let Some(f) = i
+        .doctor
+        .findings
+        .first()
+        .filter(|f| f.severity >= Severity::Warning)
+    {
+        s.push_str(&format!(" Doctor: {} — {}.", f.severity.label(), f.title));
+    }
+    s.push_str(match severity {
+        Severity::Critical => " Act now: see the remediation steps.",
+        Severity::Warning => " Plan remediation: see the steps below.",
+        _ => " No action needed.",
+    });
+    Verdict { severity, text: s }
+}

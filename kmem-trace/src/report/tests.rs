@@ -1,0 +1,261 @@
+//! The report built from a doctor fixture tree (CentOS 7 with the kmem leak),
+//! a leaking history and pod-owned zombies; rendered as Markdown, JSON and
+//! self-contained HTML. No root, no BPF.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use super::{model::*, *};
+use crate::{
+    attribution::{Attribution, ContainerMeta},
+    census::{Pin, PinCause},
+    store::samples::CountSample,
+    zombies::{TaskView, Zombie},
+};
+
+const T0: i64 = 1_763_000_000_000_000_000;
+const MIN: i64 = 60_000_000_000;
+
+fn fixture(tree: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/doctor")
+        .join(tree)
+}
+
+fn doctor_of(tree: &str) -> crate::doctor::Report {
+    crate::doctor::run(&crate::doctor::DoctorConfig {
+        host_root: fixture(tree),
+        id_limit: 65_535,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+    })
+    .unwrap()
+}
+
+fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
+    let uid = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
+    let cid = format!("{:064x}", 0xabc0 + i as u64);
+    let path = format!("/kubepods/burstable/pod{uid}/{cid}");
+    let mut a = Attribution::of_path(&path);
+    a.meta = Some(ContainerMeta {
+        pod_name: Some("web-7d4b9".into()),
+        namespace: Some("shop".into()),
+        container_name: Some(container.into()),
+        image: Some("registry.example/shop/web:1.4".into()),
+        pod_uid: Some(uid.into()),
+        ..ContainerMeta::default()
+    });
+    Zombie {
+        memcg_id: 100 + i,
+        memcg_addr: format!("{:#x}", 0xffff_0000_0000_0000u64 + i as u64),
+        cgroup_id: 5000 + i as u64,
+        path,
+        age_s: Some(3600.0 + i as f64),
+        offline_at: None,
+        owner_label: Some(a.label()),
+        owner: Some(a),
+        creator: Some(TaskView {
+            pid: 77,
+            tgid: 77,
+            comm: "runc".into(),
+            ppid: 1,
+            pcomm: "containerd-shim".into(),
+            seen: String::new(),
+        }),
+        residents: Vec::new(),
+        residents_dropped: 0,
+        last_resident: None,
+        pinned_bytes: Some(pinned),
+        kmem_bytes: None,
+        swap_bytes: None,
+        kmem_active: true,
+        source: "history",
+    }
+}
+
+fn inputs(tree: &str) -> Inputs {
+    let zombies = vec![
+        pod_zombie(1, "nginx", 16 << 20),
+        pod_zombie(2, "nginx", 8 << 20),
+        pod_zombie(3, "<script>alert(1)</script>", 1 << 20),
+    ];
+    let pins: HashMap<String, Pin> = zombies
+        .iter()
+        .take(2)
+        .map(|z| {
+            (
+                z.memcg_addr.clone(),
+                Pin {
+                    cause: PinCause::Tmpfs,
+                    user_pages: 4096,
+                    kmem_pages: None,
+                    swap_pages: 0,
+                    change_pages: None,
+                },
+            )
+        })
+        .collect();
+    // Two hours of one sample a minute: 1 zombie more every 2 minutes.
+    let samples: Vec<CountSample> = (0..120)
+        .map(|k| CountSample {
+            ts: T0 + k * MIN,
+            live: 300 + (k as u64 % 7),
+            dying: 10 + k as u64 / 2,
+            zombies: 8 + k as u64 / 2,
+            ids_in_use: 60_000 + k as u64 / 2,
+            id_limit: 65_535,
+            hooks: "kprobe+tracepoint".into(),
+            ..CountSample::default()
+        })
+        .collect();
+    Inputs {
+        now: T0 + 120 * MIN,
+        since: T0 - 60 * MIN,
+        hostname: Some("node-a".into()),
+        zombie_after_s: 60,
+        doctor: doctor_of(tree),
+        census: None,
+        samples,
+        rows: Vec::new(),
+        zombies,
+        pins,
+        tracer: None,
+        db: "/var/lib/kmem-trace/history.db".into(),
+        notes: vec!["census counted only".into()],
+    }
+}
+
+#[test]
+fn the_verdict_names_counts_owner_cause_and_urgency() {
+    let r = build(inputs("centos7-kmem-leak"));
+    assert_eq!(r.verdict.severity, crate::doctor::Severity::Critical);
+    let v = &r.verdict.text;
+    assert!(v.starts_with("node-a holds"), "{v}");
+    assert!(v.contains("3 of them zombies"), "{v}");
+    assert!(v.contains("Most are pinned by tmpfs/shmem"), "{v}");
+    assert!(
+        v.contains("The top owner is shop/web-7d4b9/nginx with 2 zombies"),
+        "{v}"
+    );
+    assert!(v.contains("Act now"), "{v}");
+    assert_eq!(r.owners[0].namespace, "shop");
+    assert_eq!(r.owners[0].pinned_bytes, 24 << 20);
+    assert_eq!(r.causes[0].cause, "tmpfs/shmem");
+    assert_eq!(r.causes[1].cause, "unknown");
+    // The samples' rate: +30 IDs/h, 5,475 IDs left.
+    let fc = r.ids.forecast.unwrap();
+    assert!((fc.ids_per_hour - 30.0).abs() < 1.0, "{fc:?}");
+    assert!(
+        r.ids.outlook.contains("every memcg ID is in use in"),
+        "{}",
+        r.ids.outlook
+    );
+    assert_eq!(r.timeline.len(), 120);
+    assert_eq!(r.timeline_source, "samples");
+    assert_eq!(r.node.hook_family, "kprobe+tracepoint");
+    assert!(r.node.kernel.as_deref().unwrap().starts_with("3.10.0"));
+    assert!(r.node.kmem.starts_with("active"), "{}", r.node.kmem);
+    assert!(r
+        .remediation
+        .iter()
+        .any(|s| s.contains("cgroup.memory=nokmem")));
+    assert!(r
+        .remediation
+        .iter()
+        .any(|s| s.starts_with("tmpfs/shmem (2 zombies)")));
+}
+
+#[test]
+fn html_is_one_self_contained_file_naming_the_owners() {
+    let r = build(inputs("centos7-kmem-leak"));
+    let html = html::render(&r);
+    let dom = tl::parse(&html, tl::ParserOptions::default()).unwrap();
+    let p = dom.parser();
+    // No external resource of any kind; no script at all.
+    for node in dom.nodes() {
+        let Some(tag) = node.as_tag() else { continue };
+        let name = tag.name().as_utf8_str().to_lowercase();
+        assert!(
+            name != "script" && name != "link" && name != "iframe",
+            "<{name}> found"
+        );
+        for attr in ["src", "href", "srcset", "data"] {
+            if let Some(Some(v)) = tag.attributes().get(attr) {
+                let v = v.as_utf8_str().to_lowercase();
+                assert!(
+                    !v.contains("http://") && !v.contains("https://") && !v.starts_with("//"),
+                    "{name} {attr}={v}"
+                );
+            }
+        }
+    }
+    assert!(
+        !html.contains("@import") && !html.contains("url("),
+        "CSS loads nothing"
+    );
+    let svg = dom
+        .query_selector("svg")
+        .unwrap()
+        .next()
+        .expect("inline svg");
+    let svg_html = svg.get(p).unwrap().outer_html(p);
+    assert_eq!(svg_html.matches("<polyline").count(), 3);
+    let owners = dom.get_element_by_id("owners").expect("owners table");
+    let owners = owners.get(p).unwrap().inner_text(p);
+    assert!(owners.contains("shop") && owners.contains("web-7d4b9") && owners.contains("nginx"));
+    // Text is escaped, never markup.
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    let zombies = dom.get_element_by_id("zombies").expect("appendix");
+    let rows = zombies
+        .get(p)
+        .unwrap()
+        .inner_html(p)
+        .matches("<tr>")
+        .count();
+    assert_eq!(rows, 4, "header and three zombies");
+    assert!(html.contains("registry.example/shop/web:1.4"));
+}
+
+#[test]
+fn markdown_and_json_carry_the_same_report() {
+    let r = build(inputs("debian12-v2-healthy"));
+    let md = md::render(&r);
+    assert!(md.starts_with("# memcg incident report: node-a"));
+    for want in [
+        "## Timeline",
+        "| shop | web-7d4b9 | nginx | pod | 2 | 24.0MiB |",
+        "## Remediation",
+        "## Appendix: every zombie (3)",
+        "<script>alert(1)</script>",
+    ] {
+        assert!(md.contains(want), "missing {want:?}:\n{md}");
+    }
+    let js: serde_json::Value =
+        serde_json::from_str(&render(&r, ReportFormat::Json).unwrap()).unwrap();
+    assert_eq!(js["kind"], "report");
+    assert_eq!(js["zombies"].as_array().unwrap().len(), 3);
+    assert_eq!(js["zombies"][0]["owner"]["namespace"], "shop");
+    assert_eq!(js["zombies"][0]["cause"], "tmpfs/shmem");
+    assert_eq!(js["owners"][0]["container"], "nginx");
+    assert!(js["timeline"].as_array().unwrap().len() == 120);
+    assert_eq!(md::sparkline(&[0, 1, 2, 3, 4, 5, 6, 7], 8), "▁▂▃▄▅▆▇█");
+}
+
+#[test]
+fn without_history_or_zombies_the_report_still_says_something() {
+    let mut i = inputs("debian12-v2-healthy");
+    i.samples.clear();
+    i.zombies.clear();
+    i.pins.clear();
+    let r = build(i);
+    assert_eq!(r.timeline_source, "none");
+    assert!(r.owners.is_empty() && r.zombies.is_empty());
+    let html = html::render(&r);
+    assert!(html.contains("no timeline data"));
+    assert!(html.contains("No zombies, so no owners to name."));
+    assert!(
+        r.verdict.text.contains("0 of them zombies"),
+        "{}",
+        r.verdict.text
+    );
+}
