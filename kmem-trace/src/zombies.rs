@@ -139,7 +139,9 @@ pub fn join(
         // The history keeps processes and times; the census has current counters.
         let hist = row.map(|r| &r.memcg);
         let procs = hist.unwrap_or(m);
-        let counters = if m.at_offline.mem_pages.is_some() {
+        let counters = if let Some(now) = m.census_counters.filter(|c| c.mem_pages.is_some()) {
+            now
+        } else if m.at_offline.mem_pages.is_some() {
             m.at_offline
         } else {
             hist.map(|h| h.at_offline).unwrap_or_default()
@@ -331,7 +333,15 @@ pub fn command(args: &crate::cli::ZombiesArgs) -> Result<(), ZombiesError> {
         older_than: args.older_than,
         json: args.json,
     };
-    let r = report(&cfg, None)?;
+    let mut r = report(&cfg, None)?;
+    if !r.tracer.running {
+        // No tracer keeps the history current: the kernel's own list (the
+        // census) is authoritative; the history adds owners and processes.
+        match crate::census::memcgs(&crate::census::CensusConfig::default()) {
+            Ok(memcgs) => r = report(&cfg, Some(&memcgs))?,
+            Err(e) => log::info!("zombies without a census: {e}"),
+        }
+    }
     let mut out = std::io::stdout().lock();
     render(&r, cfg.json, &mut out)?;
     out.flush()?;

@@ -131,10 +131,15 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
         source,
     })?;
     let mut ring = ring_bytes_for(cfg.expected);
-    // The slow steps are independent: aya's parse of the kernel BTF (only the
-    // program load needs it, to find `bpf_iter_cgroup`) runs on its own
-    // thread while this one resolves the layout and loads the object.
+    // The slow steps are independent: `EbpfLoader::new()` parses the kernel
+    // BTF (aya 0.14 does so eagerly, whatever `.btf()` says later), the
+    // program load needs a second parse of it (to find `bpf_iter_cgroup`),
+    // and the layout comes from btf-rs. Each runs on its own thread.
     let (layout, first, aya_btf, layout_btf_us, aya_btf_us) = std::thread::scope(|s| {
+        let loader_side = s.spawn(|| {
+            let t = Instant::now();
+            (EbpfLoader::new(), t.elapsed().as_micros() as u64)
+        });
         let aya_side = s.spawn(|| {
             let t = Instant::now();
             let b = match &cfg.btf {
@@ -157,18 +162,20 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
                 }
             });
         let layout_us = t.elapsed().as_micros() as u64;
-        let first = layout.as_ref().ok().map(|l| load_object(l, ring));
-        let (aya_btf, aya_us) = aya_side.join().unwrap_or_else(|_| {
-            (
-                Err(CensusProbeError::Load("BTF parser thread panicked".into())),
-                0,
-            )
-        });
+        let panicked = || CensusProbeError::Load("a BTF parser thread panicked".into());
+        let first = match (loader_side.join(), &layout) {
+            (Ok((loader, new_us)), Ok(l)) => {
+                Some(load_object(loader, l, ring).map(|(bpf, us)| (bpf, us + new_us)))
+            }
+            (Err(_), Ok(_)) => Some(Err(panicked())),
+            (_, Err(_)) => None,
+        };
+        let (aya_btf, aya_us) = aya_side.join().unwrap_or_else(|_| (Err(panicked()), 0));
         (layout, first, aya_btf, layout_us, aya_us)
     });
     let (layout, aya_btf) = (layout?, aya_btf?);
     let btf_us = layout_btf_us.max(aya_btf_us);
-    let mut loaded = first.unwrap_or_else(|| load_object(&layout, ring));
+    let mut loaded = first.unwrap_or_else(|| load_object(EbpfLoader::new(), &layout, ring));
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -188,7 +195,7 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
                 raw.summary.visited
             );
             ring = needed;
-            loaded = load_object(&layout, ring);
+            loaded = load_object(EbpfLoader::new(), &layout, ring);
             continue;
         }
         raw.timing.btf_us = btf_us;
@@ -201,15 +208,16 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
 }
 
 /// Loads the object (maps, relocations; programs stay unloaded) with a record
-/// ring buffer of `ring` bytes. No kernel BTF is given to the loader: the
-/// Rust programs carry no CO-RE relocations (offsets come through `LAYOUT`).
-fn load_object(
-    layout: &kmem_trace_common::Layout,
+/// ring buffer of `ring` bytes. No kernel BTF is needed for it: the Rust
+/// programs carry no CO-RE relocations (offsets come through `LAYOUT`).
+fn load_object<'a>(
+    mut loader: EbpfLoader<'a>,
+    layout: &'a kmem_trace_common::Layout,
     ring: u32,
 ) -> Result<(aya::Ebpf, u64), CensusProbeError> {
     let t = Instant::now();
     // The tracer's own maps are created too (one object); keep them minimal.
-    let bpf = EbpfLoader::new()
+    let bpf = loader
         .btf(None)
         .override_global("LAYOUT", layout, true)
         .map_max_entries("EVENTS", 4096)
