@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod browser;
+
 /// True when the test may touch the kernel. Without root it prints why it is
 /// skipped; with `KMEM_TRACE_REQUIRE_ROOT_TESTS=1` (CI) it fails instead.
 pub fn require_root(test: &str) -> bool {

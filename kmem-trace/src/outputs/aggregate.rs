@@ -96,8 +96,16 @@ pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
     let after = s.lifecycle.config().zombie_after_ns;
     let mut rows: HashMap<(String, String, String), OwnerRow> = HashMap::new();
     for m in s.lifecycle.memcgs() {
-        let Some(a) = s.attribution.get(m.addr) else {
-            continue;
+        // Dying memcgs the attribution stage has not seen (found by the census
+        // without a history) are still named from their path.
+        let parsed;
+        let a = match s.attribution.get(m.addr) {
+            Some(a) => &**a,
+            None if m.state == State::Dying && !m.path.is_empty() && !m.path.contains('?') => {
+                parsed = Attribution::of_path(&m.path);
+                &parsed
+            }
+            None => continue,
         };
         let key = owner_columns(a);
         let row = rows.entry(key.clone()).or_insert_with(|| OwnerRow {

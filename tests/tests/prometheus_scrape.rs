@@ -1,0 +1,153 @@
+//! A real Prometheus (Debian's `prometheus`, on loopback, a temporary data
+//! directory, a 1 s scrape interval) scrapes `kmem-trace serve`, and kmem-trace
+//! metrics are read back through Prometheus's HTTP API. Both processes are
+//! ours and are stopped by PID at the end, also when an assertion fails.
+//! Needs: root (BPF), a memory cgroup controller, the prometheus package.
+//! Run it under `flock /tmp/kmem-trace-kernel.lock` next to other root tests.
+
+use std::{
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use kmem_trace_tests::{require_root, wait_for, TestParent, Tracer};
+use serde_json::Value;
+
+/// A child process killed by PID and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port (HTTP/1.0: the body ends with the connection).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+/// The value of an instant query's first sample.
+fn query(port: u16, q: &str) -> Option<f64> {
+    let (code, body) = get(port, &format!("/api/v1/query?query={q}"))?;
+    if code != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn prometheus_bin() -> Option<PathBuf> {
+    let p = PathBuf::from("/usr/bin/prometheus");
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_some() {
+        panic!("prometheus is not installed (cargo xtask test installs Debian's prometheus)");
+    }
+    None
+}
+
+#[test]
+fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
+    if !require_root("prometheus_scrapes_serve_and_answers_with_its_metrics") {
+        return;
+    }
+    let Some(prom_bin) = prometheus_bin() else {
+        eprintln!("skipped: prometheus is not installed");
+        return;
+    };
+    let parent = TestParent::new("prom").unwrap();
+    let dir = Scratch(std::env::temp_dir().join(format!("{}-prom", parent.name)));
+    fs::create_dir_all(dir.0.join("data")).unwrap();
+    let (metrics_port, prom_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let _serve = Tracer::start(&["serve", "--listen", &listen, "--no-history", "--zombie-after", "1s"]).unwrap();
+    // The gauges are set from the first status tick on.
+    let mut text = String::new();
+    let ready = wait_for(Duration::from_secs(10), || {
+        text = get(metrics_port, "/metrics")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, t)| t)
+            .unwrap_or_default();
+        text.contains("kmem_trace_memcg_id_limit 65535")
+    });
+    assert!(ready, "serve's metrics: {text}");
+
+    let config = dir.0.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kmem-trace\n    static_configs:\n      - targets: ['{listen}']\n        labels:\n          node: test\n"
+        ),
+    )
+    .unwrap();
+    let log = fs::File::create(dir.0.join("prometheus.log")).unwrap();
+    let _prom = Proc(
+        Command::new(prom_bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus"),
+    );
+
+    // The target is up and a gauge comes back through the query API.
+    let mut up = None;
+    let scraped = wait_for(Duration::from_secs(60), || {
+        up = query(prom_port, "up%7Bjob%3D%22kmem-trace%22%7D");
+        up == Some(1.0)
+    });
+    let plog = fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    assert!(scraped, "target not up ({up:?}); prometheus log:\n{plog}");
+    let limit = query(prom_port, "kmem_trace_memcg_id_limit%7Bnode%3D%22test%22%7D");
+    assert_eq!(limit, Some(65535.0));
+
+    // Churn moves a counter, and Prometheus sees it move.
+    let c = parent.child("prom-churn").unwrap();
+    parent.rmdir(&c).unwrap();
+    let mut offline = None;
+    let seen = wait_for(Duration::from_secs(30), || {
+        offline = query(prom_port, "kmem_trace_events_total%7Bkind%3D%22offline%22%7D");
+        offline.is_some_and(|v| v >= 1.0)
+    });
+    assert!(seen, "offline events not scraped: {offline:?}");
+    // The rule file of deploy/ loads in this Prometheus too.
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("deploy/prometheus/rules.yml");
+    let check = Command::new("promtool").arg("check").arg("rules").arg(&rules).output();
+    assert!(check.is_ok_and(|o| o.status.success()), "promtool check rules failed");
+}
