@@ -255,3 +255,48 @@ fn seeding_gives_watch_the_pre_existing_zombies() {
     assert_eq!(m.origin, Origin::Traced);
     assert!(m.creator.is_some());
 }
+
+#[test]
+fn output_lists_dying_memcgs_and_says_counts_only() {
+    let mut c = from_raw(hierarchy(CgroupVersion::V1), &records(), &summary(5, 3, 2));
+    c.pins = pins(&c, &|_| None);
+    let mut text = Vec::new();
+    render::text(&c, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("BPF iterator"), "{text}");
+    assert!(text.contains("memcgs 5: 3 online, 2 dying"), "{text}");
+    assert!(text.contains("/kubepods/pod1/c1"), "{text}");
+    assert!(
+        !text.contains("/system"),
+        "live memcgs only with --all: {text}"
+    );
+    assert!(text.contains("pinned by:"), "{text}");
+
+    let mut json = Vec::new();
+    render::json(&c, &mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["kind"], "census");
+    assert_eq!(v["source"], "bpf_iterator");
+    assert_eq!(v["memcgs"].as_array().unwrap().len(), 5);
+    assert_eq!(v["memcgs"][3]["state"], "dying");
+    assert_eq!(v["memcgs"][3]["addr"], "0x4000");
+    assert_eq!(
+        v["memcgs"][3]["mem_bytes"],
+        4096 * crate::outputs::page_size()
+    );
+
+    let k = KernelCounts {
+        num_cgroups: Some(40),
+        visible: 6,
+        ..KernelCounts::default()
+    };
+    let only = counts_only(hierarchy(CgroupVersion::V1), k, "no BTF".into());
+    let mut text = Vec::new();
+    render::text(&only, false, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("COUNTS ONLY (no BPF census: no BTF)"),
+        "{text}"
+    );
+    assert!(text.contains("memcgs 40: 6 online, 34 dying"), "{text}");
+}
