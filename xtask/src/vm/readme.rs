@@ -74,7 +74,10 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
          (TCG) with and without `cgroup.memory=nokmem`; per hook family a churn of memcgs, a \
          tmpfs pin and page-cache pins on ext4, checking every lifecycle point's events, the \
          memcg IDs, the zombie verdicts, kmem activation, and that families agree. \
-         \"unavailable\": the kernel attaches no hook of that family."
+         \"unavailable\": the kernel attaches no hook of that family. Run it yourself with \
+         `cargo xtask vm-test [--kernel 6.12-cloud]... [--boot default,nokmem] \
+         [--family kprobe] [--jobs N] [--keep]`; results and console logs go to \
+         `target/vm-test/`."
     );
     s
 }
