@@ -150,4 +150,5 @@ pub fn png_stats(path: &Path, colours: &[[u8; 3]]) -> Result<PngStats> {
 }
 
 /// The report chart's series colours: live, dying, zombies (report/svg.rs).
-pub const SERIES_COLOURS: [[u8; 3]; 3] = [[0x2e, 0x7d, 0x32], [0xef, 0x6c, 0x00], [0xc6, 0x28, 0x28]];
+pub const SERIES_COLOURS: [[u8; 3]; 3] =
+    [[0x2e, 0x7d, 0x32], [0xef, 0x6c, 0x00], [0xc6, 0x28, 0x28]];

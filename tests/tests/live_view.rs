@@ -54,7 +54,10 @@ impl Drop for Tmux {
 }
 
 fn has_tmux() -> bool {
-    let ok = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok && std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_some() {
         panic!("tmux is not installed (cargo xtask test installs it)");
     }
@@ -73,7 +76,9 @@ fn wait_screen(t: &Tmux, what: &str, secs: u64) -> String {
 
 #[test]
 fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
-    if !require_root("watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal") || !has_tmux() {
+    if !require_root("watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal")
+        || !has_tmux()
+    {
         return;
     }
     let parent = TestParent::new("tui").unwrap();
@@ -89,14 +94,38 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
         bin.display(),
         stty.display()
     );
-    let new = t.cmd(&["new-session", "-d", "-x", "160", "-y", "50", "-s", "kt", &script]);
-    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+    let new = t.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "160",
+        "-y",
+        "50",
+        "-s",
+        "kt",
+        &script,
+    ]);
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
 
     let s = wait_screen(&t, "owners by zombies", 60);
-    for want in ["kmem-trace watch · hooks", "live memcgs", "memcg IDs (of 65535)", "drops 0", "q quit"] {
+    for want in [
+        "kmem-trace watch · hooks",
+        "live memcgs",
+        "memcg IDs (of 65535)",
+        "drops 0",
+        "q quit",
+    ] {
         assert!(s.contains(want), "{want:?} missing:\n{s}");
     }
-    assert_eq!(t.format("#{alternate_on}"), "1", "the live view uses the alternate screen");
+    assert_eq!(
+        t.format("#{alternate_on}"),
+        "1",
+        "the live view uses the alternate screen"
+    );
 
     // A cgroup made and removed shows in the tail and in the owner table.
     let c = parent.child("tui-churn").unwrap();
@@ -113,7 +142,10 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
 
     t.keys(&["q"]);
     let s = wait_screen(&t, "EXITED 0", 30);
-    assert!(s.contains("summary after"), "summary on the normal screen:\n{s}");
+    assert!(
+        s.contains("summary after"),
+        "summary on the normal screen:\n{s}"
+    );
     assert!(!s.contains("owners by"), "the live view is gone:\n{s}");
     assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
     assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown again");
@@ -123,9 +155,14 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
         !modes.is_empty()
     }));
     let _ = fs::remove_file(&stty);
-    let words: Vec<&str> = modes.split(|c: char| c.is_whitespace() || c == ';').collect();
+    let words: Vec<&str> = modes
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .collect();
     for sane in ["icanon", "echo", "isig", "icrnl", "opost"] {
-        assert!(words.contains(&sane), "terminal not restored ({sane}): {modes}");
+        assert!(
+            words.contains(&sane),
+            "terminal not restored ({sane}): {modes}"
+        );
     }
     drop(t);
     cleanup_check(&parent.path);
@@ -136,5 +173,9 @@ fn cleanup_check(parent: &Path) {
     let left: Vec<_> = fs::read_dir(parent)
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).collect())
         .unwrap_or_default();
-    assert!(left.is_empty(), "cgroups left under {}: {left:?}", parent.display());
+    assert!(
+        left.is_empty(),
+        "cgroups left under {}: {left:?}",
+        parent.display()
+    );
 }

@@ -90,7 +90,15 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     fs::create_dir_all(dir.0.join("data")).unwrap();
     let (metrics_port, prom_port) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{metrics_port}");
-    let _serve = Tracer::start(&["serve", "--listen", &listen, "--no-history", "--zombie-after", "1s"]).unwrap();
+    let _serve = Tracer::start(&[
+        "serve",
+        "--listen",
+        &listen,
+        "--no-history",
+        "--zombie-after",
+        "1s",
+    ])
+    .unwrap();
     // The gauges are set from the first status tick on.
     let mut text = String::new();
     let ready = wait_for(Duration::from_secs(10), || {
@@ -114,7 +122,10 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     let _prom = Proc(
         Command::new(prom_bin)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -131,7 +142,10 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     });
     let plog = fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
     assert!(scraped, "target not up ({up:?}); prometheus log:\n{plog}");
-    let limit = query(prom_port, "kmem_trace_memcg_id_limit%7Bnode%3D%22test%22%7D");
+    let limit = query(
+        prom_port,
+        "kmem_trace_memcg_id_limit%7Bnode%3D%22test%22%7D",
+    );
     assert_eq!(limit, Some(65535.0));
 
     // Churn moves a counter, and Prometheus sees it move.
@@ -139,7 +153,10 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     parent.rmdir(&c).unwrap();
     let mut offline = None;
     let seen = wait_for(Duration::from_secs(30), || {
-        offline = query(prom_port, "kmem_trace_events_total%7Bkind%3D%22offline%22%7D");
+        offline = query(
+            prom_port,
+            "kmem_trace_events_total%7Bkind%3D%22offline%22%7D",
+        );
         offline.is_some_and(|v| v >= 1.0)
     });
     assert!(seen, "offline events not scraped: {offline:?}");
@@ -148,6 +165,13 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         .parent()
         .unwrap()
         .join("deploy/prometheus/rules.yml");
-    let check = Command::new("promtool").arg("check").arg("rules").arg(&rules).output();
-    assert!(check.is_ok_and(|o| o.status.success()), "promtool check rules failed");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output();
+    assert!(
+        check.is_ok_and(|o| o.status.success()),
+        "promtool check rules failed"
+    );
 }

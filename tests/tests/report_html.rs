@@ -30,7 +30,11 @@ impl Drop for Scratch {
 fn zombie(i: u64, container: &str) -> Record {
     let uid = "0f0e0d0c-4d1c-4c35-9b8e-2f8f3a1e9c7d";
     let cid = format!("{:064x}", 0xfeed_0000 + i);
-    let mut m = Memcg::new(0xffff_8880_0000_0000 + i * 0x1000, 200 + i as u32, Origin::Traced);
+    let mut m = Memcg::new(
+        0xffff_8880_0000_0000 + i * 0x1000,
+        200 + i as u32,
+        Origin::Traced,
+    );
     m.cgroup_id = 9000 + i;
     m.hierarchy_id = 4;
     m.level = 4;
@@ -59,7 +63,9 @@ fn zombie(i: u64, container: &str) -> Record {
 
 #[test]
 fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
-    let dir = Scratch(std::env::temp_dir().join(format!("kmem-trace-report-html-{}", std::process::id())));
+    let dir = Scratch(
+        std::env::temp_dir().join(format!("kmem-trace-report-html-{}", std::process::id())),
+    );
     fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("history.db");
     let now = now_ns();
@@ -106,16 +112,34 @@ fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
     );
     let html = fs::read_to_string(&html_path).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
-    for want in ["shop", "web-7d4b9", "nginx", "sidecar", "registry.example/shop/web:1.4", "<svg"] {
+    for want in [
+        "shop",
+        "web-7d4b9",
+        "nginx",
+        "sidecar",
+        "registry.example/shop/web:1.4",
+        "<svg",
+    ] {
         assert!(html.contains(want), "report lacks {want:?}");
     }
     assert_eq!(html.matches("<polyline").count(), 3, "three series");
     // One file: nothing it loads from elsewhere.
     let lower = html.to_lowercase();
-    for bad in ["<script", "<link", "src=\"http", "href=\"http", "src=\"//", "@import", "url("] {
+    for bad in [
+        "<script",
+        "<link",
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "@import",
+        "url(",
+    ] {
         assert!(!lower.contains(bad), "external resource {bad:?}");
     }
-    assert!(html.contains("CRITICAL"), "the fixture's kmem leak is critical");
+    assert!(
+        html.contains("CRITICAL"),
+        "the fixture's kmem leak is critical"
+    );
 
     let Some(chromium) = chromium() else {
         eprintln!("skipped the screenshot: chromium is not installed");

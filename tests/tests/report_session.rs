@@ -72,7 +72,11 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let uid = format!("{:08x}-7a1c-4c35-9b8e-{:012x}", std::process::id(), nanos & 0xffff_ffff_ffff);
+    let uid = format!(
+        "{:08x}-7a1c-4c35-9b8e-{:012x}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff
+    );
     let cid = format!("{:064x}", nanos ^ 0xc0ffee);
     let bundle = write_bundle(&runtime, &cid, &uid);
     let mut tracer = Tracer::start(&[
@@ -123,21 +127,51 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
 
     let html_path = scratch.0.join("report.html");
     let out = Command::new(kmem_trace_bin().unwrap())
-        .args(["report", "--format", "html", "--zombie-after", "1s", "--since", "1h"])
+        .args([
+            "report",
+            "--format",
+            "html",
+            "--zombie-after",
+            "1s",
+            "--since",
+            "1h",
+        ])
         .arg("--db")
         .arg(&db)
         .arg("-o")
         .arg(&html_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let html = fs::read_to_string(&html_path).unwrap();
-    for want in [POD, NAMESPACE, CONTAINER, cid.as_str(), "<svg", "source: samples"] {
+    for want in [
+        POD,
+        NAMESPACE,
+        CONTAINER,
+        cid.as_str(),
+        "<svg",
+        "source: samples",
+    ] {
         assert!(html.contains(want), "report lacks {want:?}");
     }
-    assert_eq!(html.matches("<polyline").count(), 3, "a chart with three series");
+    assert_eq!(
+        html.matches("<polyline").count(),
+        3,
+        "a chart with three series"
+    );
     let lower = html.to_lowercase();
-    for bad in ["<script", "<link", "src=\"http", "href=\"http", "@import", "url("] {
+    for bad in [
+        "<script",
+        "<link",
+        "src=\"http",
+        "href=\"http",
+        "@import",
+        "url(",
+    ] {
         assert!(!lower.contains(bad), "external resource {bad:?}");
     }
     // The pinned container's row names its pod and says what pins it.
@@ -145,7 +179,10 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
         .split("<tr>")
         .find(|r| r.contains(&cid) && r.contains("<td"))
         .expect("the container's appendix row");
-    assert!(row.contains(&format!("{NAMESPACE}/{POD}/{CONTAINER}")), "{row}");
+    assert!(
+        row.contains(&format!("{NAMESPACE}/{POD}/{CONTAINER}")),
+        "{row}"
+    );
     assert!(row.contains("MiB"), "pinned bytes: {row}");
 
     if let Some(chromium) = chromium() {
@@ -153,7 +190,13 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
         screenshot(&chromium, &html_path, &png, 1200, 1400).unwrap();
         let st = png_stats(&png, &SERIES_COLOURS).unwrap();
         eprintln!("screenshot: {st:?}");
-        assert!(st.non_white > 0.05 && st.variance > 200.0, "blank page: {st:?}");
-        assert!(st.colour_hits.iter().all(|h| *h > 20), "chart not visible: {st:?}");
+        assert!(
+            st.non_white > 0.05 && st.variance > 200.0,
+            "blank page: {st:?}"
+        );
+        assert!(
+            st.colour_hits.iter().all(|h| *h > 20),
+            "chart not visible: {st:?}"
+        );
     }
 }

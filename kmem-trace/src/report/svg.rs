@@ -49,10 +49,13 @@ pub fn nice_ceil(v: u64) -> u64 {
     }
 }
 
-/// A time label: `HH:MM` within a day's span, else `MM-DD HH:MM` (UTC).
+/// A time label: `HH:MM:SS` within ten minutes, `HH:MM` within a day, else
+/// `MM-DD HH:MM` (UTC).
 fn time_label(t: i64, span_ns: i64) -> String {
     let s = rfc3339(t);
-    if span_ns <= 86_400 * 1_000_000_000 {
+    if span_ns <= 600 * 1_000_000_000 {
+        s.get(11..19).unwrap_or(&s).to_string()
+    } else if span_ns <= 86_400 * 1_000_000_000 {
         s.get(11..16).unwrap_or(&s).to_string()
     } else {
         format!(
@@ -151,9 +154,15 @@ pub fn timeline(points: &[Point], w: u32, h: u32) -> String {
             .iter()
             .map(|p| format!("{:.1},{:.1}", x(p.t), y(val(p))))
             .collect();
+        // Zombies are a subset of dying: dashed, so equal counts show both lines.
+        let dash = if name == "zombies" {
+            r#" stroke-dasharray="7 5""#
+        } else {
+            ""
+        };
         let _ = write!(
             s,
-            r#"<polyline class="series-{name}" fill="none" stroke="{colour}" stroke-width="2" stroke-linejoin="round" points="{}"/>"#,
+            r#"<polyline class="series-{name}" fill="none" stroke="{colour}" stroke-width="2" stroke-linejoin="round"{dash} points="{}"/>"#,
             pts.join(" ")
         );
     }
@@ -199,7 +208,7 @@ mod tests {
         assert!(s.contains("series-zombies") && s.contains("zombies 9"));
         // y axis tops at a nice number above the largest value (40 → 50).
         assert!(s.contains(">50<"), "{s}");
-        assert!(s.contains(">22:13<"), "time labels in UTC: {s}");
+        assert!(s.contains(">22:13:20<"), "time labels in UTC: {s}");
         // Every coordinate inside the plot area.
         for p in s.split("points=\"").skip(1) {
             for xy in p.split('"').next().unwrap().split(' ') {
