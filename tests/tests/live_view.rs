@@ -2,9 +2,11 @@
 //! own tmux server socket, never the user's), a cgroup created and removed
 //! under the test's parent, keys sent with `send-keys`, the screen read with
 //! `capture-pane`. After `q` the alternate screen must be left, the summary
-//! printed on the normal screen and the terminal back in cooked mode.
-//! Needs: root, tmux, a memory cgroup controller, BPF. Run it under
-//! `flock /tmp/kmem-trace-kernel.lock` next to other root tests.
+//! printed on the normal screen and the terminal back in cooked mode. A
+//! second test panics inside the live view (`kmem-trace-tui-panic`) and
+//! checks the panic hook restored the terminal the same way.
+//! Needs: root, tmux, a memory cgroup controller, BPF (the panic test only
+//! tmux). Run it under `flock /tmp/kmem-trace-kernel.lock` next to other root tests.
 
 use std::{
     fs,
@@ -178,4 +180,61 @@ fn cleanup_check(parent: &Path) {
         "cgroups left under {}: {left:?}",
         parent.display()
     );
+}
+
+#[test]
+fn a_panic_in_the_live_view_restores_the_terminal() {
+    // No kernel involved: only a terminal (tmux).
+    if !has_tmux() {
+        return;
+    }
+    let t = Tmux {
+        socket: format!("kmem-trace-test-panic-{}", std::process::id()),
+    };
+    let stty = std::env::temp_dir().join(format!("kmem-trace-panic-stty-{}", std::process::id()));
+    let script = format!(
+        "'{}'; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
+        env!("CARGO_BIN_EXE_kmem-trace-tui-panic"),
+        stty.display()
+    );
+    let new = t.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "-s",
+        "kt",
+        &script,
+    ]);
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    wait_screen(&t, "kmem-trace watch · hooks test", 20);
+    assert_eq!(t.format("#{alternate_on}"), "1");
+    let s = wait_screen(&t, "EXITED 101", 20);
+    assert!(
+        s.contains("deliberate panic inside the live view"),
+        "panic message on the normal screen:\n{s}"
+    );
+    assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
+    assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown again");
+    let mut modes = String::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        modes = fs::read_to_string(&stty).unwrap_or_default();
+        !modes.is_empty()
+    }));
+    let _ = fs::remove_file(&stty);
+    let words: Vec<&str> = modes
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .collect();
+    for sane in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(
+            words.contains(&sane),
+            "terminal not restored ({sane}): {modes}"
+        );
+    }
 }
