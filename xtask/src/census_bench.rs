@@ -234,7 +234,7 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
     let row = |label: &str, r: &Run| {
         let t = &r.timing;
         println!(
-            "{:>4} {:>7} {:>6} {:>6.2}ms {:>6.2}ms {:>6.2}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>7.1}ms {:>7.1}ms {:>9.3}",
+            "{:>4} {:>7} {:>6} {:>6.2}ms {:>6.2}ms {:>6.2}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>6.1}ms {:>7.1}ms {:>7.1}ms {:>9.3}",
             label,
             r.memcgs,
             r.dying,
@@ -244,6 +244,7 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
             ms(t, "load_us"),
             ms(t, "btf_us"),
             ms(t, "total_us"),
+            ms(t, "cpu_us"),
             r.counts_ms,
             r.wall_ms,
             t["walk_us"].as_f64().unwrap_or(0.0) / r.memcgs.max(1) as f64
@@ -263,11 +264,12 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
     let total = median(&|r| ms(&r.timing, "total_us"));
     let wall = median(&|r| r.wall_ms);
     let counts = median(&|r| r.counts_ms);
-    let fixed = median(&|r| ms(&r.timing, "btf_us") + ms(&r.timing, "load_us"));
+    let cpu = median(&|r| ms(&r.timing, "cpu_us"));
+    let load = median(&|r| ms(&r.timing, "load_us"));
     let n = runs[0].memcgs.max(1) as f64;
     println!(
         "median of {}: walk {walk:.2} ms ({:.2} µs/memcg), read() {read:.2} ms, census {total:.1} ms \
-         (of which {fixed:.1} ms BTF + load, independent of the memcg count); \
+         wall / {cpu:.1} ms CPU (BTF parsing and object load {load:.1} ms, independent of the memcg count); \
          reconciliation walk of cgroupfs {counts:.1} ms; whole process {wall:.1} ms",
         runs.len(),
         walk * 1e3 / n
@@ -281,10 +283,19 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
         walk / base_walk.max(1e-3),
         n / base.memcgs.max(1) as f64
     );
+    let best = runs
+        .iter()
+        .map(|r| ms(&r.timing, "total_us"))
+        .fold(f64::INFINITY, f64::min);
     println!(
-        "verdict: census of {} memcgs {} 100 ms ({total:.1} ms)",
+        "verdict: census of {} memcgs {} 100 ms (median {total:.1} ms, best {best:.1} ms, load average {})",
         runs[0].memcgs,
-        if total < 100.0 { "under" } else { "NOT under" }
+        if total < 100.0 { "under" } else { "NOT under" },
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
     );
 }
 

@@ -182,6 +182,13 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
+    /// The BTF id of function `name` (what a program attaching to it names).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        ids.into_iter()
+            .find(|id| matches!(self.btf.resolve_type_by_id(*id), Ok(Type::Func(_))))
+    }
+
     /// True when the kernel has the tracepoint (its `btf_trace_<name>` typedef).
     pub fn has_tracepoint(&self, name: &str) -> bool {
         self.btf
