@@ -37,10 +37,20 @@ fn main() -> ExitCode {
         init_main();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("child") {
+        return match scenario::child(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kmem-trace-vm-guest child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.first().map(String::as_str) != Some("run") {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
+    stay_on_one_cpu();
     match host_plan(&args[1..]).and_then(|p| run_all(&p, false)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -49,6 +59,24 @@ fn main() -> ExitCode {
             proto::emit("done", json!({"ok": false}));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps the host run (and every process it starts) on the CPU it started on.
+/// Folios a process adds to the page cache wait in a per-CPU LRU batch, which
+/// holds a reference until that CPU drains it; on an idle CPU of a multi-core
+/// host that can take long, and a pin then outlives its release. On one CPU
+/// the later steps' page-cache traffic drains the batch, as in a one-CPU VM.
+fn stay_on_one_cpu() {
+    // SAFETY: plain syscalls on this process with a zeroed, then filled cpu_set_t.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        if cpu < 0 {
+            return;
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 

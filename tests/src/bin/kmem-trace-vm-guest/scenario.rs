@@ -200,7 +200,9 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     let mut parent = TestParent::new(&format!("vm-{family}")).context("creating the parent")?;
     obs.parent = parent.name.clone();
     let zombie_after = format!("{}ms", plan.zombie_after.as_millis());
-    let mut args = vec!["watch", "--json", "--hooks", family];
+    // No history database: a VM would create one at every start, and the
+    // host's default one is not this test's to fill.
+    let mut args = vec!["watch", "--json", "--no-history", "--hooks", family];
     args.extend(["--zombie-after", &zombie_after]);
     for (f, forced) in &plan.forced {
         if f == family {
@@ -235,20 +237,14 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     let tmpfs_file = plan.shm_dir.join(format!("{}-pin", parent.name));
     parent.track_file(&tmpfs_file);
     let cg = parent.child(&exp.tmpfs_pin)?;
-    parent.run_in(
-        &cg,
-        &format!(
-            "head -c {} /dev/zero > '{}'",
-            plan.pin_bytes,
-            tmpfs_file.display()
-        ),
-    )?;
+    let bytes = plan.pin_bytes.to_string();
+    in_cgroup(&cg, &["write", &tmpfs_file.to_string_lossy(), &bytes])?;
     let mut pins = vec![cg];
     for (i, name) in exp.cache_pins.iter().enumerate() {
         let f = plan.data_file(i);
         evict(&f)?;
         let cg = parent.child(name)?;
-        parent.run_in(&cg, &format!("cat '{}' > /dev/null", f.display()))?;
+        in_cgroup(&cg, &["read", &f.to_string_lossy()])?;
         pins.push(cg);
     }
     for cg in &pins {
@@ -303,6 +299,56 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     obs.summary = summary(&out);
     obs.watch_stderr = w.stderr.clone();
     drop(parent);
+    Ok(())
+}
+
+/// Runs this binary's `child` mode inside `cgroup` and waits for it. Not a
+/// shell and `head`: exec'ing other binaries can read their pages into the page
+/// cache, charged to the test cgroup, and pin it for reasons of its own. This
+/// binary's pages are resident already (it is running), and it is static.
+fn in_cgroup(cgroup: &Path, op: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("/proc/self/exe")
+        .arg("child")
+        .arg(cgroup)
+        .args(op)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("starting the guest's child mode")?;
+    if !status.success() {
+        anyhow::bail!("child {op:?} in {} failed: {status}", cgroup.display());
+    }
+    Ok(())
+}
+
+/// `child CGROUP write FILE BYTES` / `child CGROUP read FILE`: joins the cgroup,
+/// then charges it with tmpfs pages it writes or page cache it reads.
+pub fn child(args: &[String]) -> Result<()> {
+    use std::io::{Read, Write};
+    let [cgroup, op, file, rest @ ..] = args else {
+        anyhow::bail!("usage: child CGROUP write FILE BYTES | child CGROUP read FILE");
+    };
+    fs::write(
+        Path::new(cgroup).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .with_context(|| format!("joining {cgroup}"))?;
+    let mut buf = vec![0x5au8; 64 << 10];
+    match (op.as_str(), rest) {
+        ("write", [bytes]) => {
+            let mut left: usize = bytes.parse().context("BYTES")?;
+            let mut f = fs::File::create(file).with_context(|| format!("creating {file}"))?;
+            while left > 0 {
+                let n = left.min(buf.len());
+                f.write_all(&buf[..n])?;
+                left -= n;
+            }
+        }
+        ("read", []) => {
+            let mut f = fs::File::open(file).with_context(|| format!("opening {file}"))?;
+            while f.read(&mut buf)? > 0 {}
+        }
+        _ => anyhow::bail!("unknown child operation {op:?}"),
+    }
     Ok(())
 }
 
