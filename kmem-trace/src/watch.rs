@@ -286,6 +286,9 @@ fn release_startup_memory() {
     }
 }
 
+/// Pause between ring-buffer reads (see `run_with`).
+const BATCH_PAUSE: Duration = Duration::from_millis(5);
+
 /// Runs until Ctrl-C, SIGTERM or `duration`, then detaches, drains and
 /// summarises. Everything already in the ring buffer when the programs are
 /// detached is still processed.
@@ -369,6 +372,12 @@ pub async fn run_interactive(
         tokio::select! {
             batch = stream.ready() => {
                 batch?.for_each(|b| pipe.feed(b))?;
+                // Let records pile up before the next read. The ring buffer
+                // notifies the reader only once it has caught up, so reading
+                // at most every BATCH_PAUSE turns one wake-up per event into
+                // one per pause under churn, which every mkdir/rmdir pays in
+                // line (docs/PERFORMANCE.md). Events wait at most this long.
+                tokio::time::sleep(BATCH_PAUSE).await;
             }
             _ = tick.tick() => {
                 // A drain here too, so a missed wake-up can never stall the tail.

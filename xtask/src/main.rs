@@ -1,6 +1,7 @@
 //! Project tasks: toolchain setup, builds, the test suite, the VM kernel matrix
 //! and benchmarks. Run as `cargo xtask <task>`.
 
+mod bench;
 mod census_bench;
 mod docs;
 mod setup;
@@ -29,10 +30,13 @@ enum Task {
     },
     /// The whole test suite: fmt, clippy, unit tests, root integration tests.
     Test(test::TestArgs),
-    /// Time the census on many memcgs (root; creates and removes them).
-    BenchCensus(census_bench::BenchCensusArgs),
     /// The VM kernel matrix: Debian kernels in qemu, every hook family, kmem on and off.
     VmTest(vm::VmArgs),
+    /// Performance figures: churn overhead vs bpftrace, drops, replay, census,
+    /// memory, start-up; writes target/bench/results.json and docs/PERFORMANCE.md.
+    Bench(bench::BenchArgs),
+    /// Time the census on many memcgs (root; creates and removes them).
+    BenchCensus(census_bench::BenchCensusArgs),
     /// Shell completions (bash, zsh, fish, elvish, powershell) for kmem-trace, into DIR or target/completions.
     Completions(docs::DocsArgs),
     /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
@@ -44,8 +48,9 @@ fn main() -> Result<()> {
         Task::Setup(args) => setup::run(&args),
         Task::Watch { args } => setup::watch(&args),
         Task::Test(args) => test::run(&args),
-        Task::BenchCensus(args) => census_bench::run(&args),
         Task::VmTest(args) => vm::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::BenchCensus(args) => census_bench::run(&args),
         Task::Completions(args) => docs::completions(&args),
         Task::Man(args) => docs::man(&args),
     }

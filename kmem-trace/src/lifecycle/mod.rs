@@ -3,15 +3,17 @@
 //! dying for longer than `zombie_after`. Pure: fed by decoded events, the census
 //! and the history; no I/O.
 
+pub mod keymap;
 pub mod task;
 pub mod tree;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 use kmem_trace_common::{flags, EventKind, MEMCG_ID_MAX};
 use serde::Serialize;
 
+pub use keymap::KeyMap;
 pub use task::{Comm, Task};
 pub use tree::{CgroupKey, CgroupTree};
 
@@ -215,9 +217,12 @@ pub struct Counts {
 /// The state machine.
 pub struct Lifecycle {
     cfg: LifecycleConfig,
-    memcgs: HashMap<u64, Memcg>,
-    by_id: HashMap<u32, u64>,
-    by_cgroup: HashMap<CgroupKey, u64>,
+    /// Boxed: a `Memcg` is ~0.5 KiB and the table keeps up to half its
+    /// buckets empty, so inline values would double the memory at 65,535
+    /// memcgs (docs/PERFORMANCE.md); the box is also what `Applied::freed` hands out.
+    memcgs: KeyMap<u64, Box<Memcg>>,
+    by_id: KeyMap<u32, u64>,
+    by_cgroup: KeyMap<CgroupKey, u64>,
     pub tree: CgroupTree,
     /// Offline → free latency in microseconds.
     pub offline_to_free_us: Histogram<u64>,
@@ -234,9 +239,9 @@ impl Lifecycle {
         cfg.validate()?;
         Ok(Lifecycle {
             cfg,
-            memcgs: HashMap::new(),
-            by_id: HashMap::new(),
-            by_cgroup: HashMap::new(),
+            memcgs: KeyMap::default(),
+            by_id: KeyMap::default(),
+            by_cgroup: KeyMap::default(),
             tree: CgroupTree::default(),
             // 1 µs .. ~1 year, 3 significant digits.
             offline_to_free_us: Histogram::new_with_bounds(1, 31_536_000_000_000, 3)
@@ -269,32 +274,32 @@ impl Lifecycle {
         if m.memcg_id != 0 && !m.id_released {
             self.by_id.insert(m.memcg_id, m.addr);
         }
-        self.memcgs.insert(m.addr, m);
+        self.memcgs.insert(m.addr, Box::new(m));
     }
 
     pub fn get(&self, addr: u64) -> Option<&Memcg> {
-        self.memcgs.get(&addr)
+        self.memcgs.get(&addr).map(|m| &**m)
     }
 
     pub fn get_mut(&mut self, addr: u64) -> Option<&mut Memcg> {
-        self.memcgs.get_mut(&addr)
+        self.memcgs.get_mut(&addr).map(|m| &mut **m)
     }
 
     pub fn by_memcg_id(&self, id: u32) -> Option<&Memcg> {
-        self.by_id.get(&id).and_then(|a| self.memcgs.get(a))
+        self.by_id.get(&id).and_then(|a| self.get(*a))
     }
 
     pub fn by_cgroup(&self, key: CgroupKey) -> Option<&Memcg> {
-        self.by_cgroup.get(&key).and_then(|a| self.memcgs.get(a))
+        self.by_cgroup.get(&key).and_then(|a| self.get(*a))
     }
 
     /// Every memcg not yet freed.
     pub fn memcgs(&self) -> impl Iterator<Item = &Memcg> {
-        self.memcgs.values()
+        self.memcgs.values().map(|m| &**m)
     }
 
     pub fn dying(&self) -> impl Iterator<Item = &Memcg> {
-        self.memcgs.values().filter(|m| m.state == State::Dying)
+        self.memcgs().filter(|m| m.state == State::Dying)
     }
 
     pub fn counts(&self, now_ns: u64) -> Counts {
@@ -376,7 +381,7 @@ impl Lifecycle {
         let mut m = Memcg::new(addr, id, Origin::Traced);
         m.alloc_ns = Some(ev.ts_ns());
         m.creator = Some(Task::actor(ev));
-        self.memcgs.insert(addr, m);
+        self.memcgs.insert(addr, Box::new(m));
         let mut applied = self.on_transition(ev);
         applied.anomaly = anomaly.or(applied.anomaly);
         applied
@@ -401,7 +406,7 @@ impl Lifecycle {
             if ev.memcg_id().is_some() && !self.by_id.contains_key(&ev.raw.memcg_id) {
                 self.by_id.insert(ev.raw.memcg_id, addr);
             }
-            self.memcgs.insert(addr, m);
+            self.memcgs.insert(addr, Box::new(m));
         }
         self.learn_cgroup(addr, ev);
         let cfg_id_at_offline = self.cfg.id_freed_at_offline;
@@ -502,7 +507,7 @@ impl Lifecycle {
             memcg_id: Some(m.memcg_id),
             path: Some(m.path.clone()),
             state: Some(State::Freed),
-            freed: Some(Box::new(m)),
+            freed: Some(m),
             anomaly: None,
         }
     }

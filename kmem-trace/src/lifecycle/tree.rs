@@ -2,7 +2,9 @@
 //! cgroupfs and grown from events, so full paths can be rebuilt for cgroups that
 //! are already gone from cgroupfs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use super::keymap::KeyMap;
 
 /// `(hierarchy_id, cgroup_id)`: kernfs ids are per hierarchy, so both are needed.
 pub type CgroupKey = (u32, u64);
@@ -18,7 +20,7 @@ struct Node {
 /// Cgroup nodes by key. Paths are relative to the hierarchy root (`/a/b`).
 #[derive(Default, Debug)]
 pub struct CgroupTree {
-    nodes: HashMap<CgroupKey, Node>,
+    nodes: KeyMap<CgroupKey, Node>,
 }
 
 /// Deepest path rebuilt; deeper (or cyclic) chains are cut with `…`.

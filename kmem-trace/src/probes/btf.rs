@@ -135,10 +135,16 @@ impl KernelBtf {
         let path = path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
-        let btf = Btf::from_file(&path).map_err(|e| BtfError::Unreadable {
+        // Read the file whole, then parse from memory: btf-rs asks its reader
+        // for the stream position once per type, which on a `BufReader<File>`
+        // is an lseek(2) each, ~150k of them on sysfs (a fifth of start-up,
+        // docs/PERFORMANCE.md).
+        let unreadable = |e: &dyn std::fmt::Display| BtfError::Unreadable {
             path: path.clone(),
             reason: e.to_string(),
-        })?;
+        };
+        let bytes = std::fs::read(&path).map_err(|e| unreadable(&e))?;
+        let btf = Btf::from_bytes(&bytes).map_err(|e| unreadable(&e))?;
         Ok(KernelBtf {
             btf,
             path,

@@ -160,23 +160,27 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let facts = HostFacts::gather(cfg)?;
-        Self::start_with(cfg, facts)
+        // Reading /proc/kallsyms (in gather) and aya's parse of the kernel BTF
+        // take about as long each: side by side on two threads (start-up,
+        // docs/PERFORMANCE.md).
+        let (facts, aya_btf) = std::thread::scope(|s| {
+            let aya_btf = s.spawn(|| aya_kernel_btf(cfg));
+            let facts = HostFacts::gather(cfg);
+            (facts, aya_btf.join().ok().flatten())
+        });
+        Self::start_with(cfg, facts?, aya_btf)
     }
 
-    fn start_with(cfg: &ProbeConfig, facts: HostFacts) -> Result<Probes, ProbeError> {
+    fn start_with(
+        cfg: &ProbeConfig,
+        facts: HostFacts,
+        aya_btf: Option<aya::Btf>,
+    ) -> Result<Probes, ProbeError> {
         let (mut layout, resolved) = facts.btf.layout()?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
 
-        let aya_btf = if facts.kernel_btf && cfg.btf.is_none() {
-            aya::Btf::from_sys_fs().ok()
-        } else {
-            cfg.btf
-                .as_deref()
-                .and_then(|p| aya::Btf::parse_file(p, aya::Endianness::default()).ok())
-        };
         let mut bpf = EbpfLoader::new()
             .btf(aya_btf.as_ref())
             .override_global("LAYOUT", &layout, true)
@@ -287,6 +291,17 @@ impl Probes {
 
     pub fn attached(&self) -> bool {
         self.bpf.is_some()
+    }
+}
+
+/// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
+fn aya_kernel_btf(cfg: &ProbeConfig) -> Option<aya::Btf> {
+    if cfg.sys_root.join("kernel/btf/vmlinux").exists() && cfg.btf.is_none() {
+        aya::Btf::from_sys_fs().ok()
+    } else {
+        cfg.btf
+            .as_deref()
+            .and_then(|p| aya::Btf::parse_file(p, aya::Endianness::default()).ok())
     }
 }
 

@@ -1,0 +1,522 @@
+//! The bench's results: the figures with their targets, the terminal table,
+//! the JSON file and `docs/PERFORMANCE.md` (generated; the hand-written
+//! analysis comes from `analysis.md` beside this file).
+
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One line of the table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    pub figure: String,
+    pub value: Option<f64>,
+    pub shown: String,
+    /// The goal, if the figure has one (never a gate).
+    pub target: Option<String>,
+    pub met: Option<bool>,
+    pub note: String,
+}
+
+/// Everything one bench run measured.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub command: String,
+    pub date: String,
+    pub commit: String,
+    pub machine: Value,
+    pub quick: bool,
+    pub lifecycles: usize,
+    pub rounds: usize,
+    /// 1-minute load average when each section started.
+    pub load: Vec<(String, f64)>,
+    pub figures: Vec<Figure>,
+    pub churn: Option<Value>,
+    pub drops: Option<Value>,
+    pub startup: Option<Value>,
+    pub census: Vec<Value>,
+    pub replay: Option<Value>,
+    pub footprint: Option<Value>,
+    pub errors: Vec<String>,
+}
+
+fn output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|x| x.1.trim().to_string())
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    serde_json::json!({
+        "kernel": kernel,
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": (mem_kib as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "cgroup_memory": super::cgroup::memory_root().map(|p| p.display().to_string()).unwrap_or_default(),
+        "bpftrace": output("bpftrace", &["--version"]),
+    })
+}
+
+impl Results {
+    pub fn new(quick: bool, lifecycles: usize, rounds: usize) -> Results {
+        let root = crate::util::root();
+        let root = root.to_string_lossy();
+        let dirty = !output(
+            "git",
+            &["-C", &root, "status", "--porcelain", "--untracked-files=no"],
+        )
+        .is_empty();
+        Results {
+            command: format!("cargo xtask bench{}", if quick { " --quick" } else { "" }),
+            date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            commit: format!(
+                "{}{}",
+                output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]),
+                if dirty { " + uncommitted changes" } else { "" }
+            ),
+            machine: machine(),
+            quick,
+            lifecycles,
+            rounds,
+            load: Vec::new(),
+            figures: Vec::new(),
+            churn: None,
+            drops: None,
+            startup: None,
+            census: Vec::new(),
+            replay: None,
+            footprint: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Derives the table's figures from the sections.
+    pub fn finish(&mut self) {
+        self.figures = figures(self);
+    }
+}
+
+fn fig(
+    figure: &str,
+    value: Option<f64>,
+    shown: String,
+    target: Option<(&str, bool)>,
+    note: String,
+) -> Figure {
+    Figure {
+        figure: figure.into(),
+        value,
+        shown: if value.is_some() {
+            shown
+        } else {
+            "not measured".into()
+        },
+        target: target.map(|t| t.0.to_string()),
+        met: target.and(value).and(target.map(|t| t.1)),
+        note,
+    }
+}
+
+fn f(v: &Value, path: &str) -> Option<f64> {
+    path.split('.')
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_f64)
+}
+
+fn figures(r: &Results) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let null = Value::Null;
+    let churn = r.churn.as_ref().unwrap_or(&null);
+    let n = f(churn, "lifecycles").unwrap_or(0.0);
+    let ratio = f(churn, "kmem_trace_ratio");
+    out.push(fig(
+        "churn time, kmem-trace / untraced",
+        ratio,
+        format!("{:.3}", ratio.unwrap_or(0.0)),
+        Some(("≤ 1.03", ratio.unwrap_or(9.0) <= 1.03)),
+        format!(
+            "{n:.0} lifecycles × {} interleaved rounds, median of per-round ratios; untraced {:.0}/s",
+            f(churn, "rounds").unwrap_or(0.0),
+            f(churn, "untraced_per_second").unwrap_or(0.0)
+        ),
+    ));
+    let nh = f(churn, "kmem_trace_no_history_ratio");
+    out.push(fig(
+        "churn time, kmem-trace --no-history / untraced",
+        nh,
+        format!("{:.3}", nh.unwrap_or(0.0)),
+        Some(("≤ 1.03", nh.unwrap_or(9.0) <= 1.03)),
+        format!(
+            "the pipeline without the SQLite history; tracer CPU {} per lifecycle",
+            f(churn, "kmem_trace_no_history_cpu_us").map_or("-".into(), |v| format!("{v:.1} µs"))
+        ),
+    ));
+    let b = f(churn, "bpftrace_ratio");
+    out.push(fig(
+        "churn time, bpftrace / untraced",
+        b,
+        format!("{:.3}", b.unwrap_or(0.0)),
+        None,
+        churn["bpftrace_skipped"]
+            .as_str()
+            .map(|s| format!("skipped: {s}"))
+            .unwrap_or_else(|| "same tracepoints as kmem-trace (baseline)".into()),
+    ));
+    let cr = f(churn, "kmem_trace_cpu_ratio");
+    out.push(fig(
+        "churn CPU (in line), kmem-trace / untraced",
+        cr,
+        format!("{:.3}", cr.unwrap_or(0.0)),
+        None,
+        format!(
+            "CPU of the churn and its children, robust to other load; bpftrace {}",
+            f(churn, "bpftrace_cpu_ratio").map_or("-".into(), |v| format!("{v:.3}"))
+        ),
+    ));
+    let kc = f(churn, "kmem_trace_cpu_us");
+    out.push(fig(
+        "tracer CPU per lifecycle, kmem-trace",
+        kc,
+        format!("{:.1} µs", kc.unwrap_or(0.0)),
+        None,
+        format!(
+            "user+system of the tracer process; bpftrace {}",
+            f(churn, "bpftrace_cpu_us").map_or("-".into(), |v| format!("{v:.1} µs"))
+        ),
+    ));
+    let drops = r.drops.as_ref().unwrap_or(&null);
+    let full = f(drops, "untraced_per_second");
+    out.push(fig(
+        "full untraced churn rate",
+        full,
+        format!("{:.0} lifecycles/s", full.unwrap_or(0.0)),
+        None,
+        format!(
+            "{} workers (one per core), {n:.0} lifecycles",
+            f(drops, "jobs").unwrap_or(0.0)
+        ),
+    ));
+    let d = f(drops, "at_full.drops");
+    out.push(fig(
+        "drops at full churn rate (default 4 MiB ring)",
+        d,
+        format!("{:.0}", d.unwrap_or(0.0)),
+        Some(("0", d == Some(0.0))),
+        format!(
+            "traced rate reached {:.0}/s",
+            f(drops, "at_full.per_second").unwrap_or(0.0)
+        ),
+    ));
+    let nd = f(drops, "no_drop_per_second");
+    let smallest = drops["ring_ramp"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&drops["at_full"]))
+        .filter(|x| x["drops"] == 0)
+        .filter_map(|x| x["ring_bytes"].as_u64())
+        .min();
+    out.push(fig(
+        "highest churn rate without drops",
+        nd.filter(|v| *v > 0.0),
+        format!("≥ {:.0} lifecycles/s", nd.unwrap_or(0.0)),
+        None,
+        format!(
+            "the fastest this machine churns while traced; smallest ring without drops at that rate: {}",
+            smallest.map_or("none tried".into(), |b| format!("{} KiB", b / 1024))
+        ),
+    ));
+    let replay = r
+        .replay
+        .as_ref()
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let eps = |name: &str| {
+        replay
+            .iter()
+            .find(|x| x["name"] == name)
+            .and_then(|x| f(x, "events_per_second"))
+    };
+    let core = eps("replay/core");
+    out.push(fig(
+        "replay: decode + lifecycle + attribution",
+        core,
+        format!("{:.2} M events/s", core.unwrap_or(0.0) / 1e6),
+        Some(("≥ 5 M events/s", core.unwrap_or(0.0) >= 5e6)),
+        "one core, criterion median; recorded 6.18 churn replicated".into(),
+    ));
+    let json = eps("replay/json");
+    out.push(fig(
+        "replay: the same + JSON output",
+        json,
+        format!("{:.2} M events/s", json.unwrap_or(0.0) / 1e6),
+        None,
+        "watch::Pipeline with --json formatting into a sink".into(),
+    ));
+    for c in &r.census {
+        let created = f(c, "created").unwrap_or(0.0);
+        let ms = f(c, "census_ms");
+        let target = (created >= 10_000.0).then_some(("< 100 ms", ms.unwrap_or(1e9) < 100.0));
+        out.push(fig(
+            &format!("census of {created:.0} memcgs"),
+            ms,
+            format!("{:.1} ms", ms.unwrap_or(0.0)),
+            target,
+            format!(
+                "{} memcgs seen; in-kernel walk {:.2} ms; whole process {:.0} ms",
+                f(c, "memcgs").unwrap_or(0.0),
+                f(c, "walk_ms").unwrap_or(0.0),
+                f(c, "process_ms").unwrap_or(0.0)
+            ),
+        ));
+    }
+    if r.census.is_empty() {
+        out.push(fig(
+            "census of 10000 memcgs",
+            None,
+            String::new(),
+            Some(("< 100 ms", false)),
+            "see errors".into(),
+        ));
+    }
+    let fp = r.footprint.as_ref().unwrap_or(&null);
+    let heap = f(fp, "heap_bytes");
+    let idle = r.startup.as_ref().and_then(|s| f(s, "idle_rss_kib"));
+    let total = heap.map(|h| h / 1048576.0 + idle.unwrap_or(0.0) / 1024.0);
+    out.push(fig(
+        "memory with 65,535 tracked memcgs",
+        total,
+        format!("{:.1} MiB", total.unwrap_or(0.0)),
+        Some(("≤ 64 MiB", total.unwrap_or(1e9) <= 64.0)),
+        format!(
+            "idle watch RSS {} + state {:.1} MiB (lifecycle {:.1}, attribution {:.1}; {:.0} B/memcg)",
+            idle.map_or("not measured".into(), |k| format!("{:.1} MiB", k / 1024.0)),
+            heap.unwrap_or(0.0) / 1048576.0,
+            f(fp, "heap_lifecycle_bytes").unwrap_or(0.0) / 1048576.0,
+            f(fp, "heap_attribution_bytes").unwrap_or(0.0) / 1048576.0,
+            f(fp, "heap_bytes_per_memcg").unwrap_or(0.0)
+        ),
+    ));
+    let st = r.startup.as_ref().unwrap_or(&null);
+    let ms = f(st, "median_ms");
+    out.push(fig(
+        "start-up: exec to probes attached",
+        ms,
+        format!("{:.0} ms", ms.unwrap_or(0.0)),
+        Some(("≤ 300 ms", ms.unwrap_or(1e9) <= 300.0)),
+        format!(
+            "median of {} runs",
+            st["runs_ms"].as_array().map_or(0, Vec::len)
+        ),
+    ));
+    out
+}
+
+fn status(x: &Figure) -> &'static str {
+    match x.met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None if x.value.is_none() && x.target.is_some() => "-",
+        None => "",
+    }
+}
+
+/// The terminal table.
+pub fn table(r: &Results) -> String {
+    let w0 = r
+        .figures
+        .iter()
+        .map(|x| x.figure.chars().count())
+        .max()
+        .unwrap_or(10);
+    let w1 = r
+        .figures
+        .iter()
+        .map(|x| x.shown.chars().count())
+        .max()
+        .unwrap_or(10);
+    let mut s = format!(
+        "{} — {} — kernel {}, {} cores\n",
+        r.command,
+        r.date,
+        r.machine["kernel"].as_str().unwrap_or("?"),
+        r.machine["cores"]
+    );
+    let pad = |t: &str, w: usize| format!("{t}{}", " ".repeat(w.saturating_sub(t.chars().count())));
+    s.push_str(&format!(
+        "{}  {}  {:<16} {:<6}  note\n",
+        pad("figure", w0),
+        pad("value", w1),
+        "target",
+        "status"
+    ));
+    for x in &r.figures {
+        s.push_str(&format!(
+            "{}  {}  {:<16} {:<6}  {}\n",
+            pad(&x.figure, w0),
+            pad(&x.shown, w1),
+            x.target.as_deref().unwrap_or(""),
+            status(x),
+            x.note
+        ));
+    }
+    for e in &r.errors {
+        s.push_str(&format!("error: {e}\n"));
+    }
+    s
+}
+
+/// docs/PERFORMANCE.md.
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    s.push_str("# kmem-trace performance\n\n");
+    s.push_str(&format!(
+        "Generated by `{}` on {} at commit {}; regenerate it with the same command \
+         (`cargo xtask bench --from-json target/bench/results.json` rewrites this file \
+         from saved results). Targets are goals, never CI gates.\n\n",
+        r.command, r.date, r.commit
+    ));
+    let m = &r.machine;
+    s.push_str(&format!(
+        "Machine: kernel {}, {} ({} cores, shared with other builds), {} GiB, memory cgroups at `{}`, {}.\n\n",
+        m["kernel"].as_str().unwrap_or("?"),
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["memory_gib"],
+        m["cgroup_memory"].as_str().unwrap_or("?"),
+        m["bpftrace"].as_str().unwrap_or("no bpftrace")
+    ));
+    if !r.load.is_empty() {
+        let l: Vec<String> = r.load.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        s.push_str(&format!(
+            "1-minute load when each section started: {}.\n\n",
+            l.join(", ")
+        ));
+    }
+    s.push_str("| figure | value | target | status | note |\n|---|---|---|---|---|\n");
+    for x in &r.figures {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            x.figure,
+            x.shown,
+            x.target.as_deref().unwrap_or(""),
+            status(x),
+            x.note
+        ));
+    }
+    for e in &r.errors {
+        s.push_str(&format!("\nNot measured — {e}\n"));
+    }
+    s.push_str("\n## Raw data of this run\n\n");
+    if let Some(c) = &r.churn {
+        s.push_str("### Churn rounds\n\n| round | variant | seconds | lifecycles/s | churn CPU s | tracer CPU s | tracer lines (ours) | drops |\n|---|---|---|---|---|---|---|---|\n");
+        for run in c["runs"].as_array().into_iter().flatten() {
+            let t = &run["tracer"];
+            s.push_str(&format!(
+                "| {} | {} | {:.3} | {:.0} | {:.3} | {} | {} | {} |\n",
+                run["round"],
+                run["variant"].as_str().unwrap_or(""),
+                f(run, "seconds").unwrap_or(0.0),
+                f(run, "per_second").unwrap_or(0.0),
+                f(run, "cpu_seconds").unwrap_or(0.0),
+                f(t, "cpu_s").map_or("".into(), |v| format!("{v:.2}")),
+                if t.is_null() {
+                    String::new()
+                } else {
+                    format!("{} ({})", t["lines"], t["ours"])
+                },
+                t["drops"].as_u64().map_or(String::new(), |d| d.to_string()),
+            ));
+        }
+        let tps: Vec<&str> = c["tracepoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        s.push_str(&format!("\nkmem-trace attached: {}.\n", tps.join(", ")));
+        if let Some(script) = c["bpftrace_script"].as_str() {
+            s.push_str(&format!("\nThe bpftrace baseline:\n\n```\n{script}```\n"));
+        }
+    }
+    if let Some(d) = &r.drops {
+        s.push_str("\n### Drops\n\n| ring | target rate | reached | drops |\n|---|---|---|---|\n");
+        let rows = std::iter::once(&d["at_full"])
+            .chain(d["ring_ramp"].as_array().into_iter().flatten())
+            .chain(d["rate_ramp"].as_array().into_iter().flatten());
+        for x in rows {
+            s.push_str(&format!(
+                "| {} KiB | {} | {:.0}/s | {} |\n",
+                x["ring_bytes"].as_u64().unwrap_or(0) / 1024,
+                f(x, "target_per_second").map_or("full".into(), |v| format!("{v:.0}/s")),
+                f(x, "per_second").unwrap_or(0.0),
+                x["drops"]
+            ));
+        }
+    }
+    if let Some(rep) = r.replay.as_ref().and_then(Value::as_array) {
+        s.push_str("\n### Replay (criterion)\n\n| bench | events | median per pass | mean 95% CI | events/s |\n|---|---|---|---|---|\n");
+        for x in rep {
+            s.push_str(&format!(
+                "| {} | {} | {:.2} ms | {:.2}–{:.2} ms | {:.2} M |\n",
+                x["name"].as_str().unwrap_or(""),
+                x["events"],
+                f(x, "median_ns").unwrap_or(0.0) / 1e6,
+                f(x, "mean_low_ns").unwrap_or(0.0) / 1e6,
+                f(x, "mean_high_ns").unwrap_or(0.0) / 1e6,
+                f(x, "events_per_second").unwrap_or(0.0) / 1e6
+            ));
+        }
+    }
+    if let Some(fp) = &r.footprint {
+        s.push_str(&format!(
+            "\n### Memory (footprint benchmark)\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(fp).unwrap_or_default()
+        ));
+    }
+    for c in &r.census {
+        s.push_str(&format!(
+            "\n### Census of {} memcgs (`cargo xtask bench-census`)\n\n```\n{}```\n",
+            c["created"],
+            c["report"].as_str().unwrap_or("")
+        ));
+    }
+    if let Some(st) = &r.startup {
+        let runs: Vec<String> = st["runs_ms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .map(|v| format!("{v:.0}"))
+            .collect();
+        s.push_str(&format!(
+            "\n### Start-up\n\nRuns (ms): {}.\n",
+            runs.join(", ")
+        ));
+    }
+    s.push('\n');
+    s.push_str(include_str!("analysis.md"));
+    s
+}
