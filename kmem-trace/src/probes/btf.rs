@@ -143,7 +143,8 @@ impl KernelBtf {
             path: path.clone(),
             reason: e.to_string(),
         };
-        let bytes = std::fs::read(&path).map_err(|e| unreadable(&e))?;
+        // Same wording as btf-rs's own read errors (the message users see).
+        let bytes = std::fs::read(&path).map_err(|e| unreadable(&format!("i/o error: {e}")))?;
         let btf = Btf::from_bytes(&bytes).map_err(|e| unreadable(&e))?;
         Ok(KernelBtf {
             btf,
