@@ -383,7 +383,8 @@ fn check_ids(exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
 }
 
 /// alloc ≤ online ≤ offline ≤ released ≤ free, and the ID goes after offline
-/// started (`mem_cgroup_css_offline()` → `mem_cgroup_id_put()`).
+/// started (`mem_cgroup_css_offline()` → `mem_cgroup_id_put()`) but before the
+/// memcg is released: pinned memcgs give their ID back while still dying.
 fn check_order(ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
     let mut problems = Vec::new();
     for (name, ls) in ours {
@@ -398,6 +399,12 @@ fn check_order(ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
             if let (Some(off), Some(id)) = (l.first("offline"), l.first("id_release")) {
                 if id.ts_ns < off.ts_ns {
                     problems.push(format!("{name}: id_release before offline"));
+                }
+            }
+            // 4.6+: the ID goes at offline, not when the (pinned) memcg is released.
+            if let (Some(id), Some(rel)) = (l.first("id_release"), l.first("released")) {
+                if id.ts_ns > rel.ts_ns {
+                    problems.push(format!("{name}: id_release after released"));
                 }
             }
         }

@@ -289,3 +289,19 @@ fn untracked_memcgs_fail_a_vm_but_not_the_host() {
     o.snapshot = Some(json!({"zombies": 2, "dying": 2}));
     assert_eq!(judge(&o, &e, &r)["status"], "pass");
 }
+
+#[test]
+fn the_id_must_go_at_offline_not_at_release() {
+    let r = report(&["kprobe"], &[]);
+    let mut o = observation("kprobe", true, true);
+    for e in o.events.iter_mut().filter(|e| e.kind == "id_release") {
+        e.ts_ns += 100;
+    }
+    let v = judge(&o, &expect(true), &r);
+    assert!(
+        failed_checks(&v)
+            .iter()
+            .any(|c| c.contains("id_release after released")),
+        "{v:#}"
+    );
+}
