@@ -161,6 +161,14 @@ pub fn memory_hierarchies(root: &Path) -> Result<Vec<MemoryHierarchy>, CgroupfsE
     Ok(out)
 }
 
+/// The hierarchy to create memory cgroups in: the v1 `memory` hierarchy when
+/// mounted, else cgroup2 with the memory controller.
+pub fn preferred_memory_hierarchy(root: &Path) -> Result<MemoryHierarchy, CgroupfsError> {
+    let mut all = memory_hierarchies(root)?;
+    all.sort_by_key(|h| h.version != CgroupVersion::V1);
+    Ok(all.swap_remove(0))
+}
+
 /// Every directory of a hierarchy, parents before children. Directories that
 /// vanish during the walk are skipped.
 pub fn scan(h: &MemoryHierarchy) -> Result<Vec<Dir>, CgroupfsError> {

@@ -301,26 +301,5 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
 
 /// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
 fn memory_root() -> Result<PathBuf> {
-    let mi = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut v2 = None;
-    for line in mi.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mount = pre.split(' ').nth(4).unwrap_or_default();
-        let mut post = post.split(' ');
-        let fstype = post.next().unwrap_or_default();
-        let opts = post.nth(1).unwrap_or_default();
-        if fstype == "cgroup" && opts.split(',').any(|o| o == "memory") {
-            return Ok(PathBuf::from(mount));
-        }
-        if fstype == "cgroup2" {
-            let ctrl =
-                fs::read_to_string(Path::new(mount).join("cgroup.controllers")).unwrap_or_default();
-            if ctrl.split_whitespace().any(|c| c == "memory") {
-                v2 = Some(PathBuf::from(mount));
-            }
-        }
-    }
-    v2.context("no memory cgroup controller mounted")
+    Ok(kmem_trace::cgroupfs::preferred_memory_hierarchy(Path::new("/"))?.mount)
 }

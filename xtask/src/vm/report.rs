@@ -202,38 +202,8 @@ fn failure_details(runs: &[RunResult]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    fn run(release: &str, boot: &str, status: &str) -> RunResult {
-        let pts = |kmem: u64| {
-            json!({
-                "alloc": {"status": "pass", "expected": 20, "got": 20},
-                "online": {"status": "pass", "expected": 20, "got": 20},
-                "offline": {"status": status, "expected": 20, "got": 0},
-                "released": {"status": "pass", "expected": 20, "got": 20},
-                "free": {"status": "pass", "expected": 20, "got": 20},
-                "id_release": {"status": "blind", "expected": 0, "got": 0},
-                "kmem_activate": {"status": "pass", "expected": kmem, "got": kmem},
-            })
-        };
-        let mut r = RunResult {
-            label: format!("{release} {boot}"),
-            release: release.into(),
-            kernel: release.into(),
-            boot: boot.into(),
-            cgroup: "v1".into(),
-            families: vec!["tracepoint".into()],
-            cells: vec![json!({"family": "tracepoint", "status": status,
-                               "points": pts(if boot == "nokmem" { 0 } else { 20 }),
-                               "checks": [{"name": "memcg IDs", "ok": true}]})],
-            done: Some(status == "pass"),
-            ..RunResult::default()
-        };
-        r.finish();
-        r
-    }
+    use crate::vm::results::sample_run as run;
 
     #[test]
     fn matrix_shows_counts_blind_points_kmem_and_failures() {
