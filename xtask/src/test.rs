@@ -23,6 +23,9 @@ pub struct TestArgs {
 const TEST_PACKAGES: &[&str] = &["bpftool", "util-linux", "tmux", "chromium", "prometheus"];
 
 pub fn run(args: &TestArgs) -> Result<()> {
+    if !util::is_root() {
+        return rerun_as_root(args);
+    }
     crate::setup::run_setup(false)?;
     crate::setup::apt_install(TEST_PACKAGES, false)?;
     let root = util::root();
@@ -81,4 +84,19 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     eprintln!("xtask test: all steps passed");
     Ok(())
+}
+
+/// The root integration tests and the VM matrix need root: run the whole suite
+/// under sudo, keeping the caller's toolchain on PATH (files it builds in
+/// target/ are then owned by root).
+fn rerun_as_root(args: &TestArgs) -> Result<()> {
+    eprintln!("xtask test: the suite needs root (cgroups, BPF); running it with sudo");
+    let mut c = Command::new("sudo");
+    c.arg("--preserve-env=PATH,HOME,CARGO_HOME,RUSTUP_HOME,RUSTUP_TOOLCHAIN,CARGO")
+        .arg(std::env::current_exe()?)
+        .arg("test");
+    if !args.skip.is_empty() {
+        c.arg("--skip").arg(args.skip.join(","));
+    }
+    sh(&mut c)
 }
