@@ -29,9 +29,14 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
+            // Causes that the message already quotes (thiserror's `{0}` of a
+            // `#[from]` source) are not repeated.
             let mut msg = format!("{e}");
             for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                let cause = cause.to_string();
+                if !msg.contains(&cause) {
+                    msg.push_str(&format!(": {cause}"));
+                }
             }
             let _ = writeln!(std::io::stderr(), "kmem-trace: {msg}");
             ExitCode::FAILURE

@@ -124,3 +124,83 @@ fn truncated_and_corrupt_recordings_are_errors() {
         }
     }
 }
+
+/// Path fragments real cgroup trees use, recombined with random noise so the
+/// parser meets near-misses of every layout it knows.
+const FRAGMENTS: &[&str] = &[
+    "kubepods",
+    "kubepods.slice",
+    "burstable",
+    "besteffort",
+    "kubepods-burstable.slice",
+    "kubepods-besteffort.slice",
+    "kubepods-burstable-pod0d2a5c4e_1b2c_4d5e_8f90_123456789abc.slice",
+    "kubepods-pod0d2a5c4e_1b2c_4d5e_8f90_123456789abc.slice",
+    "pod0d2a5c4e-1b2c-4d5e-8f90-123456789abc",
+    "pod",
+    "cri-containerd-4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c.scope",
+    "docker-4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c.scope",
+    "crio-4f1c2d3e.scope",
+    "crio-conmon-4f1c.scope",
+    "libpod-abc.scope",
+    "docker",
+    "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c",
+    "system.slice",
+    "containerd.service",
+    "kubepods-burstable-pod0d2a5c4e_1b2c.slice:cri-containerd:4f1c2d3e",
+    ":cri-containerd:",
+    "user.slice",
+    "user-1000.slice",
+    "session-3.scope",
+    "",
+    ".",
+    "..",
+    "-",
+    "_",
+    ".scope",
+    ".slice",
+    "pod_",
+    "ü",
+    "\u{0}",
+];
+
+#[test]
+fn ten_million_generated_cgroup_paths_never_panic() {
+    use kmem_trace::attribution::path::{parse, Owner};
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let total = cases();
+    let mut kinds = [0u64; 4];
+    let mut path = String::with_capacity(256);
+    for _ in 0..total {
+        path.clear();
+        for _ in 0..=rng.below(7) {
+            path.push('/');
+            match rng.below(8) {
+                0 => {
+                    // random printable noise, sometimes glued to a fragment
+                    for _ in 0..rng.below(12) {
+                        path.push((b' ' + rng.below(95) as u8) as char);
+                    }
+                }
+                1 => {
+                    let f = FRAGMENTS[rng.below(FRAGMENTS.len())];
+                    let cut = rng.below(f.len() + 1);
+                    path.push_str(f.get(..cut).unwrap_or(f));
+                }
+                _ => path.push_str(FRAGMENTS[rng.below(FRAGMENTS.len())]),
+            }
+        }
+        let owner = parse(&path);
+        // The accessors must hold for whatever came out.
+        let _ = (owner.container_id(), owner.runtime(), owner.pod_uid());
+        kinds[match owner {
+            Owner::Pod(_) => 0,
+            Owner::Container { .. } => 1,
+            Owner::Systemd { .. } => 2,
+            Owner::Path { .. } => 3,
+        }] += 1;
+    }
+    assert_eq!(kinds.iter().sum::<u64>(), total);
+    // The generator reaches every kind of owner.
+    assert!(kinds.iter().all(|k| *k > 0), "{kinds:?}");
+}

@@ -263,3 +263,151 @@ fn no_memory_controller_mounted_is_a_clear_error() {
          `memory` or cgroup2 with the memory controller"
     );
 }
+
+/// A history file that is not a database, for `zombies` and `watch`.
+fn corrupt_db() -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("kmem-trace-corrupt-{}.db", std::process::id()));
+    std::fs::write(
+        &p,
+        b"SQLite format 3\0but then garbage, not a database at all".repeat(100),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_corrupt_history_database_is_named_with_the_fix() {
+    let db = corrupt_db();
+    let want = format!(
+        "kmem-trace: history database {} is not a SQLite database (corrupt, or another file); move it aside \
+         or pass another --db PATH",
+        db.display()
+    );
+    let (code, err) = run(&["zombies", "--db", db.to_str().unwrap()]);
+    assert_eq!((code, err.trim()), (Some(1), want.as_str()));
+    if require_root("a_corrupt_history_database_is_named_with_the_fix (watch)") {
+        let (code, err) = run(&["watch", "--duration", "1s", "--db", db.to_str().unwrap()]);
+        assert_eq!(
+            (code, err.lines().last().unwrap_or_default()),
+            (Some(1), want.as_str()),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(&db).unwrap();
+}
+
+#[test]
+fn a_locked_history_database_is_named_with_the_fix() {
+    let db = std::env::temp_dir().join(format!("kmem-trace-locked-{}.db", std::process::id()));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE t(x); BEGIN EXCLUSIVE; INSERT INTO t VALUES (1);")
+        .unwrap();
+    let want = format!(
+        "kmem-trace: history database {} is locked by another process (another kmem-trace writing it?); stop \
+         that one, or pass another --db PATH",
+        db.display()
+    );
+    let (code, err) = run(&["zombies", "--db", db.to_str().unwrap()]);
+    assert_eq!((code, err.trim()), (Some(1), want.as_str()));
+    drop(conn);
+    let _ = std::fs::remove_file(&db);
+}
+
+/// `kmem-trace zombies --json --db DB` entries whose path lies under `parent`.
+fn our_zombies(db: &std::path::Path, parent: &str) -> Vec<Value> {
+    let out = Command::new(kmem_trace_bin().unwrap())
+        .args(["zombies", "--json", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "zombies: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prefix = format!("/{parent}/");
+    v["zombies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|z| z["path"].as_str().is_some_and(|p| p.starts_with(&prefix)))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
+    if !require_root("kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice") {
+        return;
+    }
+    const N: usize = 40;
+    let mut parent = TestParent::new("kill9").unwrap();
+    let scratch = std::env::temp_dir().join(format!("kmem-trace-kill9-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let db = scratch.join("history.db");
+    let shm = std::path::PathBuf::from(format!("/dev/shm/{}", parent.name));
+    std::fs::create_dir_all(&shm).unwrap();
+    let args = [
+        "watch",
+        "--json",
+        "--db",
+        db.to_str().unwrap(),
+        "--zombie-after",
+        "1s",
+    ];
+    let mut tracer = Tracer::start(&args).unwrap();
+    // Every third memcg keeps a tmpfs file: it stays dying after rmdir.
+    let pinned = |i: usize| i % 3 == 0;
+    let mut killed = false;
+    for i in 0..N {
+        let cg = parent.child(&format!("c{i}")).unwrap();
+        let f = shm.join(format!("f{i}"));
+        parent.track_file(&f);
+        parent
+            .run_in(&cg, &format!("head -c 65536 /dev/zero > '{}'", f.display()))
+            .unwrap();
+        if !pinned(i) {
+            std::fs::remove_file(&f).unwrap();
+        }
+        parent.rmdir(&cg).unwrap();
+        if i == N / 2 {
+            // Let the writer flush a batch, then kill the tracer mid-churn.
+            std::thread::sleep(Duration::from_millis(1500));
+            let (code, _) = tracer.stop_with(libc::SIGKILL).unwrap();
+            assert_eq!(code, None, "killed by a signal, no exit code");
+            killed = true;
+        }
+    }
+    assert!(killed);
+    // Restart: the census finds the dying memcgs, the history keeps what was known.
+    let mut tracer = Tracer::start(&args).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, _) = tracer.stop().unwrap();
+    assert_eq!(code, Some(0), "{:?}", tracer.stderr);
+
+    let zombies = our_zombies(&db, &parent.name);
+    let mut paths: Vec<&str> = zombies.iter().filter_map(|z| z["path"].as_str()).collect();
+    paths.sort();
+    let mut want: Vec<String> = (0..N)
+        .filter(|i| pinned(*i))
+        .map(|i| format!("/{}/c{i}", parent.name))
+        .collect();
+    want.sort();
+    assert_eq!(
+        paths,
+        want.iter().map(String::as_str).collect::<Vec<_>>(),
+        "no zombie lost, none twice"
+    );
+    // Memcgs created before the kill keep their creator from the history.
+    let first = zombies
+        .iter()
+        .find(|z| z["path"].as_str() == Some(&format!("/{}/c0", parent.name)))
+        .unwrap();
+    assert!(
+        first.to_string().contains("\"sh\""),
+        "creator/resident of c0 kept: {first}"
+    );
+    let _ = std::fs::remove_dir_all(&shm);
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -47,6 +47,10 @@ pub enum StoreError {
     Missing(String),
     #[error("history database: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("history database {0} is not a SQLite database (corrupt, or another file); move it aside or pass another --db PATH")]
+    NotADatabase(String),
+    #[error("history database {0} is locked by another process (another kmem-trace writing it?); stop that one, or pass another --db PATH")]
+    Locked(String),
     #[error("history database has schema version {found}, newer than this kmem-trace understands ({supported}); upgrade kmem-trace or pass another --db")]
     Newer { found: u32, supported: u32 },
     #[error("history database row is malformed: {0}")]
@@ -138,6 +142,21 @@ impl Store {
     }
 
     fn connect(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
+        Self::connect_inner(path, flags).map_err(|e| match e {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) => match f.code {
+                rusqlite::ErrorCode::NotADatabase => {
+                    StoreError::NotADatabase(path.display().to_string())
+                }
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                _ => StoreError::Sql(rusqlite::Error::SqliteFailure(f, None)),
+            },
+            e => e,
+        })
+    }
+
+    fn connect_inner(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
         let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|e| match e {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
