@@ -358,7 +358,7 @@ fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
     ];
     let mut tracer = Tracer::start(&args).unwrap();
     // Every third memcg keeps a tmpfs file: it stays dying after rmdir.
-    let pinned = |i: usize| i % 3 == 0;
+    let pinned = |i: usize| i.is_multiple_of(3);
     let mut killed = false;
     for i in 0..N {
         let cg = parent.child(&format!("c{i}")).unwrap();
