@@ -156,6 +156,10 @@ pub struct ReportArgs {
     /// A memcg dying for longer than this is a zombie.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
     pub zombie_after: Duration,
+    /// Replace pod and container names, images, pod UIDs, container IDs and
+    /// the hostname with pseudonyms (`pod-1`, `cid-2`, ...), to share the report.
+    #[arg(long)]
+    pub redact: bool,
 }
 
 /// Attribution and history options of `watch`.

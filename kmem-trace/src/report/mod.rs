@@ -8,6 +8,7 @@
 pub mod html;
 pub mod md;
 pub mod model;
+pub mod redact;
 pub mod svg;
 pub mod timeline;
 
@@ -192,8 +193,17 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
         bpf: !args.no_bpf,
         zombie_after: args.zombie_after,
     };
-    let report = gather(&cfg)?;
-    let text = render(&report, args.format)?;
+    let mut report = gather(&cfg)?;
+    let text = if args.redact {
+        let redactor = redact::Redactor::for_report(&report);
+        report.notes.push(format!(
+            "Redacted: {} names of pods, containers, images, IDs and the node are replaced by pseudonyms.",
+            redactor.len()
+        ));
+        redactor.apply(&render(&report, args.format)?)
+    } else {
+        render(&report, args.format)?
+    };
     match &args.output {
         Some(path) => {
             std::fs::write(path, text).map_err(|source| ReportError::Write {

@@ -259,3 +259,35 @@ fn without_history_or_zombies_the_report_still_says_something() {
         r.verdict.text
     );
 }
+
+#[test]
+fn redaction_hides_workload_names_in_every_format() {
+    let r = model::build(inputs("centos7-kmem-leak"));
+    let redactor = redact::Redactor::for_report(&r);
+    assert!(!redactor.is_empty());
+    for format in [ReportFormat::Md, ReportFormat::Html, ReportFormat::Json] {
+        let plain = render(&r, format).unwrap();
+        assert!(
+            plain.contains("web-7d4b9"),
+            "{format:?} names the pod before redaction"
+        );
+        let text = redactor.apply(&plain);
+        for secret in [
+            "web-7d4b9",
+            "nginx",
+            "alert(1)",
+            "registry.example/shop/web:1.4",
+            "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d",
+            "5b2ae0e6-4d1",
+            &format!("{:064x}", 0xabc1u64),
+        ] {
+            assert!(!text.contains(secret), "{format:?} still shows {secret}");
+        }
+        assert!(
+            text.contains("pod-1"),
+            "{format:?}: pseudonyms replace names"
+        );
+        // Facts that are not identities stay.
+        assert!(text.contains("shop"), "{format:?}: namespaces stay");
+    }
+}
