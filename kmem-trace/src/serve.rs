@@ -82,6 +82,7 @@ impl Output for Headless {
         &mut self,
         _ev: &crate::decode::TraceEvent,
         _applied: &crate::lifecycle::Applied,
+        _owner: Option<&crate::attribution::Attribution>,
     ) -> Result<(), OutputError> {
         Ok(())
     }

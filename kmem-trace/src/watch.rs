@@ -122,7 +122,7 @@ impl<'o> Pipeline<'o> {
         if let Some(h) = self.history.as_mut() {
             h.observe(&applied, owner.as_ref());
         }
-        self.out.event_with_owner(ev, &applied, owner.as_deref())?;
+        self.out.event(ev, &applied, owner.as_deref())?;
         Ok(())
     }
 

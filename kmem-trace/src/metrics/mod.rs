@@ -294,7 +294,12 @@ impl MetricsOutput {
 }
 
 impl Output for MetricsOutput {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
+    fn event(
+        &mut self,
+        ev: &TraceEvent,
+        applied: &Applied,
+        _owner: Option<&Attribution>,
+    ) -> Result<(), OutputError> {
         self.m
             .events
             .get_or_create(&KindLabel {
@@ -309,15 +314,6 @@ impl Output for MetricsOutput {
             }
         }
         Ok(())
-    }
-
-    fn event_with_owner(
-        &mut self,
-        ev: &TraceEvent,
-        applied: &Applied,
-        _owner: Option<&Attribution>,
-    ) -> Result<(), OutputError> {
-        self.event(ev, applied)
     }
 
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {

@@ -91,11 +91,7 @@ impl<W: Write> JsonOutput<W> {
 }
 
 impl<W: Write> Output for JsonOutput<W> {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
-        self.event_with_owner(ev, applied, None)
-    }
-
-    fn event_with_owner(
+    fn event(
         &mut self,
         ev: &TraceEvent,
         applied: &Applied,
@@ -234,8 +230,8 @@ mod tests {
         };
         let owner = Attribution::of_path("/system.slice/cron.service");
         let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
-        out.event_with_owner(&ev, &applied, Some(&owner)).unwrap();
-        out.event(&ev, &applied).unwrap();
+        out.event(&ev, &applied, Some(&owner)).unwrap();
+        out.event(&ev, &applied, None).unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

@@ -50,22 +50,13 @@ impl<W: Write> LineOutput<W> {
         applied: &Applied,
         owner: Option<&Attribution>,
     ) -> String {
-        let id = applied
-            .memcg_id
-            .or(ev.memcg_id())
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "?".into());
-        let path = applied
-            .path
-            .as_deref()
-            .map(str::to_string)
-            .unwrap_or_else(|| ev.name().into_owned());
+        let (id, path) = super::id_and_path(ev, applied);
         let mut s = format!(
             "{} {:<13} id={:<5} {}  pid {} ({}) <- {} ({})",
             self.clock.hms(ev.ts_ns()),
             ev.kind.name(),
             id,
-            if path.is_empty() { "?" } else { &path },
+            path,
             ev.raw.tgid,
             ev.comm(),
             ev.raw.ppid,
@@ -136,11 +127,7 @@ impl<W: Write> LineOutput<W> {
 }
 
 impl<W: Write> Output for LineOutput<W> {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
-        self.event_with_owner(ev, applied, None)
-    }
-
-    fn event_with_owner(
+    fn event(
         &mut self,
         ev: &TraceEvent,
         applied: &Applied,

@@ -104,17 +104,14 @@ pub struct Snapshot<'a> {
 
 /// Where events, headers and the summary go.
 pub trait Output {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError>;
-    /// An event with the owner of its memcg (the attribution stage's view);
-    /// outputs that show owners override it.
-    fn event_with_owner(
+    /// One event, with what the lifecycle made of it and the owner of its
+    /// memcg (the attribution stage's view, when known).
+    fn event(
         &mut self,
         ev: &TraceEvent,
         applied: &Applied,
-        _owner: Option<&Attribution>,
-    ) -> Result<(), OutputError> {
-        self.event(ev, applied)
-    }
+        owner: Option<&Attribution>,
+    ) -> Result<(), OutputError>;
     /// Memcgs per owner kind, sent before each [`Output::status`].
     fn owners(&mut self, _counts: &OwnerCounts) -> Result<(), OutputError> {
         Ok(())
@@ -131,6 +128,24 @@ pub trait Output {
     fn key(&mut self, _key: tui::Key) -> Result<bool, OutputError> {
         Ok(true)
     }
+}
+
+/// The memcg ID and path an event line shows: what the lifecycle resolved,
+/// else what the event itself carries, `?` where neither knows.
+pub fn id_and_path(ev: &TraceEvent, applied: &Applied) -> (String, String) {
+    let id = applied
+        .memcg_id
+        .or(ev.memcg_id())
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "?".into());
+    let path = match applied.path.as_deref() {
+        Some(p) if !p.is_empty() => p.to_string(),
+        _ => match ev.name() {
+            n if n.is_empty() => "?".into(),
+            n => n.into_owned(),
+        },
+    };
+    (id, path)
 }
 
 /// Bytes of a page (counters are kept in pages).

@@ -15,18 +15,14 @@ pub struct Tee<'a> {
 }
 
 impl Output for Tee<'_> {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
-        self.event_with_owner(ev, applied, None)
-    }
-
-    fn event_with_owner(
+    fn event(
         &mut self,
         ev: &TraceEvent,
         applied: &Applied,
         owner: Option<&Attribution>,
     ) -> Result<(), OutputError> {
-        self.first.event_with_owner(ev, applied, owner)?;
-        self.second.event_with_owner(ev, applied, owner)
+        self.first.event(ev, applied, owner)?;
+        self.second.event(ev, applied, owner)
     }
 
     fn owners(&mut self, counts: &OwnerCounts) -> Result<(), OutputError> {

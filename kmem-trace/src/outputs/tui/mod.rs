@@ -77,22 +77,13 @@ impl TuiOutput {
         applied: &Applied,
         owner: Option<&Attribution>,
     ) -> String {
-        let id = applied
-            .memcg_id
-            .or(ev.memcg_id())
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "?".into());
-        let path = applied
-            .path
-            .as_deref()
-            .map(str::to_string)
-            .unwrap_or_else(|| ev.name().into_owned());
+        let (id, path) = super::id_and_path(ev, applied);
         let mut s = format!(
             "{} {:<12} id={:<5} {}",
             self.clock.hms(ev.ts_ns()),
             ev.kind.name(),
             id,
-            if path.is_empty() { "?" } else { &path },
+            path,
         );
         if let Some(o) = owner.filter(|o| o.owner.kind() != "path") {
             s.push_str(&format!("  [{}]", o.label()));
@@ -109,11 +100,7 @@ impl TuiOutput {
 }
 
 impl Output for TuiOutput {
-    fn event(&mut self, ev: &TraceEvent, applied: &Applied) -> Result<(), OutputError> {
-        self.event_with_owner(ev, applied, None)
-    }
-
-    fn event_with_owner(
+    fn event(
         &mut self,
         ev: &TraceEvent,
         applied: &Applied,

@@ -36,10 +36,7 @@ fn screen(m: &Model, w: u16, h: u16) -> String {
 struct ModelOutput(Model);
 
 impl Output for ModelOutput {
-    fn event(&mut self, ev: &TraceEvent, a: &Applied) -> Result<(), OutputError> {
-        self.event_with_owner(ev, a, None)
-    }
-    fn event_with_owner(
+    fn event(
         &mut self,
         ev: &TraceEvent,
         a: &Applied,
