@@ -59,13 +59,21 @@ pub struct ProbeArgs {
     pub force_symbol: Vec<(Point, String)>,
 }
 
-#[derive(Debug, Args)]
-pub struct WatchArgs {
-    #[command(flatten)]
-    pub probe: ProbeArgs,
-    /// One JSON object per line per event, then a summary object.
-    #[arg(long)]
-    pub json: bool,
+impl ProbeArgs {
+    /// The probe settings these flags ask for.
+    pub fn config(&self) -> crate::probes::ProbeConfig {
+        crate::probes::ProbeConfig {
+            mode: self.hooks,
+            btf: self.btf.clone(),
+            forced_symbols: self.force_symbol.clone(),
+            ..crate::probes::ProbeConfig::default()
+        }
+    }
+}
+
+/// How long a tracer runs and how it judges what it sees (`watch`, `serve`).
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_duration, value_name = "D")]
     pub duration: Option<Duration>,
@@ -78,6 +86,17 @@ pub struct WatchArgs {
     /// Ring-buffer size in bytes (power of two, at least 4096).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
     pub ring_buffer_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+    /// One JSON object per line per event, then a summary object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Also write every raw event to FILE (replay it with `kmem-trace replay`).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -107,18 +126,8 @@ pub struct ServeArgs {
     /// Namespaces with their own zombies_by_namespace series; the rest are summed as `other`.
     #[arg(long, default_value_t = crate::metrics::DEFAULT_TOP_NAMESPACES, value_name = "N")]
     pub top_namespaces: usize,
-    /// Stop after this long (e.g. 30s, 5m); default: until SIGTERM or Ctrl-C.
-    #[arg(long, value_parser = parse_duration, value_name = "D")]
-    pub duration: Option<Duration>,
-    /// A memcg dying for longer than this is a zombie.
-    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
-    pub zombie_after: Duration,
-    /// Size of the memcg ID space.
-    #[arg(long, default_value_t = kmem_trace_common::MEMCG_ID_MAX, value_name = "N")]
-    pub id_limit: u32,
-    /// Ring-buffer size in bytes (power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
-    pub ring_buffer_size: u32,
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Where the host's / is mounted (a DaemonSet): container runtime state is read under it.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub host_root: PathBuf,

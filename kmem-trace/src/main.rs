@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use kmem_trace::{
-    cli::{Cli, Command, ProbeArgs, ProbesArgs, ReplayArgs, WatchArgs},
+    cli::{Cli, Command, ProbesArgs, ReplayArgs, WatchArgs},
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{json::JsonOutput, line::LineOutput, Clock, Output},
     probes::{ProbeConfig, Probes},
@@ -61,15 +61,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn probe_config(p: &ProbeArgs) -> ProbeConfig {
-    ProbeConfig {
-        mode: p.hooks,
-        btf: p.btf.clone(),
-        forced_symbols: p.force_symbol.clone(),
-        ..ProbeConfig::default()
-    }
-}
-
 fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     // Bound before the probes load, so a bad or taken address fails at once.
     let exporter = args
@@ -84,28 +75,14 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
         })
         .transpose()?;
     let residents = args.history.residents;
-    let cfg = watch::WatchConfig {
-        probe: ProbeConfig {
-            ring_bytes: args.ring_buffer_size,
-            // The kernel counts attach, fork and exec alike: leave room for execs.
-            max_residents: residents.saturating_mul(2),
-            ..probe_config(&args.probe)
-        },
-        lifecycle: LifecycleConfig {
-            zombie_after_ns: args.zombie_after.as_nanos() as u64,
-            id_limit: args.id_limit,
-            max_residents: residents as usize,
-            ..LifecycleConfig::default()
-        },
-        history: kmem_trace::store::feed::HistoryConfig::from_args(&args.history),
-        duration: args.duration,
-        record: args.record.clone(),
-        tick: Duration::from_millis(if std::io::stdout().is_terminal() {
-            250
-        } else {
-            1000
-        }),
-    };
+    let tick = Duration::from_millis(if std::io::stdout().is_terminal() {
+        250
+    } else {
+        1000
+    });
+    let history = kmem_trace::store::feed::HistoryConfig::from_args(&args.history);
+    let mut cfg = watch::WatchConfig::new(&args.probe, &args.run, history, residents, tick);
+    cfg.record = args.record.clone();
     let (probes, mut lifecycle) = watch::start(&cfg)?;
     let (attribution, history, restored) = watch::prepare(&cfg, &mut lifecycle)?;
     if let Some(addr) = exporter.as_ref().and_then(|x| x.local_addr()) {
@@ -134,7 +111,7 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
 fn cmd_probes(args: ProbesArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     let cfg = ProbeConfig {
         try_all: true,
-        ..probe_config(&args.probe)
+        ..args.probe.config()
     };
     let mut probes = Probes::start(&cfg)?;
     probes.detach();

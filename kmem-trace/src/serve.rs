@@ -13,13 +13,13 @@ use std::{
 use crate::{
     attribution::{Attributor, RuntimeRoots},
     cli::ServeArgs,
-    lifecycle::{Lifecycle, LifecycleConfig},
+    lifecycle::Lifecycle,
     metrics::{http::Server, listen_addr, Metrics, MetricsError, MetricsOutput},
     outputs::{
         json::JsonOutput, line::LineOutput, tee::Tee, tui, Clock, HookLabels, Output, OutputError,
         Status, Summary,
     },
-    probes::{ProbeConfig, Probes},
+    probes::Probes,
     store::feed::{HistoryConfig, HistoryFeed, Restored},
     watch::{self, WatchConfig, WatchError},
 };
@@ -231,26 +231,13 @@ pub fn command(args: &ServeArgs, verbose: bool) -> Result<ExitCode, ServeError> 
     let residents = args.history.residents;
     let mut history = HistoryConfig::from_args(&args.history);
     history.runtime_roots = host_runtime_roots(&args.host_root, &args.history.runtime_root);
-    let cfg = WatchConfig {
-        probe: ProbeConfig {
-            mode: args.probe.hooks,
-            btf: args.probe.btf.clone(),
-            forced_symbols: args.probe.force_symbol.clone(),
-            ring_bytes: args.ring_buffer_size,
-            max_residents: residents.saturating_mul(2),
-            ..ProbeConfig::default()
-        },
-        lifecycle: LifecycleConfig {
-            zombie_after_ns: args.zombie_after.as_nanos() as u64,
-            id_limit: args.id_limit,
-            max_residents: residents as usize,
-            ..LifecycleConfig::default()
-        },
+    let cfg = WatchConfig::new(
+        &args.probe,
+        &args.run,
         history,
-        duration: args.duration,
-        record: None,
-        tick: Duration::from_secs(1),
-    };
+        residents,
+        Duration::from_secs(1),
+    );
     let (probes, mut lifecycle) = watch::start(&cfg)?;
     let (attribution, feed, restored) = watch::prepare(&cfg, &mut lifecycle)?;
     if let Some(addr) = exporter.local_addr() {

@@ -13,6 +13,7 @@ use std::{
 use crate::{
     attribution::Attributor,
     cgroupfs,
+    cli::{ProbeArgs, RunArgs},
     decode::{self, TraceEvent},
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{tui::Key, Clock, HookLabels, Output, OutputError, Snapshot, Status, Summary},
@@ -206,6 +207,36 @@ pub struct WatchConfig {
     pub tick: Duration,
     /// History database, retention and container runtime roots.
     pub history: HistoryConfig,
+}
+
+impl WatchConfig {
+    /// The settings `watch` and `serve` share, from their command lines.
+    pub fn new(
+        probe: &ProbeArgs,
+        run: &RunArgs,
+        history: HistoryConfig,
+        residents: u32,
+        tick: Duration,
+    ) -> WatchConfig {
+        WatchConfig {
+            probe: ProbeConfig {
+                ring_bytes: run.ring_buffer_size,
+                // The kernel counts attach, fork and exec alike: leave room for execs.
+                max_residents: residents.saturating_mul(2),
+                ..probe.config()
+            },
+            lifecycle: LifecycleConfig {
+                zombie_after_ns: run.zombie_after.as_nanos() as u64,
+                id_limit: run.id_limit,
+                max_residents: residents as usize,
+                ..LifecycleConfig::default()
+            },
+            history,
+            duration: run.duration,
+            record: None,
+            tick,
+        }
+    }
 }
 
 /// Builds the attribution stage and opens the history, restoring what it
