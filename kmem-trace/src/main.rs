@@ -6,12 +6,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use clap::Parser;
 use kmem_trace::{
     cli::{Cli, Command, ProbesArgs, ReplayArgs, WatchArgs},
     lifecycle::{Lifecycle, LifecycleConfig},
-    outputs::{json::JsonOutput, line::LineOutput, Clock, Output},
+    outputs::{json::JsonOutput, line::LineOutput, Output},
     probes::{ProbeConfig, Probes},
     serve, watch,
 };
@@ -128,12 +127,8 @@ fn cmd_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         zombie_after_ns: args.zombie_after.as_nanos() as u64,
         ..LifecycleConfig::default()
     })?;
-    let bytes_header =
-        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let clock = match kmem_trace::decode::decode_recording_lossy(&bytes_header) {
-        Ok((h, _, _)) => Clock::from_offset(h.wall_offset_ns),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", args.file.display())),
-    };
+    let rec = watch::Recording::read(&args.file)?;
+    let clock = rec.clock;
     let stdout = std::io::stdout().lock();
     let mut out: Box<dyn Output> = if args.json {
         Box::new(JsonOutput::new(
@@ -149,6 +144,6 @@ fn cmd_replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             false,
         ))
     };
-    watch::replay(&args.file, lc, out.as_mut())?;
+    watch::replay(&rec, lc, out.as_mut())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -443,26 +443,44 @@ pub async fn run_interactive(
     pipe.finish(status)
 }
 
+/// A recording made with `watch --record`, read whole.
+pub struct Recording {
+    /// Wall clock of the recording machine (its monotonic clock's offset).
+    pub clock: Clock,
+    pub events: Vec<TraceEvent>,
+    /// Bytes after the last complete record (a recorder killed mid-write).
+    pub truncated: usize,
+}
+
+impl Recording {
+    pub fn read(path: &Path) -> Result<Recording, WatchError> {
+        let bytes = std::fs::read(path).map_err(|source| WatchError::File {
+            what: "reading",
+            path: path.into(),
+            source,
+        })?;
+        let (header, events, truncated) = decode::decode_recording_lossy(&bytes)?;
+        Ok(Recording {
+            clock: Clock::from_offset(header.wall_offset_ns),
+            events: events?,
+            truncated,
+        })
+    }
+}
+
 /// Replays a recording through decode → lifecycle → output.
 pub fn replay(
-    path: &Path,
+    rec: &Recording,
     lifecycle: Lifecycle,
     out: &mut dyn Output,
 ) -> Result<Summary, WatchError> {
-    let bytes = std::fs::read(path).map_err(|source| WatchError::File {
-        what: "reading",
-        path: path.into(),
-        source,
-    })?;
-    let (_header, events, rest) = decode::decode_recording_lossy(&bytes)?;
     let mut pipe = Pipeline::new(lifecycle, out);
-    let events = events?;
-    let last_ts = events.last().map(|e| e.ts_ns()).unwrap_or(0);
-    for ev in &events {
+    let last_ts = rec.events.last().map(|e| e.ts_ns()).unwrap_or(0);
+    for ev in &rec.events {
         pipe.feed_event(ev)?;
     }
-    if rest != 0 {
-        pipe.note(&decode::DecodeError::Truncated(rest).to_string())?;
+    if rec.truncated != 0 {
+        pipe.note(&decode::DecodeError::Truncated(rec.truncated).to_string())?;
     }
     let status = Status {
         counts: pipe.lifecycle.counts(last_ts),

@@ -161,7 +161,7 @@ mod tests {
     use crate::{
         lifecycle::{Lifecycle, LifecycleConfig},
         outputs::line::LineOutput,
-        watch::replay,
+        watch::{replay, Recording},
     };
 
     const CHURN: &str = concat!(
@@ -173,7 +173,12 @@ mod tests {
     fn replay_prints_one_object_per_event_then_a_summary() {
         let lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
         let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
-        replay(std::path::Path::new(CHURN), lc, &mut out).unwrap();
+        replay(
+            &Recording::read(std::path::Path::new(CHURN)).unwrap(),
+            lc,
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -202,7 +207,12 @@ mod tests {
     fn piped_line_output_has_no_escape_codes() {
         let lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
         let mut out = LineOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new(), false);
-        replay(std::path::Path::new(CHURN), lc, &mut out).unwrap();
+        replay(
+            &Recording::read(std::path::Path::new(CHURN)).unwrap(),
+            lc,
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out.into_inner()).unwrap();
         assert!(!text.contains('\x1b'));
         assert!(text
