@@ -90,7 +90,35 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let built = target_dir.join("bpfel-unknown-none/release/kmem-trace-ebpf");
-    fs::copy(&built, &dest)?;
+    embed(&built, &dest)?;
+    Ok(())
+}
+
+/// Copies the object without its DWARF (`llvm-objcopy --strip-debug`) when
+/// that tool is there. The DWARF only fed bpf-linker's BTF, which stays
+/// (`.BTF`, `.BTF.ext`); the object is 2 MiB with it and 0.5 MiB without,
+/// and what the loader touches of the embedded copy stays resident in the
+/// tracer (docs/PERFORMANCE.md).
+fn embed(built: &Path, dest: &Path) -> anyhow::Result<()> {
+    let objcopy = find_in_path("llvm-objcopy").or_else(|| {
+        fs::read_dir("/usr/lib")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin/llvm-objcopy"))
+            .find(|p| p.is_file())
+    });
+    if let Some(objcopy) = objcopy {
+        let ok = Command::new(&objcopy)
+            .arg("--strip-debug")
+            .arg(built)
+            .arg(dest)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+    }
+    fs::copy(built, dest)?;
     Ok(())
 }
 

@@ -4,8 +4,13 @@
 //! compile-time size assertions, because both sides read the same bytes.
 #![no_std]
 
-/// Version of the [`Event`] record; bumped whenever its layout changes.
-pub const EVENT_ABI_VERSION: u32 = 1;
+/// Version of the [`Event`] record; bumped whenever its layout or meaning
+/// changes. 2: one record may stand for several lifecycle points
+/// ([`flags::ALSO_ONLINE`], [`flags::ALSO_KMEM_ACTIVATE`]).
+pub const EVENT_ABI_VERSION: u32 = 2;
+/// The oldest record version this code still reads (version 1 records are
+/// version 2 records without the `ALSO_*` flags).
+pub const EVENT_ABI_OLDEST: u32 = 1;
 
 /// Maximum number of bytes of a cgroup leaf name carried in an event.
 /// Long enough for `cri-containerd-<64 hex>.scope` (85 bytes).
@@ -118,6 +123,12 @@ pub mod flags {
     /// [`super::EventKind::Resident`]: sent after the per-memcg resident limit was
     /// reached (at most one per second per memcg), so the last resident stays known.
     pub const OVER_LIMIT: u32 = 1 << 13;
+    /// The record also stands for an [`super::EventKind::Online`] of the same memcg
+    /// at the same time (`cgroup_mkdir` sees alloc and online at once).
+    pub const ALSO_ONLINE: u32 = 1 << 14;
+    /// The record also stands for an inferred [`super::EventKind::KmemActivate`]
+    /// of the same memcg; `aux` is its `kmemcg_id`.
+    pub const ALSO_KMEM_ACTIVATE: u32 = 1 << 15;
 }
 
 /// Entries of the `EMIT` array map: indexed by hook number, each holds the bits

@@ -28,7 +28,7 @@ use kmem_trace_common::{
 };
 
 use crate::{
-    emit::{fill_cgroup, fill_memcg},
+    emit::{fill_cgroup, fill_memcg, zero, Subject},
     read::{lay, memcg_from_css, memcg_of_cgroup, rd, rd_ptr},
 };
 
@@ -228,7 +228,7 @@ fn visit(w: &mut Walk) {
     // SAFETY: `entry` is reserved ring-buffer memory of Event's size.
     let ev = unsafe {
         let p = entry.as_mut_ptr();
-        p.write(Event::ZERO);
+        zero(p);
         &mut *p
     };
     ev.kind = EventKind::Census as u32;
@@ -237,7 +237,7 @@ fn visit(w: &mut Walk) {
         ev.flags |= flags::DYING;
     }
     let memcg = memcg_from_css(css);
-    fill_memcg(ev, memcg, true);
+    fill_memcg(ev, &Subject::new(memcg, 0), true);
     // `memcg->id.ref`: 0 once the ID went back to the kernel (4.6+).
     if let Some(r) = rd::<i32>(memcg, lay!(memcg_id_ref)) {
         ev.aux = r as u32 as u64;
@@ -246,7 +246,7 @@ fn visit(w: &mut Walk) {
     }
     let cgrp = rd_ptr(css, lay!(css_cgroup));
     if cgrp != 0 {
-        fill_cgroup(ev, cgrp);
+        fill_cgroup(ev, cgrp, 0);
     } else {
         ev.flags |= flags::NO_CGROUP;
     }

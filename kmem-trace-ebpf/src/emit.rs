@@ -1,11 +1,14 @@
 //! Filling and submitting ring-buffer events: one place that knows which kernel
-//! fields make up an [`Event`], shared by every hook family.
+//! fields make up an [`Event`], shared by every hook family. Each kernel read
+//! is a helper call (`bpf_probe_read_kernel`), the bulk of a program's cost,
+//! so what a hook already read travels in [`Subject`] instead of being read
+//! again, and one record stands for every lifecycle point a hook sees at once.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-    bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+    bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_comm,
 };
-use kmem_trace_common::{flags, stat, Event, EventKind, ABSENT, LAYOUT_KN_ID_U32};
+use kmem_trace_common::{flags, stat, Event, EventKind, ABSENT, COMM_LEN, LAYOUT_KN_ID_U32};
 
 use crate::{
     maps::{EMIT, EVENTS},
@@ -21,22 +24,36 @@ pub fn enabled(hook: u16, kind: EventKind) -> bool {
     }
 }
 
-/// What a hook knows when it fires.
+/// What a hook knows when it fires, and what it already read.
 pub struct Subject {
     /// `struct mem_cgroup *` (0 if unknown).
     pub memcg: u64,
     /// `struct cgroup *` (0 if unknown).
     pub cgrp: u64,
+    /// `cgrp->root`, when the hook already read it (0: read it when needed).
+    pub root: u64,
+    /// The memcg ID, when the hook already read it.
+    pub memcg_id: Option<u32>,
+    /// Whether kmem accounting is active, when the hook already found out.
+    pub kmem: Option<bool>,
 }
 
 impl Subject {
+    #[inline(always)]
+    pub fn new(memcg: u64, cgrp: u64) -> Subject {
+        Subject {
+            memcg,
+            cgrp,
+            root: 0,
+            memcg_id: None,
+            kmem: None,
+        }
+    }
+
     /// From a memcg css pointer; the cgroup comes from `css->cgroup` (NULL at css_alloc).
     #[inline(always)]
     pub fn from_css(css: u64) -> Subject {
-        Subject {
-            memcg: memcg_from_css(css),
-            cgrp: rd_ptr(css, lay!(css_cgroup)),
-        }
+        Subject::new(memcg_from_css(css), rd_ptr(css, lay!(css_cgroup)))
     }
 }
 
@@ -51,19 +68,61 @@ pub fn emit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u
 /// it for the process that entered the memcg.
 #[inline(always)]
 pub fn emit_as(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
-    if !enabled(hook, kind) {
+    if enabled(hook, kind) {
+        submit(hook, kind, extra_flags, subj, aux, task);
+    }
+}
+
+/// A memcg that is online now (the `cgroup_mkdir` tracepoint sees it
+/// allocated and onlined; an online hook only onlined): alloc (when
+/// `with_alloc`), online and, when kmem accounting came up with it,
+/// kmem_activate (inferred), as one record. The first point the probe table
+/// enabled for this hook is the record's kind, the others ride along as
+/// `ALSO_*` flags, and userspace's decoder turns it back into one event per
+/// point. Three records cost three times the reads and ring-buffer work of one
+/// (docs/PERFORMANCE.md).
+#[inline(always)]
+pub fn emit_online(hook: u16, subj: &mut Subject, with_alloc: bool) {
+    let alloc = with_alloc && enabled(hook, EventKind::Alloc);
+    let online = enabled(hook, EventKind::Online);
+    let want_kmem = enabled(hook, EventKind::KmemActivate);
+    if !(alloc || online || want_kmem) {
         return;
     }
+    let (active, kmemcg_id) = kmem_state(subj.memcg);
+    subj.kmem = Some(active);
+    let kmem = want_kmem && active;
+    let (kind, mut fl) = if alloc {
+        (EventKind::Alloc, 0)
+    } else if online {
+        (EventKind::Online, 0)
+    } else if kmem {
+        (EventKind::KmemActivate, flags::INFERRED)
+    } else {
+        return;
+    };
+    if alloc && online {
+        fl |= flags::ALSO_ONLINE;
+    }
+    if kmem && kind != EventKind::KmemActivate {
+        fl |= flags::ALSO_KMEM_ACTIVATE;
+    }
+    let aux = if kmem { kmemcg_id as i64 as u64 } else { 0 };
+    submit(hook, kind, fl, subj, aux, 0);
+}
+
+/// Reserves, fills and submits one record (the caller checked `enabled`).
+#[inline(always)]
+fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::DROPS);
         return;
     };
     let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points to reserved ring-buffer memory of Event's size.
-    let ev = unsafe {
-        ev.write(Event::ZERO);
-        &mut *ev
-    };
+    zero(ev);
+    // SAFETY: `ev` points to reserved ring-buffer memory of Event's size,
+    // zeroed above (all-zero bits are a valid Event).
+    let ev = unsafe { &mut *ev };
     ev.kind = kind as u32;
     ev.hook = hook;
     ev.flags = extra_flags;
@@ -78,16 +137,32 @@ pub fn emit_as(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux
         // Counters at offline and at free: what the memcg still charged when it
         // went away, and what it held when the kernel finally let it go.
         let counters = kind == EventKind::Offline || kind == EventKind::Free;
-        fill_memcg(ev, subj.memcg, counters);
+        fill_memcg(ev, subj, counters);
     } else {
         ev.flags |= flags::NO_MEMCG;
     }
     if subj.cgrp != 0 {
-        fill_cgroup(ev, subj.cgrp);
+        fill_cgroup(ev, subj.cgrp, subj.root);
     } else {
         ev.flags |= flags::NO_CGROUP;
     }
     entry.submit(0);
+}
+
+/// Zeroes a reserved record with 33 eight-byte stores. `write(Event::ZERO)`
+/// compiled to a call of a byte-at-a-time `memset` loop: 264 iterations,
+/// about a thousand instructions per record (docs/PERFORMANCE.md).
+#[inline(always)]
+pub fn zero(ev: *mut Event) {
+    const _: () = assert!(core::mem::size_of::<Event>() == 33 * 8);
+    let p = ev as *mut u64;
+    macro_rules! words {
+        ($($i:literal)*) => {
+            // SAFETY: `p` points to 33 writable, 8-byte aligned words.
+            $( unsafe { p.add($i).write_volatile(0) }; )*
+        };
+    }
+    words!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
 }
 
 /// pid, tgid and comm of the current task and of its real parent.
@@ -96,8 +171,11 @@ fn fill_task(ev: &mut Event) {
     let pid_tgid = bpf_get_current_pid_tgid();
     ev.pid = pid_tgid as u32;
     ev.tgid = (pid_tgid >> 32) as u32;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    // Straight into the record: aya's wrapper zeroes a stack copy and copies
+    // it byte by byte. On failure the kernel zeroes the buffer.
+    // SAFETY: `ev.comm` is COMM_LEN writable bytes.
+    unsafe {
+        bpf_get_current_comm(ev.comm.as_mut_ptr().cast(), COMM_LEN as u32);
     }
     let task = unsafe { bpf_get_current_task() };
     fill_parent(ev, task);
@@ -126,21 +204,30 @@ pub fn fill_parent(ev: &mut Event, task: u64) {
     rd_buf(parent, lay!(task_comm), &mut ev.pcomm);
 }
 
-/// memcg ID, kmem state and (at offline) page counters.
+/// The memcg's ID (`memcg->id.id`; before 4.6 the css ID).
 #[inline(always)]
-pub fn fill_memcg(ev: &mut Event, memcg: u64, counters: bool) {
-    ev.memcg_addr = memcg;
+pub fn memcg_id(memcg: u64) -> Option<u32> {
     let id_off = lay!(memcg_id);
     if let Some(id) = rd::<i32>(memcg, id_off) {
-        ev.memcg_id = id as u32;
-    } else if id_off == ABSENT {
+        return Some(id as u32);
+    }
+    if id_off == ABSENT {
         // Before 4.6 the memcg ID is the css ID (commit 73f576c04b94 added memcg->id).
         let css = memcg + lay!(memcg_css) as u64;
-        if let Some(id) = rd::<i32>(css, lay!(css_id)) {
-            ev.memcg_id = id as u32;
-        }
+        return rd::<i32>(css, lay!(css_id)).map(|id| id as u32);
     }
-    if kmem_active(memcg) {
+    None
+}
+
+/// memcg ID, kmem state and (at offline and free) page counters.
+#[inline(always)]
+pub fn fill_memcg(ev: &mut Event, subj: &Subject, counters: bool) {
+    let memcg = subj.memcg;
+    ev.memcg_addr = memcg;
+    if let Some(id) = subj.memcg_id.or_else(|| memcg_id(memcg)) {
+        ev.memcg_id = id;
+    }
+    if subj.kmem.unwrap_or_else(|| kmem_active(memcg)) {
         ev.flags |= flags::KMEM_ACTIVE;
     }
     if counters {
@@ -165,21 +252,27 @@ pub fn fill_counters(ev: &mut Event, memcg: u64) {
     }
 }
 
-/// Whether kernel-memory accounting is online for this memcg, from its own state:
+/// Whether kernel-memory accounting is online for this memcg, and its
+/// `kmemcg_id` (-1 when none or unreadable), from its own state:
 /// `memcg_online_kmem()` sets `memcg->kmemcg_id` (and, 5.9+, `memcg->objcg`);
 /// with `cgroup.memory=nokmem` it returns early and both stay unset.
 #[inline(always)]
-pub fn kmem_active(memcg: u64) -> bool {
+pub fn kmem_state(memcg: u64) -> (bool, i32) {
     if let Some(id) = rd::<i32>(memcg, lay!(memcg_kmemcg_id)) {
-        return id >= 0;
+        return (id >= 0, id);
     }
-    rd_ptr(memcg, lay!(memcg_objcg)) != 0
+    (rd_ptr(memcg, lay!(memcg_objcg)) != 0, -1)
 }
 
-/// The kernfs node id of a cgroup (the cgroupfs inode number on 64-bit).
+/// See [`kmem_state`].
 #[inline(always)]
-pub fn cgroup_id(cgrp: u64) -> u64 {
-    let kn = rd_ptr(cgrp, lay!(cgroup_kn));
+pub fn kmem_active(memcg: u64) -> bool {
+    kmem_state(memcg).0
+}
+
+/// The id of a kernfs node (the cgroupfs inode number on 64-bit).
+#[inline(always)]
+fn kn_id(kn: u64) -> u64 {
     if lay!(layout_flags) & LAYOUT_KN_ID_U32 != 0 {
         rd::<u32>(kn, lay!(kn_id)).unwrap_or(0) as u64
     } else {
@@ -187,23 +280,41 @@ pub fn cgroup_id(cgrp: u64) -> u64 {
     }
 }
 
-/// cgroup id, parent id, level, hierarchy and leaf name.
+/// The kernfs node id of a cgroup.
 #[inline(always)]
-pub fn fill_cgroup(ev: &mut Event, cgrp: u64) {
+pub fn cgroup_id(cgrp: u64) -> u64 {
+    kn_id(rd_ptr(cgrp, lay!(cgroup_kn)))
+}
+
+/// cgroup id, parent id, level, hierarchy and leaf name. `root` is
+/// `cgrp->root` when the caller already read it.
+#[inline(always)]
+pub fn fill_cgroup(ev: &mut Event, cgrp: u64, root: u64) {
     let kn = rd_ptr(cgrp, lay!(cgroup_kn));
-    ev.cgroup_id = cgroup_id(cgrp);
-    // `cgroup.self.parent` is the parent cgroup's `self` css, which sits at
-    // offset 0 of `struct cgroup`.
-    let parent = rd_ptr(cgrp, lay!(css_parent));
-    if parent != 0 {
-        ev.parent_cgroup_id = cgroup_id(parent);
+    ev.cgroup_id = kn_id(kn);
+    // The parent cgroup's directory is the parent kernfs node (one read less
+    // than `cgroup.self.parent` → `kn`); a hierarchy root's node has none.
+    // Without the member (old BTF naming), go through the parent css, which
+    // is the parent cgroup's `self` at offset 0 of `struct cgroup`.
+    let parent = if lay!(kn_parent) != ABSENT {
+        let pkn = rd_ptr(kn, lay!(kn_parent));
+        (pkn != 0).then(|| kn_id(pkn))
     } else {
-        ev.flags |= flags::ROOT;
+        let parent = rd_ptr(cgrp, lay!(css_parent));
+        (parent != 0).then(|| cgroup_id(parent))
+    };
+    match parent {
+        Some(id) => ev.parent_cgroup_id = id,
+        None => ev.flags |= flags::ROOT,
     }
     if let Some(level) = rd::<i32>(cgrp, lay!(cgroup_level)) {
         ev.level = level as u32;
     }
-    let root = rd_ptr(cgrp, lay!(cgroup_root));
+    let root = if root != 0 {
+        root
+    } else {
+        rd_ptr(cgrp, lay!(cgroup_root))
+    };
     if let Some(h) = rd::<i32>(root, lay!(root_hierarchy_id)) {
         ev.hierarchy_id = h as u32;
     }

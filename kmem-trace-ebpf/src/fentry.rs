@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use kmem_trace_common::{flags, hook, EventKind};
+use kmem_trace_common::{hook, EventKind};
 
 use crate::{
-    emit::{emit, kmem_active, Subject},
+    emit::{emit, emit_online, kmem_active, Subject},
     kprobes::{bad_ptr, on_id_put},
     read::{lay, memcg_from_css, rd},
 };
@@ -18,10 +18,7 @@ use crate::{
 pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
     if let Ok(css) = ctx.ret::<u64>() {
         if !bad_ptr(css) {
-            let subj = Subject {
-                memcg: memcg_from_css(css),
-                cgrp: 0,
-            };
+            let subj = Subject::new(memcg_from_css(css), 0);
             emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
         }
     }
@@ -37,18 +34,7 @@ pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
     if css == 0 || ret != 0 {
         return 0;
     }
-    let subj = Subject::from_css(css);
-    emit(hook::FENTRY_CSS_ONLINE, EventKind::Online, 0, &subj, 0);
-    if kmem_active(subj.memcg) {
-        let kid = rd::<i32>(subj.memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
-        emit(
-            hook::FENTRY_CSS_ONLINE,
-            EventKind::KmemActivate,
-            flags::INFERRED,
-            &subj,
-            kid as i64 as u64,
-        );
-    }
+    emit_online(hook::FENTRY_CSS_ONLINE, &mut Subject::from_css(css), false);
     0
 }
 

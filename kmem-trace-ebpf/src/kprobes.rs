@@ -7,10 +7,10 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use kmem_trace_common::{flags, hook, EventKind};
+use kmem_trace_common::{hook, EventKind};
 
 use crate::{
-    emit::{emit, kmem_active, Subject},
+    emit::{emit, emit_online, kmem_active, Subject},
     maps::STASH,
     read::{lay, memcg_from_css, rd},
 };
@@ -27,10 +27,7 @@ pub fn bad_ptr(p: u64) -> bool {
 pub fn kt_kretprobe_css_alloc(ctx: RetProbeContext) -> u32 {
     let css: u64 = ctx.ret::<u64>();
     if !bad_ptr(css) {
-        let subj = Subject {
-            memcg: memcg_from_css(css),
-            cgrp: 0,
-        };
+        let subj = Subject::new(memcg_from_css(css), 0);
         emit(hook::KPROBE_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
     }
     0
@@ -58,18 +55,7 @@ pub fn kt_kretprobe_css_online(ctx: RetProbeContext) -> u32 {
     if ret != 0 || css == 0 {
         return 0;
     }
-    let subj = Subject::from_css(css);
-    emit(hook::KPROBE_CSS_ONLINE, EventKind::Online, 0, &subj, 0);
-    if kmem_active(subj.memcg) {
-        let kid = rd::<i32>(subj.memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
-        emit(
-            hook::KPROBE_CSS_ONLINE,
-            EventKind::KmemActivate,
-            flags::INFERRED,
-            &subj,
-            kid as i64 as u64,
-        );
-    }
+    emit_online(hook::KPROBE_CSS_ONLINE, &mut Subject::from_css(css), false);
     0
 }
 
@@ -138,10 +124,10 @@ pub fn on_id_put(hook_id: u16, memcg: u64, n: u32) {
         return;
     };
     if refs as u32 == n {
-        let subj = Subject {
+        let subj = Subject::new(
             memcg,
-            cgrp: crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
-        };
+            crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
+        );
         emit(hook_id, EventKind::IdRelease, 0, &subj, n as u64);
     }
 }

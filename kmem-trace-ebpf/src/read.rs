@@ -60,18 +60,22 @@ pub fn memory_subsys_id() -> u32 {
     lay!(memory_subsys_id)
 }
 
-/// True when `cgrp` belongs to a hierarchy the memory controller is bound to
-/// (`cgroup_root.subsys_mask` has the bit): a v1 memory hierarchy or a v2 root
-/// with the controller.
+/// `cgrp->root` when `cgrp` belongs to a hierarchy the memory controller is
+/// bound to (`cgroup_root.subsys_mask` has the bit: a v1 memory hierarchy or
+/// a v2 root with the controller), else 0; the event's fill reuses it.
 #[inline(always)]
-pub fn on_memory_hierarchy(cgrp: u64) -> bool {
+pub fn memory_root(cgrp: u64) -> u64 {
     let root = rd_ptr(cgrp, lay!(cgroup_root));
     let mask: u32 = match rd(root, lay!(root_subsys_mask)) {
         Some(m) => m,
-        None => return false,
+        None => return 0,
     };
     let id = memory_subsys_id();
-    id < 32 && mask & (1u32 << id) != 0
+    if id < 32 && mask & (1u32 << id) != 0 {
+        root
+    } else {
+        0
+    }
 }
 
 /// `cgroup->subsys[memory_cgrp_id]`: the memcg css, NULL when the cgroup has no

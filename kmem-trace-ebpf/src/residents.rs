@@ -15,8 +15,8 @@ use aya_ebpf::{
 use kmem_trace_common::{flags, hook, stat, EventKind, ABSENT};
 
 use crate::{
-    emit::{emit_as, enabled, Subject},
-    read::{count, lay, memory_subsys_id, on_memory_hierarchy, rd, rd_ptr},
+    emit::{emit_as, enabled, memcg_id, Subject},
+    read::{count, lay, memory_root, memory_subsys_id, rd, rd_ptr},
 };
 
 /// Limiter state of one memcg.
@@ -53,13 +53,12 @@ fn task_memcg_css(task: u64) -> u64 {
     rd_ptr(cset, base + id * 8)
 }
 
-/// Whether to report a resident of `memcg`: `Some(extra flags)` or `None`.
+/// Whether to report a resident of the memcg with ID `id`: `Some(extra
+/// flags)` or `None`.
 #[inline(always)]
-fn admit(memcg: u64) -> Option<u32> {
+fn admit(memcg: u64, id: u32) -> Option<u32> {
     let max = lay!(max_residents);
-    let id_off = lay!(memcg_id);
-    let id = rd::<i32>(memcg, id_off).unwrap_or(0) as u32 as u64;
-    let key = [memcg, id];
+    let key = [memcg, id as u64];
     let now = unsafe { bpf_ktime_get_ns() };
     match RESIDENT_LIMIT.get_ptr_mut(&key) {
         Some(p) => {
@@ -94,14 +93,18 @@ fn admit(memcg: u64) -> Option<u32> {
 }
 
 /// Reports `task` as a resident of the memcg css `css` (skipping the root memcg,
-/// where every host process lives).
+/// where every host process lives). `root` is the cgroup root if the hook read it.
 #[inline(always)]
-fn report(hook_id: u16, kind_flags: u32, css: u64, task: u64) {
+fn report(hook_id: u16, kind_flags: u32, css: u64, task: u64, root: u64) {
     if css == 0 || rd_ptr(css, lay!(css_parent)) == 0 {
         return;
     }
-    let subj = Subject::from_css(css);
-    let Some(extra) = admit(subj.memcg) else {
+    let mut subj = Subject::from_css(css);
+    // The ID keys the limiter and goes into the record: read it once.
+    let id = memcg_id(subj.memcg).unwrap_or(0);
+    subj.memcg_id = Some(id);
+    subj.root = root;
+    let Some(extra) = admit(subj.memcg, id) else {
         return;
     };
     let actor = (bpf_get_current_pid_tgid() >> 32) as u64;
@@ -124,15 +127,19 @@ pub fn kt_tp_cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let dst = ctx.arg::<*const u8>(0) as u64;
-    if !on_memory_hierarchy(dst) {
+    let root = memory_root(dst);
+    if root == 0 {
         return 0; // another v1 hierarchy (cpu, pids, ...)
     }
     let task = ctx.arg::<*const u8>(2) as u64;
+    // The task's css_set already points into `dst`: its memcg is dst's, on
+    // the same root.
     report(
         hook::TP_CGROUP_ATTACH,
         flags::ATTACH,
         task_memcg_css(task),
         task,
+        root,
     );
     0
 }
@@ -156,6 +163,7 @@ pub fn kt_tp_process_fork(ctx: BtfTracePointContext) -> i32 {
         flags::FORK,
         task_memcg_css(child),
         child,
+        0,
     );
     0
 }
@@ -173,6 +181,7 @@ pub fn kt_tp_process_exec(ctx: BtfTracePointContext) -> i32 {
         flags::EXEC,
         task_memcg_css(task),
         task,
+        0,
     );
     0
 }

@@ -6,42 +6,29 @@ use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use kmem_trace_common::{flags, hook, EventKind};
+use kmem_trace_common::{hook, EventKind};
 
 use crate::{
-    emit::{emit, kmem_active, Subject},
-    read::{
-        lay, memcg_from_css, memcg_of_cgroup, memory_subsys_id, on_memory_hierarchy, rd, rd_ptr,
-    },
+    emit::{emit, emit_online, Subject},
+    read::{lay, memcg_from_css, memcg_of_cgroup, memory_root, memory_subsys_id, rd, rd_ptr},
 };
 
 /// `cgroup_mkdir` fires at the end of `cgroup_mkdir()`, after `cgroup_create()` has
-/// allocated and onlined every css, so the memcg exists with its ID: alloc and online.
+/// allocated and onlined every css, so the memcg exists with its ID: alloc,
+/// online and (when accounting is on) kmem activation, in one record.
 #[inline(always)]
 fn on_mkdir(hook_id: u16, cgrp: u64) {
-    if !on_memory_hierarchy(cgrp) {
+    let root = memory_root(cgrp);
+    if root == 0 {
         return;
     }
     let css = memcg_of_cgroup(cgrp);
     if css == 0 {
         return; // v2 cgroup without the memory controller enabled
     }
-    let subj = Subject {
-        memcg: memcg_from_css(css),
-        cgrp,
-    };
-    emit(hook_id, EventKind::Alloc, 0, &subj, 0);
-    emit(hook_id, EventKind::Online, 0, &subj, 0);
-    if kmem_active(subj.memcg) {
-        let kmemcg_id = rd::<i32>(subj.memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
-        emit(
-            hook_id,
-            EventKind::KmemActivate,
-            flags::INFERRED,
-            &subj,
-            kmemcg_id as i64 as u64,
-        );
-    }
+    let mut subj = Subject::new(memcg_from_css(css), cgrp);
+    subj.root = root;
+    emit_online(hook_id, &mut subj, true);
 }
 
 /// `cgroup_rmdir` fires in `cgroup_rmdir()` with `cgroup_mutex` held, after
@@ -49,17 +36,16 @@ fn on_mkdir(hook_id: u16, cgrp: u64) {
 /// from a work item and needs the same mutex, so `subsys[]` is still set here.
 #[inline(always)]
 fn on_rmdir(hook_id: u16, cgrp: u64) {
-    if !on_memory_hierarchy(cgrp) {
+    let root = memory_root(cgrp);
+    if root == 0 {
         return;
     }
     let css = memcg_of_cgroup(cgrp);
     if css == 0 {
         return;
     }
-    let subj = Subject {
-        memcg: memcg_from_css(css),
-        cgrp,
-    };
+    let mut subj = Subject::new(memcg_from_css(css), cgrp);
+    subj.root = root;
     emit(hook_id, EventKind::Offline, 0, &subj, 0);
 }
 
@@ -69,10 +55,12 @@ fn on_rmdir(hook_id: u16, cgrp: u64) {
 /// is resolved in userspace from the cgroup id.
 #[inline(always)]
 fn on_release(hook_id: u16, cgrp: u64) {
-    if !on_memory_hierarchy(cgrp) {
+    let root = memory_root(cgrp);
+    if root == 0 {
         return;
     }
-    let subj = Subject { memcg: 0, cgrp };
+    let mut subj = Subject::new(0, cgrp);
+    subj.root = root;
     emit(hook_id, EventKind::Free, 0, &subj, 0);
 }
 

@@ -104,7 +104,7 @@ fn main() {
     let (rss, hwm) = rss_kib();
     let counts = lc.counts(u64::MAX);
     let tracked = lc.memcgs().count();
-    let residents: usize = lc.memcgs().map(|m| m.residents.len()).sum();
+    let residents: usize = lc.memcgs().map(|m| m.residents().len()).sum();
     println!(
         "{}",
         serde_json::json!({

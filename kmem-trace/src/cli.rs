@@ -84,7 +84,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = kmem_trace_common::MEMCG_ID_MAX, value_name = "N")]
     pub id_limit: u32,
     /// Ring-buffer size in bytes (power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size, value_name = "BYTES")]
+    #[arg(long, default_value_t = crate::probes::DEFAULT_RING_BYTES, value_parser = parse_ring_size, value_name = "BYTES")]
     pub ring_buffer_size: u32,
 }
 

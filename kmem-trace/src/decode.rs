@@ -4,7 +4,7 @@
 use std::{borrow::Cow, fmt, io};
 
 use kmem_trace_common::{
-    flags, Event, EventKind, COMM_LEN, EVENT_ABI_VERSION, EVENT_SIZE, NAME_LEN,
+    flags, Event, EventKind, COMM_LEN, EVENT_ABI_OLDEST, EVENT_ABI_VERSION, EVENT_SIZE, NAME_LEN,
 };
 
 /// Errors of decoding one record or a recording.
@@ -67,6 +67,37 @@ impl TraceEvent {
             return Err(DecodeError::NameLen(raw.name_len));
         }
         Ok(TraceEvent { kind, raw })
+    }
+
+    /// Hands `f` every lifecycle point this record stands for, each as the
+    /// record a hook would have sent for that point alone: the record itself,
+    /// then an online and an (inferred) kmem activation when it carries
+    /// [`flags::ALSO_ONLINE`] / [`flags::ALSO_KMEM_ACTIVATE`] (a hook that sees
+    /// several points at once sends one record, docs/PERFORMANCE.md).
+    pub fn expand<E>(&self, mut f: impl FnMut(&TraceEvent) -> Result<(), E>) -> Result<(), E> {
+        const ALSO: u32 = flags::ALSO_ONLINE | flags::ALSO_KMEM_ACTIVATE;
+        if self.raw.flags & ALSO == 0 {
+            return f(self);
+        }
+        let mut one = *self;
+        one.raw.flags &= !ALSO;
+        if one.kind != EventKind::KmemActivate {
+            one.raw.aux = 0;
+        }
+        f(&one)?;
+        if self.has(flags::ALSO_ONLINE) && self.kind == EventKind::Alloc {
+            one.kind = EventKind::Online;
+            one.raw.kind = EventKind::Online as u32;
+            f(&one)?;
+        }
+        if self.has(flags::ALSO_KMEM_ACTIVATE) && self.kind != EventKind::KmemActivate {
+            one.kind = EventKind::KmemActivate;
+            one.raw.kind = EventKind::KmemActivate as u32;
+            one.raw.flags |= flags::INFERRED;
+            one.raw.aux = self.raw.aux;
+            f(&one)?;
+        }
+        Ok(())
     }
 
     pub fn has(&self, flag: u32) -> bool {
@@ -182,7 +213,8 @@ impl RecordingHeader {
     }
 }
 
-/// Parses a whole recording: header and events. Truncation is an error that
+/// Parses a whole recording: header and events (records standing for several
+/// points expanded, see [`TraceEvent::expand`]). Truncation is an error that
 /// names how many bytes were left over; every complete record before it is
 /// returned by [`decode_recording_lossy`].
 pub fn decode_recording(bytes: &[u8]) -> Result<(RecordingHeader, Vec<TraceEvent>), DecodeError> {
@@ -204,14 +236,23 @@ pub fn decode_recording_lossy(
     }
     let abi = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     let size = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
-    if abi != EVENT_ABI_VERSION || size as usize != EVENT_SIZE {
+    if !(EVENT_ABI_OLDEST..=EVENT_ABI_VERSION).contains(&abi) || size as usize != EVENT_SIZE {
         return Err(DecodeError::Abi { found: abi });
     }
     let wall_offset_ns = i64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     let body = &bytes[HEADER_LEN..];
     let chunks = body.chunks_exact(EVENT_SIZE);
     let rest = chunks.remainder().len();
-    let events = chunks.map(TraceEvent::decode).collect();
+    let mut events = Vec::with_capacity(body.len() / EVENT_SIZE);
+    let events = chunks
+        .into_iter()
+        .try_for_each(|c| {
+            TraceEvent::decode(c)?.expand(|e| {
+                events.push(*e);
+                Ok::<(), DecodeError>(())
+            })
+        })
+        .map(|()| events);
     Ok((
         RecordingHeader {
             abi,
@@ -323,6 +364,46 @@ mod tests {
         let (_, evs, rest) = decode_recording_lossy(&buf).unwrap();
         assert_eq!((evs.unwrap().len(), rest), (2, 3));
         assert_eq!(decode_recording(b"nonsense"), Err(DecodeError::Magic));
+    }
+
+    #[test]
+    fn one_record_expands_to_every_point_it_stands_for() {
+        let mut e = sample();
+        e.kind = EventKind::Alloc as u32;
+        e.flags = flags::ALSO_ONLINE | flags::ALSO_KMEM_ACTIVATE | flags::KMEM_ACTIVE;
+        e.aux = 3;
+        let mut out = Vec::new();
+        TraceEvent::decode(e.as_bytes())
+            .unwrap()
+            .expand(|x| {
+                out.push(*x);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        let kinds: Vec<EventKind> = out.iter().map(|x| x.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Alloc, EventKind::Online, EventKind::KmemActivate]
+        );
+        assert!(out.iter().all(|x| x.raw.kind == x.kind as u32));
+        assert!(out.iter().all(|x| x.has(flags::KMEM_ACTIVE)));
+        assert!(out
+            .iter()
+            .all(|x| !x.has(flags::ALSO_ONLINE | flags::ALSO_KMEM_ACTIVATE)));
+        assert_eq!((out[0].raw.aux, out[1].raw.aux, out[2].raw.aux), (0, 0, 3));
+        assert_eq!(
+            (out[0].inferred(), out[1].inferred(), out[2].inferred()),
+            (false, false, true)
+        );
+        // A recording expands too; one of ABI 1 (no such records) still reads.
+        let mut buf = Vec::new();
+        write_header(&mut buf, 0).unwrap();
+        buf.extend_from_slice(e.as_bytes());
+        assert_eq!(decode_recording(&buf).unwrap().1, out);
+        buf[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(decode_recording(&buf).is_ok());
+        buf[8..12].copy_from_slice(&(EVENT_ABI_VERSION + 1).to_le_bytes());
+        assert!(decode_recording(&buf).is_err());
     }
 
     #[test]

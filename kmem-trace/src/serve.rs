@@ -127,23 +127,17 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
+    // 64 KiB between writes (flushed at every tick anyway): an 8 KiB buffer
+    // made a write, and a wake-up of whoever reads, every ~13 JSON lines.
+    let stdout = || BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     let lines = |tty: bool, labels: HookLabels| -> Box<dyn Output> {
-        Box::new(LineOutput::new(
-            BufWriter::new(std::io::stdout().lock()),
-            Clock::measure(),
-            labels,
-            tty,
-        ))
+        Box::new(LineOutput::new(stdout(), Clock::measure(), labels, tty))
     };
     let mut keys = None;
     // Lives as long as the run: it stops its thread when dropped.
     let mut _reader = None;
     let mut first: Box<dyn Output> = match primary {
-        Primary::Json => Box::new(JsonOutput::new(
-            BufWriter::new(std::io::stdout().lock()),
-            Clock::measure(),
-            labels,
-        )),
+        Primary::Json => Box::new(JsonOutput::new(stdout(), Clock::measure(), labels)),
         Primary::Lines { tty } => lines(tty, labels),
         Primary::Live => match tui::start(Clock::measure(), labels.clone()) {
             Ok((out, reader, k)) => {

@@ -105,7 +105,7 @@ impl<'o> Pipeline<'o> {
             r.write_all(bytes)?;
         }
         match TraceEvent::decode(bytes) {
-            Ok(ev) => self.feed_event(&ev),
+            Ok(ev) => ev.expand(|e| self.feed_event(e)),
             Err(e) => {
                 self.bad_records += 1;
                 if self.bad_records <= 10 {

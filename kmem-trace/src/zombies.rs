@@ -51,9 +51,9 @@ impl TaskView {
         TaskView {
             pid: t.pid,
             tgid: t.tgid,
-            comm: t.comm.to_string(),
+            comm: t.comm().to_string(),
             ppid: t.ppid,
-            pcomm: t.pcomm.to_string(),
+            pcomm: t.pcomm().to_string(),
             seen: clock.rfc3339(t.ts_ns),
         }
     }
@@ -129,7 +129,7 @@ pub fn join(
             .or_else(|| (!m.path.is_empty()).then(|| Attribution::of_path(&m.path)));
         let offline_wall = row
             .and_then(|r| r.wall.offline)
-            .or(m.offline_ns.map(|o| o as i64 + clock.offset_ns));
+            .or(m.offline_ns.get().map(|o| o as i64 + clock.offset_ns));
         let age_s = offline_wall.map(|w| (now_wall - w).max(0) as f64 / 1e9);
         if let (Some(min), Some(age)) = (older_than, age_s) {
             if age < min.as_secs_f64() {
@@ -139,12 +139,12 @@ pub fn join(
         // The history keeps processes and times; the census has current counters.
         let hist = row.map(|r| &r.memcg);
         let procs = hist.unwrap_or(m);
-        let counters = if let Some(now) = m.census_counters.filter(|c| c.mem_pages.is_some()) {
+        let counters = if let Some(now) = m.census_counters().filter(|c| c.mem_pages.is_some()) {
             now
-        } else if m.at_offline.mem_pages.is_some() {
-            m.at_offline
+        } else if m.at_offline().mem_pages.is_some() {
+            m.at_offline()
         } else {
-            hist.map(|h| h.at_offline).unwrap_or_default()
+            hist.map(|h| h.at_offline()).unwrap_or_default()
         };
         out.push(Zombie {
             memcg_id: m.memcg_id,
@@ -159,17 +159,14 @@ pub fn join(
             offline_at: offline_wall.map(|w| Clock::from_offset(0).rfc3339(w.max(0) as u64)),
             owner_label: attr.as_ref().map(Attribution::label),
             owner: attr,
-            creator: procs.creator.as_ref().map(|t| TaskView::new(t, clock)),
+            creator: procs.creator().map(|t| TaskView::new(t, clock)),
             residents: procs
-                .residents
+                .residents()
                 .iter()
                 .map(|t| TaskView::new(t, clock))
                 .collect(),
             residents_dropped: procs.residents_dropped,
-            last_resident: procs
-                .last_resident
-                .as_ref()
-                .map(|t| TaskView::new(t, clock)),
+            last_resident: procs.last_resident().map(|t| TaskView::new(t, clock)),
             pinned_bytes: counters.mem_pages.map(|p| p * page),
             kmem_bytes: counters.kmem_pages.map(|p| p * page),
             swap_bytes: counters.swap_pages.map(|p| p * page),

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use super::*;
 use crate::{
     attribution::{ContainerMeta, Runtime},
-    lifecycle::{Comm, Origin},
+    decode::Counters,
+    lifecycle::{Comm, Origin, Stamp},
     store::WallTimes,
 };
 
@@ -14,14 +15,14 @@ const UID: &str = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
 const CID: &str = "4c1f0e5b9d2a7c3e8f6b1a0d9e8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c";
 
 fn task(pid: u32, comm: &str) -> Task {
-    Task {
+    Task::new(
         pid,
-        tgid: pid,
-        comm: Comm::new(comm),
-        ppid: 1,
-        pcomm: Comm::new("containerd-shim"),
-        ts_ns: 1_000,
-    }
+        pid,
+        Comm::new(comm),
+        1,
+        Comm::new("containerd-shim"),
+        1_000,
+    )
 }
 
 fn row(addr: u64, id: u32, offline_wall: i64) -> HistoryRow {
@@ -29,11 +30,14 @@ fn row(addr: u64, id: u32, offline_wall: i64) -> HistoryRow {
     m.cgroup_id = 100 + id as u64;
     m.state = State::Dying;
     m.path = Arc::from(format!("/kubepods/burstable/pod{UID}/{CID}"));
-    m.offline_ns = Some((offline_wall - OFF) as u64);
-    m.at_offline.mem_pages = Some(4096);
-    m.creator = Some(task(10, "runc"));
-    m.residents = vec![task(11, "sh"), task(12, "head")];
-    m.last_resident = Some(task(12, "head"));
+    m.offline_ns = Stamp::at((offline_wall - OFF) as u64);
+    m.set_at_offline(Counters {
+        mem_pages: Some(4096),
+        ..Counters::default()
+    });
+    m.set_creator(task(10, "runc"));
+    m.set_residents(vec![task(11, "sh"), task(12, "head")]);
+    m.set_last_resident(Some(task(12, "head")));
     HistoryRow {
         row_id: id as i64,
         state: "dying".into(),
@@ -44,13 +48,13 @@ fn row(addr: u64, id: u32, offline_wall: i64) -> HistoryRow {
         },
         attribution: Some(Attribution {
             owner: crate::attribution::path::parse(&format!("/kubepods/burstable/pod{UID}/{CID}")),
-            meta: Some(ContainerMeta {
+            meta: Some(Box::new(ContainerMeta {
                 source: Some(Runtime::Containerd),
                 pod_name: Some("web-1".into()),
                 namespace: Some("shop".into()),
                 container_name: Some("nginx".into()),
                 ..ContainerMeta::default()
-            }),
+            })),
         }),
     }
 }
@@ -87,7 +91,10 @@ fn a_census_is_joined_with_the_history() {
     let mut known = Memcg::new(0x10, 1, Origin::Census);
     known.cgroup_id = 101;
     known.state = State::Dying;
-    known.at_offline.mem_pages = Some(10);
+    known.set_at_offline(Counters {
+        mem_pages: Some(10),
+        ..Counters::default()
+    });
     let mut unknown = Memcg::new(0x20, 2, Origin::Census);
     unknown.state = State::Dying;
     unknown.path = Arc::from("/system.slice/cron.service");

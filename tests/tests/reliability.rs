@@ -77,20 +77,18 @@ fn a_tiny_ring_buffer_counts_and_shows_drops() {
         tracer.stderr
     );
     // Nothing vanished: what arrived plus what was counted as dropped covers
-    // the alloc, online, kmem_activate and offline events of the churn.
+    // the churn's alloc and offline records (drops count records; one record
+    // also carries online and kmem_activate where the hook sees them at once).
     let prefix = format!("/{}/", parent.name);
     let seen = events
         .iter()
         .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&prefix)))
-        .filter(|e| {
-            ["alloc", "online", "kmem_activate", "offline"]
-                .contains(&e["kind"].as_str().unwrap_or(""))
-        })
+        .filter(|e| ["alloc", "offline"].contains(&e["kind"].as_str().unwrap_or("")))
         .count() as u64;
     assert!(
-        seen + drops >= 4 * N as u64,
+        seen + drops >= 2 * N as u64,
         "seen {seen} + drops {drops} < {}",
-        4 * N
+        2 * N
     );
 }
 

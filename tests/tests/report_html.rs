@@ -9,7 +9,8 @@ use std::{fs, path::PathBuf, process::Command, sync::Arc};
 
 use kmem_trace::{
     attribution::{Attribution, ContainerMeta},
-    lifecycle::{Memcg, Origin, State},
+    decode::Counters,
+    lifecycle::{Memcg, Origin, Stamp, State},
     store::{samples::CountSample, writer::now_ns, Record, Store},
 };
 use kmem_trace_tests::{
@@ -41,20 +42,23 @@ fn zombie(i: u64, container: &str) -> Record {
     m.path = Arc::from(format!("/kubepods/burstable/pod{uid}/{cid}"));
     m.state = State::Dying;
     // Monotonic times; the offset passed to `write` makes them wall-clock.
-    m.alloc_ns = Some(1_000);
-    m.online_ns = Some(2_000);
-    m.offline_ns = Some(3_000 + i);
+    m.alloc_ns = Stamp::at(1_000);
+    m.online_ns = Stamp::at(2_000);
+    m.offline_ns = Stamp::at(3_000 + i);
     m.kmem_active = true;
-    m.at_offline.mem_pages = Some(4096 * (i + 1));
+    m.set_at_offline(Counters {
+        mem_pages: Some(4096 * (i + 1)),
+        ..Counters::default()
+    });
     let mut a = Attribution::of_path(&m.path);
-    a.meta = Some(ContainerMeta {
+    a.meta = Some(Box::new(ContainerMeta {
         pod_name: Some("web-7d4b9".into()),
         namespace: Some("shop".into()),
         container_name: Some(container.into()),
         image: Some("registry.example/shop/web:1.4".into()),
         pod_uid: Some(uid.into()),
         ..ContainerMeta::default()
-    });
+    }));
     Record {
         memcg: m,
         attribution: Some(Arc::new(a)),

@@ -10,6 +10,8 @@ pub mod runtime;
 
 use std::{collections::HashMap, sync::Arc};
 
+use crate::lifecycle::KeyMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use path::{Owner, PodPath, Qos, Runtime};
@@ -24,12 +26,13 @@ pub enum AttributionError {
     NotADirectory(String),
 }
 
-/// A memcg's owner: what its path says, and the container metadata if any.
+/// A memcg's owner: what its path says, and the container metadata if any
+/// (boxed: most memcgs have none, and a node tracks up to 65,535 of them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attribution {
     pub owner: Owner,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<ContainerMeta>,
+    pub meta: Option<Box<ContainerMeta>>,
 }
 
 /// The owner flattened for JSON output and the history's columns.
@@ -68,7 +71,7 @@ impl Attribution {
     }
 
     pub fn view(&self) -> OwnerView<'_> {
-        let meta = self.meta.as_ref();
+        let meta = self.meta.as_deref();
         let m = |f: fn(&ContainerMeta) -> &Option<String>| meta.and_then(|m| f(m).as_deref());
         let mut v = OwnerView {
             kind: self.owner.kind(),
@@ -126,8 +129,8 @@ impl Attribution {
                 Some(name) => format!("{} {name}", runtime.name()),
                 None => format!("{} {}", runtime.name(), short(container_id)),
             },
-            Owner::Systemd { unit } => unit.clone(),
-            Owner::Path { path } => path.clone(),
+            Owner::Systemd { unit } => unit.to_string(),
+            Owner::Path { path } => path.to_string(),
         }
     }
 }
@@ -182,7 +185,8 @@ const MAX_PODS: usize = 16384;
 /// first known and kept until it is freed.
 pub struct Attributor {
     lookup: Box<dyn MetaLookup>,
-    by_addr: HashMap<u64, Entry>,
+    /// By memcg address (the lifecycle's fast hasher: looked up for every event).
+    by_addr: KeyMap<u64, Entry>,
     /// Pod UID → pod metadata learned from its containers, for the pod-level
     /// cgroup (created before any container, so it has no metadata of its own).
     pods: HashMap<String, ContainerMeta>,
@@ -193,7 +197,7 @@ impl Attributor {
     pub fn new(lookup: Box<dyn MetaLookup>) -> Attributor {
         Attributor {
             lookup,
-            by_addr: HashMap::new(),
+            by_addr: KeyMap::default(),
             pods: HashMap::new(),
             stats: AttributionStats::default(),
         }
@@ -270,9 +274,12 @@ impl Attributor {
                 self.stats.lookups += 1;
                 let m = self.lookup.lookup(id, owner.runtime());
                 self.stats.found += m.is_some() as u64;
-                m
+                m.map(Box::new)
             }
-            None => owner.pod_uid().and_then(|uid| self.pods.get(uid).cloned()),
+            None => owner
+                .pod_uid()
+                .and_then(|uid| self.pods.get(uid).cloned())
+                .map(Box::new),
         };
         let attr = Attribution { owner, meta };
         self.learn_pod(&attr);
@@ -298,7 +305,7 @@ impl Attributor {
         };
         let better = Arc::new(Attribution {
             owner: attr.owner.clone(),
-            meta: Some(meta.clone()),
+            meta: Some(Box::new(meta.clone())),
         });
         if let Some(e) = self.by_addr.get_mut(&addr) {
             e.attr = better.clone();

@@ -54,9 +54,11 @@ impl Runtime {
 pub struct PodPath {
     pub qos: Qos,
     /// Normalised to dashes and lower case (the systemd driver writes `_`).
-    pub pod_uid: String,
+    /// `Box<str>` rather than `String` here and below: 8 bytes less each,
+    /// for up to 65,535 tracked memcgs.
+    pub pod_uid: Box<str>,
     /// `None` for the pod-level cgroup itself.
-    pub container_id: Option<String>,
+    pub container_id: Option<Box<str>>,
     /// Known when the scope name or the containerd form names it.
     pub runtime: Option<Runtime>,
 }
@@ -69,15 +71,15 @@ pub enum Owner {
     /// A container outside Kubernetes (`/docker/<id>`, `docker-<id>.scope`, ...).
     Container {
         runtime: Runtime,
-        container_id: String,
+        container_id: Box<str>,
     },
     /// A systemd unit or slice: the innermost one in the path.
     Systemd {
-        unit: String,
+        unit: Box<str>,
     },
     /// Nothing recognised: the path itself.
     Path {
-        path: String,
+        path: Box<str>,
     },
 }
 
@@ -126,16 +128,16 @@ pub fn parse(path: &str) -> Owner {
     if let Some((runtime, container_id)) = plain_container(&parts) {
         return Owner::Container {
             runtime,
-            container_id,
+            container_id: container_id.into(),
         };
     }
     if let Some(unit) = parts.iter().rev().find(|p| is_unit(p)) {
         return Owner::Systemd {
-            unit: unit.to_string(),
+            unit: (*unit).into(),
         };
     }
     Owner::Path {
-        path: if path.is_empty() { "/" } else { path }.to_string(),
+        path: if path.is_empty() { "/" } else { path }.into(),
     }
 }
 
@@ -149,8 +151,8 @@ fn kube(parts: &[&str]) -> Option<PodPath> {
                 let (runtime, id) = colon_container(rest)?;
                 return Some(PodPath {
                     qos,
-                    pod_uid: uid,
-                    container_id: Some(id),
+                    pod_uid: uid.into(),
+                    container_id: Some(id.into()),
                     runtime,
                 });
             }
@@ -161,13 +163,13 @@ fn kube(parts: &[&str]) -> Option<PodPath> {
             let (container_id, runtime) = match parts.get(i + 1) {
                 Some(c) => {
                     let (rt, id) = container_part(c);
-                    (Some(id), rt)
+                    (Some(id.into()), rt)
                 }
                 None => (None, None),
             };
             return Some(PodPath {
                 qos,
-                pod_uid,
+                pod_uid: pod_uid.into(),
                 container_id,
                 runtime,
             });

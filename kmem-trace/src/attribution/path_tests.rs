@@ -11,7 +11,7 @@ fn pod(qos: Qos, uid: &str, cid: Option<&str>, rt: Option<Runtime>) -> Owner {
     Owner::Pod(PodPath {
         qos,
         pod_uid: uid.into(),
-        container_id: cid.map(str::to_string),
+        container_id: cid.map(Into::into),
         runtime: rt,
     })
 }
@@ -149,7 +149,7 @@ fn owners_from_real_paths() {
         (
             format!("/other/pod{UID}"),
             Owner::Path {
-                path: format!("/other/pod{UID}"),
+                path: format!("/other/pod{UID}").into(),
             },
         ),
         (

@@ -161,7 +161,8 @@ fn attributions_round_trip_through_json() {
         meta: Fake {
             calls: Default::default(),
         }
-        .lookup(CID, None),
+        .lookup(CID, None)
+        .map(Box::new),
     };
     let text = serde_json::to_string(&a).unwrap();
     let back: Attribution = serde_json::from_str(&text).unwrap();

@@ -339,7 +339,7 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
         // `aux` is memcg->id.ref (u64::MAX when unreadable): 0 once the ID is
         // back in the kernel's pool (4.6+, mem_cgroup_id_put_many()).
         m.id_released = ev.raw.aux == 0;
-        m.census_counters = Some(ev.counters());
+        m.set_census_counters(Some(ev.counters()));
         memcgs.push(m);
     }
     if bad > 0 {
@@ -505,9 +505,12 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
                 .unwrap_or_default();
             Some(own.residual(&kids))
         });
-        let now = m.census_counters.as_ref();
-        let off = m.offline_ns.map(|_| &m.at_offline);
-        out.insert(m.addr, pin::classify(off, now, r.as_ref(), c.kmem_pins));
+        let now = m.census_counters();
+        let off = m.offline_ns.is_some().then(|| m.at_offline());
+        out.insert(
+            m.addr,
+            pin::classify(off.as_ref(), now.as_ref(), r.as_ref(), c.kmem_pins),
+        );
     }
     out
 }

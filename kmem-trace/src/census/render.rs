@@ -44,7 +44,7 @@ struct Doc<'a> {
 }
 
 fn entry<'a>(c: &'a Census, m: &'a Memcg, page: u64) -> Entry<'a> {
-    let k = m.census_counters.unwrap_or_default();
+    let k = m.census_counters().unwrap_or_default();
     Entry {
         memcg_id: m.memcg_id,
         addr: format!("{:#x}", m.addr),
@@ -155,7 +155,7 @@ pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
             .unwrap_or_else(|| "-".into())
     };
     for m in list {
-        let k = m.census_counters.unwrap_or_default();
+        let k = m.census_counters().unwrap_or_default();
         // The kernel zeroes `memcg->id.id` when it releases the ID (6.x).
         let id = if m.id_released && m.memcg_id == 0 {
             "-".to_string()

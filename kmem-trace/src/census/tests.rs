@@ -108,7 +108,7 @@ fn records_become_memcgs_with_paths_states_and_ids() {
     assert_eq!(c1.key(), Some((HIER, 12)));
     // memsw minus memory: no swap.
     assert_eq!(
-        c1.census_counters.unwrap(),
+        c1.census_counters().unwrap(),
         crate::decode::Counters {
             mem_pages: Some(4096),
             kmem_pages: Some(2),
@@ -253,7 +253,7 @@ fn seeding_gives_watch_the_pre_existing_zombies() {
     assert!(a.anomaly.is_none(), "{:?}", a.anomaly);
     let m = lc.get(0x5000).unwrap();
     assert_eq!(m.origin, Origin::Traced);
-    assert!(m.creator.is_some());
+    assert!(m.creator().is_some());
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! dying for longer than `zombie_after`. Pure: fed by decoded events, the census
 //! and the history; no I/O.
 
+mod ids;
 pub mod keymap;
+mod memcg;
 pub mod task;
 pub mod tree;
 
@@ -13,11 +15,13 @@ use hdrhistogram::Histogram;
 use kmem_trace_common::{flags, EventKind, MEMCG_ID_MAX};
 use serde::Serialize;
 
+use ids::IdIndex;
 pub use keymap::KeyMap;
-pub use task::{Comm, Task};
+pub use memcg::{Memcg, Stamp};
+pub use task::{Comm, NameTable, Names, Task};
 pub use tree::{CgroupKey, CgroupTree};
 
-use crate::decode::{Counters, TraceEvent};
+use crate::decode::TraceEvent;
 
 /// Errors of the lifecycle configuration.
 #[derive(Debug, thiserror::Error)]
@@ -83,85 +87,6 @@ pub enum Origin {
     Partial,
 }
 
-/// One memcg as kmem-trace knows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Memcg {
-    #[serde(serialize_with = "hex")]
-    pub addr: u64,
-    pub memcg_id: u32,
-    pub hierarchy_id: u32,
-    pub cgroup_id: u64,
-    pub level: u32,
-    pub path: Arc<str>,
-    pub state: State,
-    pub kmem_active: bool,
-    pub id_released: bool,
-    pub alloc_ns: Option<u64>,
-    pub online_ns: Option<u64>,
-    pub offline_ns: Option<u64>,
-    pub released_ns: Option<u64>,
-    pub free_ns: Option<u64>,
-    pub at_offline: Counters,
-    /// Page counters when the memcg was freed (hooks that see the memcg at free).
-    pub at_free: Counters,
-    pub creator: Option<Task>,
-    pub residents: Vec<Task>,
-    /// Residents not kept because `max_residents` was reached.
-    pub residents_dropped: u32,
-    pub last_resident: Option<Task>,
-    pub origin: Origin,
-    /// Page counters the census read (a dying memcg found by the census has
-    /// no counters from its offline); `crate::census::pin` classifies them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub census_counters: Option<Counters>,
-}
-
-fn hex<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{v:#x}"))
-}
-
-impl Memcg {
-    pub fn new(addr: u64, memcg_id: u32, origin: Origin) -> Memcg {
-        Memcg {
-            addr,
-            memcg_id,
-            hierarchy_id: 0,
-            cgroup_id: 0,
-            level: 0,
-            path: Arc::from(""),
-            state: State::Live,
-            kmem_active: false,
-            id_released: false,
-            alloc_ns: None,
-            online_ns: None,
-            offline_ns: None,
-            released_ns: None,
-            free_ns: None,
-            at_offline: Counters::default(),
-            at_free: Counters::default(),
-            creator: None,
-            residents: Vec::new(),
-            residents_dropped: 0,
-            last_resident: None,
-            origin,
-            census_counters: None,
-        }
-    }
-
-    /// Dying for at least `zombie_after_ns` at `now_ns`; a memcg found dying by
-    /// the census (offline time unknown) counts as a zombie right away.
-    pub fn is_zombie(&self, now_ns: u64, zombie_after_ns: u64) -> bool {
-        self.state == State::Dying
-            && self
-                .offline_ns
-                .is_none_or(|off| now_ns.saturating_sub(off) >= zombie_after_ns)
-    }
-
-    pub fn key(&self) -> Option<CgroupKey> {
-        (self.cgroup_id != 0).then_some((self.hierarchy_id, self.cgroup_id))
-    }
-}
-
 /// Something inconsistent the event stream showed (kept and counted, never fatal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -221,9 +146,10 @@ pub struct Lifecycle {
     /// buckets empty, so inline values would double the memory at 65,535
     /// memcgs (docs/PERFORMANCE.md); the box is also what `Applied::freed` hands out.
     memcgs: KeyMap<u64, Box<Memcg>>,
-    by_id: KeyMap<u32, u64>,
-    by_cgroup: KeyMap<CgroupKey, u64>,
+    by_id: IdIndex,
     pub tree: CgroupTree,
+    /// Task names shared by the memcgs' creators and residents.
+    names: NameTable,
     /// Offline → free latency in microseconds.
     pub offline_to_free_us: Histogram<u64>,
     /// Events applied, indexed by `EventKind as usize`.
@@ -240,9 +166,9 @@ impl Lifecycle {
         Ok(Lifecycle {
             cfg,
             memcgs: KeyMap::default(),
-            by_id: KeyMap::default(),
-            by_cgroup: KeyMap::default(),
+            by_id: IdIndex::default(),
             tree: CgroupTree::default(),
+            names: NameTable::default(),
             // 1 µs .. ~1 year, 3 significant digits.
             offline_to_free_us: Histogram::new_with_bounds(1, 31_536_000_000_000, 3)
                 .expect("static bounds"),
@@ -269,7 +195,7 @@ impl Lifecycle {
             if m.path.is_empty() {
                 m.path = self.tree.path(key);
             }
-            self.by_cgroup.insert(key, m.addr);
+            self.tree.set_memcg(key, m.addr);
         }
         if m.memcg_id != 0 && !m.id_released {
             self.by_id.insert(m.memcg_id, m.addr);
@@ -286,11 +212,11 @@ impl Lifecycle {
     }
 
     pub fn by_memcg_id(&self, id: u32) -> Option<&Memcg> {
-        self.by_id.get(&id).and_then(|a| self.get(*a))
+        self.by_id.get(id).and_then(|a| self.get(a))
     }
 
     pub fn by_cgroup(&self, key: CgroupKey) -> Option<&Memcg> {
-        self.by_cgroup.get(&key).and_then(|a| self.get(*a))
+        self.tree.memcg(key).and_then(|a| self.get(a))
     }
 
     /// Every memcg not yet freed.
@@ -358,8 +284,8 @@ impl Lifecycle {
                 .is_none_or(|k| m.key().is_none_or(|mk| mk == k));
             if m.origin == Origin::Census && m.memcg_id == ev.raw.memcg_id && same_cgroup {
                 m.origin = Origin::Traced;
-                m.alloc_ns = Some(ev.ts_ns());
-                m.creator = Some(Task::actor(ev));
+                m.alloc_ns = Stamp::at(ev.ts_ns());
+                m.set_creator(Task::actor_in(ev, &mut self.names));
                 return self.on_transition(ev);
             }
         }
@@ -379,8 +305,8 @@ impl Lifecycle {
             }
         }
         let mut m = Memcg::new(addr, id, Origin::Traced);
-        m.alloc_ns = Some(ev.ts_ns());
-        m.creator = Some(Task::actor(ev));
+        m.alloc_ns = Stamp::at(ev.ts_ns());
+        m.set_creator(Task::actor_in(ev, &mut self.names));
         self.memcgs.insert(addr, Box::new(m));
         let mut applied = self.on_transition(ev);
         applied.anomaly = anomaly.or(applied.anomaly);
@@ -401,9 +327,9 @@ impl Lifecycle {
             anomaly = Some(Anomaly::Untracked);
             let mut m = Memcg::new(addr, ev.raw.memcg_id, Origin::Partial);
             if ev.kind == EventKind::Online {
-                m.creator = Some(Task::actor(ev));
+                m.set_creator(Task::actor_in(ev, &mut self.names));
             }
-            if ev.memcg_id().is_some() && !self.by_id.contains_key(&ev.raw.memcg_id) {
+            if ev.memcg_id().is_some() && !self.by_id.contains(ev.raw.memcg_id) {
                 self.by_id.insert(ev.raw.memcg_id, addr);
             }
             self.memcgs.insert(addr, Box::new(m));
@@ -415,26 +341,27 @@ impl Lifecycle {
         let ts = ev.ts_ns();
         match ev.kind {
             EventKind::Online => {
-                m.online_ns.get_or_insert(ts);
-                if m.creator.is_none() {
-                    m.creator = Some(Task::actor(ev));
+                m.online_ns.set_once(ts);
+                if m.creator().is_none() {
+                    m.set_creator(Task::actor_in(ev, &mut self.names));
                 }
             }
             EventKind::KmemActivate => m.kmem_active = true,
             EventKind::Offline => {
                 m.state = State::Dying;
-                m.offline_ns = Some(ts);
-                m.at_offline = ev.counters();
+                m.offline_ns = Stamp::at(ts);
+                let c = ev.counters();
+                m.set_at_offline(c);
                 if ev.has(flags::KMEM_ACTIVE) {
                     m.kmem_active = true;
                 }
                 // Swap entries keep the ID (mem_cgroup_id_get_many() at swap-out).
-                if cfg_id_at_offline && m.at_offline.swap_pages.unwrap_or(0) == 0 {
+                if cfg_id_at_offline && c.swap_pages.unwrap_or(0) == 0 {
                     m.id_released = true;
                 }
             }
             EventKind::Released => {
-                m.released_ns = Some(ts);
+                m.released_ns = Stamp::at(ts);
                 if m.state == State::Live {
                     m.state = State::Dying;
                 }
@@ -443,32 +370,31 @@ impl Lifecycle {
             EventKind::Resident if ev.has(flags::EXEC) => {
                 // exec() of a process already inside: it keeps its place in the
                 // list (first seen) and takes the name of what it runs now.
-                let t = Task::subject(ev);
-                if let Some(r) = m.residents.iter_mut().find(|r| r.tgid == t.tgid) {
-                    r.comm = t.comm;
-                } else if m.residents.len() < max_residents {
-                    m.residents.push(t.clone());
+                let t = Task::subject_in(ev, &mut self.names);
+                if let Some(r) = m.resident_mut(t.tgid) {
+                    r.rename(t.comm(), &mut self.names);
+                } else if m.residents().len() < max_residents {
+                    m.push_resident(t.clone());
                 } else {
                     m.residents_dropped += 1;
                 }
-                m.last_resident = Some(t);
+                m.set_last_resident(Some(t));
             }
             EventKind::Resident => {
-                let t = Task::subject(ev);
-                if m.residents.len() < max_residents {
-                    if !m.residents.iter().any(|r| r.tgid == t.tgid) {
-                        m.residents.push(t.clone());
-                    }
-                } else if !m.residents.iter().any(|r| r.tgid == t.tgid) {
+                let t = Task::subject_in(ev, &mut self.names);
+                let known = m.residents().iter().any(|r| r.tgid == t.tgid);
+                if !known && m.residents().len() < max_residents {
+                    m.push_resident(t.clone());
+                } else if !known {
                     m.residents_dropped += 1;
                 }
-                m.last_resident = Some(t);
+                m.set_last_resident(Some(t));
             }
             EventKind::Alloc | EventKind::Free | EventKind::Census => {}
         }
         let (id, path, state, released) = (m.memcg_id, m.path.clone(), m.state, m.id_released);
-        if (ev.kind == EventKind::IdRelease || released) && self.by_id.get(&id) == Some(&addr) {
-            self.by_id.remove(&id);
+        if (ev.kind == EventKind::IdRelease || released) && self.by_id.get(id) == Some(addr) {
+            self.by_id.remove(id);
         }
         Applied {
             addr: Some(addr),
@@ -493,10 +419,10 @@ impl Lifecycle {
             return a;
         };
         m.state = State::Freed;
-        m.free_ns = Some(ev.ts_ns());
-        m.at_free = ev.counters();
+        m.free_ns = Stamp::at(ev.ts_ns());
+        m.set_at_free(ev.counters());
         m.id_released = true;
-        if let Some(off) = m.offline_ns {
+        if let Some(off) = m.offline_ns.get() {
             let us = (ev.ts_ns().saturating_sub(off) / 1000).max(1);
             let _ = self.offline_to_free_us.record(us);
         }
@@ -515,10 +441,8 @@ impl Lifecycle {
     /// The memcg an event is about: its address, or (hooks without the memcg,
     /// such as `cgroup_release`) the memcg recorded for its cgroup.
     fn resolve(&self, ev: &TraceEvent) -> Option<u64> {
-        ev.memcg_addr().or_else(|| {
-            ev.cgroup_key()
-                .and_then(|k| self.by_cgroup.get(&k).copied())
-        })
+        ev.memcg_addr()
+            .or_else(|| ev.cgroup_key().and_then(|k| self.tree.memcg(k)))
     }
 
     /// Records cgroup identity and path the first time an event carries them.
@@ -539,7 +463,7 @@ impl Lifecycle {
             m.hierarchy_id = key.0;
             m.cgroup_id = key.1;
             m.level = ev.raw.level;
-            self.by_cgroup.insert(key, addr);
+            self.tree.set_memcg(key, addr);
         }
         if m.path.is_empty() || m.path.contains('?') {
             m.path = self.tree.path(key);
@@ -548,12 +472,11 @@ impl Lifecycle {
 
     /// Drops the indexes of a memcg that is gone.
     fn forget(&mut self, m: &Memcg) {
-        if self.by_id.get(&m.memcg_id) == Some(&m.addr) {
-            self.by_id.remove(&m.memcg_id);
+        if self.by_id.get(m.memcg_id) == Some(m.addr) {
+            self.by_id.remove(m.memcg_id);
         }
         if let Some(key) = m.key() {
-            if self.by_cgroup.get(&key) == Some(&m.addr) {
-                self.by_cgroup.remove(&key);
+            if self.tree.memcg(key) == Some(m.addr) {
                 self.tree.remove(key);
             }
         }

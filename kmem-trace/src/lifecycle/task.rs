@@ -1,11 +1,13 @@
-//! Compact process records (creator, residents): fixed-size comm buffers so a
-//! memcg with its residents stays small even at 65,535 tracked memcgs.
+//! Compact process records (creator, residents): fixed-size comm buffers,
+//! shared between records, so a memcg with its residents stays small even at
+//! 65,535 tracked memcgs.
 
-use std::fmt;
+use std::{collections::HashSet, fmt, hash::BuildHasherDefault, sync::Arc};
 
 use kmem_trace_common::COMM_LEN;
-use serde::{Deserialize, Serialize};
+use serde::{ser::SerializeStruct, Deserialize, Serialize};
 
+use super::keymap::KeyHasher;
 use crate::decode::TraceEvent;
 
 /// A task's `comm` (NUL-padded, at most 15 bytes).
@@ -51,35 +53,166 @@ impl<'de> Deserialize<'de> for Comm {
     }
 }
 
-/// A process at one moment: who created a memcg, or who lived in it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A task's two names, its `comm` and its parent's, shared by every task
+/// record with the same pair: the same few pairs (runc under containerd-shim,
+/// nginx under runc, ...) recur across a node's memcgs, and a memcg keeps its
+/// creator and residents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Names {
+    pub comm: Comm,
+    pub pcomm: Comm,
+}
+
+/// A process at one moment: who created a memcg, or who lived in it. 32 bytes
+/// with its names shared (56 with them inline), for up to 65,535 memcgs with
+/// several each (docs/PERFORMANCE.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Task {
     pub pid: u32,
     pub tgid: u32,
-    pub comm: Comm,
-    /// tgid and comm of the parent process.
+    /// tgid of the parent process.
     pub ppid: u32,
-    pub pcomm: Comm,
+    names: Arc<Names>,
     /// Monotonic ns when seen.
     pub ts_ns: u64,
 }
 
 impl Task {
+    pub fn new(pid: u32, tgid: u32, comm: Comm, ppid: u32, pcomm: Comm, ts_ns: u64) -> Task {
+        Task {
+            pid,
+            tgid,
+            ppid,
+            names: Arc::new(Names { comm, pcomm }),
+            ts_ns,
+        }
+    }
+
+    pub fn comm(&self) -> Comm {
+        self.names.comm
+    }
+
+    /// comm of the parent process.
+    pub fn pcomm(&self) -> Comm {
+        self.names.pcomm
+    }
+
+    /// The same task under a new name (it called `exec()`).
+    pub fn rename(&mut self, comm: Comm, table: &mut NameTable) {
+        self.names = table.intern(comm, self.names.pcomm);
+    }
+
     /// The task that acted (created, removed, ...).
     pub fn actor(ev: &TraceEvent) -> Task {
+        Task::actor_in(ev, &mut NameTable::default())
+    }
+
+    /// [`Task::actor`] with names shared through `table`.
+    pub fn actor_in(ev: &TraceEvent, table: &mut NameTable) -> Task {
         Task {
             pid: ev.raw.pid,
             tgid: ev.raw.tgid,
-            comm: Comm(ev.raw.comm),
             ppid: ev.raw.ppid,
-            pcomm: Comm(ev.raw.pcomm),
+            names: table.intern(Comm(ev.raw.comm), Comm(ev.raw.pcomm)),
             ts_ns: ev.raw.ts_ns,
         }
     }
 
     /// For `Resident` events the pid/comm fields describe the process that
     /// entered the memcg (the eBPF side fills them from that task).
-    pub fn subject(ev: &TraceEvent) -> Task {
-        Task::actor(ev)
+    pub fn subject_in(ev: &TraceEvent, table: &mut NameTable) -> Task {
+        Task::actor_in(ev, table)
+    }
+}
+
+/// Task names in use, so equal pairs share one allocation. Pairs no task
+/// holds any more are swept once the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+pub struct NameTable {
+    set: HashSet<Arc<Names>, BuildHasherDefault<KeyHasher>>,
+    sweep_at: usize,
+}
+
+impl NameTable {
+    pub fn intern(&mut self, comm: Comm, pcomm: Comm) -> Arc<Names> {
+        let key = Names { comm, pcomm };
+        if let Some(a) = self.set.get(&key) {
+            return a.clone();
+        }
+        if self.set.len() >= self.sweep_at {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.sweep_at = (self.set.len() * 2).max(64);
+        }
+        let a = Arc::new(key);
+        self.set.insert(a.clone());
+        a
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+/// The JSON of a task, as before names were shared.
+impl Serialize for Task {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Task", 6)?;
+        st.serialize_field("pid", &self.pid)?;
+        st.serialize_field("tgid", &self.tgid)?;
+        st.serialize_field("comm", &self.names.comm)?;
+        st.serialize_field("ppid", &self.ppid)?;
+        st.serialize_field("pcomm", &self.names.pcomm)?;
+        st.serialize_field("ts_ns", &self.ts_ns)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Task {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Task, D::Error> {
+        #[derive(Deserialize)]
+        struct Plain {
+            pid: u32,
+            tgid: u32,
+            comm: Comm,
+            ppid: u32,
+            pcomm: Comm,
+            ts_ns: u64,
+        }
+        let p = Plain::deserialize(d)?;
+        Ok(Task::new(p.pid, p.tgid, p.comm, p.ppid, p.pcomm, p.ts_ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_names_are_shared_and_unused_ones_swept() {
+        let mut t = NameTable::default();
+        let a = t.intern(Comm::new("runc"), Comm::new("containerd-shim"));
+        let b = t.intern(Comm::new("runc"), Comm::new("containerd-shim"));
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        for i in 0..200 {
+            let _ = t.intern(Comm::new(&format!("c{i}")), Comm::new("p"));
+        }
+        assert!(t.len() <= 128, "{}", t.len());
+        assert_eq!(std::mem::size_of::<Task>(), 32);
+    }
+
+    #[test]
+    fn json_is_field_for_field() {
+        let task = Task::new(1, 2, Comm::new("nginx"), 3, Comm::new("runc"), 4);
+        let j = serde_json::to_string(&task).unwrap();
+        assert_eq!(
+            j,
+            r#"{"pid":1,"tgid":2,"comm":"nginx","ppid":3,"pcomm":"runc","ts_ns":4}"#
+        );
+        assert_eq!(serde_json::from_str::<Task>(&j).unwrap(), task);
     }
 }

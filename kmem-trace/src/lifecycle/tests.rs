@@ -39,13 +39,13 @@ fn recorded_churn_ends_with_the_pinned_memcgs_dying() {
     assert!(lc.dying().all(|m| m.kmem_active));
     assert!(lc
         .dying()
-        .all(|m| m.at_offline.mem_pages.unwrap_or(0) >= 16));
+        .all(|m| m.at_offline().mem_pages.unwrap_or(0) >= 16));
     assert_eq!(lc.offline_to_free_us.len(), 6);
     assert!(applied.iter().all(|a| a.anomaly.is_none()));
     // Creator of each memcg is the mkdir process.
     assert!(lc
         .dying()
-        .all(|m| m.creator.as_ref().unwrap().comm.as_str() == "mkdir"));
+        .all(|m| m.creator().unwrap().comm().as_str() == "mkdir"));
 }
 
 #[test]
@@ -176,11 +176,11 @@ fn residents_are_bounded_and_the_last_is_kept() {
     }
     let m = lc.get(0x1000).unwrap();
     assert_eq!(
-        m.residents.iter().map(|t| t.tgid).collect::<Vec<_>>(),
+        m.residents().iter().map(|t| t.tgid).collect::<Vec<_>>(),
         [100, 101]
     );
     assert_eq!(m.residents_dropped, 2);
-    assert_eq!(m.last_resident.as_ref().unwrap().tgid, 103);
+    assert_eq!(m.last_resident().unwrap().tgid, 103);
 }
 
 #[test]
@@ -213,9 +213,9 @@ fn exec_renames_a_resident_and_free_keeps_counters() {
     lc.apply(&resident(201, b"nginx", flags::FORK, 4));
     let m = lc.get(0x1000).unwrap();
     let names: Vec<(u32, String, u64)> = m
-        .residents
+        .residents()
         .iter()
-        .map(|t| (t.tgid, t.comm.to_string(), t.ts_ns))
+        .map(|t| (t.tgid, t.comm().to_string(), t.ts_ns))
         .collect();
     assert_eq!(
         names,
@@ -225,5 +225,5 @@ fn exec_renames_a_resident_and_free_keeps_counters() {
     free.raw.flags |= flags::MEM_COUNTER;
     free.raw.mem_pages = 3;
     let freed = lc.apply(&free).freed.unwrap();
-    assert_eq!(freed.at_free.mem_pages, Some(3));
+    assert_eq!(freed.at_free().mem_pages, Some(3));
 }

@@ -307,7 +307,7 @@ impl Output for MetricsOutput {
             })
             .inc();
         if let Some(m) = &applied.freed {
-            if let (Some(off), Some(free)) = (m.offline_ns, m.free_ns) {
+            if let (Some(off), Some(free)) = (m.offline_ns.get(), m.free_ns.get()) {
                 self.m
                     .offline_to_free
                     .observe(free.saturating_sub(off) as f64 / 1e9);

@@ -83,10 +83,11 @@ pub fn namespace_of(a: Option<&Attribution>) -> String {
 
 /// Bytes a dying memcg holds, from its counters at offline or the census's.
 pub fn pinned_bytes(m: &Memcg) -> Option<u64> {
-    let c: Counters = if m.at_offline.mem_pages.is_some() {
-        m.at_offline
+    let off = m.at_offline();
+    let c: Counters = if off.mem_pages.is_some() {
+        off
     } else {
-        m.census_counters.unwrap_or_default()
+        m.census_counters().unwrap_or_default()
     };
     c.mem_pages.map(|p| p * page_size())
 }

@@ -29,6 +29,14 @@ pub use table::{Attach, Family, HookMode, Point, Row};
 
 use self::{btf::KernelBtf, kernel::Kallsyms, table::KernelFacts};
 
+/// Default event ring buffer: 1 MiB, 3,971 records. The reader empties it
+/// every 5 ms under load (`watch::BATCH_PAUSE`); a 64 KiB ring dropped nothing
+/// at this machine's full churn rate, so 1 MiB leaves 16x headroom, ~0.3 s of
+/// full-rate churn with a stalled reader (docs/PERFORMANCE.md). It is mapped
+/// twice into the reader (the kernel's wrap-around trick): 4 MiB cost 8 MiB
+/// of resident memory.
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+
 /// The eBPF object built by `build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf.o"));
 
@@ -74,7 +82,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             mode: HookMode::Auto,
             btf: None,
-            ring_bytes: 4 << 20,
+            ring_bytes: DEFAULT_RING_BYTES,
             forced_symbols: Vec::new(),
             try_all: false,
             max_residents: 16,

@@ -37,14 +37,14 @@ fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
     let cid = format!("{:064x}", 0xabc0 + i as u64);
     let path = format!("/kubepods/burstable/pod{uid}/{cid}");
     let mut a = Attribution::of_path(&path);
-    a.meta = Some(ContainerMeta {
+    a.meta = Some(Box::new(ContainerMeta {
         pod_name: Some("web-7d4b9".into()),
         namespace: Some("shop".into()),
         container_name: Some(container.into()),
         image: Some("registry.example/shop/web:1.4".into()),
         pod_uid: Some(uid.into()),
         ..ContainerMeta::default()
-    });
+    }));
     Zombie {
         memcg_id: 100 + i,
         memcg_addr: format!("{:#x}", 0xffff_0000_0000_0000u64 + i as u64),

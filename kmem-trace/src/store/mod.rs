@@ -10,6 +10,7 @@ pub mod feed;
 pub mod reconcile;
 pub mod samples;
 pub mod schema;
+mod upsert;
 pub mod writer;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::{named_params, Connection, OpenFlags, Row};
+use rusqlite::{Connection, OpenFlags, Row};
 
 use crate::{
     attribution::Attribution,
@@ -94,6 +95,10 @@ pub struct Store {
     path: PathBuf,
     /// `/proc/sys/kernel/random/boot_id` of this boot.
     pub boot_id: String,
+    /// This boot's open rows by address, loaded at the first write and kept
+    /// by the writes (see [`upsert::OpenRows`]); `None` after anything else
+    /// changed open rows.
+    open: Option<upsert::OpenRows>,
 }
 
 /// The kernel's boot ID; rows of other boots describe memcgs that no longer exist.
@@ -174,6 +179,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             boot_id: boot_id(),
+            open: None,
         })
     }
 
@@ -184,6 +190,7 @@ impl Store {
     /// For tests: pretend to be another boot.
     pub fn with_boot_id(mut self, id: &str) -> Store {
         self.boot_id = id.to_string();
+        self.open = None;
         self
     }
 
@@ -191,11 +198,45 @@ impl Store {
     /// monotonic times into wall-clock times; `now` is wall-clock ns.
     /// Freed records should come first (the writer sorts them so).
     pub fn write(&mut self, batch: &[Record], offset_ns: i64, now: i64) -> Result<(), StoreError> {
+        self.write_all(&[], &[(offset_ns, batch)], &[], now)
+    }
+
+    /// Everything the writer has at once in one transaction: the count
+    /// samples, the record batches (each with its clock offset) and meta
+    /// keys. One commit per writer wake-up instead of one per batch and one
+    /// per meta key.
+    pub fn write_all<R: AsRef<[Record]>>(
+        &mut self,
+        samples: &[samples::CountSample],
+        batches: &[(i64, R)],
+        meta: &[(&str, &str)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        // Taken out while writing: a failed transaction rolls back, and the
+        // map would no longer match the rows; it is reloaded at the next write.
+        let mut open = match self.open.take() {
+            Some(o) => o,
+            None => upsert::OpenRows::load(&self.conn, &self.boot_id)?,
+        };
         let tx = self.conn.transaction()?;
-        for r in batch {
-            write_one(&tx, &self.boot_id, r, offset_ns, now)?;
+        for s in samples {
+            samples::insert_sample(&tx, &self.boot_id, s)?;
+        }
+        for (offset_ns, records) in batches {
+            upsert::write_records(
+                &tx,
+                &self.boot_id,
+                records.as_ref(),
+                *offset_ns,
+                now,
+                &mut open,
+            )?;
+        }
+        for (k, v) in meta {
+            put_meta(&tx, k, v)?;
         }
         tx.commit()?;
+        self.open = Some(open);
         Ok(())
     }
 
@@ -235,6 +276,7 @@ impl Store {
 
     /// Marks rows whose memcg is gone without a tracer seeing its free.
     pub fn mark_lost(&mut self, row_ids: &[i64], now: i64) -> Result<usize, StoreError> {
+        self.open = None;
         let tx = self.conn.transaction()?;
         let mut n = 0;
         for id in row_ids {
@@ -259,18 +301,18 @@ impl Store {
     pub fn prune(&mut self, retain: Duration, now: i64) -> Result<usize, StoreError> {
         let cutoff = now.saturating_sub(retain.as_nanos().min(i64::MAX as u128) as i64);
         self.prune_samples(cutoff)?;
+        // By `updated_at`: through the state index SQLite read every finished
+        // row to check its time, ~35 ms per 64k rows at each start
+        // (docs/PERFORMANCE.md).
         Ok(self.conn.execute(
-            "DELETE FROM memcg WHERE state IN ('freed', 'lost') AND updated_at < ?1",
+            "DELETE FROM memcg INDEXED BY memcg_updated
+             WHERE updated_at < ?1 AND state IN ('freed', 'lost')",
             [cutoff],
         )?)
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [key, value],
-        )?;
-        Ok(())
+        put_meta(&self.conn, key, value)
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -287,6 +329,14 @@ impl Store {
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
+}
+
+fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
 }
 
 /// The database (and its WAL files) readable by the owner only.
@@ -310,22 +360,8 @@ const COLUMNS: &str = "id, state, addr, memcg_id, hierarchy_id, cgroup_id, level
     free_swap_pages, attribution, creator, residents, last_resident, residents_dropped, \
     first_seen, updated_at";
 
-fn wall(mono: Option<u64>, off: i64) -> Option<i64> {
-    mono.map(|m| (m as i64).saturating_add(off))
-}
-
 fn mono(wall: Option<i64>, off: i64) -> Option<u64> {
     wall.map(|w| w.saturating_sub(off).max(0) as u64)
-}
-
-fn task_json(t: Option<&Task>, off: i64) -> Result<Option<String>, StoreError> {
-    t.map(|t| {
-        let mut t = t.clone();
-        t.ts_ns = (t.ts_ns as i64).saturating_add(off).max(0) as u64;
-        serde_json::to_string(&t)
-    })
-    .transpose()
-    .map_err(Into::into)
 }
 
 fn tasks_back(mut t: Task, off: i64) -> Task {
@@ -341,15 +377,6 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
-fn origin_name(o: Origin) -> &'static str {
-    match o {
-        Origin::Traced => "traced",
-        Origin::Census => "census",
-        Origin::History => "history",
-        Origin::Partial => "partial",
-    }
-}
-
 fn origin_of(s: &str) -> Origin {
     match s {
         "traced" => Origin::Traced,
@@ -357,136 +384,6 @@ fn origin_of(s: &str) -> Origin {
         "partial" => Origin::Partial,
         _ => Origin::History,
     }
-}
-
-fn pages(v: Option<u64>) -> Option<i64> {
-    v.map(|p| p.min(i64::MAX as u64) as i64)
-}
-
-fn write_one(
-    tx: &rusqlite::Transaction<'_>,
-    boot: &str,
-    r: &Record,
-    off: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    let m = &r.memcg;
-    let attr = r.attribution.as_deref();
-    let view = attr.map(Attribution::view);
-    let v = view.as_ref();
-    let attr_json = attr.map(serde_json::to_string).transpose()?;
-    let residents = if m.residents.is_empty() {
-        None
-    } else {
-        let shifted: Vec<Task> = m
-            .residents
-            .iter()
-            .map(|t| {
-                let mut t = t.clone();
-                t.ts_ns = (t.ts_ns as i64).saturating_add(off).max(0) as u64;
-                t
-            })
-            .collect();
-        Some(serde_json::to_string(&shifted)?)
-    };
-    let state = state_name(m.state);
-    let params = named_params! {
-        ":boot": boot,
-        ":addr": m.addr as i64,
-        ":memcg_id": m.memcg_id,
-        ":hierarchy_id": m.hierarchy_id,
-        ":cgroup_id": m.cgroup_id as i64,
-        ":level": m.level,
-        ":path": &*m.path,
-        ":state": state,
-        ":origin": origin_name(m.origin),
-        ":kmem_active": m.kmem_active,
-        ":id_released": m.id_released,
-        ":alloc_at": wall(m.alloc_ns, off),
-        ":online_at": wall(m.online_ns, off),
-        ":offline_at": wall(m.offline_ns, off),
-        ":released_at": wall(m.released_ns, off),
-        ":free_at": wall(m.free_ns, off),
-        ":off_mem": pages(m.at_offline.mem_pages),
-        ":off_kmem": pages(m.at_offline.kmem_pages),
-        ":off_swap": pages(m.at_offline.swap_pages),
-        ":free_mem": pages(m.at_free.mem_pages),
-        ":free_kmem": pages(m.at_free.kmem_pages),
-        ":free_swap": pages(m.at_free.swap_pages),
-        ":owner_kind": v.map(|v| v.kind),
-        ":namespace": v.and_then(|v| v.namespace),
-        ":pod": v.and_then(|v| v.pod),
-        ":pod_uid": v.and_then(|v| v.pod_uid),
-        ":container": v.and_then(|v| v.container),
-        ":container_id": v.and_then(|v| v.container_id),
-        ":runtime": v.and_then(|v| v.runtime),
-        ":image": v.and_then(|v| v.image),
-        ":unit": v.and_then(|v| v.unit),
-        ":attribution": attr_json,
-        ":creator": task_json(m.creator.as_ref(), off)?,
-        ":residents": residents,
-        ":last_resident": task_json(m.last_resident.as_ref(), off)?,
-        ":dropped": m.residents_dropped,
-        ":now": now,
-    };
-    // The same memcg: same boot, address and ID, not finished, and the same
-    // cgroup when both sides know it (address and ID can both be recycled).
-    let updated = tx.execute(
-        "UPDATE memcg SET
-            hierarchy_id = CASE WHEN :cgroup_id != 0 THEN :hierarchy_id ELSE hierarchy_id END,
-            cgroup_id = CASE WHEN :cgroup_id != 0 THEN :cgroup_id ELSE cgroup_id END,
-            level = CASE WHEN :cgroup_id != 0 THEN :level ELSE level END,
-            path = CASE WHEN :path != '' THEN :path ELSE path END,
-            state = :state, origin = COALESCE(origin, :origin),
-            kmem_active = :kmem_active, id_released = :id_released,
-            alloc_at = COALESCE(:alloc_at, alloc_at), online_at = COALESCE(:online_at, online_at),
-            offline_at = COALESCE(:offline_at, offline_at),
-            released_at = COALESCE(:released_at, released_at), free_at = COALESCE(:free_at, free_at),
-            offline_mem_pages = COALESCE(:off_mem, offline_mem_pages),
-            offline_kmem_pages = COALESCE(:off_kmem, offline_kmem_pages),
-            offline_swap_pages = COALESCE(:off_swap, offline_swap_pages),
-            free_mem_pages = COALESCE(:free_mem, free_mem_pages),
-            free_kmem_pages = COALESCE(:free_kmem, free_kmem_pages),
-            free_swap_pages = COALESCE(:free_swap, free_swap_pages),
-            owner_kind = COALESCE(:owner_kind, owner_kind), namespace = COALESCE(:namespace, namespace),
-            pod = COALESCE(:pod, pod), pod_uid = COALESCE(:pod_uid, pod_uid),
-            container = COALESCE(:container, container), container_id = COALESCE(:container_id, container_id),
-            runtime = COALESCE(:runtime, runtime), image = COALESCE(:image, image), unit = COALESCE(:unit, unit),
-            attribution = COALESCE(:attribution, attribution), creator = COALESCE(:creator, creator),
-            residents = COALESCE(:residents, residents), last_resident = COALESCE(:last_resident, last_resident),
-            residents_dropped = MAX(:dropped, residents_dropped), updated_at = :now
-         WHERE boot_id = :boot AND addr = :addr AND memcg_id = :memcg_id
-           AND state IN ('live', 'dying')
-           AND (cgroup_id = :cgroup_id OR cgroup_id = 0 OR :cgroup_id = 0)",
-        params,
-    )?;
-    if updated > 0 {
-        return Ok(());
-    }
-    if m.state != State::Freed {
-        // A memcg that exists holds this address: whatever row still claims it
-        // was freed while nobody watched.
-        tx.execute(
-            "UPDATE memcg SET state = 'lost', updated_at = :now
-             WHERE boot_id = :boot AND addr = :addr AND state IN ('live', 'dying')",
-            named_params! {":boot": boot, ":addr": m.addr as i64, ":now": now},
-        )?;
-    }
-    tx.execute(
-        "INSERT INTO memcg (boot_id, addr, memcg_id, hierarchy_id, cgroup_id, level, path, state,
-            origin, kmem_active, id_released, alloc_at, online_at, offline_at, released_at, free_at,
-            offline_mem_pages, offline_kmem_pages, offline_swap_pages, free_mem_pages,
-            free_kmem_pages, free_swap_pages, owner_kind, namespace, pod, pod_uid, container,
-            container_id, runtime, image, unit, attribution, creator, residents, last_resident,
-            residents_dropped, first_seen, updated_at)
-         VALUES (:boot, :addr, :memcg_id, :hierarchy_id, :cgroup_id, :level, :path, :state,
-            :origin, :kmem_active, :id_released, :alloc_at, :online_at, :offline_at, :released_at,
-            :free_at, :off_mem, :off_kmem, :off_swap, :free_mem, :free_kmem, :free_swap,
-            :owner_kind, :namespace, :pod, :pod_uid, :container, :container_id, :runtime, :image,
-            :unit, :attribution, :creator, :residents, :last_resident, :dropped, :now, :now)",
-        params,
-    )?;
-    Ok(())
 }
 
 fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreError>> {
@@ -513,11 +410,11 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
         first_seen: r.get(27)?,
         updated: r.get(28)?,
     };
-    m.alloc_ns = mono(w.alloc, off);
-    m.online_ns = mono(w.online, off);
-    m.offline_ns = mono(w.offline, off);
-    m.released_ns = mono(w.released, off);
-    m.free_ns = mono(w.free, off);
+    m.alloc_ns = mono(w.alloc, off).into();
+    m.online_ns = mono(w.online, off).into();
+    m.offline_ns = mono(w.offline, off).into();
+    m.released_ns = mono(w.released, off).into();
+    m.free_ns = mono(w.free, off).into();
     let counters = |a: usize, b: usize, c: usize| -> rusqlite::Result<Counters> {
         Ok(Counters {
             mem_pages: r.get::<_, Option<i64>>(a)?.map(|v| v as u64),
@@ -525,8 +422,8 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
             swap_pages: r.get::<_, Option<i64>>(c)?.map(|v| v as u64),
         })
     };
-    m.at_offline = counters(16, 17, 18)?;
-    m.at_free = counters(19, 20, 21)?;
+    m.set_at_offline(counters(16, 17, 18)?);
+    m.set_at_free(counters(19, 20, 21)?);
     m.residents_dropped = r.get(26)?;
     let attr: Option<String> = r.get(22)?;
     let creator: Option<String> = r.get(23)?;
@@ -539,12 +436,14 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
                 .transpose()?
                 .map(|t| tasks_back(t, off)))
         };
-        m.creator = task(creator)?;
-        m.last_resident = task(last)?;
+        if let Some(c) = task(creator)? {
+            m.set_creator(c);
+        }
         if let Some(s) = residents {
             let v: Vec<Task> = serde_json::from_str(&s)?;
-            m.residents = v.into_iter().map(|t| tasks_back(t, off)).collect();
+            m.set_residents(v.into_iter().map(|t| tasks_back(t, off)).collect());
         }
+        m.set_last_resident(task(last)?);
         let attribution = attr.map(|s| serde_json::from_str(&s)).transpose()?;
         Ok(HistoryRow {
             row_id,

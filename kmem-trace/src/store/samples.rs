@@ -33,30 +33,40 @@ fn int(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// Inserts one sample (in the caller's transaction, if any); an empty
+/// `boot_id` means `this_boot`.
+pub(super) fn insert_sample(
+    conn: &rusqlite::Connection,
+    this_boot: &str,
+    s: &CountSample,
+) -> Result<(), StoreError> {
+    let boot = if s.boot_id.is_empty() {
+        this_boot
+    } else {
+        s.boot_id.as_str()
+    };
+    conn.prepare_cached(
+        "INSERT INTO sample (ts, boot_id, live, dying, zombies, ids_in_use, id_limit, drops, hooks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(rusqlite::params![
+        s.ts,
+        boot,
+        int(s.live),
+        int(s.dying),
+        int(s.zombies),
+        int(s.ids_in_use),
+        s.id_limit,
+        int(s.drops),
+        s.hooks
+    ])?;
+    Ok(())
+}
+
 impl Store {
     /// Writes one sample; an empty `boot_id` means this boot.
     pub fn write_sample(&mut self, s: &CountSample) -> Result<(), StoreError> {
-        let boot = if s.boot_id.is_empty() {
-            self.boot_id.as_str()
-        } else {
-            s.boot_id.as_str()
-        };
-        self.conn.execute(
-            "INSERT INTO sample (ts, boot_id, live, dying, zombies, ids_in_use, id_limit, drops, hooks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            rusqlite::params![
-                s.ts,
-                boot,
-                int(s.live),
-                int(s.dying),
-                int(s.zombies),
-                int(s.ids_in_use),
-                s.id_limit,
-                int(s.drops),
-                s.hooks
-            ],
-        )?;
-        Ok(())
+        insert_sample(&self.conn, &self.boot_id, s)
     }
 
     /// Samples taken at or after `since` (wall ns), oldest first, every boot.

@@ -6,7 +6,8 @@ use std::{os::unix::fs::PermissionsExt, path::PathBuf, sync::Arc};
 use super::*;
 use crate::{
     attribution::Attribution,
-    lifecycle::{Comm, Memcg, Origin, State, Task},
+    decode::Counters,
+    lifecycle::{Comm, Memcg, Origin, Stamp, State, Task},
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -37,14 +38,14 @@ const OFF: i64 = 1_700_000_000_000_000_000;
 const NOW: i64 = OFF + 500_000_000_000;
 
 fn task(pid: u32, comm: &str, ts: u64) -> Task {
-    Task {
+    Task::new(
         pid,
-        tgid: pid,
-        comm: Comm::new(comm),
-        ppid: 1,
-        pcomm: Comm::new("containerd-shim"),
-        ts_ns: ts,
-    }
+        pid,
+        Comm::new(comm),
+        1,
+        Comm::new("containerd-shim"),
+        ts,
+    )
 }
 
 fn memcg(addr: u64, id: u32, cgroup_id: u64, state: State) -> Memcg {
@@ -55,15 +56,21 @@ fn memcg(addr: u64, id: u32, cgroup_id: u64, state: State) -> Memcg {
     m.path =
         Arc::from("/kubepods/burstable/pod5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d/abcdef0123456789");
     m.state = state;
-    m.alloc_ns = Some(1_000);
-    m.online_ns = Some(1_100);
-    m.creator = Some(task(10, "runc", 1_000));
-    m.residents = vec![task(11, "runc:[2:INIT]", 1_200), task(12, "nginx", 1_300)];
-    m.last_resident = Some(task(12, "nginx", 1_300));
+    m.alloc_ns = Stamp::at(1_000);
+    m.online_ns = Stamp::at(1_100);
+    m.set_creator(task(10, "runc", 1_000));
+    m.set_residents(vec![
+        task(11, "runc:[2:INIT]", 1_200),
+        task(12, "nginx", 1_300),
+    ]);
+    m.set_last_resident(Some(task(12, "nginx", 1_300)));
     if state != State::Live {
-        m.offline_ns = Some(2_000);
-        m.at_offline.mem_pages = Some(4096);
-        m.at_offline.swap_pages = Some(0);
+        m.offline_ns = Stamp::at(2_000);
+        m.set_at_offline(Counters {
+            mem_pages: Some(4096),
+            kmem_pages: None,
+            swap_pages: Some(0),
+        });
     }
     m
 }
@@ -121,18 +128,18 @@ fn round_trips_a_memcg_with_wall_clock_times() {
     let back = &r.memcg;
     assert_eq!(back.addr, m.addr);
     assert_eq!((back.memcg_id, back.cgroup_id, back.level), (42, 777, 5));
-    assert_eq!(back.offline_ns, Some(2_000));
-    assert_eq!(back.at_offline, m.at_offline);
-    assert_eq!(back.creator, m.creator);
-    assert_eq!(back.residents, m.residents);
-    assert_eq!(back.last_resident, m.last_resident);
+    assert_eq!(back.offline_ns.get(), Some(2_000));
+    assert_eq!(back.at_offline(), m.at_offline());
+    assert_eq!(back.creator(), m.creator());
+    assert_eq!(back.residents(), m.residents());
+    assert_eq!(back.last_resident(), m.last_resident());
     assert_eq!(
         r.attribution.as_ref().unwrap().owner.pod_uid(),
         Some("5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d")
     );
     // Read back with another clock offset: the same wall-clock instant.
     let later = s.dying(OFF + 10).unwrap();
-    assert_eq!(later[0].memcg.offline_ns, Some(1_990));
+    assert_eq!(later[0].memcg.offline_ns.get(), Some(1_990));
 }
 
 #[test]
@@ -141,7 +148,7 @@ fn updates_the_same_memcg_and_starts_a_new_row_for_a_new_one() {
     let mut s = Store::open(&d.0.join("h.db")).unwrap();
     let addr = 0xffff_8880_0000_1000;
     let mut live = memcg(addr, 7, 100, State::Live);
-    live.residents.clear();
+    live.set_residents(Vec::new());
     s.write(&[rec(live)], OFF, NOW).unwrap();
     // Offline: same row, counters and residents filled in, attribution kept.
     let dying = memcg(addr, 7, 100, State::Dying);
@@ -157,12 +164,15 @@ fn updates_the_same_memcg_and_starts_a_new_row_for_a_new_one() {
     let all = s.all(OFF).unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, "dying");
-    assert_eq!(all[0].memcg.residents.len(), 2);
+    assert_eq!(all[0].memcg.residents().len(), 2);
     assert!(all[0].attribution.is_some());
     // Freed: the row is finished.
     let mut freed = memcg(addr, 7, 100, State::Freed);
-    freed.free_ns = Some(3_000);
-    freed.at_free.mem_pages = Some(0);
+    freed.free_ns = Stamp::at(3_000);
+    freed.set_at_free(Counters {
+        mem_pages: Some(0),
+        ..Counters::default()
+    });
     s.write(&[rec(freed)], OFF, NOW + 2).unwrap();
     // A new memcg at the same address with the same recycled ID: a new row.
     s.write(&[rec(memcg(addr, 7, 200, State::Live))], OFF, NOW + 3)
@@ -173,12 +183,60 @@ fn updates_the_same_memcg_and_starts_a_new_row_for_a_new_one() {
         (all[0].state.as_str(), all[0].wall.free),
         ("freed", Some(OFF + 3_000))
     );
-    assert_eq!(all[0].memcg.at_free.mem_pages, Some(0));
+    assert_eq!(all[0].memcg.at_free().mem_pages, Some(0));
     assert_eq!(
         (all[1].state.as_str(), all[1].memcg.cgroup_id),
         ("live", 200)
     );
     assert!(s.dying(OFF).unwrap().is_empty());
+}
+
+#[test]
+fn open_rows_are_found_by_address_across_reopens_and_duplicates() {
+    let d = TempDir::new("openrows");
+    let db = d.0.join("h.db");
+    let mut s = Store::open(&db).unwrap();
+    // Many finished rows share the address and ID (the kernel reuses both).
+    for i in 0..50 {
+        let mut f = memcg(0x1000, 5, 100 + i, State::Freed);
+        f.free_ns = Stamp::at(3_000);
+        s.write(&[rec(f)], OFF, NOW).unwrap();
+    }
+    s.write(&[rec(memcg(0x1000, 5, 500, State::Live))], OFF, NOW + 1)
+        .unwrap();
+    // A restarted tracer finds the open row and updates it.
+    drop(s);
+    let mut s = Store::open(&db).unwrap();
+    s.write(&[rec(memcg(0x1000, 5, 500, State::Dying))], OFF, NOW + 2)
+        .unwrap();
+    let open = s.open_rows(OFF).unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(
+        (open[0].state.as_str(), open[0].memcg.cgroup_id),
+        ("dying", 500)
+    );
+    // Two open rows at one address (an older version could leave them): a
+    // new memcg there closes both.
+    let c = Connection::open(&db).unwrap();
+    c.execute("UPDATE memcg SET state = 'live' WHERE cgroup_id = 101", [])
+        .unwrap();
+    drop(c);
+    let mut s = Store::open(&db).unwrap();
+    s.write(&[rec(memcg(0x1000, 6, 600, State::Live))], OFF, NOW + 3)
+        .unwrap();
+    let open = s.open_rows(OFF).unwrap();
+    let ids: Vec<u64> = open.iter().map(|r| r.memcg.cgroup_id).collect();
+    assert_eq!(ids, [600]);
+    assert_eq!(s.all(OFF).unwrap().len(), 52);
+    // Freed: nothing open is left at the address, the next memcg is new.
+    let mut f = memcg(0x1000, 6, 600, State::Freed);
+    f.free_ns = Stamp::at(4_000);
+    s.write(&[rec(f)], OFF, NOW + 4).unwrap();
+    s.write(&[rec(memcg(0x1000, 6, 601, State::Live))], OFF, NOW + 5)
+        .unwrap();
+    let all = s.all(OFF).unwrap();
+    assert_eq!(all.len(), 53);
+    assert_eq!(all[51].state, "freed");
 }
 
 #[test]
@@ -208,7 +266,7 @@ fn retention_deletes_only_old_finished_rows() {
     let mut s = Store::open(&d.0.join("h.db")).unwrap();
     let day = 86_400_000_000_000i64;
     let mut old = memcg(0x1000, 1, 1, State::Freed);
-    old.free_ns = Some(5);
+    old.free_ns = Stamp::at(5);
     s.write(&[rec(old)], OFF, NOW - 20 * day).unwrap();
     s.write(
         &[rec(memcg(0x2000, 2, 2, State::Dying))],
@@ -217,7 +275,7 @@ fn retention_deletes_only_old_finished_rows() {
     )
     .unwrap();
     let mut recent = memcg(0x3000, 3, 3, State::Freed);
-    recent.free_ns = Some(5);
+    recent.free_ns = Stamp::at(5);
     s.write(&[rec(recent)], OFF, NOW - day).unwrap();
     assert_eq!(s.prune(DEFAULT_RETAIN, NOW).unwrap(), 1);
     let left: Vec<u64> = s.all(OFF).unwrap().iter().map(|r| r.memcg.addr).collect();
@@ -265,7 +323,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
     {
         let mut s = Store::open(&db).unwrap();
         let mut m = memcg(0x1000, 5, 100, State::Dying);
-        m.offline_ns = Some(Clock::mono_now() - 1_000_000_000);
+        m.offline_ns = Stamp::at(Clock::mono_now() - 1_000_000_000);
         s.write(&[rec(m)], clock.offset_ns, now).unwrap();
     }
     let cfg = HistoryConfig {
@@ -289,7 +347,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
     assert_eq!((restored.memcgs, restored.dying, restored.lost), (1, 1, 0));
     let m = lc.get(0x1000).unwrap();
     assert_eq!(
-        (m.origin, m.memcg_id, m.residents.len()),
+        (m.origin, m.memcg_id, m.residents().len()),
         (Origin::History, 5, 2)
     );
     assert_eq!(

@@ -147,31 +147,29 @@ fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
                 Err(_) => break,
             }
         }
-        for s in &samples {
-            if let Err(e) = store.write_sample(s) {
-                fail(&mut stats, "writing a sample", e);
-            }
-        }
         let now = now_ns();
-        for (offset_ns, records) in &batches {
-            match store.write(records, *offset_ns, now) {
+        let beat = !batches.is_empty() || stop || last_beat.elapsed() >= HEARTBEAT;
+        if !samples.is_empty() || beat {
+            // One transaction for all of it: a commit per batch (and per meta
+            // key) was a good part of the writer's CPU under churn.
+            let now_s = now.to_string();
+            let mut meta = Vec::with_capacity(2);
+            if beat {
+                meta.push(("heartbeat", now_s.as_str()));
+            }
+            if stop {
+                meta.push(("running", "0"));
+            }
+            match store.write_all(&samples, &batches, &meta, now) {
                 Ok(()) => {
-                    stats.batches += 1;
-                    stats.records += records.len() as u64;
+                    stats.batches += batches.len() as u64;
+                    stats.records += batches.iter().map(|b| b.1.len() as u64).sum::<u64>();
                 }
                 Err(e) => fail(&mut stats, "writing", e),
             }
-        }
-        if !batches.is_empty() || stop || last_beat.elapsed() >= HEARTBEAT {
-            if let Err(e) = store.set_meta("heartbeat", &now.to_string()) {
-                fail(&mut stats, "writing meta", e);
+            if beat {
+                last_beat = Instant::now();
             }
-            if stop {
-                if let Err(e) = store.set_meta("running", "0") {
-                    fail(&mut stats, "writing meta", e);
-                }
-            }
-            last_beat = Instant::now();
         }
         if stop {
             return stats;

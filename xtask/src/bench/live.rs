@@ -267,8 +267,9 @@ pub struct DropResult {
     pub no_drop_per_second: f64,
 }
 
-/// Default `--ring-buffer-size` of `kmem-trace watch`.
-pub const DEFAULT_RING: u32 = 4 << 20;
+/// Default `--ring-buffer-size` of `kmem-trace watch`
+/// (`kmem_trace::probes::DEFAULT_RING_BYTES`).
+pub const DEFAULT_RING: u32 = 1 << 20;
 
 fn drop_run(l: &Live, churn: Churn, ring: u32, round: usize) -> Result<DropRun> {
     let run = run_once(l, round, Variant::KmemTrace, None, churn, Some(ring))?;
@@ -310,7 +311,7 @@ pub fn drops(l: &Live) -> Result<DropResult> {
     let rings: &[u32] = if l.quick {
         &[1 << 16, 1 << 12]
     } else {
-        &[1 << 20, 1 << 18, 1 << 16, 1 << 14, 1 << 12]
+        &[1 << 18, 1 << 16, 1 << 14, 1 << 12]
     };
     let mut ring_ramp = Vec::new();
     for (i, &ring) in rings.iter().enumerate() {

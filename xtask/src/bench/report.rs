@@ -218,8 +218,14 @@ fn figures(r: &Results) -> Vec<Figure> {
         ),
     ));
     let d = f(drops, "at_full.drops");
+    let ring = f(drops, "at_full.ring_bytes").unwrap_or(0.0) / 1024.0;
+    let ring = if ring >= 1024.0 {
+        format!("{:.0} MiB", ring / 1024.0)
+    } else {
+        format!("{ring:.0} KiB")
+    };
     out.push(fig(
-        "drops at full churn rate (default 4 MiB ring)",
+        &format!("drops at full churn rate (default {ring} ring)"),
         d,
         format!("{:.0}", d.unwrap_or(0.0)),
         Some(("0", d == Some(0.0))),

@@ -23,17 +23,36 @@ struct Sink {
     lines: u64,
     ours: u64,
     last: String,
+    /// CPU seconds the sink's thread used (it shares the machine with the churn).
+    cpu_s: f64,
 }
 
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Reads and counts a tracer's output while the churn runs, on the same two
+/// cores: it has to be cheap. A byte-by-byte window search for the needle
+/// took 55-70 µs of CPU per lifecycle on kmem-trace's ~600-byte JSON lines,
+/// more than the tracer itself, and ten times what it took on bpftrace's
+/// short lines (docs/PERFORMANCE.md); `memmem` takes a few.
 fn count<R: Read>(r: R, needle: &[u8], ready: &str, tx: mpsc::Sender<String>) -> Sink {
     let mut s = Sink::default();
     let mut r = BufReader::with_capacity(1 << 16, r);
     let mut line = Vec::with_capacity(1024);
     let mut told = false;
     let mut last = Vec::new();
+    let finder = memchr::memmem::Finder::new(needle);
     while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
         s.lines += 1;
-        if !needle.is_empty() && line.windows(needle.len()).any(|w| w == needle) {
+        if !needle.is_empty() && finder.find(&line).is_some() {
             s.ours += 1;
         }
         if !told && !ready.is_empty() && line.starts_with(ready.as_bytes()) {
@@ -45,6 +64,7 @@ fn count<R: Read>(r: R, needle: &[u8], ready: &str, tx: mpsc::Sender<String>) ->
         line.clear();
     }
     s.last = String::from_utf8_lossy(&last).trim_end().to_string();
+    s.cpu_s = thread_cpu_s();
     s
 }
 
@@ -69,6 +89,8 @@ pub struct Outcome {
     pub drops: Option<u64>,
     /// CPU seconds (user + system) between ready and stop.
     pub cpu_s: f64,
+    /// CPU seconds of the bench's thread that reads and counts the output.
+    pub sink_cpu_s: f64,
     pub exit_code: Option<i32>,
 }
 
@@ -176,6 +198,7 @@ impl Running {
             ours: sink.ours,
             drops,
             cpu_s: cpu,
+            sink_cpu_s: sink.cpu_s,
             exit_code: status.code(),
         })
     }
