@@ -7,6 +7,7 @@
 
 pub mod path;
 pub mod runtime;
+mod share;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use path::{Owner, PodPath, Qos, Runtime};
 pub use runtime::{ContainerMeta, RuntimeRoots};
+use share::SharedStrs;
 
 use crate::lifecycle::{Applied, Lifecycle, State};
 
@@ -72,7 +74,7 @@ impl Attribution {
 
     pub fn view(&self) -> OwnerView<'_> {
         let meta = self.meta.as_deref();
-        let m = |f: fn(&ContainerMeta) -> &Option<String>| meta.and_then(|m| f(m).as_deref());
+        let m = |f: fn(&ContainerMeta) -> &Option<Arc<str>>| meta.and_then(|m| f(m).as_deref());
         let mut v = OwnerView {
             kind: self.owner.kind(),
             namespace: m(|m| &m.namespace),
@@ -189,7 +191,9 @@ pub struct Attributor {
     by_addr: KeyMap<u64, Entry>,
     /// Pod UID → pod metadata learned from its containers, for the pod-level
     /// cgroup (created before any container, so it has no metadata of its own).
-    pods: HashMap<String, ContainerMeta>,
+    pods: HashMap<Arc<str>, ContainerMeta>,
+    /// Strings equal across attributions, kept once.
+    strings: SharedStrs,
     pub stats: AttributionStats,
 }
 
@@ -199,6 +203,7 @@ impl Attributor {
             lookup,
             by_addr: KeyMap::default(),
             pods: HashMap::new(),
+            strings: SharedStrs::default(),
             stats: AttributionStats::default(),
         }
     }
@@ -248,7 +253,8 @@ impl Attributor {
     }
 
     /// Restores an attribution kept in the history (after a restart).
-    pub fn seed(&mut self, addr: u64, path: Arc<str>, attr: Attribution) {
+    pub fn seed(&mut self, addr: u64, path: Arc<str>, mut attr: Attribution) {
+        self.share(&mut attr, &path);
         self.learn_pod(&attr);
         self.by_addr.insert(
             addr,
@@ -281,7 +287,8 @@ impl Attributor {
                 .and_then(|uid| self.pods.get(uid).cloned())
                 .map(Box::new),
         };
-        let attr = Attribution { owner, meta };
+        let mut attr = Attribution { owner, meta };
+        self.share(&mut attr, &path);
         self.learn_pod(&attr);
         let attr = Arc::new(attr);
         self.by_addr.insert(
@@ -313,10 +320,27 @@ impl Attributor {
         better
     }
 
+    /// Swaps the attribution's strings for equal ones already kept (see
+    /// [`SharedStrs`]); an unrecognised path's owner is the memcg's own path.
+    fn share(&mut self, attr: &mut Attribution, path: &Arc<str>) {
+        match &mut attr.owner {
+            Owner::Pod(p) => self.strings.share(&mut p.pod_uid),
+            Owner::Systemd { unit } => self.strings.share(unit),
+            Owner::Path { path: p } if **p == **path => *p = path.clone(),
+            Owner::Path { .. } | Owner::Container { .. } => {}
+        }
+        if let Some(m) = attr.meta.as_deref_mut() {
+            for s in m.strings_mut() {
+                self.strings.share_opt(s);
+            }
+        }
+    }
+
     fn learn_pod(&mut self, attr: &Attribution) {
-        let (Some(uid), Some(meta)) = (attr.owner.pod_uid(), attr.meta.as_ref()) else {
+        let (Owner::Pod(p), Some(meta)) = (&attr.owner, attr.meta.as_ref()) else {
             return;
         };
+        let uid = &p.pod_uid;
         if meta.pod_name.is_none() || self.pods.contains_key(uid) {
             return;
         }
@@ -324,12 +348,12 @@ impl Attributor {
             self.pods.clear();
         }
         self.pods.insert(
-            uid.to_string(),
+            uid.clone(),
             ContainerMeta {
                 source: meta.source,
                 pod_name: meta.pod_name.clone(),
                 namespace: meta.namespace.clone(),
-                pod_uid: Some(uid.to_string()),
+                pod_uid: Some(uid.clone()),
                 ..ContainerMeta::default()
             },
         );

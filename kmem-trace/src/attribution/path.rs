@@ -4,6 +4,8 @@
 //! path. The kubepods layout is found anywhere in the path, not only at the
 //! root (kubelet `--cgroup-root`, kind nodes, nested test parents).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Kubernetes QoS class, from the kubepods level the pod sits in.
@@ -54,10 +56,10 @@ impl Runtime {
 pub struct PodPath {
     pub qos: Qos,
     /// Normalised to dashes and lower case (the systemd driver writes `_`).
-    /// `Box<str>` rather than `String` here and below: 8 bytes less each,
-    /// for up to 65,535 tracked memcgs.
-    pub pod_uid: Box<str>,
-    /// `None` for the pod-level cgroup itself.
+    /// Shared by the pod's memcgs (the attribution stage's `SharedStrs`).
+    pub pod_uid: Arc<str>,
+    /// `None` for the pod-level cgroup itself. `Box<str>` rather than
+    /// `String`: 8 bytes less, for up to 65,535 tracked memcgs.
     pub container_id: Option<Box<str>>,
     /// Known when the scope name or the containerd form names it.
     pub runtime: Option<Runtime>,
@@ -75,11 +77,11 @@ pub enum Owner {
     },
     /// A systemd unit or slice: the innermost one in the path.
     Systemd {
-        unit: Box<str>,
+        unit: Arc<str>,
     },
-    /// Nothing recognised: the path itself.
+    /// Nothing recognised: the path itself (the memcg's own path string).
     Path {
-        path: Box<str>,
+        path: Arc<str>,
     },
 }
 

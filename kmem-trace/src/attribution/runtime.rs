@@ -8,6 +8,7 @@ use std::{
     fs::File,
     io::Read,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -60,25 +61,41 @@ pub const DEFAULT_ROOTS: &[&str] = &[
     "/run/containerd/io.containerd.runtime.v1.linux/k8s.io",
 ];
 
-/// What kmem-trace records about a container.
+/// What kmem-trace records about a container. The strings are `Arc<str>`:
+/// the attribution stage shares equal ones (a pod's name, namespace and UID
+/// in each of its memcgs, an image in every container that runs it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerMeta {
     /// Which runtime's files it came from.
     pub source: Option<Runtime>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_name: Option<String>,
+    pub pod_name: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub namespace: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
     /// The container's name in the pod (or Docker's container name).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_name: Option<String>,
+    pub container_name: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
+    pub image: Option<Arc<str>>,
     /// `sandbox` for a pod's pause container, `container` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_type: Option<String>,
+    pub container_type: Option<Arc<str>>,
+}
+
+impl ContainerMeta {
+    /// Every string, to share them.
+    pub fn strings_mut(&mut self) -> [&mut Option<Arc<str>>; 6] {
+        [
+            &mut self.pod_name,
+            &mut self.namespace,
+            &mut self.pod_uid,
+            &mut self.container_name,
+            &mut self.image,
+            &mut self.container_type,
+        ]
+    }
 }
 
 /// The runtime roots to look in.
@@ -169,11 +186,11 @@ fn read_json(file: &Path) -> Option<Value> {
     }
 }
 
-fn s(v: &Value, key: &str) -> Option<String> {
+fn s(v: &Value, key: &str) -> Option<Arc<str>> {
     v.get(key)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .map(Arc::from)
 }
 
 /// An OCI runtime spec's annotations: containerd's CRI plugin writes
@@ -204,7 +221,7 @@ fn from_docker_config(cfg: &Value) -> Option<ContainerMeta> {
     let config = cfg.get("Config")?;
     let empty = Value::Null;
     let labels = config.get("Labels").unwrap_or(&empty);
-    let name = s(cfg, "Name").map(|n| n.trim_start_matches('/').to_string());
+    let name = s(cfg, "Name").map(|n| Arc::from(n.trim_start_matches('/')));
     let kube_name = s(labels, "io.kubernetes.container.name");
     let container_type = s(labels, "io.kubernetes.docker.type");
     Some(ContainerMeta {

@@ -1,14 +1,18 @@
 //! The tracers under test, run as child processes: `kmem-trace watch --json`
-//! and bpftrace on the same tracepoints. Their stdout goes into a counting sink
-//! (lines, lines about our cgroups, the last line for kmem-trace's summary);
-//! start-up and CPU time are measured from outside.
+//! and bpftrace on the same tracepoints. Their stdout goes to a file in
+//! memory (`/dev/shm`) that is counted after the run (lines, lines about our
+//! cgroups, the last line for kmem-trace's summary); start-up and CPU time
+//! are measured from outside.
 
 use std::{
-    fs,
-    io::{BufRead, BufReader, Read},
-    path::Path,
+    fs::{self, File},
+    io::{BufRead, BufReader, Seek, SeekFrom},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -17,55 +21,77 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
-/// What a counting sink saw on a tracer's stdout.
+/// What a tracer wrote on stdout.
 #[derive(Debug, Default)]
 struct Sink {
     lines: u64,
     ours: u64,
     last: String,
-    /// CPU seconds the sink's thread used (it shares the machine with the churn).
-    cpu_s: f64,
 }
 
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu_s() -> f64 {
-    // SAFETY: getrusage fills the struct we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-/// Reads and counts a tracer's output while the churn runs, on the same two
-/// cores: it has to be cheap. A byte-by-byte window search for the needle
-/// took 55-70 µs of CPU per lifecycle on kmem-trace's ~600-byte JSON lines,
-/// more than the tracer itself, and ten times what it took on bpftrace's
-/// short lines (docs/PERFORMANCE.md); `memmem` takes a few.
-fn count<R: Read>(r: R, needle: &[u8], ready: &str, tx: mpsc::Sender<String>) -> Sink {
+/// Counts a tracer's output once it has stopped. Reading it while the churn
+/// ran, in a thread of the churn driver's own process, cost that process
+/// 55-70 µs of CPU per lifecycle on kmem-trace's ~600-byte JSON lines (a
+/// byte-wise window search; 20 µs with `memmem`), ten times what it cost on
+/// bpftrace's short lines, and its allocations shared the address space the
+/// churn worker forks from: the harness slowed the churn it measured
+/// (docs/PERFORMANCE.md).
+fn count(out: &[u8], needle: &[u8]) -> Sink {
     let mut s = Sink::default();
-    let mut r = BufReader::with_capacity(1 << 16, r);
-    let mut line = Vec::with_capacity(1024);
-    let mut told = false;
-    let mut last = Vec::new();
     let finder = memchr::memmem::Finder::new(needle);
-    while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+    let mut last: &[u8] = b"";
+    for line in out.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
         s.lines += 1;
-        if !needle.is_empty() && finder.find(&line).is_some() {
+        if !needle.is_empty() && finder.find(line).is_some() {
             s.ours += 1;
         }
-        if !told && !ready.is_empty() && line.starts_with(ready.as_bytes()) {
-            told = true;
-            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+        last = line;
+    }
+    s.last = String::from_utf8_lossy(last).trim_end().to_string();
+    s
+}
+
+/// A fresh file in memory for a tracer's stdout.
+fn out_file() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new("/dev/shm");
+    let dir = if dir.is_dir() {
+        dir.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join(format!(
+        "kmem-trace-bench-{}-{}.out",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Whether the output file so far has a line starting with `ready` (read
+/// from `*pos` on).
+fn ready_in(path: &Path, pos: &mut u64, ready: &str) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    if f.seek(SeekFrom::Start(*pos)).is_err() {
+        return false;
+    }
+    let mut r = BufReader::new(f);
+    let mut line = String::new();
+    while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+        if !line.ends_with('\n') {
+            break; // partial: read it again next time
         }
-        // Keep the last non-empty line (kmem-trace's summary) without copying.
-        std::mem::swap(&mut line, &mut last);
+        *pos += line.len() as u64;
+        if line.starts_with(ready) {
+            return true;
+        }
         line.clear();
     }
-    s.last = String::from_utf8_lossy(&last).trim_end().to_string();
-    s.cpu_s = thread_cpu_s();
-    s
+    false
 }
 
 /// A running tracer.
@@ -74,9 +100,11 @@ pub struct Running {
     /// Exec to the ready line.
     pub ready_after: Duration,
     cpu_at_ready: f64,
-    out: Option<thread::JoinHandle<Sink>>,
+    /// Where its stdout goes.
+    out: PathBuf,
     err: Option<thread::JoinHandle<Vec<String>>>,
     stop_signal: i32,
+    needle: Vec<u8>,
 }
 
 /// What a tracer run produced.
@@ -89,8 +117,6 @@ pub struct Outcome {
     pub drops: Option<u64>,
     /// CPU seconds (user + system) between ready and stop.
     pub cpu_s: f64,
-    /// CPU seconds of the bench's thread that reads and counts the output.
-    pub sink_cpu_s: f64,
     pub exit_code: Option<i32>,
 }
 
@@ -112,18 +138,20 @@ impl Running {
     /// Starts `cmd` and waits for a line starting with `ready` on stdout or
     /// containing it on stderr. `needle` marks lines about our cgroups.
     fn start(mut cmd: Command, ready: &str, needle: &str, stop_signal: i32) -> Result<Running> {
+        let out = out_file();
+        let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(file))
             .stderr(Stdio::piped());
         let t0 = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", crate::util::show(&cmd)))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = fs::remove_file(&out);
+                return Err(e).with_context(|| format!("starting {}", crate::util::show(&cmd)));
+            }
+        };
         let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().context("tracer stdout")?;
-        let (needle, ready_s) = (needle.as_bytes().to_vec(), ready.to_string());
-        let tx_out = tx.clone();
-        let out = thread::spawn(move || count(stdout, &needle, &ready_s, tx_out));
         let stderr = child.stderr.take().context("tracer stderr")?;
         let ready_e = ready.to_string();
         let err = thread::spawn(move || {
@@ -140,17 +168,22 @@ impl Running {
             child,
             ready_after: Duration::ZERO,
             cpu_at_ready: 0.0,
-            out: Some(out),
+            out,
             err: Some(err),
             stop_signal,
+            needle: needle.as_bytes().to_vec(),
         };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(_) => {
+        let mut pos = 0;
+        let deadline = t0 + Duration::from_secs(60);
+        loop {
+            let on_stderr = rx.recv_timeout(Duration::from_millis(2)).is_ok();
+            if on_stderr || ready_in(&r.out, &mut pos, ready) {
                 r.ready_after = t0.elapsed();
                 r.cpu_at_ready = cpu_seconds(r.child.id());
-                Ok(r)
+                return Ok(r);
             }
-            Err(_) => {
+            let exited = matches!(r.child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
                 let _ = r.child.kill();
                 let _ = r.child.wait();
                 let errs = r.err.take().and_then(|h| h.join().ok()).unwrap_or_default();
@@ -183,12 +216,9 @@ impl Running {
             }
             thread::sleep(Duration::from_millis(10));
         };
-        let sink = self
-            .out
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default();
         let _ = self.err.take().and_then(|h| h.join().ok());
+        let out = fs::read(&self.out).unwrap_or_default();
+        let sink = count(&out, &self.needle);
         let drops = serde_json::from_str::<Value>(&sink.last)
             .ok()
             .filter(|v| v["kind"] == "summary")
@@ -198,7 +228,6 @@ impl Running {
             ours: sink.ours,
             drops,
             cpu_s: cpu,
-            sink_cpu_s: sink.cpu_s,
             exit_code: status.code(),
         })
     }
@@ -210,6 +239,7 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = fs::remove_file(&self.out);
     }
 }
 
