@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod clock;
 pub mod json;
+mod jsonw;
 pub mod line;
 pub mod tee;
 pub mod tui;
