@@ -30,6 +30,31 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Reads `sh`, `head` and their libraries into the page cache from the test
+/// runner's own cgroup, once per test process. On a machine with cold caches
+/// the first run inside a test cgroup would otherwise fault those file pages
+/// in and have them charged to the test memcg (mm/filemap.c charges a new
+/// page-cache page to the faulting task's memcg), so the memcg would stay
+/// dying after the test removes its own pinning files. Seen on fresh CI runs.
+fn warm_tools() -> Result<()> {
+    static WARM: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    WARM.get_or_init(|| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("head -c 65536 /dev/zero > /dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("warming sh and head: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("warming sh and head failed: {}", out.status))
+        }
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
 /// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
 pub fn memory_root() -> Result<PathBuf> {
     Ok(kmem_trace::cgroupfs::preferred_memory_hierarchy(Path::new("/"))?.mount)
@@ -82,6 +107,7 @@ impl TestParent {
     /// Runs `script` with `sh` inside `cgroup` (the shell moves itself in first)
     /// and waits for it; the test runner never enters the cgroup.
     pub fn run_in(&mut self, cgroup: &Path, script: &str) -> Result<()> {
+        warm_tools()?;
         let procs = cgroup.join("cgroup.procs");
         let full = format!("echo $$ > '{}' && {script}", procs.display());
         let child = Command::new("sh")

@@ -214,8 +214,12 @@ fn attribution_survives_the_pod_and_a_tracer_restart() {
     let gone = wait_for(Duration::from_secs(10), || {
         entry(&zombies(&db), &cid).is_none()
     });
+    let still = entry(&zombies(&db), &cid);
     let (code, _) = tracer.stop().unwrap();
     assert_eq!(code, Some(0), "stderr: {:?}", tracer.stderr);
-    assert!(freed, "no free event with the owner after the restart");
+    assert!(
+        freed,
+        "no free event with the owner after the restart; the memcg as listed: {still:#?}"
+    );
     assert!(gone, "the freed memcg is still listed as a zombie");
 }
