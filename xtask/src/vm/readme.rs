@@ -16,7 +16,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         }
     }
     let mut s = String::from(
-        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint |\n|---|---|---|---|---|---|\n",
+        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | census |\n|---|---|---|---|---|---|---|\n",
     );
     for k in kernels {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
@@ -66,6 +66,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
             };
             let _ = write!(s, " {text} |");
         }
+        let _ = write!(s, " {} |", census_cell(&rs));
         s.push('\n');
     }
     let _ = writeln!(
@@ -73,13 +74,32 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         "\nLast run {date} with `cargo xtask vm-test --readme`: each Debian kernel booted in qemu \
          (TCG) with and without `cgroup.memory=nokmem`; per hook family a churn of memcgs, a \
          tmpfs pin and page-cache pins on ext4, checking every lifecycle point's events, the \
-         memcg IDs, the zombie verdicts, kmem activation, and that families agree. \
+         memcg IDs, the zombie verdicts, kmem activation, and that families agree; \
+         once per boot a census of a tmpfs-pinned and a page-cache-pinned dying memcg \
+         (listed dying with that pin cause, gone after release, counts equal to the kernel's). \
          \"unavailable\": the kernel attaches no hook of that family. Run it yourself with \
          `cargo xtask vm-test [--kernel 6.12-cloud]... [--boot default,nokmem] \
          [--family kprobe] [--jobs N] [--keep]`; results and console logs go to \
          `target/vm-test/`."
     );
     s
+}
+
+/// The census column: pass when every boot's census check passed.
+fn census_cell(rs: &[&RunResult]) -> &'static str {
+    let st: Vec<Option<&str>> = rs
+        .iter()
+        .map(|r| r.census.as_ref().and_then(|c| c["status"].as_str()))
+        .collect();
+    if st.iter().all(|s| *s == Some("pass")) {
+        "pass"
+    } else if st.iter().all(|s| *s == Some("unsupported")) {
+        "counts only"
+    } else if st.contains(&Some("fail")) {
+        "**FAIL**"
+    } else {
+        "not run"
+    }
 }
 
 /// The kernel's probes report attaches no hook of `family` at all (the build
@@ -117,7 +137,7 @@ mod tests {
         ];
         let t = readme_table(&runs, "2026-11-29");
         assert!(
-            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) |"),
+            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | pass |"),
             "{t}"
         );
         let readme =

@@ -120,6 +120,10 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
             }
             let _ = writeln!(s);
         }
+        if let Some(c) = &r.census {
+            head(&mut s);
+            let _ = writeln!(s, "{:<11} {}", "(census)", census_text(c));
+        }
         if let Some(f) = &r.failure {
             head(&mut s);
             let _ = writeln!(s, "FAILED: {f}");
@@ -130,13 +134,41 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
         "\nN = events seen, one per memcg of the scenario; - = no hook of that family can see \
          the point on that kernel (not a pass); kmem on/off = kmem activation reported \
          (on by default, off with cgroup.memory=nokmem); (agree) = families seeing a point \
-         reported the same events and memcg IDs."
+         reported the same events and memcg IDs; (census) = how `kmem-trace census` \
+         classified a tmpfs-pinned and a page-cache-pinned dying memcg."
     );
     let details = failure_details(runs);
     if !details.is_empty() {
         let _ = writeln!(s, "\nFailures:\n{details}");
     }
     s
+}
+
+/// One line on the census check: each pin as the census classified it, whether
+/// the pins' memcgs left it after their release, the verdict.
+pub fn census_text(c: &Value) -> String {
+    let pins: Vec<String> = c["seen"]["pins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["pin"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let freed = match c["seen"]["freed"].as_bool() {
+        Some(true) => ", gone after release",
+        Some(false) => ", STILL LISTED after release",
+        None => "",
+    };
+    match c["status"].as_str() {
+        Some("pass") => format!("dying: {}{freed}  pass", pins.join(", ")),
+        Some("unsupported") => "no cgroup BPF iterator (counts only)".into(),
+        _ => format!("dying: {}{freed}  FAIL", pins.join(", ")),
+    }
 }
 
 fn failure_details(runs: &[RunResult]) -> String {
@@ -219,7 +251,13 @@ mod tests {
             "{m}"
         );
         assert!(
-            lines[3].contains("FAIL") && lines[3].contains(" off "),
+            lines[3].contains("(census)")
+                && lines[3].contains("tmpfs-pin tmpfs, cache-pin page_cache, gone after release")
+                && lines[3].ends_with("pass"),
+            "{m}"
+        );
+        assert!(
+            lines[4].contains("FAIL") && lines[4].contains(" off "),
             "{m}"
         );
         assert!(m.contains("Failures:"));

@@ -41,6 +41,8 @@ pub struct RunResult {
     /// memcg/css text symbols in the kernel's kallsyms.
     pub symbols: Vec<String>,
     pub kernel_log: Option<Value>,
+    /// The census check (`status` pass, fail or unsupported, what it saw).
+    pub census: Option<Value>,
     pub errors: Vec<String>,
     /// `seconds step` for every progress step, for finding slow steps.
     pub timeline: Vec<String>,
@@ -125,6 +127,11 @@ impl RunResult {
             }
             "compare" => self.compare = v["points"].as_array().cloned().unwrap_or_default(),
             "kernel_log" => self.kernel_log = Some(v),
+            "census" => {
+                let step = format!("census {}", s("status"));
+                self.census = Some(v);
+                return Some(Step { family: None, step });
+            }
             "error" => self.errors.push(s("msg")),
             "done" => self.done = v["ok"].as_bool(),
             _ => {}
@@ -136,8 +143,8 @@ impl RunResult {
         self.cells.iter().find(|c| c["family"] == family)
     }
 
-    /// The verdict: the guest finished and said ok, and every family that had to
-    /// run has a passing cell.
+    /// The verdict: the guest finished and said ok, every family that had to
+    /// run has a passing cell, and the census check did not fail.
     pub fn finish(&mut self) {
         if self.failure.is_none() {
             if self.done.is_none() {
@@ -154,6 +161,21 @@ impl RunResult {
             .collect();
         if !missing.is_empty() && self.failure.is_none() {
             self.failure = Some(format!("no result for {}", missing.join(", ")));
+        }
+        if self.failure.is_none() && self.done.is_some() {
+            match &self.census {
+                None => self.failure = Some("no census result".into()),
+                Some(c) if c["status"] == "fail" => {
+                    let why: Vec<&str> = c["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    self.failure = Some(format!("census: {}", why.join("; ")));
+                }
+                Some(_) => {}
+            }
         }
         let cells_ok = self
             .families
@@ -189,6 +211,9 @@ pub(crate) fn sample_run(release: &str, boot: &str, status: &str) -> RunResult {
                            "points": pts(if boot == "nokmem" { 0 } else { 20 }),
                            "checks": [{"name": "memcg IDs", "ok": true}]})],
         done: Some(status == "pass"),
+        census: Some(serde_json::json!({"status": "pass", "errors": [],
+            "seen": {"pins": [{"name": "tmpfs-pin", "pin": "tmpfs"},
+                              {"name": "cache-pin", "pin": "page_cache"}], "freed": true}})),
         ..RunResult::default()
     };
     r.finish();
@@ -218,6 +243,7 @@ mod tests {
                 r#"@@KMT {"t":"env","kernel":"6.1.0-57-amd64","cgroup":"v1","kmem":true}"#,
                 r#"junk before @@KMT {"t":"step","family":"kprobe","step":"churn"}"#,
                 r#"@@KMT {"t":"cell","family":"kprobe","status":"pass"}"#,
+                r#"@@KMT {"t":"census","status":"pass","errors":[]}"#,
                 r#"@@KMT {"t":"done","ok":true}"#,
             ],
         );
@@ -272,5 +298,37 @@ mod tests {
             .failure
             .unwrap()
             .starts_with("guest error: garbled protocol line"));
+    }
+
+    #[test]
+    fn a_failed_or_missing_census_fails_the_run() {
+        let cell = r#"@@KMT {"t":"cell","family":"tracepoint","status":"pass"}"#;
+        let run = |lines: &[&str]| {
+            let mut r = RunResult {
+                families: vec!["tracepoint".into()],
+                ..RunResult::default()
+            };
+            feed(&mut r, lines);
+            r.finish();
+            r
+        };
+        let r = run(&[
+            cell,
+            r#"@@KMT {"t":"census","status":"fail","errors":["tmpfs-pin: pin page_cache (expected tmpfs)"]}"#,
+            r#"@@KMT {"t":"done","ok":false}"#,
+        ]);
+        assert!(!r.ok);
+        assert_eq!(
+            r.failure.as_deref(),
+            Some("census: tmpfs-pin: pin page_cache (expected tmpfs)")
+        );
+        let r = run(&[cell, r#"@@KMT {"t":"done","ok":true}"#]);
+        assert_eq!(r.failure.as_deref(), Some("no census result"));
+        let r = run(&[
+            cell,
+            r#"@@KMT {"t":"census","status":"unsupported","errors":[]}"#,
+            r#"@@KMT {"t":"done","ok":true}"#,
+        ]);
+        assert!(r.ok, "{r:?}");
     }
 }

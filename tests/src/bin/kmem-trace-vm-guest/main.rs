@@ -4,6 +4,7 @@
 //! console (see `proto`) and powers off. `run` does the same on the machine it is
 //! started on (the matrix's host row), under a parent cgroup named for the run.
 
+mod census;
 mod check;
 mod compare;
 mod init;
@@ -269,6 +270,10 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let cmp = compare::compare(&refs, &exp, &report);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
+    proto::step(None, "census");
+    let census = census::check(plan);
+    ok &= census["status"] != "fail";
+    proto::emit("census", census);
     let log = kmsg.collect();
     ok &= log["splat"] != true;
     proto::emit("kernel_log", log);

@@ -306,7 +306,7 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
 /// shell and `head`: exec'ing other binaries can read their pages into the page
 /// cache, charged to the test cgroup, and pin it for reasons of its own. This
 /// binary's pages are resident already (it is running), and it is static.
-fn in_cgroup(cgroup: &Path, op: &[&str]) -> Result<()> {
+pub fn in_cgroup(cgroup: &Path, op: &[&str]) -> Result<()> {
     let status = std::process::Command::new("/proc/self/exe")
         .arg("child")
         .arg(cgroup)
