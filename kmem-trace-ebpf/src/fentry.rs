@@ -14,13 +14,22 @@ use crate::{
     read::{lay, memcg_from_css, rd},
 };
 
+/// The traced function's return value: the trampoline's context holds the
+/// arguments, then the return value (`btf_ctx_access()` allows reading slot
+/// `nr_args` from fexit programs since 5.5). Not aya's `FExitContext::ret`:
+/// that calls `bpf_get_func_ret`, a 5.17 helper, and the load fails with
+/// EINVAL on 5.5–5.16 kernels (seen on Debian 5.10.0-46).
+fn ret_after<T: aya_ebpf::Argument>(ctx: &FExitContext, nr_args: usize) -> T {
+    ctx.arg::<T>(nr_args)
+}
+
+/// `struct cgroup_subsys_state *mem_cgroup_css_alloc(struct cgroup_subsys_state *parent_css)`.
 #[fexit(function = "mem_cgroup_css_alloc")]
 pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
-    if let Ok(css) = ctx.ret::<u64>() {
-        if !bad_ptr(css) {
-            let subj = Subject::new(memcg_from_css(css), 0);
-            emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
-        }
+    let css: u64 = ret_after(&ctx, 1);
+    if !bad_ptr(css) {
+        let subj = Subject::new(memcg_from_css(css), 0);
+        emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
     }
     0
 }
@@ -29,8 +38,9 @@ pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
 /// state `memcg_online_kmem()` left behind are reported together.
 #[fexit(function = "mem_cgroup_css_online")]
 pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
+    // int mem_cgroup_css_online(struct cgroup_subsys_state *css)
     let css: u64 = ctx.arg::<u64>(0);
-    let ret: i32 = ctx.ret::<i32>().unwrap_or(-1);
+    let ret: i32 = ret_after(&ctx, 1);
     if css == 0 || ret != 0 {
         return 0;
     }
@@ -94,8 +104,9 @@ pub fn kt_fentry_id_put_many(ctx: FEntryContext) -> i32 {
 /// Direct kmem activation where the kernel has `memcg_online_kmem()` as a function.
 #[fexit(function = "memcg_online_kmem")]
 pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
+    // int memcg_online_kmem(struct mem_cgroup *memcg)
     let memcg: u64 = ctx.arg::<u64>(0);
-    let ret: i32 = ctx.ret::<i32>().unwrap_or(-1);
+    let ret: i32 = ret_after(&ctx, 1);
     if ret == 0 && memcg != 0 && kmem_active(memcg) {
         let css = memcg + lay!(memcg_css) as u64;
         let kid = rd::<i32>(memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);

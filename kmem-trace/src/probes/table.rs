@@ -302,28 +302,29 @@ const fn never(symbol: &'static str, note: &'static str) -> Seen {
     }
 }
 
-/// Tested: Debian 6.1.0-57 and 6.12.117 (amd64 and cloud-amd64) in the VM
-/// matrix, and 6.18 (this project's build machine, no kprobes) as its host row.
+/// Tested: Debian 5.10.0-46 (bullseye), 6.1.0-57 and 6.12.117 (amd64 and
+/// cloud-amd64) in the VM matrix, and 6.18 (this project's build machine, no
+/// kprobes) as its host row.
 #[rustfmt::skip]
 pub static SEEN: &[Seen] = &[
-    seen("mem_cgroup_css_alloc", v(6, 1), v(6, 18), ""),
-    seen("mem_cgroup_css_online", v(6, 1), v(6, 18), ""),
-    seen("mem_cgroup_css_offline", v(6, 1), v(6, 18), ""),
-    seen("mem_cgroup_css_released", v(6, 1), v(6, 18), ""),
-    seen("mem_cgroup_css_free", v(6, 1), v(6, 18), ""),
-    seen("mem_cgroup_id_put_many", v(6, 1), v(6, 18), "mem_cgroup_id_put() is an inline wrapper"),
-    seen("memcg_offline_kmem.part.0", v(6, 1), v(6, 18), "GCC partial-inlining clone"),
-    never("memcg_offline_kmem", "only its .part.0 clone is a symbol on 6.1 to 6.18"),
-    never("memcg_online_kmem", "inlined into mem_cgroup_css_online() on 6.1 to 6.18"),
-    never("memcg_online_kmem.part.0", "no clone on 6.1 to 6.18"),
+    seen("mem_cgroup_css_alloc", v(5, 10), v(6, 18), ""),
+    seen("mem_cgroup_css_online", v(5, 10), v(6, 18), ""),
+    seen("mem_cgroup_css_offline", v(5, 10), v(6, 18), ""),
+    seen("mem_cgroup_css_released", v(5, 10), v(6, 18), ""),
+    seen("mem_cgroup_css_free", v(5, 10), v(6, 18), ""),
+    seen("mem_cgroup_id_put_many", v(5, 10), v(6, 18), "mem_cgroup_id_put() is an inline wrapper"),
+    seen("memcg_offline_kmem.part.0", v(5, 10), v(6, 18), "GCC partial-inlining clone"),
+    never("memcg_offline_kmem", "only its .part.0 clone is a symbol on 5.10 to 6.18"),
+    never("memcg_online_kmem", "inlined into mem_cgroup_css_online() on 5.10 to 6.18"),
+    never("memcg_online_kmem.part.0", "no clone on 5.10 to 6.18"),
     never("memcg_activate_kmem", "3.10 to 4.5 only; no such kernel is in the matrix"),
     never("memcg_activate_kmem.part.0", "3.10 to 4.5 only; no such kernel is in the matrix"),
-    seen("css_release_work_fn", v(6, 1), v(6, 18), "kallsyms address for the workqueue hook"),
-    seen("css_free_rwork_fn", v(6, 1), v(6, 18), "kallsyms address for the workqueue hook"),
-    seen("cgroup_mkdir", v(6, 1), v(6, 18), "tracepoint"),
-    seen("cgroup_rmdir", v(6, 1), v(6, 18), "tracepoint"),
-    seen("cgroup_release", v(6, 1), v(6, 18), "tracepoint"),
-    seen("workqueue_execute_start", v(6, 1), v(6, 18), "tracepoint"),
+    seen("css_release_work_fn", v(5, 10), v(6, 18), "kallsyms address for the workqueue hook"),
+    seen("css_free_rwork_fn", v(5, 10), v(6, 18), "kallsyms address for the workqueue hook"),
+    seen("cgroup_mkdir", v(5, 10), v(6, 18), "tracepoint"),
+    seen("cgroup_rmdir", v(5, 10), v(6, 18), "tracepoint"),
+    seen("cgroup_release", v(5, 10), v(6, 18), "tracepoint"),
+    seen("workqueue_execute_start", v(5, 10), v(6, 18), "tracepoint"),
 ];
 
 /// The rows for one point that a mode allows, in order of preference.

@@ -11,10 +11,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::extra_suites;
 use crate::util::{privileged, sh};
 
 /// The default matrix: the newest ABI of each series, in each flavour.
-pub const DEFAULT_SERIES: &[&str] = &["6.1", "6.12"];
+/// 5.10 comes from Debian bullseye through `extra_suites`: the only series
+/// before the cgroup iterator (6.1: census counts only) and before
+/// `bpf_get_func_ret` (5.17: fexit reads the return value from its context).
+pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
 pub const DEFAULT_FLAVOURS: &[&str] = &["amd64", "cloud-amd64"];
 
 /// Modules a test VM loads when the kernel has them as modules (`virtio_pci` and
@@ -81,8 +85,19 @@ pub fn resolve(spec: &str, names: &[String]) -> Result<String> {
     })
 }
 
-/// Package names `linux-image-*` apt knows; runs `apt-get update` once if none.
-pub fn package_names() -> Result<Vec<String>> {
+/// Package names `linux-image-*` apt knows, with those of the extra suites
+/// (private apt states under `cache`).
+pub fn package_names(cache: &Path) -> Result<Vec<String>> {
+    let mut names = system_package_names()?;
+    for (_, suite) in extra_suites::SUITES {
+        names.extend(extra_suites::Suite::new(cache, suite).package_names()?);
+    }
+    Ok(names)
+}
+
+/// Package names `linux-image-*` the machine's apt knows; runs `apt-get update`
+/// once if none.
+fn system_package_names() -> Result<Vec<String>> {
     let list = || -> Result<Vec<String>> {
         let out = Command::new("apt-cache")
             .args(["pkgnames", "linux-image-"])
@@ -165,9 +180,12 @@ fn fetch(cache: &Path, release: &str, dir: &Path) -> Result<()> {
     };
     if find_deb().is_none() {
         eprintln!("vm-test: downloading {pkg}");
-        sh(Command::new("apt-get")
-            .current_dir(&debs)
-            .args(["download", "-q", &pkg]))?;
+        match extra_suites::Suite::for_release(cache, release) {
+            Some(suite) => suite.download(&pkg, &debs)?,
+            None => sh(Command::new("apt-get")
+                .current_dir(&debs)
+                .args(["download", "-q", &pkg]))?,
+        }
     }
     let deb = find_deb().with_context(|| format!("apt-get download left no {pkg} .deb"))?;
     let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
@@ -328,6 +346,11 @@ mod tests {
         "linux-image-6.12.117+deb12-cloud-amd64",
         "linux-image-amd64",
         "linux-image-cloud-amd64",
+        // bullseye, through extra_suites
+        "linux-image-5.10.0-46-amd64",
+        "linux-image-5.10.0-45-amd64",
+        "linux-image-5.10.0-46-cloud-amd64",
+        "linux-image-5.10.0-46-rt-amd64-unsigned",
     ];
 
     fn names() -> Vec<String> {
@@ -346,10 +369,13 @@ mod tests {
             newest(n(), "6.12", "amd64").unwrap(),
             "6.12.117+deb12-amd64"
         );
-        assert_eq!(newest(n(), "5.10", "amd64"), None);
+        assert_eq!(newest(n(), "5.10", "amd64").unwrap(), "5.10.0-46-amd64");
+        assert_eq!(newest(n(), "4.19", "amd64"), None);
         assert_eq!(
             default_releases(&names()).unwrap(),
             vec![
+                "5.10.0-46-amd64",
+                "5.10.0-46-cloud-amd64",
                 "6.1.0-57-amd64",
                 "6.1.0-57-cloud-amd64",
                 "6.12.117+deb12-amd64",

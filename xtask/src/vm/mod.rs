@@ -4,6 +4,7 @@
 //! same scenario on this machine's kernel (the host row), and prints the matrix
 //! of lifecycle points × families × kernels; results go to `target/vm-test`.
 
+mod extra_suites;
 mod image;
 mod kernels;
 mod progress;
@@ -70,7 +71,7 @@ impl Boot {
 pub struct VmArgs {
     /// Kernel to boot: a Debian release (6.1.0-57-amd64), a package name, or a
     /// series alias (6.12, 6.1-cloud); `host` is this machine's kernel. Repeatable.
-    /// Default: the newest 6.1 and 6.12 in amd64 and cloud-amd64, and the host.
+    /// Default: the newest 5.10 (Debian bullseye), 6.1 and 6.12 in amd64 and cloud-amd64, and the host.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// VMs run at once (default: 4 per CPU; TCG guests spend much time waiting).
@@ -209,12 +210,13 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let want_host =
         !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
+    fs::create_dir_all(&cache)?;
     let releases = if args.kernels.is_empty() {
-        kernels::default_releases(&kernels::package_names()?)?
+        kernels::default_releases(&kernels::package_names(&cache)?)?
     } else if specs.is_empty() {
         Vec::new()
     } else {
-        let names = kernels::package_names()?;
+        let names = kernels::package_names(&cache)?;
         specs
             .iter()
             .map(|s| kernels::resolve(s, &names))

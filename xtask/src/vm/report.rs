@@ -166,7 +166,10 @@ pub fn census_text(c: &Value) -> String {
     };
     match c["status"].as_str() {
         Some("pass") => format!("dying: {}{freed}  pass", pins.join(", ")),
-        Some("unsupported") => "no cgroup BPF iterator (counts only)".into(),
+        Some("unsupported") => format!(
+            "no cgroup BPF iterator: counts only, {} dying",
+            c["seen"]["dying"]
+        ),
         _ => format!("dying: {}{freed}  FAIL", pins.join(", ")),
     }
 }

@@ -35,7 +35,8 @@ pub fn check(plan: &Plan) -> Value {
     let status = match run(plan, &mut errors, &mut seen) {
         Ok(true) if errors.is_empty() => "pass",
         Ok(true) => "fail",
-        Ok(false) => "unsupported",
+        Ok(false) if errors.is_empty() => "unsupported",
+        Ok(false) => "fail",
         Err(e) => {
             errors.push(format!("{e:#}"));
             "fail"
@@ -88,7 +89,16 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
     crate::proto::step(None, "census with pins");
     let doc = census(&plan.kmem_trace)?;
     if doc["source"] != "bpf_iterator" {
-        *seen = json!({"source": doc["source"]});
+        // Counts only (no cgroup iterator before 6.1): the two pins must still
+        // be among the dying memcgs it counts.
+        let dying = doc["totals"]["dying"].as_i64();
+        if plan.exact && dying < Some(PINS.len() as i64) {
+            errors.push(format!(
+                "counts only: {dying:?} dying memcgs, {} pinned",
+                PINS.len()
+            ));
+        }
+        *seen = json!({"source": doc["source"], "fallback": doc["fallback"], "dying": dying});
         return Ok(false);
     }
     let mut found = Vec::new();

@@ -72,7 +72,10 @@ impl Life {
 }
 
 /// Groups events by memcg address; an alloc starts a new life, since the kernel
-/// may reuse a freed memcg's memory for a new one.
+/// may reuse a freed memcg's memory for a new one, and so does any event but a
+/// late `id_release` after a free (a family blind to alloc, where slab reuse
+/// gives the next memcg the freed one's address: without this its events were
+/// counted as the old memcg's).
 pub fn lives(events: &[Ev], parent: &str) -> Vec<Life> {
     let prefix = format!("/{parent}/");
     let mut out: Vec<Life> = Vec::new();
@@ -82,7 +85,11 @@ pub fn lives(events: &[Ev], parent: &str) -> Vec<Life> {
             continue;
         };
         let idx = match current.get(addr) {
-            Some(&i) if ev.kind != "alloc" => i,
+            Some(&i)
+                if ev.kind != "alloc" && (ev.kind == "id_release" || out[i].count("free") == 0) =>
+            {
+                i
+            }
             _ => {
                 out.push(Life::default());
                 current.insert(addr, out.len() - 1);

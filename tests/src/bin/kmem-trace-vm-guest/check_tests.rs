@@ -226,6 +226,29 @@ fn lives_split_on_alloc_and_take_the_path_from_later_events() {
 }
 
 #[test]
+fn without_alloc_a_free_ends_a_life_at_a_reused_address() {
+    // A family blind to alloc: the second memcg reuses the first one's address.
+    let evs = vec![
+        ev("offline", 1, 0xa0, 5, "churn-0", false),
+        ev("free", 2, 0xa0, 5, "churn-0", false),
+        ev("id_release", 3, 0xa0, 5, "churn-0", false),
+        ev("offline", 4, 0xa0, 6, "tmpfs-pin", false),
+        ev("free", 5, 0xa0, 6, "tmpfs-pin", false),
+    ];
+    let ls = lives(&evs, P);
+    assert_eq!(
+        ls.len(),
+        2,
+        "{:?}",
+        ls.iter().map(|l| &l.rel).collect::<Vec<_>>()
+    );
+    assert_eq!(ls[0].rel.as_deref(), Some("churn-0"));
+    assert_eq!(ls[0].count("id_release"), 1);
+    assert_eq!(ls[1].rel.as_deref(), Some("tmpfs-pin"));
+    assert_eq!(ls[1].count("offline"), 1);
+}
+
+#[test]
 fn watch_blind_points_parse_from_the_start_line() {
     let err = vec![
         "kmem-trace: watching with kprobe hooks (not visible: alloc, offline); Ctrl-C stops"
