@@ -60,8 +60,9 @@ impl Suite {
         ]
     }
 
-    /// Writes the sources and fetches the package lists when missing or stale.
-    pub fn update(&self) -> Result<()> {
+    /// Writes the sources and fetches the package lists when missing or stale;
+    /// returns the state's lock, held while the caller reads the lists.
+    fn update(&self) -> Result<fs::File> {
         for d in ["lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(self.dir.join(d))?;
         }
@@ -70,6 +71,11 @@ impl Suite {
              deb http://deb.debian.org/debian-security {s}-security main\n",
             s = self.suite
         );
+        // The matrix and the runner test resolve kernels at the same time; apt
+        // does not wait for its lists lock, it fails ("Could not get lock").
+        let lock = fs::File::create(self.dir.join(".lock"))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", self.dir.display()))?;
         fs::write(self.dir.join("sources.list"), sources)?;
         let stamp = self.dir.join("updated");
         let fresh = fs::metadata(&stamp)
@@ -84,12 +90,12 @@ impl Suite {
             .with_context(|| format!("fetching Debian {}'s package lists", self.suite))?;
             fs::write(&stamp, "")?;
         }
-        Ok(())
+        Ok(lock)
     }
 
     /// Package names `linux-image-*` of this suite.
     pub fn package_names(&self) -> Result<Vec<String>> {
-        self.update()?;
+        let _lock = self.update()?;
         let out = Command::new("apt-cache")
             .args(self.options())
             .args(["pkgnames", "linux-image-"])
@@ -103,7 +109,7 @@ impl Suite {
 
     /// `apt-get download PKG` into `dir` from this suite.
     pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
-        self.update()?;
+        let _lock = self.update()?;
         sh(privileged("apt-get")
             .current_dir(dir)
             .args(self.options())
