@@ -9,9 +9,9 @@ use aya_ebpf::{
 use kmem_trace_common::{hook, EventKind};
 
 use crate::{
-    emit::{emit, emit_online, kmem_active, Subject},
-    kprobes::{bad_ptr, on_id_put},
-    read::{lay, memcg_from_css, rd},
+    emit::{emit, emit_online, Subject},
+    kprobes::{bad_ptr, on_css, on_id_put, on_kmem_online},
+    read::memcg_from_css,
 };
 
 /// The traced function's return value: the trampoline's context holds the
@@ -50,46 +50,27 @@ pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
 
 #[fentry(function = "mem_cgroup_css_offline")]
 pub fn kt_fentry_css_offline(ctx: FEntryContext) -> i32 {
-    let css: u64 = ctx.arg::<u64>(0);
-    if css != 0 {
-        emit(
-            hook::FENTRY_CSS_OFFLINE,
-            EventKind::Offline,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(
+        hook::FENTRY_CSS_OFFLINE,
+        EventKind::Offline,
+        ctx.arg::<u64>(0),
+    );
     0
 }
 
 #[fentry(function = "mem_cgroup_css_released")]
 pub fn kt_fentry_css_released(ctx: FEntryContext) -> i32 {
-    let css: u64 = ctx.arg::<u64>(0);
-    if css != 0 {
-        emit(
-            hook::FENTRY_CSS_RELEASED,
-            EventKind::Released,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(
+        hook::FENTRY_CSS_RELEASED,
+        EventKind::Released,
+        ctx.arg::<u64>(0),
+    );
     0
 }
 
 #[fentry(function = "mem_cgroup_css_free")]
 pub fn kt_fentry_css_free(ctx: FEntryContext) -> i32 {
-    let css: u64 = ctx.arg::<u64>(0);
-    if css != 0 {
-        emit(
-            hook::FENTRY_CSS_FREE,
-            EventKind::Free,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(hook::FENTRY_CSS_FREE, EventKind::Free, ctx.arg::<u64>(0));
     0
 }
 
@@ -107,16 +88,8 @@ pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
     // int memcg_online_kmem(struct mem_cgroup *memcg)
     let memcg: u64 = ctx.arg::<u64>(0);
     let ret: i32 = ret_after(&ctx, 1);
-    if ret == 0 && memcg != 0 && kmem_active(memcg) {
-        let css = memcg + lay!(memcg_css) as u64;
-        let kid = rd::<i32>(memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
-        emit(
-            hook::FENTRY_KMEM_ONLINE,
-            EventKind::KmemActivate,
-            0,
-            &Subject::from_css(css),
-            kid as i64 as u64,
-        );
+    if ret == 0 {
+        on_kmem_online(hook::FENTRY_KMEM_ONLINE, memcg);
     }
     0
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use kmem_trace_common::{hook, EventKind};
 
 use crate::{
-    emit::{emit, emit_online, kmem_active, Subject},
+    emit::{emit, emit_online, kmem_state, Subject},
     maps::STASH,
     read::{lay, memcg_from_css, rd},
 };
@@ -61,47 +61,41 @@ pub fn kt_kretprobe_css_online(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn kt_kprobe_css_offline(ctx: ProbeContext) -> u32 {
-    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
-    if css != 0 {
-        emit(
-            hook::KPROBE_CSS_OFFLINE,
-            EventKind::Offline,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(
+        hook::KPROBE_CSS_OFFLINE,
+        EventKind::Offline,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    );
     0
 }
 
 #[kprobe]
 pub fn kt_kprobe_css_released(ctx: ProbeContext) -> u32 {
-    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
-    if css != 0 {
-        emit(
-            hook::KPROBE_CSS_RELEASED,
-            EventKind::Released,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(
+        hook::KPROBE_CSS_RELEASED,
+        EventKind::Released,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    );
     0
 }
 
 #[kprobe]
 pub fn kt_kprobe_css_free(ctx: ProbeContext) -> u32 {
-    let css: u64 = ctx.arg::<u64>(0).unwrap_or(0);
-    if css != 0 {
-        emit(
-            hook::KPROBE_CSS_FREE,
-            EventKind::Free,
-            0,
-            &Subject::from_css(css),
-            0,
-        );
-    }
+    on_css(
+        hook::KPROBE_CSS_FREE,
+        EventKind::Free,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    );
     0
+}
+
+/// One record of `kind` for the memcg css `css` (NULL: none), shared by the
+/// kprobe and fentry hooks on the css callbacks that take the css first.
+#[inline(always)]
+pub fn on_css(hook_id: u16, kind: EventKind, css: u64) {
+    if css != 0 {
+        emit(hook_id, kind, 0, &Subject::from_css(css), 0);
+    }
 }
 
 /// `mem_cgroup_id_put_many(memcg, n)`: the ID goes back to the IDR/xarray when
@@ -151,17 +145,32 @@ pub fn kt_kretprobe_kmem_online(ctx: RetProbeContext) -> u32 {
         None => return 0,
     };
     let _ = STASH.remove(&key);
-    let ret: i32 = ctx.ret::<i32>();
-    if ret == 0 && memcg != 0 && kmem_active(memcg) {
-        let css = memcg + lay!(memcg_css) as u64;
-        let kid = rd::<i32>(memcg, lay!(memcg_kmemcg_id)).unwrap_or(-1);
-        emit(
-            hook::KPROBE_KMEM_ONLINE,
-            EventKind::KmemActivate,
-            0,
-            &Subject::from_css(css),
-            kid as i64 as u64,
-        );
+    if ctx.ret::<i32>() == 0 {
+        on_kmem_online(hook::KPROBE_KMEM_ONLINE, memcg);
     }
     0
+}
+
+/// After a successful `memcg_online_kmem()`/`memcg_activate_kmem()`: a direct
+/// kmem activation when it left accounting active, with its `kmemcg_id`
+/// (shared by the kretprobe and fexit hooks). The state is read once and the
+/// record's fill reuses it.
+#[inline(always)]
+pub fn on_kmem_online(hook_id: u16, memcg: u64) {
+    if memcg == 0 {
+        return;
+    }
+    let (active, kmemcg_id) = kmem_state(memcg);
+    if !active {
+        return;
+    }
+    let mut subj = Subject::from_css(memcg + lay!(memcg_css) as u64);
+    subj.kmem = Some(true);
+    emit(
+        hook_id,
+        EventKind::KmemActivate,
+        0,
+        &subj,
+        kmemcg_id as i64 as u64,
+    );
 }

@@ -13,22 +13,40 @@ use crate::{
     read::{lay, memcg_from_css, memcg_of_cgroup, memory_root, memory_subsys_id, rd, rd_ptr},
 };
 
+/// `cgrp` when it is on a hierarchy the memory controller is bound to, with
+/// its root kept for the record's fill; `None` for other v1 hierarchies.
+#[inline(always)]
+fn cgroup_subject(cgrp: u64) -> Option<Subject> {
+    let root = memory_root(cgrp);
+    if root == 0 {
+        return None;
+    }
+    let mut subj = Subject::new(0, cgrp);
+    subj.root = root;
+    Some(subj)
+}
+
+/// As [`cgroup_subject`], with the cgroup's memcg; `None` when it has no
+/// memory css (v2 cgroup without the memory controller enabled).
+#[inline(always)]
+fn memcg_subject(cgrp: u64) -> Option<Subject> {
+    let mut subj = cgroup_subject(cgrp)?;
+    let css = memcg_of_cgroup(cgrp);
+    if css == 0 {
+        return None;
+    }
+    subj.memcg = memcg_from_css(css);
+    Some(subj)
+}
+
 /// `cgroup_mkdir` fires at the end of `cgroup_mkdir()`, after `cgroup_create()` has
 /// allocated and onlined every css, so the memcg exists with its ID: alloc,
 /// online and (when accounting is on) kmem activation, in one record.
 #[inline(always)]
 fn on_mkdir(hook_id: u16, cgrp: u64) {
-    let root = memory_root(cgrp);
-    if root == 0 {
-        return;
+    if let Some(mut subj) = memcg_subject(cgrp) {
+        emit_online(hook_id, &mut subj, true);
     }
-    let css = memcg_of_cgroup(cgrp);
-    if css == 0 {
-        return; // v2 cgroup without the memory controller enabled
-    }
-    let mut subj = Subject::new(memcg_from_css(css), cgrp);
-    subj.root = root;
-    emit_online(hook_id, &mut subj, true);
 }
 
 /// `cgroup_rmdir` fires in `cgroup_rmdir()` with `cgroup_mutex` held, after
@@ -36,17 +54,9 @@ fn on_mkdir(hook_id: u16, cgrp: u64) {
 /// from a work item and needs the same mutex, so `subsys[]` is still set here.
 #[inline(always)]
 fn on_rmdir(hook_id: u16, cgrp: u64) {
-    let root = memory_root(cgrp);
-    if root == 0 {
-        return;
+    if let Some(subj) = memcg_subject(cgrp) {
+        emit(hook_id, EventKind::Offline, 0, &subj, 0);
     }
-    let css = memcg_of_cgroup(cgrp);
-    if css == 0 {
-        return;
-    }
-    let mut subj = Subject::new(memcg_from_css(css), cgrp);
-    subj.root = root;
-    emit(hook_id, EventKind::Offline, 0, &subj, 0);
 }
 
 /// `cgroup_release` fires from `css_release_work_fn()` for the cgroup's own css,
@@ -55,13 +65,9 @@ fn on_rmdir(hook_id: u16, cgrp: u64) {
 /// is resolved in userspace from the cgroup id.
 #[inline(always)]
 fn on_release(hook_id: u16, cgrp: u64) {
-    let root = memory_root(cgrp);
-    if root == 0 {
-        return;
+    if let Some(subj) = cgroup_subject(cgrp) {
+        emit(hook_id, EventKind::Free, 0, &subj, 0);
     }
-    let mut subj = Subject::new(0, cgrp);
-    subj.root = root;
-    emit(hook_id, EventKind::Free, 0, &subj, 0);
 }
 
 #[btf_tracepoint(function = "cgroup_mkdir")]

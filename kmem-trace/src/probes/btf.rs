@@ -129,12 +129,16 @@ const SPECS: &[Spec] = &[
     ),
 ];
 
+/// The given BTF file, else the running kernel's.
+fn btf_path(path: Option<&Path>) -> PathBuf {
+    path.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"))
+}
+
 impl KernelBtf {
     /// Loads `/sys/kernel/btf/vmlinux` or the given file.
     pub fn load(path: Option<&Path>) -> Result<KernelBtf, BtfError> {
-        let path = path
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+        let path = btf_path(path);
         // Read the file whole, then parse from memory: btf-rs asks its reader
         // for the stream position once per type, which on a `BufReader<File>`
         // is an lseek(2) each, ~150k of them on sysfs (a fifth of start-up,
@@ -154,13 +158,11 @@ impl KernelBtf {
     }
 
     /// Like [`KernelBtf::load`], but maps the file instead of parsing all of
-    /// it: about 1 ms instead of 100 ms for vmlinux, each lookup slower. For a
-    /// few lookups (the census). sysfs BTF can be mapped from 6.16 on; where
-    /// it cannot, this parses it like `load`.
+    /// it: about 1 ms instead of 100 ms for vmlinux, each lookup slower (the
+    /// struct lookups of [`KernelBtf::layout`] are cached). sysfs BTF can be
+    /// mapped from 6.16 on; where it cannot, this parses it like `load`.
     pub fn load_mapped(path: Option<&Path>) -> Result<KernelBtf, BtfError> {
-        let p = path
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+        let p = btf_path(path);
         match Btf::from_file_with_backend(&p, btf_rs::Backend::Mmap) {
             Ok(btf) => Ok(KernelBtf {
                 btf,

@@ -38,6 +38,12 @@ impl Cap {
             detail: detail.into(),
         }
     }
+    fn unknown(detail: impl Into<String>) -> Cap {
+        Cap {
+            available: None,
+            detail: detail.into(),
+        }
+    }
 }
 
 /// The BPF picture of a host.
@@ -167,36 +173,25 @@ pub fn predict(root: &Path) -> BpfCapabilities {
         Err(e) => Cap::no(e.clone()),
     };
     let fentry = match (facts.btf.is_some(), at_least(5, 5)) {
-        (true, Some(true)) => Cap {
-            available: Some(true),
-            detail: "5.5+ with BTF (a load can still be refused, e.g. by a BPF LSM or sandbox)"
-                .into(),
-        },
+        (true, Some(true)) => {
+            Cap::yes("5.5+ with BTF (a load can still be refused, e.g. by a BPF LSM or sandbox)")
+        }
         (false, _) => Cap::no("needs the kernel's BTF"),
         (_, Some(false)) => Cap::no("needs 5.5+"),
-        (_, None) => Cap {
-            available: None,
-            detail: "kernel version unknown".into(),
-        },
+        (_, None) => Cap::unknown("kernel version unknown"),
     };
     let tracepoints = match at_least(4, 17) {
         Some(true) => Cap::yes("raw tracepoints (4.17+); BTF tracepoints with BTF (5.5+)"),
         Some(false) => Cap::no("raw tracepoints need 4.17+"),
-        None => Cap {
-            available: None,
-            detail: "kernel version unknown".into(),
-        },
+        None => Cap::unknown("kernel version unknown"),
     };
     let ring_buffer = match at_least(5, 8) {
         Some(true) => Cap::yes("BPF ring buffer (5.8+)"),
         Some(false) => Cap::no("the BPF ring buffer needs 5.8+"),
-        None => Cap {
-            available: None,
-            detail: "kernel version unknown".into(),
-        },
+        None => Cap::unknown("kernel version unknown"),
     };
     let iterators = match &facts.btf {
-        Some(b) if b.has_func("bpf_iter_cgroup") => {
+        Some(b) if b.has_func(super::census::ITER_FUNC) => {
             Cap::yes("cgroup iterator (6.1+): the census reads every memcg")
         }
         Some(_) => Cap::no("no cgroup iterator (6.1+): the census counts only"),

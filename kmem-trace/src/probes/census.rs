@@ -209,7 +209,7 @@ pub fn run(cfg: &CensusProbeConfig) -> Result<RawCensus, CensusProbeError> {
 }
 
 /// The iterator's kernel function: `bpf_iter_<type>` (DEFINE_BPF_ITER_FUNC).
-const ITER_FUNC: &str = "bpf_iter_cgroup";
+pub(super) const ITER_FUNC: &str = "bpf_iter_cgroup";
 
 /// Layout and the iterator's BTF id, from the mapped kernel BTF.
 fn resolve(btf: Option<&Path>) -> Result<(kmem_trace_common::Layout, u32), CensusProbeError> {
@@ -512,7 +512,7 @@ fn iter_create(link: &OwnedFd) -> Result<OwnedFd, CensusProbeError> {
 /// when the cgroup iterator is).
 pub fn iterator_available(btf: Option<&Path>) -> Result<(), String> {
     let kbtf = KernelBtf::load_mapped(btf).map_err(|e| e.to_string())?;
-    if !kbtf.has_func("bpf_iter_cgroup") {
+    if !kbtf.has_func(ITER_FUNC) {
         return Err(CensusProbeError::NoCgroupIter.to_string());
     }
     Ok(())

@@ -92,6 +92,13 @@ impl Default for ProbeConfig {
     }
 }
 
+impl ProbeConfig {
+    /// The kernel's own BTF is in sysfs (fentry and tp_btf need it).
+    fn kernel_btf(&self) -> bool {
+        self.sys_root.join("kernel/btf/vmlinux").exists()
+    }
+}
+
 /// What the running kernel offers, for the probe table's static checks.
 pub struct HostFacts {
     pub release: String,
@@ -112,7 +119,7 @@ impl HostFacts {
             version: kernel::KernelVersion::parse(&release),
             release,
             btf,
-            kernel_btf: cfg.sys_root.join("kernel/btf/vmlinux").exists(),
+            kernel_btf: cfg.kernel_btf(),
             kallsyms,
             kprobes: kernel::kprobes_supported(&cfg.sys_root),
         })
@@ -304,7 +311,7 @@ impl Probes {
 
 /// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
 fn aya_kernel_btf(cfg: &ProbeConfig) -> Option<aya::Btf> {
-    if cfg.sys_root.join("kernel/btf/vmlinux").exists() && cfg.btf.is_none() {
+    if cfg.kernel_btf() && cfg.btf.is_none() {
         aya::Btf::from_sys_fs().ok()
     } else {
         cfg.btf

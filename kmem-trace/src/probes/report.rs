@@ -212,19 +212,15 @@ impl ProbeReport {
             }
         }
         for x in &self.extras {
-            let what = match &x.outcome {
-                Outcome::Chosen => "tracepoint".to_string(),
-                Outcome::Rejected(r) => format!("-          not attached: {r}"),
+            let _ = match &x.outcome {
+                Outcome::Chosen => writeln!(s, "{:<14} {:<10} {}", x.name, "tracepoint", x.label),
+                Outcome::Rejected(r) => writeln!(
+                    s,
+                    "{:<14} -          not attached: {r} ({})",
+                    x.name, x.label
+                ),
                 _ => continue,
             };
-            match &x.outcome {
-                Outcome::Chosen => {
-                    let _ = writeln!(s, "{:<14} {:<10} {}", x.name, what, x.label);
-                }
-                _ => {
-                    let _ = writeln!(s, "{:<14} {} ({})", x.name, what, x.label);
-                }
-            }
         }
         if verbose {
             let _ = writeln!(s, "kernel layout:");
