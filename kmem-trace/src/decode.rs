@@ -33,6 +33,16 @@ pub struct TraceEvent {
     pub raw: Event,
 }
 
+/// The kind of a record whose `kind` and `name_len` are valid: the checks
+/// [`TraceEvent::decode`] and [`TraceEvent::from_raw`] share.
+fn checked_kind(kind: u32, name_len: u16) -> Result<EventKind, DecodeError> {
+    let kind = EventKind::from_u32(kind).ok_or(DecodeError::Kind(kind))?;
+    if name_len as usize > NAME_LEN {
+        return Err(DecodeError::NameLen(name_len));
+    }
+    Ok(kind)
+}
+
 impl TraceEvent {
     /// Decodes one ring-buffer record.
     pub fn decode(bytes: &[u8]) -> Result<TraceEvent, DecodeError> {
@@ -42,18 +52,14 @@ impl TraceEvent {
         // Validate from the bytes first, then copy the record once, straight
         // into the result (going through `from_raw` copied it twice: a tenth
         // of replay time, docs/PERFORMANCE.md).
-        let field = |off: usize| {
-            u32::from_ne_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
-        };
-        let kind_raw = field(std::mem::offset_of!(Event, kind));
-        let kind = EventKind::from_u32(kind_raw).ok_or(DecodeError::Kind(kind_raw))?;
-        let off = std::mem::offset_of!(Event, name_len);
-        let name_len = u16::from_ne_bytes([bytes[off], bytes[off + 1]]);
-        if name_len as usize > NAME_LEN {
-            return Err(DecodeError::NameLen(name_len));
-        }
+        let (k, n) = (
+            std::mem::offset_of!(Event, kind),
+            std::mem::offset_of!(Event, name_len),
+        );
+        let kind = u32::from_ne_bytes([bytes[k], bytes[k + 1], bytes[k + 2], bytes[k + 3]]);
+        let name_len = u16::from_ne_bytes([bytes[n], bytes[n + 1]]);
         Ok(TraceEvent {
-            kind,
+            kind: checked_kind(kind, name_len)?,
             // SAFETY: length checked; Event is repr(C) plain data valid for any
             // bits; read_unaligned because ring-buffer records are only 8-byte
             // aligned by convention, and recordings not at all.
@@ -62,10 +68,7 @@ impl TraceEvent {
     }
 
     pub fn from_raw(raw: Event) -> Result<TraceEvent, DecodeError> {
-        let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
-        if raw.name_len as usize > NAME_LEN {
-            return Err(DecodeError::NameLen(raw.name_len));
-        }
+        let kind = checked_kind(raw.kind, raw.name_len)?;
         Ok(TraceEvent { kind, raw })
     }
 

@@ -240,7 +240,8 @@ impl WatchConfig {
 }
 
 /// Builds the attribution stage and opens the history, restoring what it
-/// knows of memcgs that still exist (call after [`start`], before [`run_with`]).
+/// knows of memcgs that still exist (call after [`start`], before
+/// [`run_interactive`]).
 pub fn prepare(
     cfg: &WatchConfig,
     lc: &mut Lifecycle,
@@ -317,38 +318,8 @@ fn release_startup_memory() {
     }
 }
 
-/// Pause between ring-buffer reads (see `run_with`).
+/// Pause between ring-buffer reads (see `run_interactive`).
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
-
-/// Runs until Ctrl-C, SIGTERM or `duration`, then detaches, drains and
-/// summarises. Everything already in the ring buffer when the programs are
-/// detached is still processed.
-pub async fn run(
-    cfg: &WatchConfig,
-    probes: Probes,
-    lifecycle: Lifecycle,
-    out: &mut dyn Output,
-) -> Result<Summary, WatchError> {
-    run_with(
-        cfg,
-        probes,
-        lifecycle,
-        (Attributor::paths_only(), None),
-        out,
-    )
-    .await
-}
-
-/// [`run`] with the attribution stage and history from [`prepare`].
-pub async fn run_with(
-    cfg: &WatchConfig,
-    probes: Probes,
-    lifecycle: Lifecycle,
-    stages: (Attributor, Option<HistoryFeed>),
-    out: &mut dyn Output,
-) -> Result<Summary, WatchError> {
-    run_interactive(cfg, probes, lifecycle, stages, out, None).await
-}
 
 /// The next key of the live view; pending forever without one.
 async fn next_key(keys: &mut Option<Keys>) -> Key {
@@ -366,8 +337,10 @@ async fn next_key(keys: &mut Option<Keys>) -> Key {
 /// Keys read from the terminal by another thread (`outputs::tui::term`).
 pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
-/// [`run_with`] with keys from the live view: each goes to the output, which
-/// may ask to stop (`q`).
+/// Runs until Ctrl-C, SIGTERM, `duration` or a key the output takes for a
+/// stop (`q` in the live view; `keys` is `None` without one), then detaches,
+/// drains and summarises. Everything already in the ring buffer when the
+/// programs are detached is still processed. `stages` come from [`prepare`].
 pub async fn run_interactive(
     cfg: &WatchConfig,
     mut probes: Probes,

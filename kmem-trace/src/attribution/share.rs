@@ -3,46 +3,15 @@
 //! that runs it), so equal strings are kept once. Strings no attribution
 //! holds any more are swept once the table has doubled since the last sweep.
 
-use std::{collections::HashSet, hash::BuildHasherDefault, sync::Arc};
+use crate::lifecycle::intern::Interner;
 
-use crate::lifecycle::keymap::KeyHasher;
-
-#[derive(Debug, Default)]
-pub struct SharedStrs {
-    set: HashSet<Arc<str>, BuildHasherDefault<KeyHasher>>,
-    sweep_at: usize,
-}
-
-impl SharedStrs {
-    /// Replaces `s` with the equal string already shared, or shares `s`.
-    pub fn share(&mut self, s: &mut Arc<str>) {
-        if let Some(x) = self.set.get(&**s) {
-            if !Arc::ptr_eq(x, s) {
-                *s = x.clone();
-            }
-            return;
-        }
-        if self.set.len() >= self.sweep_at {
-            self.set.retain(|a| Arc::strong_count(a) > 1);
-            self.sweep_at = (self.set.len() * 2).max(256);
-        }
-        self.set.insert(s.clone());
-    }
-
-    pub fn share_opt(&mut self, s: &mut Option<Arc<str>>) {
-        if let Some(s) = s {
-            self.share(s);
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.set.len()
-    }
-}
+/// The attribution's strings, each kept once.
+pub type SharedStrs = Interner<str, 256>;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]

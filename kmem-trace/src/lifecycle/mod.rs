@@ -4,6 +4,7 @@
 //! and the history; no I/O.
 
 mod ids;
+pub mod intern;
 pub mod keymap;
 mod memcg;
 pub mod task;
@@ -367,25 +368,18 @@ impl Lifecycle {
                 }
             }
             EventKind::IdRelease => m.id_released = true,
-            EventKind::Resident if ev.has(flags::EXEC) => {
-                // exec() of a process already inside: it keeps its place in the
-                // list (first seen) and takes the name of what it runs now.
+            EventKind::Resident => {
                 let t = Task::subject_in(ev, &mut self.names);
                 if let Some(r) = m.resident_mut(t.tgid) {
-                    r.rename(t.comm(), &mut self.names);
+                    // A process already inside keeps its place in the list
+                    // (first seen); on exec() it takes the name of what it
+                    // runs now.
+                    if ev.has(flags::EXEC) {
+                        r.rename(t.comm(), &mut self.names);
+                    }
                 } else if m.residents().len() < max_residents {
                     m.push_resident(t.clone());
                 } else {
-                    m.residents_dropped += 1;
-                }
-                m.set_last_resident(Some(t));
-            }
-            EventKind::Resident => {
-                let t = Task::subject_in(ev, &mut self.names);
-                let known = m.residents().iter().any(|r| r.tgid == t.tgid);
-                if !known && m.residents().len() < max_residents {
-                    m.push_resident(t.clone());
-                } else if !known {
                     m.residents_dropped += 1;
                 }
                 m.set_last_resident(Some(t));

@@ -2,12 +2,12 @@
 //! shared between records, so a memcg with its residents stays small even at
 //! 65,535 tracked memcgs.
 
-use std::{collections::HashSet, fmt, hash::BuildHasherDefault, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use kmem_trace_common::COMM_LEN;
 use serde::{ser::SerializeStruct, Deserialize, Serialize};
 
-use super::keymap::KeyHasher;
+use super::intern::Interner;
 use crate::decode::TraceEvent;
 
 /// A task's `comm` (NUL-padded, at most 15 bytes).
@@ -99,21 +99,23 @@ impl Task {
 
     /// The same task under a new name (it called `exec()`).
     pub fn rename(&mut self, comm: Comm, table: &mut NameTable) {
-        self.names = table.intern(comm, self.names.pcomm);
+        self.names = table.intern(Names {
+            comm,
+            pcomm: self.names.pcomm,
+        });
     }
 
-    /// The task that acted (created, removed, ...).
-    pub fn actor(ev: &TraceEvent) -> Task {
-        Task::actor_in(ev, &mut NameTable::default())
-    }
-
-    /// [`Task::actor`] with names shared through `table`.
+    /// The task that acted (created, removed, ...), its names shared
+    /// through `table`.
     pub fn actor_in(ev: &TraceEvent, table: &mut NameTable) -> Task {
         Task {
             pid: ev.raw.pid,
             tgid: ev.raw.tgid,
             ppid: ev.raw.ppid,
-            names: table.intern(Comm(ev.raw.comm), Comm(ev.raw.pcomm)),
+            names: table.intern(Names {
+                comm: Comm(ev.raw.comm),
+                pcomm: Comm(ev.raw.pcomm),
+            }),
             ts_ns: ev.raw.ts_ns,
         }
     }
@@ -125,37 +127,9 @@ impl Task {
     }
 }
 
-/// Task names in use, so equal pairs share one allocation. Pairs no task
-/// holds any more are swept once the table has doubled since the last sweep.
-#[derive(Debug, Default)]
-pub struct NameTable {
-    set: HashSet<Arc<Names>, BuildHasherDefault<KeyHasher>>,
-    sweep_at: usize,
-}
-
-impl NameTable {
-    pub fn intern(&mut self, comm: Comm, pcomm: Comm) -> Arc<Names> {
-        let key = Names { comm, pcomm };
-        if let Some(a) = self.set.get(&key) {
-            return a.clone();
-        }
-        if self.set.len() >= self.sweep_at {
-            self.set.retain(|a| Arc::strong_count(a) > 1);
-            self.sweep_at = (self.set.len() * 2).max(64);
-        }
-        let a = Arc::new(key);
-        self.set.insert(a.clone());
-        a
-    }
-
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-}
+/// Task names in use, so equal pairs share one allocation (swept as
+/// [`Interner`] says).
+pub type NameTable = Interner<Names, 64>;
 
 /// The JSON of a task, as before names were shared.
 impl Serialize for Task {
@@ -194,12 +168,16 @@ mod tests {
     #[test]
     fn equal_names_are_shared_and_unused_ones_swept() {
         let mut t = NameTable::default();
-        let a = t.intern(Comm::new("runc"), Comm::new("containerd-shim"));
-        let b = t.intern(Comm::new("runc"), Comm::new("containerd-shim"));
+        let pair = |comm: &str, pcomm: &str| Names {
+            comm: Comm::new(comm),
+            pcomm: Comm::new(pcomm),
+        };
+        let a = t.intern(pair("runc", "containerd-shim"));
+        let b = t.intern(pair("runc", "containerd-shim"));
         assert!(Arc::ptr_eq(&a, &b));
         drop((a, b));
         for i in 0..200 {
-            let _ = t.intern(Comm::new(&format!("c{i}")), Comm::new("p"));
+            let _ = t.intern(pair(&format!("c{i}"), "p"));
         }
         assert!(t.len() <= 128, "{}", t.len());
         assert_eq!(std::mem::size_of::<Task>(), 32);

@@ -73,11 +73,17 @@ pub fn owner_columns(a: &Attribution) -> (String, String, String) {
     }
 }
 
-/// Namespace of an attribution for per-namespace counts.
+/// Namespace of an attribution for per-namespace counts: the first of
+/// [`owner_columns`], without making the other two.
 pub fn namespace_of(a: Option<&Attribution>) -> String {
     match a {
-        Some(a) => owner_columns(a).0,
-        None => NS_NONE.into(),
+        Some(
+            a @ Attribution {
+                owner: Owner::Pod(_),
+                ..
+            },
+        ) => a.view().namespace.unwrap_or(NS_UNKNOWN).to_string(),
+        _ => NS_NONE.into(),
     }
 }
 
@@ -108,14 +114,15 @@ pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
             }
             None => continue,
         };
-        let key = owner_columns(a);
-        let row = rows.entry(key.clone()).or_insert_with(|| OwnerRow {
-            namespace: key.0,
-            pod: key.1,
-            container: key.2,
-            kind: a.owner.kind(),
-            ..OwnerRow::default()
-        });
+        let row = rows
+            .entry(owner_columns(a))
+            .or_insert_with_key(|k| OwnerRow {
+                namespace: k.0.clone(),
+                pod: k.1.clone(),
+                container: k.2.clone(),
+                kind: a.owner.kind(),
+                ..OwnerRow::default()
+            });
         match m.state {
             State::Live => row.live += 1,
             State::Dying => {
@@ -270,10 +277,12 @@ mod tests {
         assert_eq!(ns, NS_UNKNOWN);
         assert_eq!(pod, "pod 5b2ae0e6-4d1");
         assert_eq!(c, "0123456789ab");
+        assert_eq!(namespace_of(Some(&a)), NS_UNKNOWN);
         let s = Attribution::of_path("/system.slice/sshd.service");
         let (ns, pod, c) = owner_columns(&s);
         assert_eq!((ns.as_str(), pod.as_str()), (NS_NONE, ""));
         assert_eq!(c, "sshd.service");
+        assert_eq!(namespace_of(Some(&s)), NS_NONE);
         assert_eq!(namespace_of(None), NS_NONE);
     }
 }

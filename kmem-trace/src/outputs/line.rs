@@ -2,7 +2,7 @@
 //! terminal the header stays on top and the tail scrolls below it; when piped,
 //! plain lines without escape codes, with the header repeated now and then.
 
-use std::{collections::VecDeque, io::Write};
+use std::{collections::VecDeque, fmt::Write as _, io::Write};
 
 use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
 use crate::{
@@ -62,28 +62,29 @@ impl<W: Write> LineOutput<W> {
             ev.raw.ppid,
             ev.pcomm()
         );
+        // Writing to a String cannot fail.
         let c = ev.counters();
         if let Some(m) = c.mem_pages {
-            s.push_str(&format!("  mem={}", human_bytes(m * self.page)));
+            let _ = write!(s, "  mem={}", human_bytes(m * self.page));
         }
         if let Some(k) = c.kmem_pages {
-            s.push_str(&format!(" kmem={}", human_bytes(k * self.page)));
+            let _ = write!(s, " kmem={}", human_bytes(k * self.page));
         }
         if let Some(o) = owner {
             // The path already says it for plain paths.
             if o.owner.kind() != "path" {
-                s.push_str(&format!("  [{}]", o.label()));
+                let _ = write!(s, "  [{}]", o.label());
             }
         }
         if ev.inferred() {
             s.push_str("  (inferred)");
         }
         if let Some(a) = applied.anomaly {
-            s.push_str(&format!("  [{a:?}]"));
+            let _ = write!(s, "  [{a:?}]");
         }
         if let Some(h) = self.hooks.get(&ev.raw.hook) {
             if self.tty {
-                s.push_str(&format!("  via {h}"));
+                let _ = write!(s, "  via {h}");
             }
         }
         s
@@ -115,6 +116,14 @@ impl<W: Write> LineOutput<W> {
         )
     }
 
+    /// Adds a line to the terminal tail, dropping the oldest beyond its length.
+    fn push_tail(&mut self, line: String) {
+        if self.tail.len() >= self.tail_len {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
     fn redraw(&mut self, header: &str) -> Result<(), OutputError> {
         // Home, clear screen, header in reverse video, then the tail.
         write!(self.w, "\x1b[H\x1b[2J\x1b[7m{header}\x1b[0m\r\n")?;
@@ -135,10 +144,7 @@ impl<W: Write> Output for LineOutput<W> {
     ) -> Result<(), OutputError> {
         let line = self.format_event(ev, applied, owner);
         if self.tty {
-            if self.tail.len() == self.tail_len {
-                self.tail.pop_front();
-            }
-            self.tail.push_back(line);
+            self.push_tail(line);
         } else {
             writeln!(self.w, "{line}")?;
         }
@@ -210,7 +216,7 @@ impl<W: Write> Output for LineOutput<W> {
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
         if self.tty {
-            self.tail.push_back(format!("! {msg}"));
+            self.push_tail(format!("! {msg}"));
         } else {
             writeln!(self.w, "! {msg}")?;
         }
@@ -264,5 +270,29 @@ mod tests {
         assert_eq!(human_bytes(512), "512B");
         assert_eq!(human_bytes(16 << 20), "16.0MiB");
         assert_eq!(human_us(1500), "1.5ms");
+    }
+
+    #[test]
+    fn the_terminal_tail_stays_bounded_with_notes() {
+        let mut raw = kmem_trace_common::Event::ZERO;
+        raw.kind = kmem_trace_common::EventKind::Online as u32;
+        let ev = TraceEvent::from_raw(raw).unwrap();
+        let applied = Applied {
+            addr: None,
+            memcg_id: None,
+            path: None,
+            state: None,
+            freed: None,
+            anomaly: None,
+        };
+        let mut out = LineOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new(), true);
+        for _ in 0..out.tail_len {
+            out.event(&ev, &applied, None).unwrap();
+        }
+        out.note("3 events dropped").unwrap();
+        for _ in 0..10 {
+            out.event(&ev, &applied, None).unwrap();
+        }
+        assert_eq!(out.tail.len(), out.tail_len);
     }
 }

@@ -9,7 +9,7 @@ pub mod line;
 pub mod tee;
 pub mod tui;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
 
 use serde::Serialize;
 
@@ -132,21 +132,32 @@ pub trait Output {
 }
 
 /// The memcg ID and path an event line shows: what the lifecycle resolved,
-/// else what the event itself carries, `?` where neither knows.
-pub fn id_and_path(ev: &TraceEvent, applied: &Applied) -> (String, String) {
-    let id = applied
-        .memcg_id
-        .or(ev.memcg_id())
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| "?".into());
+/// else what the event itself carries, `?` where neither knows. Borrowed and
+/// formatted straight into the line (no strings of their own per event).
+pub fn id_and_path<'a>(ev: &'a TraceEvent, applied: &'a Applied) -> (LineId, Cow<'a, str>) {
+    let id = LineId(applied.memcg_id.or(ev.memcg_id()));
     let path = match applied.path.as_deref() {
-        Some(p) if !p.is_empty() => p.to_string(),
+        Some(p) if !p.is_empty() => Cow::Borrowed(p),
         _ => match ev.name() {
-            n if n.is_empty() => "?".into(),
-            n => n.into_owned(),
+            n if n.is_empty() => Cow::Borrowed("?"),
+            n => n,
         },
     };
     (id, path)
+}
+
+/// A memcg ID in an event line, `?` when unknown; width and alignment apply
+/// (`{:<5}`) either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineId(pub Option<u32>);
+
+impl fmt::Display for LineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => fmt::Display::fmt(&id, f),
+            None => f.pad("?"),
+        }
+    }
 }
 
 /// Bytes of a page (counters are kept in pages).
@@ -157,5 +168,16 @@ pub fn page_size() -> u64 {
         v as u64
     } else {
         4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineId;
+
+    #[test]
+    fn line_ids_pad_known_and_unknown_alike() {
+        assert_eq!(format!("{:<5}|", LineId(Some(42))), "42   |");
+        assert_eq!(format!("{:<5}|", LineId(None)), "?    |");
     }
 }

@@ -8,7 +8,10 @@ pub mod model;
 pub mod render;
 pub mod term;
 
-use std::io::{Stdout, Write};
+use std::{
+    fmt::Write as _,
+    io::{Stdout, Write},
+};
 
 use ratatui::{backend::CrosstermBackend, Terminal};
 
@@ -85,15 +88,16 @@ impl TuiOutput {
             id,
             path,
         );
+        // Writing to a String cannot fail.
         if let Some(o) = owner.filter(|o| o.owner.kind() != "path") {
-            s.push_str(&format!("  [{}]", o.label()));
+            let _ = write!(s, "  [{}]", o.label());
         }
         if let Some(m) = ev.counters().mem_pages {
-            s.push_str(&format!("  mem={}", human_bytes(m * self.page)));
+            let _ = write!(s, "  mem={}", human_bytes(m * self.page));
         }
-        s.push_str(&format!("  {} ({})", ev.comm(), ev.raw.tgid));
+        let _ = write!(s, "  {} ({})", ev.comm(), ev.raw.tgid);
         if let Some(h) = self.hooks.get(&ev.raw.hook) {
-            s.push_str(&format!("  via {h}"));
+            let _ = write!(s, "  via {h}");
         }
         s
     }
