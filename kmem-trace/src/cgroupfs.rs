@@ -32,6 +32,16 @@ pub enum CgroupVersion {
     V2,
 }
 
+impl CgroupVersion {
+    /// `v1` or `v2`, as serialized.
+    pub fn name(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "v1",
+            CgroupVersion::V2 => "v2",
+        }
+    }
+}
+
 /// A mounted hierarchy that has the memory controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemoryHierarchy {

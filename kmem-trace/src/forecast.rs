@@ -116,15 +116,34 @@ pub fn since_boot(
     zombies_hold_ids: bool,
 ) -> Forecast {
     let hours = (uptime_s / 3600.0).max(1.0 / 60.0);
-    let zombies_per_hour = dying as f64 / hours;
+    from_zombie_rate(
+        Basis::SinceBoot,
+        uptime_s,
+        dying as f64 / hours,
+        ids_in_use,
+        id_limit,
+        zombies_hold_ids,
+    )
+}
+
+/// A forecast from a zombie rate alone: IDs fill at that rate only where
+/// zombies hold them.
+fn from_zombie_rate(
+    basis: Basis,
+    window_s: f64,
+    zombies_per_hour: f64,
+    ids_in_use: u64,
+    id_limit: u32,
+    zombies_hold_ids: bool,
+) -> Forecast {
     let ids_per_hour = if zombies_hold_ids {
         zombies_per_hour
     } else {
         0.0
     };
     Forecast {
-        basis: Basis::SinceBoot,
-        window_s: uptime_s,
+        basis,
+        window_s,
         zombies_per_hour,
         ids_per_hour,
         ids_in_use,
@@ -154,21 +173,14 @@ pub fn from_offline_times(
         .iter()
         .filter(|t| **t <= now_s && now_s - **t <= span)
         .count();
-    let zombies_per_hour = created as f64 * 3600.0 / span;
-    let ids_per_hour = if zombies_hold_ids {
-        zombies_per_hour
-    } else {
-        0.0
-    };
-    Some(Forecast {
-        basis: Basis::History,
-        window_s: span,
-        zombies_per_hour,
-        ids_per_hour,
+    Some(from_zombie_rate(
+        Basis::History,
+        span,
+        created as f64 * 3600.0 / span,
         ids_in_use,
         id_limit,
-        hours_to_exhaustion: exhaustion(ids_in_use, id_limit, ids_per_hour),
-    })
+        zombies_hold_ids,
+    ))
 }
 
 /// Shortest span of samples [`Tracker::forecast`] reports on.

@@ -82,37 +82,23 @@ fn cmd_watch(args: WatchArgs, verbose: bool) -> anyhow::Result<ExitCode> {
             )
         })
         .transpose()?;
-    let residents = args.history.residents;
-    let tick = Duration::from_millis(if std::io::stdout().is_terminal() {
-        250
-    } else {
-        1000
-    });
-    let history = kmem_trace::store::feed::HistoryConfig::from_args(&args.history);
-    let mut cfg = watch::WatchConfig::new(&args.probe, &args.run, history, residents, tick);
-    cfg.record = args.record.clone();
-    let (probes, mut lifecycle) = watch::start(&cfg)?;
-    let (attribution, history, restored) = watch::prepare(&cfg, &mut lifecycle)?;
-    if let Some(addr) = exporter.as_ref().and_then(|x| x.local_addr()) {
-        eprintln!("kmem-trace: metrics on http://{addr}/metrics");
-    }
-    serve::announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
-    let labels = watch::hook_labels(&probes.report);
     let tty = std::io::stdout().is_terminal();
+    let tick = Duration::from_millis(if tty { 250 } else { 1000 });
+    let history = kmem_trace::store::feed::HistoryConfig::from_args(&args.history);
+    let mut cfg = watch::WatchConfig::new(
+        &args.probe,
+        &args.run,
+        history,
+        args.history.residents,
+        tick,
+    );
+    cfg.record = args.record.clone();
     let primary = match (args.json, tty && !args.plain) {
         (true, _) => serve::Primary::Json,
         (false, true) => serve::Primary::Live,
         (false, false) => serve::Primary::Lines { tty },
     };
-    serve::run(
-        &cfg,
-        probes,
-        lifecycle,
-        (attribution, history),
-        primary,
-        labels,
-        exporter,
-    )?;
+    serve::trace(&cfg, primary, exporter, verbose)?;
     Ok(ExitCode::SUCCESS)
 }
 

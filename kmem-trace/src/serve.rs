@@ -112,9 +112,36 @@ impl Output for Headless {
     }
 }
 
+/// What `watch` and `serve` share: loads the probes, restores the history,
+/// says so on stderr, and runs the pipeline into `primary` (and the exporter,
+/// when given).
+pub fn trace(
+    cfg: &WatchConfig,
+    primary: Primary,
+    exporter: Option<Exporter>,
+    verbose: bool,
+) -> Result<Summary, ServeError> {
+    let (probes, mut lifecycle) = watch::start(cfg)?;
+    let (attribution, feed, restored) = watch::prepare(cfg, &mut lifecycle)?;
+    if let Some(addr) = exporter.as_ref().and_then(Exporter::local_addr) {
+        eprintln!("kmem-trace: metrics on http://{addr}/metrics");
+    }
+    announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
+    let labels = watch::hook_labels(&probes.report);
+    run(
+        cfg,
+        probes,
+        lifecycle,
+        (attribution, feed),
+        primary,
+        labels,
+        exporter,
+    )
+}
+
 /// Runs the live pipeline into `primary` (and the exporter, when given) on a
 /// single-threaded runtime that also serves the metrics endpoint.
-pub fn run(
+fn run(
     cfg: &WatchConfig,
     probes: Probes,
     lifecycle: Lifecycle,
@@ -188,8 +215,8 @@ pub fn host_runtime_roots(host_root: &Path, explicit: &[PathBuf]) -> Vec<PathBuf
         .collect()
 }
 
-/// The start-up lines `watch` prints too (the last one says it is ready).
-pub fn announce(probes: &Probes, history: Option<&Path>, restored: &Restored, verbose: bool) {
+/// The start-up lines (the last one says it is ready).
+fn announce(probes: &Probes, history: Option<&Path>, restored: &Restored, verbose: bool) {
     if let Some(db) = history {
         eprintln!(
             "kmem-trace: history {}: {} memcgs restored ({} dying), {} gone since",
@@ -232,21 +259,6 @@ pub fn command(args: &ServeArgs, verbose: bool) -> Result<ExitCode, ServeError> 
         residents,
         Duration::from_secs(1),
     );
-    let (probes, mut lifecycle) = watch::start(&cfg)?;
-    let (attribution, feed, restored) = watch::prepare(&cfg, &mut lifecycle)?;
-    if let Some(addr) = exporter.local_addr() {
-        eprintln!("kmem-trace: metrics on http://{addr}/metrics");
-    }
-    announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
-    let labels = watch::hook_labels(&probes.report);
-    run(
-        &cfg,
-        probes,
-        lifecycle,
-        (attribution, feed),
-        Primary::Headless,
-        labels,
-        Some(exporter),
-    )?;
+    trace(&cfg, Primary::Headless, Some(exporter), verbose)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -57,6 +57,11 @@ impl TaskView {
             seen: clock.rfc3339(t.ts_ns),
         }
     }
+
+    /// `comm (tgid)`, how every output names a process.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.comm, self.tgid)
+    }
 }
 
 /// One dying memcg.
@@ -229,9 +234,13 @@ fn tracer_status(store: &Store, now_wall: i64) -> TracerStatus {
     }
 }
 
-/// Builds the report from the history database (and a census, when given).
-pub fn report(cfg: &ZombiesConfig, census: Option<&[Memcg]>) -> Result<Report, ZombiesError> {
-    let store = Store::open_existing(&cfg.db)?;
+/// Builds the report from the open history `store` (`cfg.db` names it) and
+/// a census, when given.
+pub fn report(
+    store: &Store,
+    cfg: &ZombiesConfig,
+    census: Option<&[Memcg]>,
+) -> Result<Report, ZombiesError> {
     let clock = Clock::measure();
     let now = now_ns();
     let rows = if census.is_some() {
@@ -243,7 +252,7 @@ pub fn report(cfg: &ZombiesConfig, census: Option<&[Memcg]>) -> Result<Report, Z
     Ok(Report {
         kind: "zombies",
         db: cfg.db.display().to_string(),
-        tracer: tracer_status(&store, now),
+        tracer: tracer_status(store, now),
         count: zombies.len(),
         zombies,
     })
@@ -299,16 +308,12 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
             },
             z.path
         )?;
-        let task = |t: &TaskView| format!("{} ({}) <- {} ({})", t.comm, t.tgid, t.pcomm, t.ppid);
+        let task = |t: &TaskView| format!("{} <- {} ({})", t.label(), t.pcomm, t.ppid);
         if let Some(c) = &z.creator {
             writeln!(w, "       created by {}", task(c))?;
         }
         if !z.residents.is_empty() {
-            let names: Vec<String> = z
-                .residents
-                .iter()
-                .map(|t| format!("{} ({})", t.comm, t.tgid))
-                .collect();
+            let names: Vec<String> = z.residents.iter().map(TaskView::label).collect();
             let more = if z.residents_dropped > 0 {
                 format!(" and {} more", z.residents_dropped)
             } else {
@@ -330,12 +335,13 @@ pub fn command(args: &crate::cli::ZombiesArgs) -> Result<(), ZombiesError> {
         older_than: args.older_than,
         json: args.json,
     };
-    let mut r = report(&cfg, None)?;
+    let store = Store::open_existing(&cfg.db)?;
+    let mut r = report(&store, &cfg, None)?;
     if !r.tracer.running {
         // No tracer keeps the history current: the kernel's own list (the
         // census) is authoritative; the history adds owners and processes.
         match crate::census::memcgs(&crate::census::CensusConfig::default()) {
-            Ok(memcgs) => r = report(&cfg, Some(&memcgs))?,
+            Ok(memcgs) => r = report(&store, &cfg, Some(&memcgs))?,
             Err(e) => log::info!("zombies without a census: {e}"),
         }
     }

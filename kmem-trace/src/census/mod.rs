@@ -20,7 +20,7 @@ pub mod render;
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use kmem_trace_common::{census_flags, flags, CensusSummary, Event, EventKind};
@@ -157,7 +157,7 @@ impl Census {
 /// Takes a census of the memory hierarchy: BPF iterator if it can, else counts.
 /// Fails only when no memory controller is mounted or procfs cannot be read.
 pub fn take(cfg: &CensusConfig) -> Result<Census, CensusError> {
-    let h = memory_hierarchy(&cfg.host_root)?;
+    let h = cgroupfs::preferred_memory_hierarchy(&cfg.host_root)?;
     if cfg.counts_only {
         let k = KernelCounts::read(&cfg.host_root, &h)?;
         return Ok(counts_only(h, k, "--counts-only".into()));
@@ -261,13 +261,6 @@ pub fn seed_watch(lc: &mut Lifecycle, btf: Option<PathBuf>) {
         ),
         Err(e) => log::warn!("census: {e}"),
     }
-}
-
-/// The hierarchy that has the memory controller (v1 `memory` first).
-pub fn memory_hierarchy(root: &Path) -> Result<MemoryHierarchy, CensusError> {
-    let mut hs = cgroupfs::memory_hierarchies(root)?;
-    hs.sort_by_key(|h| h.version != CgroupVersion::V1);
-    Ok(hs.swap_remove(0))
 }
 
 fn counts_only(h: MemoryHierarchy, k: KernelCounts, reason: String) -> Census {

@@ -78,10 +78,6 @@ pub fn json(c: &Census, w: &mut dyn Write) -> io::Result<()> {
 pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
     let page = page_size();
     let h = &c.hierarchy;
-    let version = match h.version {
-        crate::cgroupfs::CgroupVersion::V1 => "cgroup v1",
-        crate::cgroupfs::CgroupVersion::V2 => "cgroup v2",
-    };
     let source = match c.source {
         Source::BpfIterator => "BPF iterator".to_string(),
         Source::CountsOnly => format!(
@@ -91,8 +87,9 @@ pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
     };
     writeln!(
         w,
-        "census of {} ({version}, hierarchy {}): {source}",
+        "census of {} (cgroup {}, hierarchy {}): {source}",
         h.mount.display(),
+        h.version.name(),
         h.hierarchy_id
     )?;
     let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());

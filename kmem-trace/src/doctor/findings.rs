@@ -224,11 +224,7 @@ fn cgroups(f: &Facts, out: &mut Vec<Finding>) {
                 Severity::Info,
                 format!(
                     "cgroups {mode}; memory controller on {} at {mount}",
-                    if h.version == CgroupVersion::V1 {
-                        "v1"
-                    } else {
-                        "v2"
-                    }
+                    h.version.name()
                 ),
             )
             .detail(

@@ -30,6 +30,16 @@ pub enum Driver {
     Systemd,
 }
 
+impl Driver {
+    /// `cgroupfs` or `systemd`, as kubelet's `--cgroup-driver` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Cgroupfs => "cgroupfs",
+            Driver::Systemd => "systemd",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Kubelet {
     pub driver: Option<Driver>,
@@ -108,11 +118,8 @@ impl Facts {
             .or_else(|| read(root, "proc/self/mountinfo", &mut unreadable))
             .map(|t| cgroup_mounts(&t))
             .unwrap_or_default();
-        let memory = match cgroupfs::memory_hierarchies(root) {
-            Ok(mut hs) => {
-                hs.sort_by_key(|h| h.version != CgroupVersion::V1);
-                hs.into_iter().next()
-            }
+        let memory = match cgroupfs::preferred_memory_hierarchy(root) {
+            Ok(h) => Some(h),
             Err(e) => {
                 unreadable.push(e.to_string());
                 None
@@ -325,14 +332,7 @@ fn dying_bytes(h: &MemoryHierarchy) -> Option<Residual> {
     }
     let stats: HashMap<u64, MemStat> = dirs
         .iter()
-        .filter_map(|d| {
-            let p = h
-                .mount
-                .join(d.path.trim_start_matches('/'))
-                .join("memory.stat");
-            let text = fs::read_to_string(p).ok()?;
-            Some((d.key.1, MemStat::parse(&text, h.version)))
-        })
+        .filter_map(|d| Some((d.key.1, crate::census::read_stat(h, &d.path)?)))
         .collect();
     let mut kids: HashMap<u64, Vec<MemStat>> = HashMap::new();
     for d in &dirs {

@@ -167,7 +167,7 @@ fn try_drop_caches(root: &Path) -> Result<DropCaches, DoctorError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(DoctorError::NotRoot);
     }
-    let h = crate::census::memory_hierarchy(root).map_err(|_| DoctorError::NoMemory)?;
+    let h = crate::cgroupfs::preferred_memory_hierarchy(root).map_err(|_| DoctorError::NoMemory)?;
     let full = KernelCounts::read(root, &h).map_err(|_| DoctorError::NoMemory)?;
     let visible = full.visible;
     let dying = |k: &KernelCounts| {
@@ -211,17 +211,21 @@ fn try_drop_caches(root: &Path) -> Result<DropCaches, DoctorError> {
     })
 }
 
+/// Whether `doctor` and `report` may load BPF for `host_root`: only for the
+/// real host (`--host-root /`), as root, with the eBPF programs built in.
+pub fn can_load_bpf(host_root: &Path) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    host_root == Path::new("/") && unsafe { libc::geteuid() } == 0 && crate::probes::has_object()
+}
+
 /// `kmem-trace doctor`: the exit code follows the node-problem-detector
 /// custom-plugin convention (0 OK, 1 problem, 2 unknown).
 pub fn command(args: &DoctorArgs) -> Result<ExitCode, DoctorError> {
-    let real_host = args.host_root == Path::new("/");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let cfg = DoctorConfig {
         host_root: args.host_root.clone(),
         id_limit: args.id_limit,
         try_drop_caches: args.try_drop_caches,
-        verify_bpf: real_host && root && !args.no_bpf && !args.npd && crate::probes::has_object(),
+        verify_bpf: !args.no_bpf && !args.npd && can_load_bpf(&args.host_root),
         history_db: Some(
             args.host_root
                 .join(crate::store::DEFAULT_DB.trim_start_matches('/')),

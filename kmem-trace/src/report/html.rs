@@ -5,10 +5,10 @@
 use std::fmt::Write;
 
 use super::{
-    model::{AppendixRow, Report},
+    model::{age, or_unknown, AppendixRow, Report},
     svg::{self, esc},
 };
-use crate::{doctor::Severity, outputs::line::human_bytes};
+use crate::{doctor::Severity, outputs::line::human_bytes, zombies::TaskView};
 
 const CSS: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;background:#f3f4f6;color:#1f2933}
@@ -42,17 +42,6 @@ fn sev_class(s: Severity) -> &'static str {
     }
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
-}
-
-fn age(s: Option<f64>) -> String {
-    match s {
-        Some(s) => crate::forecast::human_hours(s / 3600.0),
-        None => "?".into(),
-    }
-}
-
 /// Renders the report.
 pub fn render(r: &Report) -> String {
     let mut h = String::with_capacity(64 * 1024);
@@ -82,10 +71,10 @@ pub fn render(r: &Report) -> String {
     let _ = write!(
         h,
         "<h2>Now</h2><div class=\"cards\"><div class=\"card\">live memcgs<b>{}</b></div><div class=\"card\">dying<b>{}</b></div><div class=\"card\">zombies<b>{}</b></div><div class=\"card\">memcg IDs in use<b>{} / {}</b></div></div><p class=\"sub\">counts from {}</p>",
-        opt(r.now.live),
-        opt(r.now.dying),
+        or_unknown(r.now.live),
+        or_unknown(r.now.dying),
         r.now.zombies,
-        opt(r.ids.in_use),
+        or_unknown(r.ids.in_use),
         r.ids.limit,
         esc(&r.now.source)
     );
@@ -101,7 +90,7 @@ pub fn render(r: &Report) -> String {
         h,
         "<h2>memcg ID usage and forecast</h2><div class=\"bar\" title=\"{pct:.1}%\"><div class=\"{bar}\" style=\"width:{:.2}%\"></div></div><p>{} of {} IDs in use ({pct:.2}%). {}.</p>",
         pct.clamp(0.5, 100.0),
-        opt(r.ids.in_use),
+        or_unknown(r.ids.in_use),
         r.ids.limit,
         esc(&r.ids.outlook)
     );
@@ -153,22 +142,21 @@ pub fn render(r: &Report) -> String {
 
 fn node(h: &mut String, r: &Report) {
     let n = &r.node;
-    let versions: Vec<&str> = n
-        .cgroup_versions
-        .iter()
-        .map(|v| match v {
-            crate::cgroupfs::CgroupVersion::V1 => "v1",
-            crate::cgroupfs::CgroupVersion::V2 => "v2",
-        })
-        .collect();
+    let versions: Vec<&str> = n.cgroup_versions.iter().map(|v| v.name()).collect();
     let rows = [
-        ("hostname", opt(n.hostname.as_deref())),
-        ("kernel", opt(n.kernel.as_deref())),
-        ("kernel command line", opt(n.cmdline.as_deref())),
+        ("hostname", or_unknown(n.hostname.as_deref())),
+        ("kernel", or_unknown(n.kernel.as_deref())),
+        ("kernel command line", or_unknown(n.cmdline.as_deref())),
         ("cgroup versions mounted", versions.join(", ")),
-        ("memory controller", opt(n.memory_hierarchy.as_deref())),
-        ("kubelet cgroup driver", opt(n.cgroup_driver.as_deref())),
-        ("kubepods cgroup", opt(n.kubepods.as_deref())),
+        (
+            "memory controller",
+            or_unknown(n.memory_hierarchy.as_deref()),
+        ),
+        (
+            "kubelet cgroup driver",
+            or_unknown(n.cgroup_driver.as_deref()),
+        ),
+        ("kubepods cgroup", or_unknown(n.kubepods.as_deref())),
         ("kernel-memory accounting", n.kmem.clone()),
         (
             "hook family",
@@ -228,16 +216,11 @@ fn causes(h: &mut String, r: &Report) {
         }
         h.push_str("</table>");
     }
-    if !r.dying_bytes_by_type.is_empty() {
-        let parts: Vec<String> = r
-            .dying_bytes_by_type
-            .iter()
-            .map(|(k, v)| format!("{k} {}", human_bytes(*v)))
-            .collect();
+    if let Some(held) = r.dying_bytes_text() {
         let _ = write!(
             h,
             "<p>Node-wide, dying memcgs hold (from their live ancestors' memory.stat): {}.</p>",
-            esc(&parts.join(", "))
+            esc(&held)
         );
     }
 }
@@ -272,16 +255,8 @@ fn appendix_row(h: &mut String, a: &AppendixRow) {
         _ => z.owner_label.clone().unwrap_or_else(|| "-".into()),
     };
     let image = v.as_ref().and_then(|v| v.image).unwrap_or("");
-    let creator = z
-        .creator
-        .as_ref()
-        .map(|t| format!("{} ({})", t.comm, t.tgid))
-        .unwrap_or_default();
-    let residents: Vec<String> = z
-        .residents
-        .iter()
-        .map(|t| format!("{} ({})", t.comm, t.tgid))
-        .collect();
+    let creator = z.creator.as_ref().map(TaskView::label).unwrap_or_default();
+    let residents: Vec<String> = z.residents.iter().map(TaskView::label).collect();
     let _ = write!(
         h,
         "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
@@ -292,7 +267,7 @@ fn appendix_row(h: &mut String, a: &AppendixRow) {
         esc(image),
         esc(&creator),
         esc(&residents.join(", ")),
-        z.pinned_bytes.map(human_bytes).unwrap_or_else(|| "?".into()),
+        or_unknown(z.pinned_bytes.map(human_bytes)),
         esc(a.cause.as_deref().unwrap_or("?")),
         esc(z.source)
     );

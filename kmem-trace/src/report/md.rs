@@ -3,16 +3,15 @@
 
 use std::fmt::Write;
 
-use super::{model::rfc3339, model::Report, timeline::Point};
-use crate::outputs::line::human_bytes;
+use super::{
+    model::{age, or_unknown, rfc3339, Report},
+    timeline::Point,
+};
+use crate::{outputs::line::human_bytes, zombies::TaskView};
 
 /// Pipes and line breaks would break a table cell.
 fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")
-}
-
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
 }
 
 /// `▁▂▃▅▇` over at most `width` values.
@@ -96,10 +95,10 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         w,
         "## Now\n\n| live | dying | zombies | memcg IDs in use |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} / {} ({}) |\n\nCounts from {}. {}.\n",
-        opt(r.now.live),
-        opt(r.now.dying),
+        or_unknown(r.now.live),
+        or_unknown(r.now.dying),
         r.now.zombies,
-        opt(r.ids.in_use),
+        or_unknown(r.ids.in_use),
         r.ids.limit,
         r.ids
             .percent
@@ -112,15 +111,21 @@ pub fn render(r: &Report) -> String {
     let n = &r.node;
     let _ = writeln!(w, "## Node\n\n| | |\n|---|---|");
     for (k, v) in [
-        ("hostname", opt(n.hostname.as_deref())),
-        ("kernel", opt(n.kernel.as_deref())),
-        ("command line", opt(n.cmdline.as_deref())),
+        ("hostname", or_unknown(n.hostname.as_deref())),
+        ("kernel", or_unknown(n.kernel.as_deref())),
+        ("command line", or_unknown(n.cmdline.as_deref())),
         (
             "cgroup versions",
             serde_json::to_string(&n.cgroup_versions).unwrap_or_default(),
         ),
-        ("memory controller", opt(n.memory_hierarchy.as_deref())),
-        ("kubelet cgroup driver", opt(n.cgroup_driver.as_deref())),
+        (
+            "memory controller",
+            or_unknown(n.memory_hierarchy.as_deref()),
+        ),
+        (
+            "kubelet cgroup driver",
+            or_unknown(n.cgroup_driver.as_deref()),
+        ),
         ("kernel-memory accounting", n.kmem.clone()),
         (
             "hook family",
@@ -159,13 +164,8 @@ pub fn render(r: &Report) -> String {
             c.remedy
         );
     }
-    if !r.dying_bytes_by_type.is_empty() {
-        let parts: Vec<String> = r
-            .dying_bytes_by_type
-            .iter()
-            .map(|(k, v)| format!("{k} {}", human_bytes(*v)))
-            .collect();
-        let _ = writeln!(w, "- node-wide, dying memcgs hold: {}", parts.join(", "));
+    if let Some(held) = r.dying_bytes_text() {
+        let _ = writeln!(w, "- node-wide, dying memcgs hold: {held}");
     }
     let _ = writeln!(w, "\n## Remediation\n");
     for (i, s) in r.remediation.iter().enumerate() {
@@ -184,19 +184,12 @@ pub fn render(r: &Report) -> String {
                 w,
                 "| {} | {} | `{}` | {} | {} | {} | {} |",
                 z.memcg_id,
-                z.age_s
-                    .map(|s| crate::forecast::human_hours(s / 3600.0))
-                    .unwrap_or_else(|| "?".into()),
+                age(z.age_s),
                 cell(&z.path),
                 cell(z.owner_label.as_deref().unwrap_or("-")),
-                z.pinned_bytes
-                    .map(human_bytes)
-                    .unwrap_or_else(|| "?".into()),
+                or_unknown(z.pinned_bytes.map(human_bytes)),
                 a.cause.as_deref().unwrap_or("?"),
-                z.creator
-                    .as_ref()
-                    .map(|t| format!("{} ({})", t.comm, t.tgid))
-                    .unwrap_or_default()
+                z.creator.as_ref().map(TaskView::label).unwrap_or_default()
             );
         }
     }

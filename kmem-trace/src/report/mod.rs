@@ -73,10 +73,7 @@ fn hostname(root: &Path) -> Option<String> {
 /// Reads everything and builds the report.
 pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
     let mut notes = Vec::new();
-    let real_host = cfg.host_root == Path::new("/");
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let use_bpf = cfg.bpf && real_host && root && crate::probes::has_object();
+    let use_bpf = cfg.bpf && doctor::can_load_bpf(&cfg.host_root);
     let doctor = doctor::run(&DoctorConfig {
         host_root: cfg.host_root.clone(),
         id_limit: kmem_trace_common::MEMCG_ID_MAX,
@@ -115,6 +112,7 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
             let samples = store.samples(since)?;
             let rows = store.rows_since(since, clock.offset_ns)?;
             let z = zombies::report(
+                &store,
                 &ZombiesConfig {
                     db: cfg.db.clone(),
                     older_than: Some(cfg.zombie_after),

@@ -167,6 +167,28 @@ pub fn rfc3339(wall_ns: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// A value as every format shows it, `?` when it could not be read.
+pub fn or_unknown<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "?".into())
+}
+
+/// An age in seconds as `2d4h` (coarse, like the forecast), `?` when unknown.
+pub fn age(s: Option<f64>) -> String {
+    or_unknown(s.map(|s| forecast::human_hours(s / 3600.0)))
+}
+
+impl Report {
+    /// `anon 1.0MiB, page cache 0B, ...`: what dying memcgs hold node-wide.
+    pub fn dying_bytes_text(&self) -> Option<String> {
+        let parts: Vec<String> = self
+            .dying_bytes_by_type
+            .iter()
+            .map(|(k, v)| format!("{k} {}", human_bytes(*v)))
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 /// Builds the report (pure).
 pub fn build(i: Inputs) -> Report {
     let facts = &i.doctor.facts;
@@ -422,20 +444,11 @@ fn node(i: &Inputs) -> NodeFacts {
         memory_hierarchy: f.memory.as_ref().map(|h| {
             format!(
                 "{} at {}",
-                match h.version {
-                    CgroupVersion::V1 => "v1",
-                    CgroupVersion::V2 => "v2",
-                },
+                h.version.name(),
                 f.memory_mount().unwrap_or_default()
             )
         }),
-        cgroup_driver: f.kubelet.driver.map(|d| {
-            match d {
-                doctor::host::Driver::Cgroupfs => "cgroupfs",
-                doctor::host::Driver::Systemd => "systemd",
-            }
-            .to_string()
-        }),
+        cgroup_driver: f.kubelet.driver.map(|d| d.name().to_string()),
         kubepods: f.kubelet.kubepods.clone(),
         kmem,
         nokmem: f.nokmem,
@@ -445,24 +458,23 @@ fn node(i: &Inputs) -> NodeFacts {
     }
 }
 
+/// The fixes of warnings and worse first, then what frees each pin cause,
+/// then the fixes of the other findings; each step once.
 fn remediation(findings: &[Finding], causes: &[CauseTotal]) -> Vec<String> {
+    let fixes = |urgent: bool| {
+        findings
+            .iter()
+            .filter(move |f| (f.severity >= Severity::Warning) == urgent)
+            .flat_map(|f| f.remediation.iter().cloned())
+    };
+    let per_cause = causes
+        .iter()
+        .filter(|c| c.zombies > 0)
+        .map(|c| format!("{} ({} zombies): {}", c.cause, c.zombies, c.remedy));
     let mut out: Vec<String> = Vec::new();
-    for f in findings.iter().filter(|f| f.severity >= Severity::Warning) {
-        for r in &f.remediation {
-            if !out.contains(r) {
-                out.push(r.clone());
-            }
-        }
-    }
-    for c in causes.iter().filter(|c| c.zombies > 0) {
-        let step = format!("{} ({} zombies): {}", c.cause, c.zombies, c.remedy);
-        out.push(step);
-    }
-    for f in findings.iter().filter(|f| f.severity < Severity::Warning) {
-        for r in &f.remediation {
-            if !out.contains(r) {
-                out.push(r.clone());
-            }
+    for step in fixes(true).chain(per_cause).chain(fixes(false)) {
+        if !out.contains(&step) {
+            out.push(step);
         }
     }
     out

@@ -244,7 +244,7 @@ impl Store {
     pub fn open_rows(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
         self.query(
             "WHERE boot_id = ?1 AND state IN ('live', 'dying') ORDER BY id",
-            &self.boot_id,
+            [&self.boot_id],
             offset_ns,
         )
     }
@@ -253,20 +253,27 @@ impl Store {
     pub fn dying(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
         self.query(
             "WHERE boot_id = ?1 AND state = 'dying' ORDER BY offline_at, id",
-            &self.boot_id,
+            [&self.boot_id],
             offset_ns,
         )
     }
 
     /// Every row of this boot (tests, debugging).
     pub fn all(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
-        self.query("WHERE boot_id = ?1 ORDER BY id", &self.boot_id, offset_ns)
+        self.query("WHERE boot_id = ?1 ORDER BY id", [&self.boot_id], offset_ns)
     }
 
-    fn query(&self, tail: &str, boot: &str, off: i64) -> Result<Vec<HistoryRow>, StoreError> {
+    /// Rows matching `tail` (`WHERE ... ORDER BY ...` with `params`), their
+    /// times made monotonic with `off`.
+    fn query(
+        &self,
+        tail: &str,
+        params: impl rusqlite::Params,
+        off: i64,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM memcg {tail}");
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map([boot], |r| read_row(r, off))?;
+        let rows = st.query_map(params, |r| read_row(r, off))?;
         let mut out = Vec::new();
         for r in rows {
             out.push(r??);

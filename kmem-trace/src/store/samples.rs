@@ -105,10 +105,11 @@ impl Store {
         since: i64,
         offset_ns: i64,
     ) -> Result<Vec<super::HistoryRow>, StoreError> {
-        let tail = format!(
-            "WHERE (updated_at >= {since} OR state IN ('live', 'dying')) AND ?1 = ?1 ORDER BY id"
-        );
-        self.query(&tail, "", offset_ns)
+        self.query(
+            "WHERE updated_at >= ?1 OR state IN ('live', 'dying') ORDER BY id",
+            [since],
+            offset_ns,
+        )
     }
 }
 

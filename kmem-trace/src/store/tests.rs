@@ -283,6 +283,30 @@ fn retention_deletes_only_old_finished_rows() {
 }
 
 #[test]
+fn rows_since_are_open_or_recent_rows_of_every_boot() {
+    let d = TempDir::new("since");
+    let db = d.0.join("h.db");
+    let day = 86_400_000_000_000i64;
+    let mut s = Store::open(&db).unwrap();
+    let mut old = memcg(0x1000, 1, 1, State::Freed);
+    old.free_ns = Stamp::at(5);
+    s.write(&[rec(old)], OFF, NOW - 20 * day).unwrap();
+    let open = memcg(0x2000, 2, 2, State::Dying);
+    s.write(&[rec(open)], OFF, NOW - 20 * day).unwrap();
+    let mut other = Store::open(&db).unwrap().with_boot_id("another-boot");
+    let mut recent = memcg(0x3000, 3, 3, State::Freed);
+    recent.free_ns = Stamp::at(5);
+    other.write(&[rec(recent)], OFF, NOW - day).unwrap();
+    let addrs: Vec<u64> = s
+        .rows_since(NOW - 2 * day, OFF)
+        .unwrap()
+        .iter()
+        .map(|r| r.memcg.addr)
+        .collect();
+    assert_eq!(addrs, vec![0x2000, 0x3000]);
+}
+
+#[test]
 fn the_writer_thread_writes_batches_and_meta() {
     let d = TempDir::new("writer");
     let db = d.0.join("h.db");
