@@ -1,6 +1,7 @@
 //! Renders HTML in headless Chromium (Debian's `chromium`) and checks the
 //! screenshot is a real page, not a blank one: decoded with the `png` crate,
 //! counted for non-white pixels, spread of values, and pixels of given colours.
+//! Also checks a page loads nothing from elsewhere.
 
 use std::{
     fs,
@@ -87,6 +88,23 @@ pub fn screenshot(chromium: &Path, html: &Path, png: &Path, width: u32, height: 
             bail!("chromium exited {s} without a screenshot: {err}")
         }
         None => bail!("chromium did not finish in 90 s"),
+    }
+}
+
+/// Fails unless `html` is one self-contained file: no script, stylesheet,
+/// image, font or import it would load from elsewhere.
+pub fn assert_self_contained(html: &str) {
+    let lower = html.to_lowercase();
+    for bad in [
+        "<script",
+        "<link",
+        "src=\"http",
+        "href=\"http",
+        "src=\"//",
+        "@import",
+        "url(",
+    ] {
+        assert!(!lower.contains(bad), "external resource {bad:?}");
     }
 }
 

@@ -13,8 +13,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 
 pub mod browser;
+pub mod pod;
 
 /// True when the test may touch the kernel. Without root it prints why it is
 /// skipped; with `KMEM_TRACE_REQUIRE_ROOT_TESTS=1` (CI) it fails instead.
@@ -204,6 +206,64 @@ pub fn kmem_trace_bin() -> Result<PathBuf> {
     Ok(root.join("target/debug/kmem-trace"))
 }
 
+/// `kmem-trace` as a command: the binary of [`kmem_trace_bin`].
+pub fn kmem_trace_cmd() -> Result<Command> {
+    Ok(Command::new(kmem_trace_bin()?))
+}
+
+/// Runs `cmd` to completion: its stdout, or an error with its stderr when it
+/// exits non-zero.
+pub fn stdout_of(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// `kmem-trace zombies --json --db DB`, parsed.
+pub fn zombies_json(db: &Path) -> Result<Value> {
+    let out = stdout_of(
+        kmem_trace_cmd()?
+            .args(["zombies", "--json", "--db"])
+            .arg(db),
+    )?;
+    serde_json::from_slice(&out).context("zombies --json printed no JSON")
+}
+
+/// The first entry of a `zombies --json` report whose path ends with `suffix`.
+pub fn zombie_ending<'a>(report: &'a Value, suffix: &str) -> Option<&'a Value> {
+    report["zombies"]
+        .as_array()?
+        .iter()
+        .find(|z| z["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
+}
+
+/// A scratch directory (history database, runtime root, screenshots), created
+/// here and removed with its contents when dropped, also on panic.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(path: PathBuf) -> Result<Scratch> {
+        fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running `kmem-trace` with its stdout collected.
 pub struct Tracer {
     child: Option<Child>,
@@ -279,7 +339,7 @@ impl Tracer {
     }
 
     /// The stdout lines so far, parsed as JSON (lines that are not JSON are skipped).
-    pub fn json(&self) -> Vec<serde_json::Value> {
+    pub fn json(&self) -> Vec<Value> {
         self.lines()
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -321,12 +381,10 @@ impl Drop for Tracer {
 }
 
 /// Parses JSON lines, failing on any line that is not one object.
-pub fn json_lines(out: &str) -> Result<Vec<serde_json::Value>> {
+pub fn json_lines(out: &str) -> Result<Vec<Value>> {
     out.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).with_context(|| format!("not JSON: {l}"))
-        })
+        .map(|l| serde_json::from_str::<Value>(l).with_context(|| format!("not JSON: {l}")))
         .collect()
 }
 

@@ -10,11 +10,12 @@ use std::{
     fs::{self, File},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
-use kmem_trace_tests::{kmem_trace_bin, memory_root, require_root, wait_for, TestParent};
+use kmem_trace_tests::{
+    kmem_trace_cmd, memory_root, require_root, stdout_of, wait_for, TestParent,
+};
 use serde_json::Value;
 
 /// `flock /tmp/kmem-trace-kernel.lock` for the test's lifetime, unless a
@@ -122,16 +123,8 @@ fn dirs(dir: &Path) -> u64 {
 }
 
 fn census() -> Value {
-    let out = Command::new(kmem_trace_bin().unwrap())
-        .args(["census", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "census failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = stdout_of(kmem_trace_cmd().unwrap().args(["census", "--json"])).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(
         v["source"], "bpf_iterator",
         "the census fell back to counts: {}",
@@ -156,8 +149,14 @@ fn quiet_census(root: &Path) -> (Value, u64) {
     panic!("the cgroup tree never stayed still for one census");
 }
 
-fn census_dying(c: &Value) -> u64 {
-    c["totals"]["dying"].as_u64().unwrap()
+/// The census's dying count equals the kernel's.
+fn assert_matches_kernel(c: &Value, kernel: u64) {
+    assert_eq!(
+        c["totals"]["dying"].as_u64().unwrap(),
+        kernel,
+        "census vs kernel: {}",
+        c["checks"]
+    );
 }
 
 #[test]
@@ -172,12 +171,7 @@ fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
 
     // 1. The machine as it is.
     let (c, kernel) = quiet_census(&root);
-    assert_eq!(
-        census_dying(&c),
-        kernel,
-        "census vs kernel: {}",
-        c["checks"]
-    );
+    assert_matches_kernel(&c, kernel);
     assert_eq!(c["consistent"], true, "{}", c["checks"]);
 
     // 2. Dying memcgs of our own: 6 children write 1 MiB each to tmpfs; 3 keep
@@ -220,12 +214,7 @@ fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
     let (c, kernel) = quiet_census(&root);
     let mine = ours(&c);
     assert!(settled, "our dying memcgs: {mine:#?}");
-    assert_eq!(
-        census_dying(&c),
-        kernel,
-        "census vs kernel: {}",
-        c["checks"]
-    );
+    assert_matches_kernel(&c, kernel);
     assert_eq!(c["consistent"], true, "{}", c["checks"]);
     let mut paths: Vec<String> = mine
         .iter()
@@ -252,12 +241,7 @@ fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
         "zombies stayed after their tmpfs files were deleted"
     );
     let (c, kernel) = quiet_census(&root);
-    assert_eq!(
-        census_dying(&c),
-        kernel,
-        "census vs kernel: {}",
-        c["checks"]
-    );
+    assert_matches_kernel(&c, kernel);
     drop(parent);
     let _ = fs::remove_dir(&shm);
     eprintln!("done at {:?}", t.elapsed());

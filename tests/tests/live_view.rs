@@ -23,6 +23,20 @@ struct Tmux {
 }
 
 impl Tmux {
+    /// A server on its own socket with one detached `cols`×`rows` session
+    /// `kt` running `script`.
+    fn start(socket: String, cols: u16, rows: u16, script: &str) -> Tmux {
+        let t = Tmux { socket };
+        let (x, y) = (cols.to_string(), rows.to_string());
+        let new = t.cmd(&["new-session", "-d", "-x", &x, "-y", &y, "-s", "kt", script]);
+        assert!(
+            new.status.success(),
+            "{}",
+            String::from_utf8_lossy(&new.stderr)
+        );
+        t
+    }
+
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .arg("-L")
@@ -66,6 +80,28 @@ fn has_tmux() -> bool {
     ok
 }
 
+/// After the program left: the normal screen with the cursor shown, and the
+/// terminal modes the shell wrote to `stty` (`stty -a`) cooked again.
+fn assert_terminal_restored(t: &Tmux, stty: &Path) {
+    assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
+    assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown again");
+    let mut modes = String::new();
+    assert!(wait_for(Duration::from_secs(10), || {
+        modes = fs::read_to_string(stty).unwrap_or_default();
+        !modes.is_empty()
+    }));
+    let _ = fs::remove_file(stty);
+    let words: Vec<&str> = modes
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .collect();
+    for sane in ["icanon", "echo", "isig", "icrnl", "opost"] {
+        assert!(
+            words.contains(&sane),
+            "terminal not restored ({sane}): {modes}"
+        );
+    }
+}
+
 fn wait_screen(t: &Tmux, what: &str, secs: u64) -> String {
     let mut last = String::new();
     let found = wait_for(Duration::from_secs(secs), || {
@@ -85,9 +121,6 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
     }
     let parent = TestParent::new("tui").unwrap();
     let stty: PathBuf = std::env::temp_dir().join(format!("{}-stty", parent.name));
-    let t = Tmux {
-        socket: format!("kmem-trace-test-{}", std::process::id()),
-    };
     let bin = kmem_trace_bin().unwrap();
     // After kmem-trace exits the shell records its exit code and the terminal
     // mode, then stays so the pane can be read.
@@ -96,21 +129,11 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
         bin.display(),
         stty.display()
     );
-    let new = t.cmd(&[
-        "new-session",
-        "-d",
-        "-x",
-        "160",
-        "-y",
-        "50",
-        "-s",
-        "kt",
+    let t = Tmux::start(
+        format!("kmem-trace-test-{}", std::process::id()),
+        160,
+        50,
         &script,
-    ]);
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
     );
 
     let s = wait_screen(&t, "owners by zombies", 60);
@@ -149,23 +172,7 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
         "summary on the normal screen:\n{s}"
     );
     assert!(!s.contains("owners by"), "the live view is gone:\n{s}");
-    assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
-    assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown again");
-    let mut modes = String::new();
-    assert!(wait_for(Duration::from_secs(10), || {
-        modes = fs::read_to_string(&stty).unwrap_or_default();
-        !modes.is_empty()
-    }));
-    let _ = fs::remove_file(&stty);
-    let words: Vec<&str> = modes
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .collect();
-    for sane in ["icanon", "echo", "isig", "icrnl", "opost"] {
-        assert!(
-            words.contains(&sane),
-            "terminal not restored ({sane}): {modes}"
-        );
-    }
+    assert_terminal_restored(&t, &stty);
     drop(t);
     cleanup_check(&parent.path);
 }
@@ -188,30 +195,17 @@ fn a_panic_in_the_live_view_restores_the_terminal() {
     if !has_tmux() {
         return;
     }
-    let t = Tmux {
-        socket: format!("kmem-trace-test-panic-{}", std::process::id()),
-    };
     let stty = std::env::temp_dir().join(format!("kmem-trace-panic-stty-{}", std::process::id()));
     let script = format!(
         "'{}'; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
         env!("CARGO_BIN_EXE_kmem-trace-tui-panic"),
         stty.display()
     );
-    let new = t.cmd(&[
-        "new-session",
-        "-d",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        "-s",
-        "kt",
+    let t = Tmux::start(
+        format!("kmem-trace-test-panic-{}", std::process::id()),
+        120,
+        40,
         &script,
-    ]);
-    assert!(
-        new.status.success(),
-        "{}",
-        String::from_utf8_lossy(&new.stderr)
     );
     wait_screen(&t, "kmem-trace watch · hooks test", 20);
     assert_eq!(t.format("#{alternate_on}"), "1");
@@ -220,21 +214,5 @@ fn a_panic_in_the_live_view_restores_the_terminal() {
         s.contains("deliberate panic inside the live view"),
         "panic message on the normal screen:\n{s}"
     );
-    assert_eq!(t.format("#{alternate_on}"), "0", "alternate screen left");
-    assert_eq!(t.format("#{cursor_flag}"), "1", "cursor shown again");
-    let mut modes = String::new();
-    assert!(wait_for(Duration::from_secs(10), || {
-        modes = fs::read_to_string(&stty).unwrap_or_default();
-        !modes.is_empty()
-    }));
-    let _ = fs::remove_file(&stty);
-    let words: Vec<&str> = modes
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .collect();
-    for sane in ["icanon", "echo", "isig", "icrnl", "opost"] {
-        assert!(
-            words.contains(&sane),
-            "terminal not restored ({sane}): {modes}"
-        );
-    }
+    assert_terminal_restored(&t, &stty);
 }

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use kmem_trace_tests::{require_root, wait_for, TestParent, Tracer};
+use kmem_trace_tests::{require_root, wait_for, Scratch, TestParent, Tracer};
 use serde_json::Value;
 
 /// A child process killed by PID and reaped when dropped.
@@ -24,14 +24,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -86,8 +78,8 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         return;
     };
     let parent = TestParent::new("prom").unwrap();
-    let dir = Scratch(std::env::temp_dir().join(format!("{}-prom", parent.name)));
-    fs::create_dir_all(dir.0.join("data")).unwrap();
+    let dir = Scratch::new(std::env::temp_dir().join(format!("{}-prom", parent.name))).unwrap();
+    fs::create_dir_all(dir.path().join("data")).unwrap();
     let (metrics_port, prom_port) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{metrics_port}");
     let _serve = Tracer::start(&[
@@ -110,7 +102,7 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     });
     assert!(ready, "serve's metrics: {text}");
 
-    let config = dir.0.join("prometheus.yml");
+    let config = dir.path().join("prometheus.yml");
     fs::write(
         &config,
         format!(
@@ -118,13 +110,13 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         ),
     )
     .unwrap();
-    let log = fs::File::create(dir.0.join("prometheus.log")).unwrap();
+    let log = fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let _prom = Proc(
         Command::new(prom_bin)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.0.join("data").display()
+                dir.path().join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdin(Stdio::null())
@@ -140,7 +132,7 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         up = query(prom_port, "up%7Bjob%3D%22kmem-trace%22%7D");
         up == Some(1.0)
     });
-    let plog = fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default();
+    let plog = fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     assert!(scraped, "target not up ({up:?}); prometheus log:\n{plog}");
     let limit = query(
         prom_port,

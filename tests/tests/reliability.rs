@@ -5,7 +5,9 @@
 
 use std::{collections::HashSet, process::Command, time::Duration};
 
-use kmem_trace_tests::{json_lines, kmem_trace_bin, require_root, wait_for, TestParent, Tracer};
+use kmem_trace_tests::{
+    json_lines, kmem_trace_bin, require_root, wait_for, zombies_json, Scratch, TestParent, Tracer,
+};
 use serde_json::Value;
 
 /// IDs of loaded BPF programs whose name starts with `kt_` (kmem-trace's prefix).
@@ -313,17 +315,7 @@ fn a_locked_history_database_is_named_with_the_fix() {
 
 /// `kmem-trace zombies --json --db DB` entries whose path lies under `parent`.
 fn our_zombies(db: &std::path::Path, parent: &str) -> Vec<Value> {
-    let out = Command::new(kmem_trace_bin().unwrap())
-        .args(["zombies", "--json", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "zombies: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = zombies_json(db).unwrap();
     let prefix = format!("/{parent}/");
     v["zombies"]
         .as_array()
@@ -341,9 +333,10 @@ fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
     }
     const N: usize = 40;
     let mut parent = TestParent::new("kill9").unwrap();
-    let scratch = std::env::temp_dir().join(format!("kmem-trace-kill9-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).unwrap();
-    let db = scratch.join("history.db");
+    let scratch =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-kill9-{}", std::process::id())))
+            .unwrap();
+    let db = scratch.path().join("history.db");
     let shm = std::path::PathBuf::from(format!("/dev/shm/{}", parent.name));
     std::fs::create_dir_all(&shm).unwrap();
     let args = [
@@ -407,5 +400,4 @@ fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
         "creator/resident of c0 kept: {first}"
     );
     let _ = std::fs::remove_dir_all(&shm);
-    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -5,7 +5,7 @@
 //! into a screenshot that shows the page and the chart's three series.
 //! No root needed (no BPF: `--no-bpf`, `--host-root` fixture).
 
-use std::{fs, path::PathBuf, process::Command, sync::Arc};
+use std::{fs, path::PathBuf, sync::Arc};
 
 use kmem_trace::{
     attribution::{Attribution, ContainerMeta},
@@ -14,19 +14,11 @@ use kmem_trace::{
     store::{samples::CountSample, writer::now_ns, Record, Store},
 };
 use kmem_trace_tests::{
-    browser::{chromium, png_stats, screenshot, SERIES_COLOURS},
-    kmem_trace_bin,
+    browser::{assert_self_contained, chromium, png_stats, screenshot, SERIES_COLOURS},
+    kmem_trace_cmd, stdout_of, Scratch,
 };
 
 const MIN: i64 = 60_000_000_000;
-
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn zombie(i: u64, container: &str) -> Record {
     let uid = "0f0e0d0c-4d1c-4c35-9b8e-2f8f3a1e9c7d";
@@ -67,11 +59,11 @@ fn zombie(i: u64, container: &str) -> Record {
 
 #[test]
 fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
-    let dir = Scratch(
+    let dir = Scratch::new(
         std::env::temp_dir().join(format!("kmem-trace-report-html-{}", std::process::id())),
-    );
-    fs::create_dir_all(&dir.0).unwrap();
-    let db = dir.0.join("history.db");
+    )
+    .unwrap();
+    let db = dir.path().join("history.db");
     let now = now_ns();
     {
         let mut s = Store::open(&db).unwrap();
@@ -98,22 +90,19 @@ fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
         .parent()
         .unwrap()
         .join("kmem-trace/tests/fixtures/doctor/centos7-kmem-leak");
-    let html_path = dir.0.join("report.html");
-    let out = Command::new(kmem_trace_bin().unwrap())
-        .args(["report", "--format", "html", "--no-bpf", "--since", "3h"])
-        .arg("--db")
-        .arg(&db)
-        .arg("--host-root")
-        .arg(&fixture)
-        .arg("-o")
-        .arg(&html_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let html_path = dir.path().join("report.html");
+    stdout_of(
+        kmem_trace_cmd()
+            .unwrap()
+            .args(["report", "--format", "html", "--no-bpf", "--since", "3h"])
+            .arg("--db")
+            .arg(&db)
+            .arg("--host-root")
+            .arg(&fixture)
+            .arg("-o")
+            .arg(&html_path),
+    )
+    .unwrap();
     let html = fs::read_to_string(&html_path).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
     for want in [
@@ -128,18 +117,7 @@ fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
     }
     assert_eq!(html.matches("<polyline").count(), 3, "three series");
     // One file: nothing it loads from elsewhere.
-    let lower = html.to_lowercase();
-    for bad in [
-        "<script",
-        "<link",
-        "src=\"http",
-        "href=\"http",
-        "src=\"//",
-        "@import",
-        "url(",
-    ] {
-        assert!(!lower.contains(bad), "external resource {bad:?}");
-    }
+    assert_self_contained(&html);
     assert!(
         html.contains("CRITICAL"),
         "the fixture's kmem leak is critical"
@@ -149,7 +127,7 @@ fn html_report_is_self_contained_names_owners_and_renders_a_chart() {
         eprintln!("skipped the screenshot: chromium is not installed");
         return;
     };
-    let png = dir.0.join("report.png");
+    let png = dir.path().join("report.png");
     screenshot(&chromium, &html_path, &png, 1200, 1400).unwrap();
     let st = png_stats(&png, &SERIES_COLOURS).unwrap();
     eprintln!("screenshot {png:?}: {st:?}");

@@ -6,16 +6,13 @@
 //! Needs: root, a memory cgroup controller, BPF. Run it under
 //! `flock /tmp/kmem-trace-kernel.lock` next to other root tests.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, time::Duration};
 
 use kmem_trace_tests::{
-    browser::{chromium, png_stats, screenshot, SERIES_COLOURS},
-    kmem_trace_bin, require_root, wait_for, TestParent, Tracer,
+    browser::{assert_self_contained, chromium, png_stats, screenshot, SERIES_COLOURS},
+    kmem_trace_cmd,
+    pod::{PodNames, PodSession},
+    require_root, stdout_of, wait_for, zombie_ending, zombies_json, TestParent, Tracer,
 };
 use serde_json::Value;
 
@@ -23,101 +20,26 @@ const POD: &str = "checkout-report-0";
 const NAMESPACE: &str = "kt-report";
 const CONTAINER: &str = "leaker";
 
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn write_bundle(root: &Path, cid: &str, uid: &str) -> PathBuf {
-    let dir = root.join(cid);
-    fs::create_dir_all(&dir).unwrap();
-    let spec = serde_json::json!({
-        "ociVersion": "1.1.0",
-        "annotations": {
-            "io.kubernetes.cri.container-type": "container",
-            "io.kubernetes.cri.container-name": CONTAINER,
-            "io.kubernetes.cri.image-name": "registry.example/kt/leaker:2",
-            "io.kubernetes.cri.sandbox-name": POD,
-            "io.kubernetes.cri.sandbox-namespace": NAMESPACE,
-            "io.kubernetes.cri.sandbox-uid": uid,
-        },
-    });
-    fs::write(dir.join("config.json"), spec.to_string()).unwrap();
-    dir
-}
-
-fn zombies_json(db: &Path) -> Value {
-    let out = Command::new(kmem_trace_bin().unwrap())
-        .args(["zombies", "--json", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 #[test]
 fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
     if !require_root("html_report_of_a_session_with_pinned_zombies_names_the_pod") {
         return;
     }
     let mut parent = TestParent::new("report").unwrap();
-    let scratch = Scratch(std::env::temp_dir().join(format!("{}-report", parent.name)));
-    let runtime = scratch.0.join("k8s.io");
-    fs::create_dir_all(&runtime).unwrap();
-    let db = scratch.0.join("history.db");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let uid = format!(
-        "{:08x}-7a1c-4c35-9b8e-{:012x}",
-        std::process::id(),
-        nanos & 0xffff_ffff_ffff
-    );
-    let cid = format!("{:064x}", nanos ^ 0xc0ffee);
-    let bundle = write_bundle(&runtime, &cid, &uid);
-    let mut tracer = Tracer::start(&[
-        "watch",
-        "--json",
-        "--zombie-after",
-        "1s",
-        "--db",
-        db.to_str().unwrap(),
-        "--runtime-root",
-        runtime.to_str().unwrap(),
-    ])
-    .unwrap();
-
-    let levels = [
-        "kubepods".to_string(),
-        "kubepods/burstable".to_string(),
-        format!("kubepods/burstable/pod{uid}"),
-        format!("kubepods/burstable/pod{uid}/{cid}"),
-    ];
-    let dirs: Vec<PathBuf> = levels.iter().map(|l| parent.child(l).unwrap()).collect();
-    let pin = PathBuf::from(format!("/dev/shm/{}-pin", parent.name));
-    parent.track_file(&pin);
-    parent
-        .run_in(
-            dirs.last().unwrap(),
-            &format!("head -c 16777216 /dev/zero > '{}'", pin.display()),
-        )
-        .unwrap();
-    for d in dirs.iter().rev() {
-        parent.rmdir(d).unwrap();
-    }
-    fs::remove_dir_all(&bundle).unwrap();
+    let names = PodNames {
+        pod: POD,
+        namespace: NAMESPACE,
+        container: CONTAINER,
+        image: "registry.example/kt/leaker:2",
+    };
+    let session = PodSession::new(&parent, &names).unwrap();
+    let (db, cid) = (&session.db, &session.cid);
+    let mut tracer = Tracer::start(&session.watch_args()).unwrap();
+    session.pin_then_delete(&mut parent).unwrap();
     let mut last = Value::Null;
     let named = wait_for(Duration::from_secs(30), || {
-        last = zombies_json(&db);
-        last["zombies"].as_array().is_some_and(|z| {
-            z.iter().any(|z| {
-                z["path"].as_str().is_some_and(|p| p.ends_with(&cid)) && z["owner"]["pod"] == POD
-            })
-        })
+        last = zombies_json(db).unwrap_or(Value::Null);
+        zombie_ending(&last, cid).is_some_and(|z| z["owner"]["pod"] == POD)
     });
     assert!(named, "the history never named the pod: {last:#}");
     // A few seconds more of samples, then a clean stop (a last sample).
@@ -125,28 +47,25 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
     let (code, _) = tracer.stop().unwrap();
     assert_eq!(code, Some(0), "{:?}", tracer.stderr);
 
-    let html_path = scratch.0.join("report.html");
-    let out = Command::new(kmem_trace_bin().unwrap())
-        .args([
-            "report",
-            "--format",
-            "html",
-            "--zombie-after",
-            "1s",
-            "--since",
-            "1h",
-        ])
-        .arg("--db")
-        .arg(&db)
-        .arg("-o")
-        .arg(&html_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let html_path = session.scratch.path().join("report.html");
+    stdout_of(
+        kmem_trace_cmd()
+            .unwrap()
+            .args([
+                "report",
+                "--format",
+                "html",
+                "--zombie-after",
+                "1s",
+                "--since",
+                "1h",
+            ])
+            .arg("--db")
+            .arg(db)
+            .arg("-o")
+            .arg(&html_path),
+    )
+    .unwrap();
     let html = fs::read_to_string(&html_path).unwrap();
     for want in [
         POD,
@@ -163,21 +82,11 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
         3,
         "a chart with three series"
     );
-    let lower = html.to_lowercase();
-    for bad in [
-        "<script",
-        "<link",
-        "src=\"http",
-        "href=\"http",
-        "@import",
-        "url(",
-    ] {
-        assert!(!lower.contains(bad), "external resource {bad:?}");
-    }
+    assert_self_contained(&html);
     // The pinned container's row names its pod and says what pins it.
     let row = html
         .split("<tr>")
-        .find(|r| r.contains(&cid) && r.contains("<td"))
+        .find(|r| r.contains(cid.as_str()) && r.contains("<td"))
         .expect("the container's appendix row");
     assert!(
         row.contains(&format!("{NAMESPACE}/{POD}/{CONTAINER}")),
@@ -186,7 +95,7 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
     assert!(row.contains("MiB"), "pinned bytes: {row}");
 
     if let Some(chromium) = chromium() {
-        let png = scratch.0.join("report.png");
+        let png = session.scratch.path().join("report.png");
         screenshot(&chromium, &html_path, &png, 1200, 1400).unwrap();
         let st = png_stats(&png, &SERIES_COLOURS).unwrap();
         eprintln!("screenshot: {st:?}");

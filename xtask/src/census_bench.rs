@@ -5,18 +5,20 @@
 //! Holds the kernel lock (`/tmp/kmem-trace-kernel.lock`) while it runs.
 
 use std::{
-    fs::{self, File},
-    os::fd::AsRawFd,
+    fs,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
 
-use crate::util::{self, sh};
+use crate::{
+    bench::cgroup::{memory_root, RunParent},
+    util::{self, sh},
+};
 
 #[derive(Args)]
 pub struct BenchCensusArgs {
@@ -32,53 +34,6 @@ pub struct BenchCensusArgs {
     /// kmem-trace binary to time (default: build and use target/release/kmem-trace).
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
-}
-
-unsafe extern "C" {
-    fn flock(fd: i32, operation: i32) -> i32;
-}
-const LOCK_EX: i32 = 2;
-
-/// The bench's cgroups, removed bottom-up when dropped.
-struct Tree {
-    parent: PathBuf,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let t = Instant::now();
-        let mut left = 0;
-        for d in self.dirs.iter().rev().chain(std::iter::once(&self.parent)) {
-            let mut ok = false;
-            for _ in 0..50 {
-                match fs::remove_dir(d) {
-                    Ok(()) => {
-                        ok = true;
-                        break;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        ok = true;
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            if !ok {
-                left += 1;
-            }
-        }
-        eprintln!(
-            "bench-census: removed {} cgroups in {:.2}s{}",
-            self.dirs.len() + 1,
-            t.elapsed().as_secs_f64(),
-            if left > 0 {
-                format!(" ({left} could not be removed)")
-            } else {
-                String::new()
-            }
-        );
-    }
 }
 
 pub fn run(args: &BenchCensusArgs) -> Result<()> {
@@ -100,61 +55,40 @@ pub fn run(args: &BenchCensusArgs) -> Result<()> {
             util::root().join("target/release/kmem-trace")
         }
     };
-    let lock = File::options()
-        .create(true)
-        .append(true)
-        .open("/tmp/kmem-trace-kernel.lock")
-        .context("opening /tmp/kmem-trace-kernel.lock")?;
-    eprintln!("bench-census: waiting for the kernel lock");
-    // SAFETY: flock on an fd we own.
-    if unsafe { flock(lock.as_raw_fd(), LOCK_EX) } != 0 {
-        bail!("flock: {}", std::io::Error::last_os_error());
-    }
-    let root = memory_root()?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos();
-    let name = format!("kmem-trace-bench-census-{}-{nanos}", std::process::id());
-    let mut tree = Tree {
-        parent: root.join(&name),
-        dirs: Vec::with_capacity(args.memcgs),
-    };
-    fs::create_dir(&tree.parent).with_context(|| format!("creating {}", tree.parent.display()))?;
-    let st = tree.parent.join("cgroup.subtree_control");
-    if st.exists() {
-        fs::write(&st, "+memory").context("enabling +memory")?;
-    }
+    let lock = util::KernelLock::take("bench-census")?;
+    let parent = RunParent::new(&memory_root()?, "census")?;
+    let v2 = parent.path.join("cgroup.subtree_control").exists();
+    let mut created = 0;
 
     let base = census(&bin)?;
     eprintln!(
         "bench-census: baseline {} memcgs; creating {} under {}",
         base.memcgs,
         args.memcgs,
-        tree.parent.display()
+        parent.path.display()
     );
     let t = Instant::now();
-    let v2 = st.exists();
     let mut g = 0;
-    while tree.dirs.len() < args.memcgs {
-        let group = tree.parent.join(format!("g{g}"));
+    while created < args.memcgs {
+        let group = parent.path.join(format!("g{g}"));
         g += 1;
         fs::create_dir(&group).with_context(|| format!("creating {}", group.display()))?;
-        tree.dirs.push(group.clone());
+        created += 1;
         if v2 {
             fs::write(group.join("cgroup.subtree_control"), "+memory")?;
         }
         for c in 0..args.fanout {
-            if tree.dirs.len() >= args.memcgs {
+            if created >= args.memcgs {
                 break;
             }
             let d = group.join(format!("c{c}"));
             fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
-            tree.dirs.push(d);
+            created += 1;
         }
     }
     eprintln!(
         "bench-census: created {} memcgs in {:.2}s",
-        tree.dirs.len(),
+        created,
         t.elapsed().as_secs_f64()
     );
 
@@ -162,8 +96,14 @@ pub fn run(args: &BenchCensusArgs) -> Result<()> {
     for _ in 0..args.runs {
         runs.push(census(&bin)?);
     }
-    print_report(&base, &runs, tree.dirs.len());
-    drop(tree);
+    print_report(&base, &runs, created);
+    let t = Instant::now();
+    drop(parent);
+    eprintln!(
+        "bench-census: removed {} cgroups in {:.2}s",
+        created + 1,
+        t.elapsed().as_secs_f64()
+    );
     drop(lock);
     Ok(())
 }
@@ -297,9 +237,4 @@ fn print_report(base: &Run, runs: &[Run], created: usize) {
             .next()
             .unwrap_or("?")
     );
-}
-
-/// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
-fn memory_root() -> Result<PathBuf> {
-    Ok(kmem_trace::cgroupfs::preferred_memory_hierarchy(Path::new("/"))?.mount)
 }

@@ -1,6 +1,9 @@
-//! Small helpers for running commands and locating the workspace.
+//! Small helpers for running commands and locating the workspace, and the
+//! kernel lock.
 
 use std::{
+    fs::File,
+    os::fd::AsRawFd,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -22,12 +25,35 @@ pub fn cargo() -> String {
 
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
+    unsafe { libc::geteuid() == 0 }
 }
 
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
+/// The kernel lock every helper holds while touching this machine's kernel.
+pub const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
+
+/// [`KERNEL_LOCK`], held (`flock`) until dropped.
+pub struct KernelLock {
+    _file: File,
+}
+
+impl KernelLock {
+    /// Takes the lock, saying as `who` when it has to wait for another helper.
+    pub fn take(who: &str) -> Result<KernelLock> {
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(KERNEL_LOCK)
+            .with_context(|| format!("opening {KERNEL_LOCK}"))?;
+        // SAFETY: flock on an fd we own; non-blocking first to say we wait.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!("{who}: waiting for {KERNEL_LOCK} (another helper is using the kernel)");
+            // SAFETY: as above, blocking.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());
+            }
+        }
+        Ok(KernelLock { _file: f })
+    }
 }
 
 /// Runs a command, echoing it, failing on a non-zero exit.

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 /// The memory controller's cgroup root: cgroup v1 `memory`, else cgroup2 with memory.
 pub fn memory_root() -> Result<PathBuf> {
     let h = kmem_trace::cgroupfs::preferred_memory_hierarchy(Path::new("/"))
-        .context("the churn figures need a memory cgroup controller")?;
+        .context("the bench needs a memory cgroup controller")?;
     Ok(h.mount)
 }
 

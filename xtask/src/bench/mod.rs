@@ -6,21 +6,19 @@
 //! Targets are goals shown beside each figure, never gates: the command fails
 //! only when it cannot measure.
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod live;
 mod offline;
 mod report;
 mod tracer;
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::util::{self, sh};
@@ -58,8 +56,6 @@ pub struct BenchArgs {
 /// kmem-trace attached), perf for profiling a figure that misses.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpftool", "linux-perf"];
 
-const LOCK: &str = "/tmp/kmem-trace-kernel.lock";
-
 /// Median of `v` (mean of the middle two for even lengths); `None` if empty.
 pub fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
@@ -73,30 +69,6 @@ pub fn median(v: &[f64]) -> Option<f64> {
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
     })
-}
-
-/// The kernel lock, held while the bench creates cgroups and loads BPF.
-struct KernelLock {
-    _file: File,
-}
-
-impl KernelLock {
-    fn take() -> Result<KernelLock> {
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(LOCK)
-            .with_context(|| format!("opening {LOCK}"))?;
-        // SAFETY: flock on an fd we own; non-blocking first to say we wait.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("bench: waiting for {LOCK} (another helper is using the kernel)");
-            // SAFETY: as above, blocking.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("flock {LOCK}: {}", std::io::Error::last_os_error());
-            }
-        }
-        Ok(KernelLock { _file: f })
-    }
 }
 
 /// 1-minute load average.
@@ -212,7 +184,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     if is_root && live_wanted {
-        let lock = KernelLock::take()?;
+        // Held while the bench creates cgroups and loads BPF.
+        let lock = util::KernelLock::take("bench")?;
         let _tracefs = Tracefs::ensure();
         let bpftrace = util::which("bpftrace").is_some();
         let baseline = cgroup::kernel_memcgs().unwrap_or(0);

@@ -32,7 +32,7 @@ use self::{
     report::FAMILIES,
     results::RunResult,
 };
-use crate::util::{self, sh};
+use crate::util::{self, sh, KERNEL_LOCK};
 
 /// Debian packages the matrix needs on the host.
 const PACKAGES: &[&str] = &[
@@ -44,9 +44,7 @@ const PACKAGES: &[&str] = &[
     "zstd",
     "binutils",
 ];
-/// The kernel lock every helper holds while touching this machine's kernel.
-const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
-/// Longest wait for that lock before the host row fails.
+/// Longest wait for the kernel lock before the host row fails.
 const LOCK_WAIT_S: u64 = 600;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 

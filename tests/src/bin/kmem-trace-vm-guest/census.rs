@@ -6,18 +6,18 @@
 //! listing them once the pins are released.
 
 use std::{
-    fs,
-    path::Path,
-    process::Command,
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kmem_trace_tests::TestParent;
 use serde_json::{json, Value};
 
-use crate::scenario::{evict, in_cgroup, Plan, Release};
+use crate::{
+    kmem_trace_json,
+    scenario::{evict, in_cgroup, Plan, Release},
+};
 
 /// One pinned memcg: the live cgroup above it, its own name, the pin cause
 /// the census must report.
@@ -87,7 +87,7 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
     }
 
     crate::proto::step(None, "census with pins");
-    let doc = census(&plan.kmem_trace)?;
+    let doc = kmem_trace_json(&plan.kmem_trace, "census")?;
     if doc["source"] != "bpf_iterator" {
         // Counts only (no cgroup iterator before 6.1): the two pins must still
         // be among the dying memcgs it counts.
@@ -153,7 +153,7 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
     }
     let deadline = Instant::now() + plan.wait;
     let still = loop {
-        let doc = census(&plan.kmem_trace)?;
+        let doc = kmem_trace_json(&plan.kmem_trace, "census")?;
         let still: Vec<&str> = PINS
             .iter()
             .map(|p| p.1)
@@ -187,20 +187,4 @@ fn entry<'a>(doc: &'a Value, suffix: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|m| m["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
-}
-
-/// `kmem-trace census --json`.
-fn census(bin: &Path) -> Result<Value> {
-    let out = Command::new(bin)
-        .args(["census", "--json"])
-        .output()
-        .with_context(|| format!("running {} census", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "kmem-trace census failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("parsing kmem-trace census --json")
 }

@@ -195,21 +195,12 @@ fn init_main() -> ! {
     init::poweroff()
 }
 
-/// `kmem-trace probes --json` without forcing anything: which family sees which
-/// point on this kernel.
-fn probes_report(bin: &std::path::Path) -> Result<Value> {
-    let out = Command::new(bin)
-        .args(["probes", "--json"])
-        .output()
-        .with_context(|| format!("running {} probes", bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "kmem-trace probes failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("parsing kmem-trace probes --json")
+/// `kmem-trace SUBCOMMAND --json`, parsed: `probes` without forcing anything
+/// (which family sees which point on this kernel), `census`.
+fn kmem_trace_json(bin: &std::path::Path, subcommand: &str) -> Result<Value> {
+    let out = kmem_trace_tests::stdout_of(Command::new(bin).args([subcommand, "--json"]))
+        .with_context(|| format!("kmem-trace {subcommand}"))?;
+    serde_json::from_slice(&out).with_context(|| format!("parsing kmem-trace {subcommand} --json"))
 }
 
 /// The whole scenario on this kernel; `Ok(false)` when any check failed.
@@ -228,7 +219,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     );
     plan.prepare_data()?;
     proto::step(None, "probes");
-    let report = probes_report(&plan.kmem_trace)?;
+    let report = kmem_trace_json(&plan.kmem_trace, "probes")?;
     proto::emit("probes", json!({"report": report}));
     proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
 
