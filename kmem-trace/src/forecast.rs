@@ -1,23 +1,86 @@
-//! Forecast: how fast zombies accumulate (net dying memcgs per hour over a
-//! window) and how long until the memcg ID space is used up. Pure: fed with
-//! samples from the running state (`watch`), the history, or one reading and
-//! the uptime (`doctor`).
+//! Forecast: the one model of memcg ID use and its leak, for every view
+//! (`watch`, `doctor`, `report`, metrics, the NPD line). Which memcgs hold an
+//! ID depends on the kernel ([`ID_RULES`]); the leak rate is the net growth of
+//! the dying memcgs that hold one, and a time to exhaustion comes only from a
+//! positive leak. Pure: fed with samples from the running state (`watch`),
+//! the history, or one reading and the uptime (`doctor`).
 //!
 //! What runs out: memcg IDs are 16 bit (`MEM_CGROUP_ID_MAX` 65535) and
 //! `mem_cgroup_css_alloc()` fails with ENOSPC when none is free, so mkdir of a
-//! cgroup fails. Before 4.6 a dying memcg keeps its ID until it is freed; from
-//! 4.6 (commit 73f576c04b94) the ID goes back at offline unless swap entries
-//! hold it, so zombies there cost memory, not IDs.
+//! cgroup fails. Live memcgs always hold one.
 
 use std::collections::VecDeque;
 
 use serde::Serialize;
+
+use crate::probes::kernel::KernelVersion;
 
 /// Errors of the forecast configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
     #[error("the forecast window must be longer than zero")]
     EmptyWindow,
+}
+
+/// Which dying memcgs still hold their ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DyingHold {
+    /// Every one, until it is freed (`mem_cgroup_css_free()` → `mem_cgroup_id_remove()`).
+    Every,
+    /// Only those whose swapped-out pages still reference the ID
+    /// (`mem_cgroup_id_get_many()` at swap-out); the rest gave it back at offline.
+    SwapHeld,
+}
+
+/// One row of the kernel table: from `since` on, dying memcgs hold IDs as `hold`.
+#[derive(Clone, Copy, Debug)]
+pub struct IdRule {
+    pub since: KernelVersion,
+    pub hold: DyingHold,
+    pub cite: &'static str,
+}
+
+/// Newest last. A backport moves the rule's kernel; the table is the one place to change.
+pub const ID_RULES: &[IdRule] = &[
+    IdRule {
+        since: KernelVersion::MIN,
+        hold: DyingHold::Every,
+        cite: "the memcg ID is the css ID, kept until css free",
+    },
+    IdRule {
+        since: KernelVersion(4, 6, 0),
+        hold: DyingHold::SwapHeld,
+        cite: "73f576c04b94 (mm: memcontrol: fix cgroup creation failure after many small jobs)",
+    },
+];
+
+/// The rule of a kernel; `None` when the version is unknown.
+pub fn dying_hold(version: Option<KernelVersion>) -> Option<DyingHold> {
+    let v = version?;
+    ID_RULES.iter().rev().find(|r| v >= r.since).map(|r| r.hold)
+}
+
+/// What is known about swap held by dying memcgs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapEvidence {
+    /// Per memcg (census counters): this many dying memcgs have swap entries.
+    PerMemcg(u64),
+    /// Only the node's swap in use, in bytes: zero proves no dying memcg holds
+    /// an ID through swap; anything else leaves it unknown.
+    NodeSwapUsed(u64),
+    Unknown,
+}
+
+/// Dying memcgs holding an ID now; `None` when it cannot be known (never a guess).
+pub fn dying_holding(hold: Option<DyingHold>, dying: u64, swap: SwapEvidence) -> Option<u64> {
+    match (hold?, swap) {
+        (DyingHold::Every, _) => Some(dying),
+        (DyingHold::SwapHeld, SwapEvidence::PerMemcg(n)) => Some(n.min(dying)),
+        (DyingHold::SwapHeld, _) if dying == 0 => Some(0),
+        (DyingHold::SwapHeld, SwapEvidence::NodeSwapUsed(0)) => Some(0),
+        (DyingHold::SwapHeld, _) => None,
+    }
 }
 
 /// One observation.
@@ -27,8 +90,23 @@ pub struct Sample {
     pub t_s: f64,
     /// Dying memcgs.
     pub dying: u64,
-    /// memcg IDs in use.
-    pub ids_in_use: u64,
+    /// Dying memcgs that hold an ID; `None`: unknown.
+    pub dying_holding: Option<u64>,
+    /// memcg IDs in use (live memcgs plus `dying_holding`); `None`: unknown.
+    pub ids_in_use: Option<u64>,
+}
+
+impl Sample {
+    /// From counts of the running state or the history, where every memcg's
+    /// ID is tracked: IDs in use are the live ones plus the holding dying ones.
+    pub fn tracked(t_s: f64, live: u64, dying: u64, ids_in_use: u64) -> Sample {
+        Sample {
+            t_s,
+            dying,
+            dying_holding: Some(ids_in_use.saturating_sub(live).min(dying)),
+            ids_in_use: Some(ids_in_use),
+        }
+    }
 }
 
 /// Where the rate comes from.
@@ -49,13 +127,14 @@ pub struct Forecast {
     pub basis: Basis,
     /// Span of the samples used, in seconds.
     pub window_s: f64,
-    /// Net growth of dying memcgs per hour (the leak rate; negative: shrinking).
+    /// Net growth of dying memcgs per hour (memory they keep; negative: shrinking).
     pub zombies_per_hour: f64,
-    /// Net growth of IDs in use per hour.
-    pub ids_per_hour: f64,
-    pub ids_in_use: u64,
+    /// The leak rate: net growth per hour of the dying memcgs that hold an ID;
+    /// `None` when which of them hold one is unknown.
+    pub ids_per_hour: Option<f64>,
+    pub ids_in_use: Option<u64>,
     pub id_limit: u32,
-    /// Hours until every ID is in use at `ids_per_hour`; `None` when not growing.
+    /// Hours until every ID is in use at the leak rate; `None` unless it grows.
     pub hours_to_exhaustion: Option<f64>,
 }
 
@@ -75,25 +154,31 @@ fn slope(points: &[(f64, f64)]) -> Option<f64> {
     Some(cov / var)
 }
 
-fn exhaustion(ids_in_use: u64, id_limit: u32, per_hour: f64) -> Option<f64> {
-    if per_hour <= 1e-9 {
-        return None;
-    }
-    let left = (id_limit as u64).saturating_sub(ids_in_use) as f64;
-    Some(left / per_hour)
+/// Time left only for a positive leak with known IDs in use; a flat or
+/// falling count never runs out.
+fn exhaustion(ids_in_use: Option<u64>, id_limit: u32, leak: Option<f64>) -> Option<f64> {
+    let leak = leak.filter(|l| *l > 1e-9)?;
+    let left = (id_limit as u64).saturating_sub(ids_in_use?) as f64;
+    Some(left / leak)
 }
 
 /// A forecast from samples (any order); `None` with fewer than two distinct times.
 pub fn from_samples(samples: &[Sample], id_limit: u32, basis: Basis) -> Option<Forecast> {
-    let last = samples.iter().max_by(|a, b| a.t_s.total_cmp(&b.t_s))?;
-    let first = samples.iter().min_by(|a, b| a.t_s.total_cmp(&b.t_s))?;
-    let dying: Vec<(f64, f64)> = samples.iter().map(|s| (s.t_s, s.dying as f64)).collect();
-    let ids: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| (s.t_s, s.ids_in_use as f64))
-        .collect();
+    let mut v: Vec<Sample> = samples.to_vec();
+    v.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    let (first, last) = (*v.first()?, *v.last()?);
+    let dying: Vec<(f64, f64)> = v.iter().map(|s| (s.t_s, s.dying as f64)).collect();
     let zombies_per_hour = slope(&dying)? * 3600.0;
-    let ids_per_hour = slope(&ids)? * 3600.0;
+    let holding: Option<Vec<(f64, f64)>> = v
+        .iter()
+        .map(|s| Some((s.t_s, s.dying_holding? as f64)))
+        .collect();
+    let ids_per_hour = holding.and_then(|h| slope(&h)).map(|s| s * 3600.0);
+    // A net fall over the window is no leak, whatever the fit says.
+    let grew = match (first.dying_holding, last.dying_holding) {
+        (Some(a), Some(b)) => b > a,
+        _ => false,
+    };
     Some(Forecast {
         basis,
         window_s: last.t_s - first.t_s,
@@ -101,50 +186,25 @@ pub fn from_samples(samples: &[Sample], id_limit: u32, basis: Basis) -> Option<F
         ids_per_hour,
         ids_in_use: last.ids_in_use,
         id_limit,
-        hours_to_exhaustion: exhaustion(last.ids_in_use, id_limit, ids_per_hour),
+        hours_to_exhaustion: exhaustion(last.ids_in_use, id_limit, ids_per_hour.filter(|_| grew)),
     })
 }
 
-/// A lifetime average from one reading: `dying` memcgs accumulated over
-/// `uptime_s`. `zombies_hold_ids`: whether dying memcgs keep their IDs on this
-/// kernel (before 4.6), so the leak eats the ID space.
+/// A lifetime average from one reading: `dying` memcgs, `dying_holding` of
+/// them holding IDs, accumulated since boot over `uptime_s` (there were none at boot).
 pub fn since_boot(
     dying: u64,
-    ids_in_use: u64,
+    dying_holding: Option<u64>,
+    ids_in_use: Option<u64>,
     uptime_s: f64,
     id_limit: u32,
-    zombies_hold_ids: bool,
 ) -> Forecast {
     let hours = (uptime_s / 3600.0).max(1.0 / 60.0);
-    from_zombie_rate(
-        Basis::SinceBoot,
-        uptime_s,
-        dying as f64 / hours,
-        ids_in_use,
-        id_limit,
-        zombies_hold_ids,
-    )
-}
-
-/// A forecast from a zombie rate alone: IDs fill at that rate only where
-/// zombies hold them.
-fn from_zombie_rate(
-    basis: Basis,
-    window_s: f64,
-    zombies_per_hour: f64,
-    ids_in_use: u64,
-    id_limit: u32,
-    zombies_hold_ids: bool,
-) -> Forecast {
-    let ids_per_hour = if zombies_hold_ids {
-        zombies_per_hour
-    } else {
-        0.0
-    };
+    let ids_per_hour = dying_holding.map(|h| h as f64 / hours);
     Forecast {
-        basis,
-        window_s,
-        zombies_per_hour,
+        basis: Basis::SinceBoot,
+        window_s: uptime_s,
+        zombies_per_hour: dying as f64 / hours,
         ids_per_hour,
         ids_in_use,
         id_limit,
@@ -152,40 +212,25 @@ fn from_zombie_rate(
     }
 }
 
-/// From the history: memcgs still dying whose offline (wall-clock seconds)
-/// falls in the last `window_s` before `now_s` are the zombies created in that
-/// window. `since_s` is when the history starts (the window is cut there).
-/// `None` when the history covers less than a minute.
-pub fn from_offline_times(
-    offline_s: &[f64],
-    now_s: f64,
+/// The forecast from the history's samples: those of the newest boot in the
+/// last `window_s`, when they span at least [`MIN_WINDOW_S`].
+pub fn from_history(
+    samples: &[crate::store::samples::CountSample],
     window_s: f64,
-    since_s: f64,
-    ids_in_use: u64,
     id_limit: u32,
-    zombies_hold_ids: bool,
 ) -> Option<Forecast> {
-    let span = window_s.min(now_s - since_s);
-    if span < MIN_WINDOW_S || span.is_nan() {
-        return None;
-    }
-    let created = offline_s
+    let last = samples.iter().max_by_key(|s| s.ts)?;
+    let start = last.ts as f64 / 1e9 - window_s;
+    let v: Vec<Sample> = samples
         .iter()
-        .filter(|t| **t <= now_s && now_s - **t <= span)
-        .count();
-    Some(from_zombie_rate(
-        Basis::History,
-        span,
-        created as f64 * 3600.0 / span,
-        ids_in_use,
-        id_limit,
-        zombies_hold_ids,
-    ))
+        .filter(|s| s.boot_id == last.boot_id && s.ts as f64 / 1e9 >= start)
+        .map(|s| Sample::tracked(s.ts as f64 / 1e9, s.live, s.dying, s.ids_in_use))
+        .collect();
+    from_samples(&v, id_limit, Basis::History).filter(|f| f.window_s >= MIN_WINDOW_S)
 }
 
 /// Shortest span of samples [`Tracker::forecast`] reports on.
 pub const MIN_WINDOW_S: f64 = 60.0;
-
 /// Keeps the samples of the last `window_s` seconds of a run.
 #[derive(Clone, Debug)]
 pub struct Tracker {
@@ -243,116 +288,75 @@ pub fn human_hours(h: f64) -> String {
 }
 
 impl Forecast {
-    /// One line for headers: `leak +12.0/h (5m) · IDs full in 3d4h`.
+    /// The same forecast against the IDs in use now (one snapshot for every
+    /// section of a report); still no time where the leak did not grow.
+    pub fn at(self, ids_in_use: Option<u64>) -> Forecast {
+        let hours =
+            self.hours_to_exhaustion
+                .and(exhaustion(ids_in_use, self.id_limit, self.ids_per_hour));
+        Forecast {
+            ids_in_use,
+            hours_to_exhaustion: hours,
+            ..self
+        }
+    }
+
+    /// The leak rate every view shows (IDs per hour); `None`: unknown.
+    pub fn leak_per_hour(&self) -> Option<f64> {
+        self.ids_per_hour
+    }
+
+    /// Seconds until every ID is in use; +Inf when not filling or unknown (metrics).
+    pub fn exhaustion_s(&self) -> f64 {
+        self.hours_to_exhaustion
+            .map(|h| h * 3600.0)
+            .unwrap_or(f64::INFINITY)
+    }
+
+    /// `ID leak +12.0/h · full in 3d4h`, `ID leak +0.0/h · not filling`,
+    /// `ID leak unknown`: the words of the live view and the NPD line.
+    pub fn leak_text(&self) -> String {
+        match (self.ids_per_hour, self.hours_to_exhaustion) {
+            (Some(l), Some(h)) => format!("ID leak {l:+.1}/h · full in {}", human_hours(h)),
+            (Some(l), None) => format!("ID leak {l:+.1}/h · not filling"),
+            (None, _) => "ID leak unknown (swap may hold dying memcgs' IDs)".into(),
+        }
+    }
+
+    /// One line for headers: `ID leak +12.0/h · full in 3d4h (5m); dying +12.0/h`.
     pub fn short(&self) -> String {
         let window = human_hours(self.window_s / 3600.0);
-        let mut s = format!("leak {:+.1}/h ({window})", self.zombies_per_hour);
-        match self.hours_to_exhaustion {
-            Some(h) => s.push_str(&format!(" · IDs full in {}", human_hours(h))),
-            None => s.push_str(" · IDs not filling"),
+        format!(
+            "{} ({window}); dying {:+.1}/h",
+            self.leak_text(),
+            self.zombies_per_hour
+        )
+    }
+
+    /// The forecast in words for the report and the doctor's detail.
+    pub fn outlook(&self) -> String {
+        let basis = match self.basis {
+            Basis::Running => "over this run",
+            Basis::History => "over the history",
+            Basis::SinceBoot => "average since boot",
+        };
+        let w = human_hours(self.window_s / 3600.0);
+        match (self.ids_per_hour, self.hours_to_exhaustion) {
+            (Some(l), Some(h)) => format!(
+                "at {l:+.1} ID-holding dying memcgs/h ({basis}, {w}), every memcg ID is in use in {}",
+                human_hours(h)
+            ),
+            (Some(l), None) => format!(
+                "the ID space is not filling: ID-holding dying memcgs {l:+.1}/h ({basis}, {w}); dying memcgs {:+.1}/h cost memory, not IDs",
+                self.zombies_per_hour
+            ),
+            (None, _) => format!(
+                "the ID outlook is unknown: swap is in use and which dying memcgs it holds is not known without a census; dying memcgs {:+.1}/h ({basis}, {w})",
+                self.zombies_per_hour
+            ),
         }
-        s
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(t: f64, dying: u64, ids: u64) -> Sample {
-        Sample {
-            t_s: t,
-            dying,
-            ids_in_use: ids,
-        }
-    }
-
-    #[test]
-    fn linear_growth_gives_rate_and_time_left() {
-        // +10 zombies and IDs per hour, 1000 IDs left.
-        let samples: Vec<Sample> = (0..=6)
-            .map(|i| s(i as f64 * 600.0, 100 + i * 10 / 6, 64_535 + i * 10 / 6))
-            .collect();
-        let f = from_samples(&samples, 65_535, Basis::Running).unwrap();
-        assert!((f.zombies_per_hour - 10.0).abs() < 1.0, "{f:?}");
-        let h = f.hours_to_exhaustion.unwrap();
-        assert!((h - 99.0).abs() < 10.0, "{h}");
-        assert_eq!(f.window_s, 3600.0);
-        assert!(f.short().starts_with("leak +"), "{}", f.short());
-    }
-
-    #[test]
-    fn flat_or_shrinking_never_exhausts() {
-        let flat = [s(0.0, 5, 50), s(60.0, 5, 50)];
-        let f = from_samples(&flat, 65_535, Basis::History).unwrap();
-        assert_eq!(f.hours_to_exhaustion, None);
-        let down = [s(0.0, 9, 90), s(60.0, 5, 50)];
-        assert!(
-            from_samples(&down, 65_535, Basis::Running)
-                .unwrap()
-                .zombies_per_hour
-                < 0.0
-        );
-        assert!(from_samples(&[s(1.0, 1, 1)], 65_535, Basis::Running).is_none());
-        assert!(from_samples(&[s(1.0, 1, 1), s(1.0, 2, 2)], 9, Basis::Running).is_none());
-        assert!(from_samples(&[], 9, Basis::Running).is_none());
-    }
-
-    #[test]
-    fn since_boot_only_counts_ids_where_zombies_hold_them() {
-        // 3.10: 60,000 zombies in 10 days, 62,000 IDs in use.
-        let f = since_boot(60_000, 62_000, 10.0 * 86400.0, 65_535, true);
-        assert_eq!(f.zombies_per_hour, 250.0);
-        let h = f.hours_to_exhaustion.unwrap();
-        assert!((h - 3535.0 / 250.0).abs() < 1e-6);
-        let modern = since_boot(60_000, 200, 10.0 * 86400.0, 65_535, false);
-        assert_eq!(modern.hours_to_exhaustion, None);
-        // A fresh boot does not divide by zero.
-        assert!(since_boot(5, 5, 0.0, 65_535, true)
-            .zombies_per_hour
-            .is_finite());
-    }
-
-    #[test]
-    fn history_counts_zombies_created_in_the_window() {
-        let now = 100_000.0;
-        // 6 zombies in the last hour, 2 older ones, one from the future (clock skew).
-        let mut off = vec![
-            now - 10.0,
-            now - 600.0,
-            now - 1200.0,
-            now - 1800.0,
-            now - 2400.0,
-            now - 3000.0,
-        ];
-        off.extend([now - 7200.0, now - 9000.0, now + 5.0]);
-        let f = from_offline_times(&off, now, 3600.0, 0.0, 60_000, 65_535, true).unwrap();
-        assert_eq!(f.basis, Basis::History);
-        assert!((f.zombies_per_hour - 6.0).abs() < 1e-9);
-        assert!((f.hours_to_exhaustion.unwrap() - 5535.0 / 6.0).abs() < 1e-6);
-        // A history younger than the window is cut at its start.
-        let young = from_offline_times(&off, now, 3600.0, now - 1800.0, 10, 65_535, false).unwrap();
-        assert_eq!(young.window_s, 1800.0);
-        assert_eq!(young.hours_to_exhaustion, None);
-        assert!(from_offline_times(&off, now, 3600.0, now - 5.0, 10, 65_535, false).is_none());
-    }
-
-    #[test]
-    fn tracker_keeps_the_window() {
-        let mut t = Tracker::new(60.0).unwrap();
-        t.push(s(0.0, 0, 0));
-        t.push(s(30.0, 1, 1));
-        assert!(t.forecast(100).is_none(), "half a minute is too short");
-        for i in 2..10 {
-            t.push(s(i as f64 * 30.0, i, i));
-        }
-        let f = t.forecast(100).unwrap();
-        assert_eq!(f.window_s, 60.0);
-        assert!((f.zombies_per_hour - 120.0).abs() < 1e-6);
-        assert!(Tracker::new(0.0).is_err());
-        assert_eq!(human_hours(0.5), "30m");
-        assert_eq!(human_hours(26.0), "1d2h");
-        assert_eq!(human_hours(2.5), "2h30m");
-        assert_eq!(human_hours(1e9), ">10y");
-    }
-}
+mod tests;

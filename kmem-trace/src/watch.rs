@@ -136,11 +136,12 @@ impl<'o> Pipeline<'o> {
     ) -> Result<Status, WatchError> {
         let counts = self.lifecycle.counts(now_ns);
         let forecast = self.forecast.as_mut().and_then(|t| {
-            t.push(crate::forecast::Sample {
-                t_s: elapsed.as_secs_f64(),
-                dying: counts.dying,
-                ids_in_use: counts.ids_in_use,
-            });
+            t.push(crate::forecast::Sample::tracked(
+                elapsed.as_secs_f64(),
+                counts.live,
+                counts.dying,
+                counts.ids_in_use,
+            ));
             t.forecast(counts.id_limit)
         });
         let status = Status {

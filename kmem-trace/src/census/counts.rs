@@ -45,6 +45,8 @@ pub enum DyingBasis {
     DyingSubsysMemory,
     /// v2 `nr_dying_descendants` (dying cgroups of any controller: an upper bound).
     DyingDescendants,
+    /// The census's walk of the memcg tree (exact).
+    Census,
 }
 
 impl DyingBasis {
@@ -57,6 +59,7 @@ impl DyingBasis {
             DyingBasis::DyingDescendants => {
                 "nr_dying_descendants of the root cgroup.stat (all controllers: an upper bound)"
             }
+            DyingBasis::Census => "the census of the memcg tree",
         }
     }
 }

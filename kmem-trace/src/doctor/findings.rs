@@ -315,14 +315,26 @@ fn ids_and_dying(f: &Facts, id_limit: u32, out: &mut Vec<Finding>) {
             .detail(if old {
                 "before 4.6 every memcg, dying ones included, holds an ID".to_string()
             } else {
-                "4.6+: live memcgs hold IDs; dying ones only while swap entries reference them"
-                    .to_string()
+                format!(
+                    "4.6+: live memcgs hold IDs; dying ones only while swap entries reference them ({} here)",
+                    f.dying_holding.unwrap_or(0)
+                )
             })
             .fix(if sev >= Severity::Warning {
                 &[FIX_REBOOT]
             } else {
                 &[]
             }),
+        );
+    }
+    if f.ids_in_use.is_none() && f.dying.is_some() {
+        out.push(
+            finding("memcg-ids", Severity::Unknown, "memcg IDs in use: unknown")
+                .detail(
+                    "4.6+: dying memcgs hold IDs only through swap entries; swap is in use \
+                     (or /proc/meminfo is unreadable) and no census told which dying memcgs it holds",
+                )
+                .fix(&["run `kmem-trace report` or `kmem-trace census` as root for per-memcg swap"]),
         );
     }
     match (f.dying, total) {
@@ -376,10 +388,7 @@ fn forecast_finding(fc: &Forecast) -> Finding {
         crate::forecast::Basis::SinceBoot => "the average since boot",
     };
     finding("forecast", sev, fc.short())
-        .detail(format!(
-            "from {basis}: {:+.1} zombies/hour, {:+.1} IDs/hour, {} of {} IDs in use",
-            fc.zombies_per_hour, fc.ids_per_hour, fc.ids_in_use, fc.id_limit
-        ))
+        .detail(format!("from {basis}: {}", fc.outlook()))
         .fix(if sev >= Severity::Warning {
             &[FIX_REBOOT]
         } else {

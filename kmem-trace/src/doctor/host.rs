@@ -17,6 +17,7 @@ use crate::{
         pin::{MemStat, Residual},
     },
     cgroupfs::{self, CgroupVersion, MemoryHierarchy},
+    forecast::{dying_hold, dying_holding, SwapEvidence},
     probes::{caps, kernel::KernelVersion},
 };
 
@@ -85,8 +86,12 @@ pub struct Facts {
     pub memory: Option<MemoryHierarchy>,
     pub counts: Option<KernelCounts>,
     pub dying: Option<(u64, DyingBasis)>,
-    /// memcgs holding an ID: all of them before 4.6, the live ones after.
+    /// Dying memcgs holding an ID ([`crate::forecast::ID_RULES`]); `None`: unknown.
+    pub dying_holding: Option<u64>,
+    /// memcgs holding an ID: the live ones plus `dying_holding`; `None`: unknown.
     pub ids_in_use: Option<u64>,
+    /// Swap in use on the node (`/proc/meminfo` SwapTotal − SwapFree), bytes.
+    pub swap_used: Option<u64>,
     pub kubelet: Kubelet,
     pub kmem: Option<Kmem>,
     pub uptime_s: Option<f64>,
@@ -135,13 +140,15 @@ impl Facts {
                 }
             });
         let dying = counts.as_ref().and_then(KernelCounts::dying);
-        let ids_in_use = counts.as_ref().and_then(|c| {
-            if version.is_some_and(|v| v < KernelVersion(4, 6, 0)) {
-                c.total()
-            } else {
-                Some(c.visible)
-            }
-        });
+        let swap_used = read(root, "proc/meminfo", &mut unreadable)
+            .as_deref()
+            .and_then(swap_used);
+        let swap = node_swap(swap_used);
+        let dying_holding = dying.and_then(|(d, _)| dying_holding(dying_hold(version), d, swap));
+        let ids_in_use = counts
+            .as_ref()
+            .zip(dying_holding)
+            .map(|(c, h)| c.visible + h);
         let kubelet = memory.as_ref().map(kubelet).unwrap_or_default();
         let kmem = match (&memory, &kubelet.kubepods) {
             (Some(h), Some(k)) if h.version == CgroupVersion::V1 => {
@@ -164,7 +171,9 @@ impl Facts {
             memory,
             counts,
             dying,
+            dying_holding,
             ids_in_use,
+            swap_used,
             kubelet,
             kmem,
             uptime_s,
@@ -173,6 +182,17 @@ impl Facts {
             caps,
             unreadable,
         }
+    }
+
+    /// Takes the dying count and the ID reading from a census the caller took,
+    /// so every section of a report shows the same snapshot.
+    pub fn use_census(&mut self, c: CensusReading) {
+        self.dying = Some((c.dying, DyingBasis::Census));
+        let swap = c
+            .swap_held_dying
+            .map_or(node_swap(self.swap_used), SwapEvidence::PerMemcg);
+        self.dying_holding = dying_holding(dying_hold(self.version), c.dying, swap);
+        self.ids_in_use = self.dying_holding.map(|h| c.live + h);
     }
 
     /// The memory hierarchy's mount as a path on the host (without the host root).
@@ -191,6 +211,30 @@ fn read(root: &Path, rel: &str, unreadable: &mut Vec<String>) -> Option<String> 
             None
         }
     }
+}
+
+/// Counts of a census taken by the caller (`report`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CensusReading {
+    pub live: u64,
+    pub dying: u64,
+    /// Dying memcgs with swap entries, when every dying memcg's swap counter was read.
+    pub swap_held_dying: Option<u64>,
+}
+
+fn node_swap(used: Option<u64>) -> SwapEvidence {
+    used.map_or(SwapEvidence::Unknown, SwapEvidence::NodeSwapUsed)
+}
+
+/// Swap in use from `/proc/meminfo` (kB lines), in bytes.
+fn swap_used(meminfo: &str) -> Option<u64> {
+    let kb = |key: &str| {
+        meminfo.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.trim().trim_end_matches("kB").trim();
+            v.parse::<u64>().ok()
+        })
+    };
+    Some(kb("SwapTotal:")?.saturating_sub(kb("SwapFree:")?) * 1024)
 }
 
 /// `cgroup.memory=nokmem` (also inside a comma list: `cgroup.memory=nosocket,nokmem`).
@@ -404,6 +448,9 @@ mod tests {
         assert_eq!(el7_build("3.10.0-957.27.2.el7.x86_64"), Some(957));
         assert_eq!(el7_build("3.10.0-1160.el7.x86_64"), Some(1160));
         assert_eq!(el7_build("6.18.44-fc-v669"), None);
+        let mi = "MemTotal: 100 kB\nSwapTotal:       2048 kB\nSwapFree:        1024 kB\n";
+        assert_eq!(swap_used(mi), Some(1024 * 1024));
+        assert_eq!(swap_used("MemTotal: 100 kB\n"), None);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     census::counts::KernelCounts,
     cli::DoctorArgs,
     forecast::{self, Forecast},
-    probes::{caps, kernel::KernelVersion},
+    probes::caps,
 };
 
 /// Errors of `doctor` (facts that cannot be read are findings, not errors).
@@ -59,6 +59,8 @@ pub struct DoctorConfig {
     pub verify_bpf: bool,
     /// History database for the forecast (used when it exists).
     pub history_db: Option<PathBuf>,
+    /// A census the caller took: its counts replace the procfs ones.
+    pub census: Option<host::CensusReading>,
 }
 
 /// The doctor's report.
@@ -93,7 +95,10 @@ pub fn run(cfg: &DoctorConfig) -> Result<Report, DoctorError> {
     } else {
         None
     };
-    let facts = Facts::gather(&cfg.host_root, caps);
+    let mut facts = Facts::gather(&cfg.host_root, caps);
+    if let Some(c) = cfg.census {
+        facts.use_census(c);
+    }
     let forecast = forecast_for(&facts, cfg);
     let findings = findings::judge(&facts, forecast.as_ref(), drop.as_ref(), cfg.id_limit);
     let status = findings
@@ -113,29 +118,28 @@ pub fn run(cfg: &DoctorConfig) -> Result<Report, DoctorError> {
     })
 }
 
-/// History first (zombies created per hour over the last day), else the
-/// average since boot.
+/// The history's samples first (the net growth of ID-holding dying memcgs
+/// over the last day), else the average since boot; one model for every view
+/// ([`crate::forecast`]).
 fn forecast_for(f: &Facts, cfg: &DoctorConfig) -> Option<Forecast> {
-    let (dying, _) = f.dying?;
-    let ids = f.ids_in_use?;
-    let hold = f.version.is_some_and(|v| v < KernelVersion(4, 6, 0));
     if let Some(fc) = cfg
         .history_db
         .as_deref()
-        .and_then(|db| from_history(db, ids, cfg.id_limit, hold))
+        .and_then(|db| from_history(db, cfg.id_limit))
     {
-        return Some(fc);
+        return Some(fc.at(f.ids_in_use));
     }
+    let (dying, _) = f.dying?;
     Some(forecast::since_boot(
         dying,
-        ids,
+        f.dying_holding,
+        f.ids_in_use,
         f.uptime_s?,
         cfg.id_limit,
-        hold,
     ))
 }
 
-fn from_history(db: &Path, ids: u64, id_limit: u32, hold: bool) -> Option<Forecast> {
+fn from_history(db: &Path, id_limit: u32) -> Option<Forecast> {
     if !db.exists() {
         return None;
     }
@@ -146,17 +150,9 @@ fn from_history(db: &Path, ids: u64, id_limit: u32, hold: bool) -> Option<Foreca
             return None;
         }
     };
-    let rows = store.dying(0).ok()?;
-    let offline: Vec<f64> = rows
-        .iter()
-        .filter_map(|r| r.wall.offline.map(|t| t as f64 / 1e9))
-        .collect();
-    let since = rows
-        .iter()
-        .map(|r| r.wall.first_seen as f64 / 1e9)
-        .fold(f64::INFINITY, f64::min);
-    let now = crate::store::writer::now_ns() as f64 / 1e9;
-    forecast::from_offline_times(&offline, now, 86_400.0, since, ids, id_limit, hold)
+    let since = crate::store::writer::now_ns() - 86_400 * 1_000_000_000;
+    let samples = store.samples(since).ok()?;
+    forecast::from_history(&samples, 86_400.0, id_limit)
 }
 
 /// `echo 1 > /proc/sys/vm/drop_caches`, and how many dying memcgs that freed.
@@ -230,6 +226,7 @@ pub fn command(args: &DoctorArgs) -> Result<ExitCode, DoctorError> {
             args.host_root
                 .join(crate::store::DEFAULT_DB.trim_start_matches('/')),
         ),
+        census: None,
     };
     let report = run(&cfg)?;
     let stdout = std::io::stdout();

@@ -42,7 +42,8 @@ pub fn json(r: &Report, w: &mut dyn Write) -> io::Result<()> {
     writeln!(w)
 }
 
-/// One line: `KmemLeak: <worst finding>; <dying>, IDs <n>/<limit>[, full in T]`.
+/// One line: `KmemLeak: <worst finding>; <dying>, IDs <n>/<limit>, <ID leak>`.
+/// The prefix follows the report's severity: a warning is not `OK`.
 pub fn npd_line(r: &Report) -> String {
     let worst = r.findings.first();
     let reason = match r.exit_code {
@@ -53,6 +54,7 @@ pub fn npd_line(r: &Report) -> String {
             _ => "MemcgLeak",
         },
         2 => "Unknown",
+        _ if r.status == Severity::Warning => "Warning",
         _ => "OK",
     };
     let mut parts = Vec::new();
@@ -64,12 +66,13 @@ pub fn npd_line(r: &Report) -> String {
     if let Some((d, _)) = r.facts.dying {
         parts.push(format!("{d} dying memcgs"));
     }
-    if let Some(ids) = r.facts.ids_in_use {
-        let mut s = format!("IDs {ids}/{}", r.id_limit);
-        if let Some(h) = r.forecast.and_then(|f| f.hours_to_exhaustion) {
-            s.push_str(&format!(" full in {}", crate::forecast::human_hours(h)));
-        }
-        parts.push(s);
+    parts.push(format!(
+        "IDs {}/{}",
+        crate::report::model::or_unknown(r.facts.ids_in_use),
+        r.id_limit
+    ));
+    if let Some(f) = &r.forecast {
+        parts.push(f.leak_text());
     }
     format!("{reason}: {}", parts.join("; "))
 }

@@ -18,6 +18,7 @@ fn report(name: &str) -> Report {
         try_drop_caches: false,
         verify_bpf: false,
         history_db: None,
+        census: None,
     })
     .unwrap()
 }
@@ -134,6 +135,7 @@ fn missing_files_are_unknown_not_errors() {
         try_drop_caches: false,
         verify_bpf: false,
         history_db: None,
+        census: None,
     })
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -150,6 +152,7 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         try_drop_caches: false,
         verify_bpf: false,
         history_db: None,
+        census: None,
     });
     assert!(matches!(bad, Err(DoctorError::IdLimit { got: 0, .. })));
     let r = run(&DoctorConfig {
@@ -158,8 +161,58 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         try_drop_caches: false,
         verify_bpf: false,
         history_db: None,
+        census: None,
     })
     .unwrap();
     assert_eq!(find(&r, "memcg-ids").severity, Severity::Critical);
     assert_eq!(r.exit_code, 1);
+}
+
+#[test]
+fn swap_in_use_leaves_modern_ids_unknown_until_a_census_counts_them() {
+    let dir = std::env::temp_dir().join(format!("kmem-trace-doctor-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(fixture("debian12-v2-healthy"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        dir.join("proc/meminfo"),
+        "SwapTotal:       2097148 kB\nSwapFree:        2096124 kB\n",
+    )
+    .unwrap();
+    let mut cfg = DoctorConfig {
+        host_root: dir.clone(),
+        id_limit: 65_535,
+        try_drop_caches: false,
+        verify_bpf: false,
+        history_db: None,
+        census: None,
+    };
+    let r = run(&cfg).unwrap();
+    // 2 dying memcgs, swap in use, no per-memcg figure: unknown, not 20 and not 22.
+    assert_eq!(r.facts.dying_holding, None);
+    assert_eq!(r.facts.ids_in_use, None);
+    assert_eq!(find(&r, "memcg-ids").severity, Severity::Unknown);
+    let fc = r.forecast.unwrap();
+    assert_eq!((fc.ids_per_hour, fc.hours_to_exhaustion), (None, None));
+    assert!(
+        render::npd_line(&r).contains("IDs ?/65535"),
+        "{}",
+        render::npd_line(&r)
+    );
+    // A census that read every dying memcg's swap counter settles it.
+    cfg.census = Some(host::CensusReading {
+        live: 20,
+        dying: 2,
+        swap_held_dying: Some(1),
+    });
+    let r = run(&cfg).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(r.facts.ids_in_use, Some(21));
+    assert_eq!(r.forecast.unwrap().ids_in_use, Some(21));
+    assert!(find(&r, "memcg-ids").title.contains("21 of 65535"));
 }

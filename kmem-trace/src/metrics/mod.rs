@@ -150,7 +150,7 @@ impl Metrics {
         );
         r.register(
             "leak_rate_per_hour",
-            "Net growth of dying memcgs per hour over the forecast window",
+            "Net growth per hour of the dying memcgs that hold a memcg ID (the ID leak; NaN while unknown)",
             leak_rate.clone(),
         );
         r.register(
@@ -255,12 +255,8 @@ impl MetricsOutput {
         self.m.ids_in_use.set(gauge(c.ids_in_use));
         self.m.id_limit.set(c.id_limit as i64);
         if let Some(f) = &s.forecast {
-            self.m.exhaustion.set(
-                f.hours_to_exhaustion
-                    .map(|h| h * 3600.0)
-                    .unwrap_or(f64::INFINITY),
-            );
-            self.m.leak_rate.set(f.zombies_per_hour);
+            self.m.exhaustion.set(f.exhaustion_s());
+            self.m.leak_rate.set(f.leak_per_hour().unwrap_or(f64::NAN));
         }
         if s.drops > self.last_drops {
             self.m.drops.inc_by(s.drops - self.last_drops);

@@ -26,6 +26,7 @@ use crate::{
     census::{self, CensusConfig, Source},
     cli::{ReportArgs, ReportFormat},
     doctor::{self, DoctorConfig, DoctorError},
+    lifecycle::State,
     outputs::Clock,
     store::{writer::now_ns, Store, StoreError},
     zombies::{self, ZombiesConfig, ZombiesError},
@@ -70,17 +71,28 @@ fn hostname(root: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The census's counts for the doctor: only an exact census (the BPF
+/// iterator's walk) replaces the procfs counts.
+fn census_reading(c: &census::Census) -> Option<doctor::host::CensusReading> {
+    if c.source != Source::BpfIterator {
+        return None;
+    }
+    let dying = || c.memcgs.iter().filter(|m| m.state == State::Dying);
+    // Every dying memcg's swap counter read, or no per-memcg figure at all.
+    let swap: Option<Vec<u64>> = dying()
+        .map(|m| m.census_counters().and_then(|k| k.swap_pages))
+        .collect();
+    Some(doctor::host::CensusReading {
+        live: c.totals.online?,
+        dying: c.totals.dying?,
+        swap_held_dying: swap.map(|v| v.iter().filter(|p| **p > 0).count() as u64),
+    })
+}
+
 /// Reads everything and builds the report.
 pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
     let mut notes = Vec::new();
     let use_bpf = cfg.bpf && doctor::can_load_bpf(&cfg.host_root);
-    let doctor = doctor::run(&DoctorConfig {
-        host_root: cfg.host_root.clone(),
-        id_limit: kmem_trace_common::MEMCG_ID_MAX,
-        try_drop_caches: false,
-        verify_bpf: use_bpf,
-        history_db: Some(cfg.db.clone()),
-    })?;
     let census = match census::take(&CensusConfig {
         host_root: cfg.host_root.clone(),
         btf: None,
@@ -100,6 +112,14 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
             None
         }
     };
+    let doctor = doctor::run(&DoctorConfig {
+        host_root: cfg.host_root.clone(),
+        id_limit: kmem_trace_common::MEMCG_ID_MAX,
+        try_drop_caches: false,
+        verify_bpf: use_bpf,
+        history_db: Some(cfg.db.clone()),
+        census: census.as_ref().and_then(census_reading),
+    })?;
     let census_memcgs = census
         .as_ref()
         .filter(|c| c.source == Source::BpfIterator)

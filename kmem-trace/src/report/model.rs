@@ -355,41 +355,15 @@ fn now(i: &Inputs, zombies: u64) -> Now {
     }
 }
 
+/// The doctor's reading and forecast: the one snapshot (census-backed when a
+/// census ran) and the one ID model ([`forecast`]) every section shows.
 fn ids(i: &Inputs) -> Ids {
     let limit = i.doctor.id_limit;
-    let in_use = i
-        .doctor
-        .facts
-        .ids_in_use
-        .or(i.samples.last().map(|s| s.ids_in_use));
-    // Samples of the period give the best rate; else the doctor's forecast.
-    let samples: Vec<forecast::Sample> = i
-        .samples
-        .iter()
-        .map(|s| forecast::Sample {
-            t_s: s.ts as f64 / 1e9,
-            dying: s.dying,
-            ids_in_use: s.ids_in_use,
-        })
-        .collect();
-    let fc = forecast::from_samples(&samples, limit, forecast::Basis::History)
-        .filter(|f| f.window_s >= forecast::MIN_WINDOW_S)
-        .or(i.doctor.forecast);
+    let in_use = i.doctor.facts.ids_in_use;
+    let fc = i.doctor.forecast;
     let outlook = match &fc {
-        Some(f) => match f.hours_to_exhaustion {
-            Some(h) => format!(
-                "at {:+.1} IDs/h ({}), every memcg ID is in use in {}",
-                f.ids_per_hour,
-                basis(f),
-                forecast::human_hours(h)
-            ),
-            None => format!(
-                "the ID space is not filling ({:+.1} zombies/h, {}; zombies do not hold IDs here or the count is flat)",
-                f.zombies_per_hour,
-                basis(f)
-            ),
-        },
-        None => "no forecast: too little history".into(),
+        Some(f) => f.outlook(),
+        None => "no forecast: too little history and no uptime".into(),
     };
     let mut outlook = outlook;
     if let Some(first) = outlook.get(..1) {
@@ -401,15 +375,6 @@ fn ids(i: &Inputs) -> Ids {
         percent: in_use.map(|u| u as f64 * 100.0 / limit.max(1) as f64),
         forecast: fc,
         outlook,
-    }
-}
-
-fn basis(f: &Forecast) -> String {
-    let w = forecast::human_hours(f.window_s / 3600.0);
-    match f.basis {
-        forecast::Basis::Running => format!("over the last {w} of this run"),
-        forecast::Basis::History => format!("over {w} of history"),
-        forecast::Basis::SinceBoot => format!("average since boot, {w}"),
     }
 }
 

@@ -12,7 +12,7 @@ use ratatui::{
 };
 
 use super::model::Model;
-use crate::{forecast::human_hours, outputs::line::human_bytes};
+use crate::outputs::line::human_bytes;
 
 fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
@@ -101,14 +101,7 @@ fn draw_gauges(f: &mut Frame<'_>, area: Rect, ids_area: Rect, m: &Model) {
         .areas(ids_area);
     let used = ratio(c.ids_in_use, c.id_limit as u64);
     let forecast = match m.status.as_ref().and_then(|s| s.forecast.as_ref()) {
-        Some(fc) => match fc.hours_to_exhaustion {
-            Some(h) => format!(
-                " · leak {:+.1}/h · full in {}",
-                fc.zombies_per_hour,
-                human_hours(h)
-            ),
-            None => format!(" · leak {:+.1}/h · not filling", fc.zombies_per_hour),
-        },
+        Some(fc) => format!(" · {}", fc.leak_text()),
         None => " · forecast after a minute".into(),
     };
     let color = if used >= 0.8 {
