@@ -67,6 +67,7 @@ impl TaskView {
 /// One dying memcg.
 #[derive(Clone, Debug, Serialize)]
 pub struct Zombie {
+    /// 0 when unknown (the kernel hands out IDs from 1).
     pub memcg_id: u32,
     pub memcg_addr: String,
     pub cgroup_id: u64,
@@ -88,6 +89,16 @@ pub struct Zombie {
     pub kmem_active: bool,
     /// `history`, `census`, or `census+history`.
     pub source: &'static str,
+}
+
+impl Zombie {
+    /// The memcg ID as every output shows it, `-` when unknown.
+    pub fn id_text(&self) -> String {
+        match self.memcg_id {
+            0 => "-".into(),
+            id => id.to_string(),
+        }
+    }
 }
 
 /// Whether a tracer is writing the history now.
@@ -152,7 +163,13 @@ pub fn join(
             hist.map(|h| h.at_offline()).unwrap_or_default()
         };
         out.push(Zombie {
-            memcg_id: m.memcg_id,
+            // The kernel zeroes `memcg->id.id` when it gives the ID back at
+            // offline (4.6+, `mem_cgroup_id_remove()`): the census then reads
+            // 0, and the history keeps the ID the events showed.
+            memcg_id: match (m.memcg_id, hist.map(|h| h.memcg_id)) {
+                (0, Some(h)) => h,
+                (id, _) => id,
+            },
             memcg_addr: format!("{:#x}", m.addr),
             cgroup_id: m.cgroup_id,
             path: if m.path.is_empty() {
@@ -296,7 +313,7 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
         writeln!(
             w,
             "{:<6} {:>9} {:>9}  {:<40} {}",
-            z.memcg_id,
+            z.id_text(),
             age,
             z.pinned_bytes
                 .map(human_bytes)

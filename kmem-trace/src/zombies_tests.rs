@@ -152,3 +152,22 @@ fn renders_json_and_a_table() {
     assert!(text.contains("residents sh (11), head (12)"), "{text}");
     assert!(text.contains(" 1h "), "{text}");
 }
+
+#[test]
+fn a_released_id_read_as_zero_by_the_census_shows_the_history_id() {
+    let clock = Clock::from_offset(OFF);
+    let rows = vec![row(0x10, 7, NOW - 3_600_000_000_000)];
+    // 4.6+: the kernel zeroed memcg->id.id at offline; the census reads 0.
+    let mut m = Memcg::new(0x10, 0, Origin::Census);
+    m.state = State::Dying;
+    let mut other = Memcg::new(0x20, 0, Origin::Census);
+    other.state = State::Dying;
+    let z = join(&rows, Some(&[m, other]), &clock, NOW, None);
+    let with_row = z.iter().find(|z| z.memcg_addr == "0x10").unwrap();
+    assert_eq!(
+        (with_row.memcg_id, with_row.id_text()),
+        (7, "7".to_string())
+    );
+    let without = z.iter().find(|z| z.memcg_addr == "0x20").unwrap();
+    assert_eq!(without.id_text(), "-", "unknown, not 0");
+}

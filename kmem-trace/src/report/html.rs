@@ -67,13 +67,21 @@ pub fn render(r: &Report) -> String {
         esc(r.verdict.severity.label()),
         esc(&r.verdict.text)
     );
+    if let (Some(why), Some(fix)) = (&r.verdict.reason, &r.verdict.fix) {
+        let _ = write!(
+            h,
+            "<section class=\"verdict unknown\" id=\"unknown\"><p><b>Why unknown:</b> {}</p><p><b>Fix:</b> {}</p></section>",
+            esc(why),
+            esc(fix)
+        );
+    }
     // Counts and IDs.
     let _ = write!(
         h,
         "<h2>Now</h2><div class=\"cards\"><div class=\"card\">live memcgs<b>{}</b></div><div class=\"card\">dying<b>{}</b></div><div class=\"card\">zombies<b>{}</b></div><div class=\"card\">memcg IDs in use<b>{} / {}</b></div></div><p class=\"sub\">counts from {}</p>",
         or_unknown(r.now.live),
         or_unknown(r.now.dying),
-        r.now.zombies,
+        or_unknown(r.now.zombies),
         or_unknown(r.ids.in_use),
         r.ids.limit,
         esc(&r.now.source)

@@ -92,12 +92,15 @@ pub fn render(r: &Report) -> String {
         r.verdict.severity.label(),
         r.verdict.text
     );
+    if let (Some(why), Some(fix)) = (&r.verdict.reason, &r.verdict.fix) {
+        let _ = writeln!(w, "> **Why unknown:** {why}\n>\n> **Fix:** {fix}\n");
+    }
     let _ = writeln!(
         w,
         "## Now\n\n| live | dying | zombies | memcg IDs in use |\n|---:|---:|---:|---:|\n| {} | {} | {} | {} / {} ({}) |\n\nCounts from {}. {}.\n",
         or_unknown(r.now.live),
         or_unknown(r.now.dying),
-        r.now.zombies,
+        or_unknown(r.now.zombies),
         or_unknown(r.ids.in_use),
         r.ids.limit,
         r.ids
@@ -183,7 +186,7 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(
                 w,
                 "| {} | {} | `{}` | {} | {} | {} | {} |",
-                z.memcg_id,
+                z.id_text(),
                 age(z.age_s),
                 cell(&z.path),
                 cell(z.owner_label.as_deref().unwrap_or("-")),

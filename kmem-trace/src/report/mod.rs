@@ -11,6 +11,7 @@ pub mod model;
 pub mod redact;
 pub mod svg;
 pub mod timeline;
+pub mod verdict;
 
 use std::{
     collections::HashMap,
@@ -20,12 +21,12 @@ use std::{
     time::Duration,
 };
 
-pub use model::Report;
+pub use model::{HistoryState, Report};
 
 use crate::{
     census::{self, CensusConfig, Source},
     cli::{ReportArgs, ReportFormat},
-    doctor::{self, DoctorConfig, DoctorError},
+    doctor::{self, DoctorConfig, DoctorError, Severity},
     lifecycle::State,
     outputs::Clock,
     store::{writer::now_ns, Store, StoreError},
@@ -127,29 +128,40 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
     let now = now_ns();
     let since = now.saturating_sub(cfg.since.as_nanos().min(i64::MAX as u128) as i64);
     let clock = Clock::measure();
-    let (samples, rows, zombies, tracer) = match Store::open_existing(&cfg.db) {
-        Ok(store) => {
-            let samples = store.samples(since)?;
-            let rows = store.rows_since(since, clock.offset_ns)?;
-            let z = zombies::report(
-                &store,
-                &ZombiesConfig {
-                    db: cfg.db.clone(),
-                    older_than: Some(cfg.zombie_after),
-                    json: false,
-                },
-                census_memcgs,
-            )?;
-            (samples, rows, z.zombies, Some(z.tracer))
-        }
+    let read = |store: Store| -> Result<_, ReportError> {
+        let samples = store.samples(since)?;
+        let rows = store.rows_since(since, clock.offset_ns)?;
+        let z = zombies::report(
+            &store,
+            &ZombiesConfig {
+                db: cfg.db.clone(),
+                older_than: Some(cfg.zombie_after),
+                json: false,
+            },
+            census_memcgs,
+        )?;
+        Ok((samples, rows, z.zombies, Some(z.tracer)))
+    };
+    let opened = Store::open_existing(&cfg.db).map_err(ReportError::from);
+    let (samples, rows, zombies, tracer, history) = match opened.and_then(read) {
+        Ok((samples, rows, z, tracer)) => (samples, rows, z, tracer, HistoryState::Read),
         Err(e) => {
+            // Not found is a missing history; anything else (a 0700 directory,
+            // a file that is not a database, a read that fails) is one that
+            // cannot be read.
+            let history = match std::fs::metadata(&cfg.db) {
+                Err(m) if m.kind() == std::io::ErrorKind::NotFound => {
+                    HistoryState::Missing(e.to_string())
+                }
+                _ => HistoryState::Unreadable(e.to_string()),
+            };
             notes.push(format!(
                 "{e}; the timeline and owners need the history of `kmem-trace watch` or `serve`"
             ));
             let z = census_memcgs
                 .map(|m| zombies::join(&[], Some(m), &clock, now, Some(cfg.zombie_after)))
                 .unwrap_or_default();
-            (Vec::new(), Vec::new(), z, None)
+            (Vec::new(), Vec::new(), z, None, history)
         }
     };
     let pins = census
@@ -185,6 +197,7 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
         pins,
         tracer,
         db: cfg.db.display().to_string(),
+        history,
         notes,
     }))
 }
@@ -240,8 +253,15 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
             out.flush()?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    // An unknown verdict is no all-clear: scripts and CI see it.
+    Ok(if report.verdict.severity == Severity::Unknown {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verdict_tests;

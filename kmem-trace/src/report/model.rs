@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::timeline::{self, Point};
+use super::{
+    timeline::{self, Point},
+    verdict,
+};
 use crate::{
     census::{Pin, PinCause},
     cgroupfs::CgroupVersion,
@@ -37,6 +40,7 @@ pub struct Inputs {
     pub pins: HashMap<String, Pin>,
     pub tracer: Option<TracerStatus>,
     pub db: String,
+    pub history: HistoryState,
     pub notes: Vec<String>,
 }
 
@@ -59,6 +63,20 @@ pub struct CensusView {
 pub struct Verdict {
     pub severity: Severity,
     pub text: String,
+    /// Why the verdict is unknown, and what fixes that.
+    pub reason: Option<String>,
+    pub fix: Option<String>,
+}
+
+/// Whether the history could be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "error")]
+pub enum HistoryState {
+    Read,
+    /// No file at the path.
+    Missing(String),
+    /// A file (or a directory on its path) that cannot be opened or read.
+    Unreadable(String),
 }
 
 /// Facts about the node.
@@ -98,6 +116,8 @@ pub struct OwnerTotal {
 /// Zombies held by one cause.
 #[derive(Clone, Debug, Serialize)]
 pub struct CauseTotal {
+    #[serde(skip)]
+    pub kind: PinCause,
     pub cause: String,
     pub zombies: u64,
     pub pinned_bytes: u64,
@@ -120,7 +140,10 @@ pub struct Ids {
 pub struct Now {
     pub live: Option<u64>,
     pub dying: Option<u64>,
-    pub zombies: u64,
+    /// Dying memcgs older than the zombie age; `None` when they could not be listed.
+    pub zombies: Option<u64>,
+    /// Dying memcgs listed whose offline was never recorded.
+    pub unknown_age: u64,
     pub source: String,
 }
 
@@ -221,9 +244,9 @@ pub fn build(i: Inputs) -> Report {
         })
         .collect();
     let listed: Vec<Zombie> = appendix.iter().map(|a| a.zombie.clone()).collect();
-    let owners = owners(&listed);
+    let (owners, owner_count) = owners(&listed);
     let causes = causes(&appendix, &i.pins);
-    let now = now(&i, appendix.len() as u64);
+    let now = now(&i, &appendix);
     let ids = ids(&i);
     let node = node(&i);
     let dying_bytes_by_type = facts
@@ -236,8 +259,19 @@ pub fn build(i: Inputs) -> Report {
             ])
         })
         .unwrap_or_default();
-    let remediation = remediation(&i.doctor.findings, &causes);
-    let verdict = verdict(&i, &now, &ids, &owners, &causes);
+    let remediation = verdict::remediation(&i.doctor.findings, &causes);
+    let verdict = verdict::verdict(verdict::VerdictInputs {
+        host: i.hostname.as_deref(),
+        zombie_after_s: i.zombie_after_s,
+        doctor_status: i.doctor.status,
+        findings: &i.doctor.findings,
+        now: &now,
+        ids: &ids,
+        owners: &owners,
+        owner_count,
+        causes: &causes,
+        unknown: verdict::unknown(&i.history, &now, &i.db),
+    });
     Report {
         kind: "report",
         generated_at: rfc3339(i.now),
@@ -261,7 +295,8 @@ pub fn build(i: Inputs) -> Report {
     }
 }
 
-fn owners(zombies: &[Zombie]) -> Vec<OwnerTotal> {
+/// The top owners and how many there are in all.
+fn owners(zombies: &[Zombie]) -> (Vec<OwnerTotal>, usize) {
     let mut by: HashMap<String, OwnerTotal> = HashMap::new();
     for z in zombies {
         let (label, cols, kind) = match &z.owner {
@@ -290,8 +325,9 @@ fn owners(zombies: &[Zombie]) -> Vec<OwnerTotal> {
             .then(b.pinned_bytes.cmp(&a.pinned_bytes))
             .then_with(|| a.label.cmp(&b.label))
     });
+    let n = v.len();
     v.truncate(TOP_OWNERS);
-    v
+    (v, n)
 }
 
 fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> {
@@ -308,6 +344,7 @@ fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> 
     let mut v: Vec<CauseTotal> = by
         .into_iter()
         .map(|(c, (n, b))| CauseTotal {
+            kind: c,
             cause: c.name().to_string(),
             zombies: n,
             pinned_bytes: b,
@@ -322,36 +359,38 @@ fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> 
     v
 }
 
-fn now(i: &Inputs, zombies: u64) -> Now {
+/// Counts now: the census when it walked the memcg tree (the doctor took
+/// the same counts), else the doctor's procfs counts, else the last sample.
+/// Zombies are known only when the list is (the history or the census).
+fn now(i: &Inputs, listed: &[AppendixRow]) -> Now {
     let f = &i.doctor.facts;
-    if let Some(c) = i.census.as_ref().filter(|c| c.dying.is_some()) {
-        return Now {
-            live: c.live,
-            dying: c.dying,
-            zombies,
-            source: format!("census ({})", c.source.replace('_', " ")),
-        };
-    }
-    if let Some((d, basis)) = f.dying {
-        return Now {
-            live: f.counts.as_ref().map(|c| c.visible),
-            dying: Some(d),
-            zombies,
-            source: basis.label().to_string(),
-        };
-    }
-    match i.samples.last() {
-        Some(s) => Now {
-            live: Some(s.live),
-            dying: Some(s.dying),
-            zombies: s.zombies.max(zombies),
-            source: "last history sample".into(),
-        },
-        None => Now {
-            zombies,
-            source: "history".into(),
-            ..Now::default()
-        },
+    let walked = i
+        .census
+        .as_ref()
+        .filter(|c| c.source == "bpf_iterator" && c.dying.is_some());
+    let unknown_age = listed.iter().filter(|a| a.zombie.age_s.is_none()).count() as u64;
+    let zombies = (i.history == HistoryState::Read || walked.is_some())
+        .then(|| listed.len() as u64 - unknown_age);
+    let (live, dying, source) = match (walked, f.dying, i.samples.last()) {
+        (Some(c), _, _) => (c.live, c.dying, "census (bpf iterator)".to_string()),
+        (None, Some((d, basis)), _) => (
+            f.counts.as_ref().map(|c| c.visible),
+            Some(d),
+            basis.label().to_string(),
+        ),
+        (None, None, Some(s)) => (
+            Some(s.live),
+            Some(s.dying),
+            "last history sample".to_string(),
+        ),
+        (None, None, None) => (None, None, "nothing readable".to_string()),
+    };
+    Now {
+        live,
+        dying,
+        zombies,
+        unknown_age,
+        source,
     }
 }
 
@@ -421,96 +460,4 @@ fn node(i: &Inputs) -> NodeFacts {
         hook_family_source,
         uptime_s: f.uptime_s,
     }
-}
-
-/// The fixes of warnings and worse first, then what frees each pin cause,
-/// then the fixes of the other findings; each step once.
-fn remediation(findings: &[Finding], causes: &[CauseTotal]) -> Vec<String> {
-    let fixes = |urgent: bool| {
-        findings
-            .iter()
-            .filter(move |f| (f.severity >= Severity::Warning) == urgent)
-            .flat_map(|f| f.remediation.iter().cloned())
-    };
-    let per_cause = causes
-        .iter()
-        .filter(|c| c.zombies > 0)
-        .map(|c| format!("{} ({} zombies): {}", c.cause, c.zombies, c.remedy));
-    let mut out: Vec<String> = Vec::new();
-    for step in fixes(true).chain(per_cause).chain(fixes(false)) {
-        if !out.contains(&step) {
-            out.push(step);
-        }
-    }
-    out
-}
-
-fn verdict(
-    i: &Inputs,
-    now: &Now,
-    ids: &Ids,
-    owners: &[OwnerTotal],
-    causes: &[CauseTotal],
-) -> Verdict {
-    let host = i.hostname.as_deref().unwrap_or("This node");
-    let mut severity = i.doctor.status;
-    let mut s = match now.dying {
-        Some(d) => format!("{host} holds {d} dying memcgs"),
-        None => format!("{host}: the number of dying memcgs could not be read"),
-    };
-    let bytes: u64 = owners.iter().map(|o| o.pinned_bytes).sum();
-    s.push_str(&format!(
-        ", {} of them zombies (removed more than {} ago)",
-        now.zombies,
-        humantime::format_duration(std::time::Duration::from_secs(i.zombie_after_s))
-    ));
-    if bytes > 0 {
-        s.push_str(&format!(" still charged {}", human_bytes(bytes)));
-    }
-    s.push('.');
-    if let Some(c) = causes.iter().find(|c| c.cause != PinCause::Unknown.name()) {
-        s.push_str(&format!(" Most are pinned by {}.", c.cause));
-    }
-    if let Some(o) = owners.first() {
-        s.push_str(&format!(
-            " The top owner is {} with {} zombie{}",
-            o.label,
-            o.zombies,
-            if o.zombies == 1 { "" } else { "s" }
-        ));
-        if owners.len() > 1 {
-            s.push_str(&format!(", of {} owners", owners.len()));
-        }
-        s.push('.');
-    }
-    if now.zombies > 0 {
-        severity = severity.max(Severity::Warning);
-    }
-    if let (Some(u), Some(p)) = (ids.in_use, ids.percent) {
-        s.push_str(&format!(
-            " memcg IDs: {u} of {} in use ({p:.1}%). {}.",
-            ids.limit, ids.outlook
-        ));
-        let soon = ids
-            .forecast
-            .and_then(|f| f.hours_to_exhaustion)
-            .is_some_and(|h| h < 7.0 * 24.0);
-        if p >= 80.0 || soon {
-            severity = Severity::Critical;
-        }
-    }
-    if let Some(f) = i
-        .doctor
-        .findings
-        .first()
-        .filter(|f| f.severity >= Severity::Warning)
-    {
-        s.push_str(&format!(" Doctor: {} — {}.", f.severity.label(), f.title));
-    }
-    s.push_str(match severity {
-        Severity::Critical => " Act now: see the remediation steps.",
-        Severity::Warning => " Plan remediation: see the steps below.",
-        _ => " No action needed.",
-    });
-    Verdict { severity, text: s }
 }

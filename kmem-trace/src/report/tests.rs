@@ -15,13 +15,13 @@ use crate::{
 const T0: i64 = 1_763_000_000_000_000_000;
 const MIN: i64 = 60_000_000_000;
 
-fn fixture(tree: &str) -> PathBuf {
+pub(super) fn fixture(tree: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/doctor")
         .join(tree)
 }
 
-fn doctor_of(tree: &str) -> crate::doctor::Report {
+pub(super) fn doctor_of(tree: &str) -> crate::doctor::Report {
     crate::doctor::run(&crate::doctor::DoctorConfig {
         host_root: fixture(tree),
         id_limit: 65_535,
@@ -33,7 +33,7 @@ fn doctor_of(tree: &str) -> crate::doctor::Report {
     .unwrap()
 }
 
-fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
+pub(super) fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
     let uid = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
     let cid = format!("{:064x}", 0xabc0 + i as u64);
     let path = format!("/kubepods/burstable/pod{uid}/{cid}");
@@ -74,7 +74,7 @@ fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
     }
 }
 
-fn inputs(tree: &str) -> Inputs {
+pub(super) fn inputs(tree: &str) -> Inputs {
     let zombies = vec![
         pod_zombie(1, "nginx", 16 << 20),
         pod_zombie(2, "nginx", 8 << 20),
@@ -122,6 +122,7 @@ fn inputs(tree: &str) -> Inputs {
         pins,
         tracer: None,
         db: "/var/lib/kmem-trace/history.db".into(),
+        history: HistoryState::Read,
         notes: vec!["census counted only".into()],
     }
 }
@@ -168,10 +169,24 @@ fn the_verdict_names_counts_owner_cause_and_urgency() {
         .remediation
         .iter()
         .any(|s| s.contains("cgroup.memory=nokmem")));
-    assert!(r
+    // The doctor's tmpfs step and the tmpfs pin cause's remedy are one step.
+    let tmpfs: Vec<&String> = r
         .remediation
         .iter()
-        .any(|s| s.starts_with("tmpfs/shmem (2 zombies)")));
+        .filter(|s| s.contains("tmpfs/shmem files"))
+        .collect();
+    assert_eq!(tmpfs.len(), 1, "{:#?}", r.remediation);
+    assert!(
+        tmpfs[0].ends_with("frees tmpfs/shmem (2 zombies)"),
+        "{:#?}",
+        r.remediation
+    );
+    let reboot = r
+        .remediation
+        .iter()
+        .filter(|s| s.contains("reboot"))
+        .count();
+    assert!(reboot <= 2, "{:#?}", r.remediation);
 }
 
 #[test]
