@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     attribution::Attribution,
     lifecycle::{Memcg, State, Task},
-    outputs::{line::human_bytes, page_size, Clock},
+    outputs::{line::human_bytes, page_size, text::Term, Clock},
     store::{reconcile::same, writer::now_ns, HistoryRow, Store, StoreError},
 };
 
@@ -58,9 +58,10 @@ impl TaskView {
         }
     }
 
-    /// `comm (tgid)`, how every output names a process.
+    /// `comm (tgid)`, how every output names a process (escaped: a
+    /// process picks its own name).
     pub fn label(&self) -> String {
-        format!("{} ({})", self.comm, self.tgid)
+        format!("{} ({})", Term(&self.comm), self.tgid)
     }
 }
 
@@ -286,7 +287,7 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
         writeln!(
             w,
             "# no tracer is writing {} ({} {}); memcgs freed since then still show",
-            r.db,
+            Term(&r.db),
             if r.tracer.stopped {
                 "stopped at"
             } else {
@@ -319,13 +320,13 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
                 .map(human_bytes)
                 .unwrap_or_else(|| "?".into()),
             // A plain path owner is the path column already.
-            match &z.owner {
+            Term(match &z.owner {
                 Some(o) if o.owner.kind() != "path" => z.owner_label.as_deref().unwrap_or("?"),
                 _ => "-",
-            },
-            z.path
+            }),
+            Term(&z.path)
         )?;
-        let task = |t: &TaskView| format!("{} <- {} ({})", t.label(), t.pcomm, t.ppid);
+        let task = |t: &TaskView| format!("{} <- {} ({})", t.label(), Term(&t.pcomm), t.ppid);
         if let Some(c) = &z.creator {
             writeln!(w, "       created by {}", task(c))?;
         }

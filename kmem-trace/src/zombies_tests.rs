@@ -171,3 +171,35 @@ fn a_released_id_read_as_zero_by_the_census_shows_the_history_id() {
     let without = z.iter().find(|z| z.memcg_addr == "0x20").unwrap();
     assert_eq!(without.id_text(), "-", "unknown, not 0");
 }
+
+#[test]
+fn hostile_names_reach_the_table_escaped() {
+    let clock = Clock::from_offset(OFF);
+    for name in crate::outputs::text::HOSTILE {
+        let mut r = row(0x10, 1, NOW - 3_600_000_000_000);
+        r.memcg.path = Arc::from(format!("/jobs/{name}"));
+        r.memcg.set_creator(task(10, name));
+        r.memcg.set_residents(vec![task(11, name)]);
+        r.memcg.set_last_resident(Some(task(11, name)));
+        r.attribution = Some(crate::attribution::Attribution::of_path(&format!(
+            "/jobs/{name}"
+        )));
+        let rep = Report {
+            kind: "zombies",
+            db: format!("/tmp/{name}.db"),
+            tracer: TracerStatus {
+                running: false,
+                pid: None,
+                last_heartbeat: None,
+                stopped: false,
+            },
+            count: 1,
+            zombies: join(&[r], None, &clock, NOW, None),
+        };
+        let mut buf = Vec::new();
+        render(&rep, false, &mut buf).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        crate::outputs::text::assert_inert(&text);
+        assert!(text.contains("/jobs/"), "{text}");
+    }
+}

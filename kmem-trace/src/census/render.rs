@@ -13,7 +13,7 @@ use super::{Census, CensusConfig, CensusError, PinCause, Source};
 use crate::{
     cli::CensusArgs,
     lifecycle::{Memcg, State},
-    outputs::{line::human_bytes, page_size},
+    outputs::{line::human_bytes, page_size, text::Term},
 };
 
 /// One memcg in the JSON output.
@@ -128,7 +128,7 @@ pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
         )?;
     }
     for p in &c.problems {
-        writeln!(w, "  WARNING: {p}")?;
+        writeln!(w, "  WARNING: {}", Term(p))?;
     }
     if c.source == Source::CountsOnly {
         return Ok(());
@@ -175,7 +175,7 @@ pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
             b(k.kmem_pages),
             b(k.swap_pages),
             c.pins.get(&m.addr).map(|p| p.cause.name()).unwrap_or(""),
-            m.path
+            Term(&m.path)
         )?;
     }
     let mut causes: Vec<(PinCause, usize)> = Vec::new();

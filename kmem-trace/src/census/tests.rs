@@ -257,6 +257,21 @@ fn seeding_gives_watch_the_pre_existing_zombies() {
 }
 
 #[test]
+fn hostile_cgroup_names_are_escaped_in_the_table() {
+    let mut c = from_raw(hierarchy(CgroupVersion::V1), &records(), &summary(5, 3, 2));
+    for (m, name) in c.memcgs.iter_mut().zip(crate::outputs::text::HOSTILE) {
+        m.path = format!("/kubepods/{name}").into();
+    }
+    c.problems
+        .push(format!("lost {}", crate::outputs::text::HOSTILE[0]));
+    let mut text = Vec::new();
+    render::text(&c, true, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    crate::outputs::text::assert_inert(&text);
+    assert!(text.contains("/kubepods/\\x1b"), "{text}");
+}
+
+#[test]
 fn output_lists_dying_memcgs_and_says_counts_only() {
     let mut c = from_raw(hierarchy(CgroupVersion::V1), &records(), &summary(5, 3, 2));
     c.pins = pins(&c, &|_| None);

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use super::{Report, Severity};
+use crate::outputs::text::Term;
 
 /// Human report: the verdict, then every finding worst first with its fixes.
 pub fn text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
@@ -14,24 +15,31 @@ pub fn text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
         "kmem-trace doctor: {} (exit {}) — kernel {}{}",
         r.status.label(),
         r.exit_code,
-        f.release.as_deref().unwrap_or("?"),
+        Term(f.release.as_deref().unwrap_or("?")),
         if f.host_root.as_os_str() == "/" {
             String::new()
         } else {
             format!(", host root {}", f.host_root.display())
         }
     )?;
+    // Titles and details quote cgroup paths and the command line.
     for x in &r.findings {
-        writeln!(w, "[{:<8}] {}: {}", x.severity.label(), x.id, x.title)?;
+        writeln!(
+            w,
+            "[{:<8}] {}: {}",
+            x.severity.label(),
+            x.id,
+            Term(&x.title)
+        )?;
         if !x.detail.is_empty() {
-            writeln!(w, "           {}", x.detail)?;
+            writeln!(w, "           {}", Term(&x.detail))?;
         }
         for fix in &x.remediation {
-            writeln!(w, "           fix: {fix}")?;
+            writeln!(w, "           fix: {}", Term(fix))?;
         }
     }
     if !f.unreadable.is_empty() {
-        writeln!(w, "not readable: {}", f.unreadable.join(", "))?;
+        writeln!(w, "not readable: {}", Term(&f.unreadable.join(", ")))?;
     }
     Ok(())
 }
@@ -74,7 +82,7 @@ pub fn npd_line(r: &Report) -> String {
     if let Some(f) = &r.forecast {
         parts.push(f.leak_text());
     }
-    format!("{reason}: {}", parts.join("; "))
+    format!("{reason}: {}", Term(&parts.join("; ")))
 }
 
 pub fn npd(r: &Report, w: &mut dyn Write) -> io::Result<()> {

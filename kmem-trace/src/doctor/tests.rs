@@ -216,3 +216,19 @@ fn swap_in_use_leaves_modern_ids_unknown_until_a_census_counts_them() {
     assert_eq!(r.forecast.unwrap().ids_in_use, Some(21));
     assert!(find(&r, "memcg-ids").title.contains("21 of 65535"));
 }
+
+#[test]
+fn hostile_paths_in_findings_are_escaped() {
+    let mut r = report("debian12-v2-healthy");
+    for (f, name) in r.findings.iter_mut().zip(crate::outputs::text::HOSTILE) {
+        f.title = format!("kmem accounting under /kubepods/{name}");
+        f.detail = name.to_string();
+        f.remediation = vec![name.to_string()];
+    }
+    let mut out = Vec::new();
+    render::text(&r, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    crate::outputs::text::assert_inert(&text);
+    r.status = Severity::Warning;
+    crate::outputs::text::assert_inert(&render::npd_line(&r));
+}

@@ -4,7 +4,11 @@
 
 use std::{collections::VecDeque, fmt::Write as _, io::Write};
 
-use super::{page_size, Clock, HookLabels, Output, OutputError, Status, Summary};
+use super::{
+    page_size,
+    text::{term, Term},
+    Clock, HookLabels, Output, OutputError, Status, Summary,
+};
 use crate::{
     attribution::{Attribution, OwnerCounts},
     decode::TraceEvent,
@@ -56,11 +60,11 @@ impl<W: Write> LineOutput<W> {
             self.clock.hms(ev.ts_ns()),
             ev.kind.name(),
             id,
-            path,
+            Term(&path),
             ev.raw.tgid,
-            ev.comm(),
+            Term(&ev.comm()),
             ev.raw.ppid,
-            ev.pcomm()
+            Term(&ev.pcomm())
         );
         // Writing to a String cannot fail.
         let c = ev.counters();
@@ -73,7 +77,7 @@ impl<W: Write> LineOutput<W> {
         if let Some(o) = owner {
             // The path already says it for plain paths.
             if o.owner.kind() != "path" {
-                let _ = write!(s, "  [{}]", o.label());
+                let _ = write!(s, "  [{}]", Term(&o.label()));
             }
         }
         if ev.inferred() {
@@ -98,7 +102,8 @@ impl<W: Write> LineOutput<W> {
         }
         if !self.owners.is_empty() {
             h.push_str("  ");
-            h.push_str(&self.owners);
+            // Owner labels come from workloads.
+            h.push_str(&term(&self.owners));
         }
         h
     }
@@ -215,6 +220,8 @@ impl<W: Write> Output for LineOutput<W> {
     }
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
+        // Notes quote paths and names.
+        let msg = term(msg);
         if self.tty {
             self.push_tail(format!("! {msg}"));
         } else {
@@ -294,5 +301,56 @@ mod tests {
             out.event(&ev, &applied, None).unwrap();
         }
         assert_eq!(out.tail.len(), out.tail_len);
+    }
+
+    #[test]
+    fn hostile_process_and_cgroup_names_are_escaped() {
+        use crate::{attribution::Attribution, outputs::text};
+        for (tty, h) in [
+            (false, 0),
+            (true, 1),
+            (false, 2),
+            (false, 3),
+            (false, 5),
+            (true, 6),
+        ] {
+            let name = text::HOSTILE[h];
+            let mut raw = kmem_trace_common::Event::ZERO;
+            raw.kind = kmem_trace_common::EventKind::Offline as u32;
+            let n = name.len().min(raw.comm.len() - 1);
+            raw.comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+            // Invalid UTF-8 in the parent's name.
+            raw.pcomm[..3].copy_from_slice(b"\xff\x1b[");
+            let ev = TraceEvent::from_raw(raw).unwrap();
+            let path = format!("/kubepods/pod1/{name}");
+            let applied = Applied {
+                addr: None,
+                memcg_id: Some(7),
+                path: Some(path.as_str().into()),
+                state: None,
+                freed: None,
+                anomaly: None,
+            };
+            let owner = Attribution::of_path(&format!("/kubepods/burstable/pod1/{name}"));
+            let mut out =
+                LineOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new(), tty);
+            out.event(&ev, &applied, Some(&owner)).unwrap();
+            out.note(&format!("history: {name}")).unwrap();
+            let line = out.format_event(&ev, &applied, Some(&owner));
+            text::assert_inert(&line);
+            if !tty {
+                let all = String::from_utf8(out.into_inner()).unwrap();
+                text::assert_inert(&all);
+                assert!(
+                    all.contains("\\x1b")
+                        || all.contains("\\u{")
+                        || all.contains("\\x0d")
+                        || all.contains("\\x9b"),
+                    "{all}"
+                );
+            } else {
+                assert!(out.tail.iter().all(|l| !l.chars().any(text::hostile)));
+            }
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod json;
 mod jsonw;
 pub mod line;
 pub mod tee;
+pub mod text;
 pub mod tui;
 
 use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};

@@ -7,11 +7,18 @@ use super::{
     model::{age, or_unknown, rfc3339, Report},
     timeline::Point,
 };
-use crate::{outputs::line::human_bytes, zombies::TaskView};
+use crate::{
+    outputs::{
+        line::human_bytes,
+        text::{term, term_lines},
+    },
+    zombies::TaskView,
+};
 
-/// Pipes and line breaks would break a table cell.
+/// Pipes would break a table cell; control characters are escaped as in
+/// every text output.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace(['\n', '\r'], " ")
+    term(s).replace('|', "\\|")
 }
 
 /// `▁▂▃▅▇` over at most `width` values.
@@ -199,5 +206,7 @@ pub fn render(r: &Report) -> String {
     for n in &r.notes {
         let _ = writeln!(w, "\n> {n}");
     }
-    w
+    // Names also reach the verdict, the owners and the notes: nothing a
+    // workload chose reaches the terminal of whoever `cat`s the file raw.
+    term_lines(&w).into_owned()
 }

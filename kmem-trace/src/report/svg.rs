@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use super::{model::rfc3339, timeline::Point};
+use crate::outputs::text::{hostile, push_escaped};
 
 /// A series: name, colour, and its value at a point.
 type Series = (&'static str, &'static str, fn(&Point) -> u64);
@@ -15,7 +16,8 @@ const SERIES: [Series; 3] = [
     ("zombies", "#c62828", |p| p.zombies),
 ];
 
-/// Escapes text for XML/HTML content and attributes.
+/// Escapes text for XML/HTML content and attributes; control and bidi
+/// characters show as `\x1b`, `\u{202e}`.
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -25,7 +27,8 @@ pub fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&#39;"),
-            c if c.is_control() && c != '\n' && c != '\t' => o.push('\u{fffd}'),
+            // Visible, like every text output (outputs::text).
+            c if hostile(c) && c != '\n' && c != '\t' => push_escaped(&mut o, c),
             c => o.push(c),
         }
     }

@@ -167,3 +167,31 @@ fn a_warning_is_not_ok_on_the_npd_line() {
     d.status = Severity::Info;
     assert!(npd_line(&d).starts_with("OK: "), "{}", npd_line(&d));
 }
+
+#[test]
+fn hostile_names_are_escaped_in_markdown_and_html() {
+    use crate::outputs::text::{assert_inert, HOSTILE};
+    let mut i = inputs("debian12-v2-healthy");
+    i.hostname = Some(format!("node{}", HOSTILE[0]));
+    for (k, name) in HOSTILE.iter().enumerate() {
+        let mut z = pod_zombie(40 + k as u32, name, 1 << 20);
+        z.path = format!("/jobs/{name}");
+        z.owner = Some(crate::attribution::Attribution::of_path(&z.path));
+        z.owner_label = Some(format!("jobs/{name}"));
+        if let Some(c) = z.creator.as_mut() {
+            c.comm = name.to_string();
+        }
+        i.zombies.push(z);
+    }
+    i.notes.push(format!("note {}", HOSTILE[1]));
+    let r = build(i);
+    let md = super::md::render(&r);
+    assert_inert(&md);
+    assert!(md.contains("\\x1b"), "escaped, not dropped");
+    let html = super::html::render(&r);
+    assert_inert(&html.replace('\t', " "));
+    assert!(
+        html.contains("\\u{202e}"),
+        "bidi override shown, not applied"
+    );
+}
