@@ -92,6 +92,11 @@ fn census_reading(c: &census::Census) -> Option<doctor::host::CensusReading> {
 
 /// Reads everything and builds the report.
 pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
+    Ok(model::build(gather_inputs(cfg)?))
+}
+
+/// Reads everything the report is built from (the only impure part).
+pub fn gather_inputs(cfg: &ReportConfig) -> Result<model::Inputs, ReportError> {
     let mut notes = Vec::new();
     let use_bpf = cfg.bpf && doctor::can_load_bpf(&cfg.host_root);
     let census = match census::take(&CensusConfig {
@@ -184,7 +189,7 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
         kmem_pins: c.kmem_pins,
         fallback: c.fallback.clone(),
     });
-    Ok(model::build(model::Inputs {
+    Ok(model::Inputs {
         now,
         since,
         hostname: hostname(&cfg.host_root),
@@ -199,7 +204,7 @@ pub fn gather(cfg: &ReportConfig) -> Result<Report, ReportError> {
         db: cfg.db.display().to_string(),
         history,
         notes,
-    }))
+    })
 }
 
 /// The report in a format.
@@ -224,17 +229,16 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
         bpf: !args.no_bpf,
         zombie_after: args.zombie_after,
     };
-    let mut report = gather(&cfg)?;
-    let text = if args.redact {
-        let redactor = redact::Redactor::for_report(&report);
-        report.notes.push(format!(
-            "Redacted: {} names of pods, containers, images, IDs and the node are replaced by pseudonyms.",
-            redactor.len()
+    let mut inputs = gather_inputs(&cfg)?;
+    if args.redact {
+        // The data, before any text is made from it.
+        let n = redact::inputs(&mut inputs).len();
+        inputs.notes.push(format!(
+            "Redacted: {n} names (pods, namespaces, containers, images, IDs, units, cgroups, the node) are pseudonyms; the kernel command line shows only its cgroup options."
         ));
-        redactor.apply(&render(&report, args.format)?)
-    } else {
-        render(&report, args.format)?
-    };
+    }
+    let report = model::build(inputs);
+    let text = render(&report, args.format)?;
     match &args.output {
         Some(path) => {
             std::fs::write(path, text).map_err(|source| ReportError::Write {

@@ -286,24 +286,33 @@ fn without_history_or_zombies_the_report_still_says_something() {
 
 #[test]
 fn redaction_hides_workload_names_in_every_format() {
-    let r = model::build(inputs("centos7-kmem-leak"));
-    let redactor = redact::Redactor::for_report(&r);
-    assert!(!redactor.is_empty());
+    let mut i = inputs("centos7-kmem-leak");
+    i.hostname = Some("vm.example.com".into());
+    // Names that collide with the report's own words.
+    for (k, name) in ["main", "cache", "page", "zombie"].iter().enumerate() {
+        i.zombies.push(pod_zombie(20 + k as u32, name, 1 << 20));
+    }
+    let plain = model::build(inputs("centos7-kmem-leak"));
+    let plain_md = render(&plain, ReportFormat::Md).unwrap();
+    assert!(plain_md.contains("web-7d4b9") && plain_md.contains("shop/"));
+    let cmdline = i.doctor.facts.cmdline.clone().unwrap_or_default();
+    let p = redact::inputs(&mut i);
+    assert!(!p.is_empty());
+    let r = model::build(i);
     for format in [ReportFormat::Md, ReportFormat::Html, ReportFormat::Json] {
-        let plain = render(&r, format).unwrap();
-        assert!(
-            plain.contains("web-7d4b9"),
-            "{format:?} names the pod before redaction"
-        );
-        let text = redactor.apply(&plain);
+        let text = render(&r, format).unwrap();
         for secret in [
             "web-7d4b9",
             "nginx",
             "alert(1)",
             "registry.example/shop/web:1.4",
+            "shop/",
+            "\"shop\"",
             "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d",
             "5b2ae0e6-4d1",
+            "5b2ae0e6_4d1c",
             &format!("{:064x}", 0xabc1u64),
+            "vm.example.com",
         ] {
             assert!(!text.contains(secret), "{format:?} still shows {secret}");
         }
@@ -311,7 +320,31 @@ fn redaction_hides_workload_names_in_every_format() {
             text.contains("pod-1"),
             "{format:?}: pseudonyms replace names"
         );
-        // Facts that are not identities stay.
-        assert!(text.contains("shop"), "{format:?}: namespaces stay");
+        assert!(text.contains("ns-1"), "{format:?}: namespaces too");
+        // The report's own words are untouched.
+        assert!(!text.contains("page container-"), "{format:?}");
+        if format == ReportFormat::Html {
+            assert!(text.contains("<main>"), "the page's own <main> stays");
+        }
+        for word in ["zombies", "page cache", "dying"] {
+            assert!(text.contains(word), "{format:?} lost its word {word:?}");
+        }
+        for opt in cmdline
+            .split_whitespace()
+            .filter(|o| !o.starts_with("cgroup") && o.len() >= 6)
+        {
+            assert!(
+                !text.contains(opt),
+                "{format:?} shows the command line's {opt}"
+            );
+        }
     }
+    let v: serde_json::Value =
+        serde_json::from_str(&render(&r, ReportFormat::Json).unwrap()).unwrap();
+    assert_eq!(v["node"]["hostname"], "node-1");
+    let z = &v["zombies"][0];
+    assert!(
+        z["path"].as_str().unwrap().contains("/poduid-1/cid-"),
+        "{z:#}"
+    );
 }
