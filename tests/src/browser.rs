@@ -91,6 +91,100 @@ pub fn screenshot(chromium: &Path, html: &Path, png: &Path, width: u32, height: 
     }
 }
 
+/// Headless Chromium keeps its window at least this wide (CSS px).
+pub const MIN_WINDOW: u32 = 500;
+
+/// A page that shows `html` in a `width`×`height` frame (its own viewport,
+/// so media queries see `width`, also below [`MIN_WINDOW`]) and, once it
+/// loaded, writes the framed document's scroll size into `data-size`. The
+/// report itself stays script-free; this wrapper is the test's.
+pub fn framed(html: &Path, width: u32, height: u32) -> Result<PathBuf> {
+    let name = html
+        .file_name()
+        .context("file name")?
+        .to_string_lossy()
+        .to_string();
+    let wrapper = html.with_file_name(format!("frame-{width}-{name}"));
+    fs::write(
+        &wrapper,
+        format!(
+            "<!DOCTYPE html><html><body style=\"margin:0;background:#888\"><iframe src=\"{name}\" \
+             style=\"width:{width}px;height:{height}px;border:0;display:block;background:#fff\" \
+             onload=\"var d=this.contentDocument.documentElement;\
+             document.body.setAttribute('data-size',d.scrollWidth+'x'+d.scrollHeight)\"></iframe></body></html>"
+        ),
+    )?;
+    Ok(wrapper)
+}
+
+/// The page's laid-out size in a `width`×`height` viewport: the framed
+/// document's (scrollWidth, scrollHeight), read back from `--dump-dom`.
+pub fn page_size(chromium: &Path, html: &Path, width: u32, height: u32) -> Result<(u64, u64)> {
+    let wrapper = framed(html, width, height)?;
+    let profile = std::env::temp_dir().join(format!(
+        "kmem-trace-chromium-dom-{}-{width}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&profile)?;
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            // The wrapper reads the framed file:// document.
+            "--allow-file-access-from-files",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!(
+            "--window-size={},{}",
+            width.max(MIN_WINDOW) + 20,
+            height + 20
+        ))
+        .arg(format!("file://{}", wrapper.canonicalize()?.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting chromium")?;
+    let mut out = child.stdout.take().context("chromium stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            // Our own child, by PID.
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let dom = reader.join().unwrap_or_default();
+    let _ = fs::remove_dir_all(&profile);
+    let _ = fs::remove_file(&wrapper);
+    let size = dom
+        .split("data-size=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .with_context(|| {
+            format!(
+                "no measurement in the DOM chromium dumped ({} bytes)",
+                dom.len()
+            )
+        })?;
+    let (w, h) = size.split_once('x').context("size")?;
+    Ok((w.parse()?, h.parse()?))
+}
+
 /// Fails unless `html` is one self-contained file: no script, stylesheet,
 /// image, font or import it would load from elsewhere.
 pub fn assert_self_contained(html: &str) {

@@ -5,14 +5,14 @@
 use std::fmt::Write;
 
 use super::{
-    model::{age, or_unknown, AppendixRow, Report},
+    model::{age, or_unknown, Report},
     svg::{self, esc},
 };
-use crate::{doctor::Severity, outputs::line::human_bytes, zombies::TaskView};
+use crate::{doctor::Severity, outputs::line::human_bytes};
 
 const CSS: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;background:#f3f4f6;color:#1f2933}
-main{max-width:1100px;margin:0 auto;padding:24px}
+main{max-width:1100px;margin:0 auto;padding:24px;overflow-wrap:anywhere}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:2px solid #d2d6dc;padding-bottom:4px}
 .sub{color:#52606d;margin:0 0 16px}
 .verdict{border-left:8px solid #2e7d32;background:#fff;padding:12px 16px;border-radius:4px;box-shadow:0 1px 2px #0002}
@@ -30,6 +30,13 @@ figure{margin:0;background:#fff;padding:8px;border-radius:4px}figcaption{color:#
 svg{max-width:100%;height:auto}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{flex:1;min-width:150px;background:#fff;padding:10px 14px;border-radius:4px;box-shadow:0 1px 2px #0002}
 .card b{display:block;font-size:26px}
+th,td{overflow-wrap:anywhere}
+.grp{background:#fff;margin:6px 0;border-radius:4px;box-shadow:0 1px 2px #0002}
+.grp>summary,.more>summary{padding:6px 10px;cursor:pointer}
+.more{margin:4px 10px 8px}
+table.z{table-layout:fixed}.z .c-id{width:4.5em}.z .c-age{width:4.5em}.z .c-b{width:6em}.z .c-cause{width:9em}.z .c-procs{width:30%}
+.z small{color:#52606d}
+@media (max-width:640px){main{padding:10px}h1{font-size:20px}.facts th{width:auto}.hide-s{display:none}table{font-size:12px}.z .c-cause{width:6em}.card{min-width:120px}}
 "#;
 
 fn sev_class(s: Severity) -> &'static str {
@@ -122,7 +129,7 @@ pub fn render(r: &Report) -> String {
         h.push_str("</ol>");
     }
     findings(&mut h, r);
-    appendix(&mut h, r);
+    super::appendix::render(&mut h, r);
     let _ = write!(
         h,
         "<h2>Sources</h2><p>history <code>{}</code>",
@@ -246,50 +253,6 @@ fn findings(h: &mut String, r: &Report) {
             esc(&f.title),
             esc(&f.detail)
         );
-    }
-    h.push_str("</table>");
-}
-
-fn appendix_row(h: &mut String, a: &AppendixRow) {
-    let z = &a.zombie;
-    let v = z.owner.as_ref().map(|o| o.view());
-    let owner = match &v {
-        Some(v) if v.kind == "pod" => format!(
-            "{}/{}/{}",
-            v.namespace.unwrap_or("?"),
-            v.pod.or(v.pod_uid).unwrap_or("?"),
-            v.container.or(v.container_id).unwrap_or("(pod)")
-        ),
-        _ => z.owner_label.clone().unwrap_or_else(|| "-".into()),
-    };
-    let image = v.as_ref().and_then(|v| v.image).unwrap_or("");
-    let creator = z.creator.as_ref().map(TaskView::label).unwrap_or_default();
-    let residents: Vec<String> = z.residents.iter().map(TaskView::label).collect();
-    let _ = write!(
-        h,
-        "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td></tr>",
-        z.memcg_id,
-        age(z.age_s),
-        esc(&z.path),
-        esc(&owner),
-        esc(image),
-        esc(&creator),
-        esc(&residents.join(", ")),
-        or_unknown(z.pinned_bytes.map(human_bytes)),
-        esc(a.cause.as_deref().unwrap_or("?")),
-        esc(z.source)
-    );
-}
-
-fn appendix(h: &mut String, r: &Report) {
-    let _ = write!(h, "<h2>Appendix: every zombie ({})</h2>", r.zombies.len());
-    if r.zombies.is_empty() {
-        h.push_str("<p>None.</p>");
-        return;
-    }
-    h.push_str("<table id=\"zombies\"><tr><th>ID</th><th>age</th><th>path</th><th>owner (namespace/pod/container)</th><th>image</th><th>created by</th><th>residents</th><th>pinned</th><th>cause</th><th>source</th></tr>");
-    for a in &r.zombies {
-        appendix_row(h, a);
     }
     h.push_str("</table>");
 }

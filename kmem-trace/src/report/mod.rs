@@ -5,6 +5,7 @@
 //! reads (the only impure part), [`model::build`] decides, and [`md`],
 //! JSON and [`html`] (one self-contained file) render.
 
+pub mod appendix;
 pub mod html;
 pub mod md;
 pub mod model;
