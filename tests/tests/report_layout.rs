@@ -107,7 +107,7 @@ fn the_appendix_fits_a_laptop_and_a_phone() {
         .write(&records(), now - 30 * MIN - 3_000, now)
         .unwrap();
     let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../kmem-trace/tests/fixtures/doctor/debian12-v2-healthy");
+        .join("../kmem-trace/tests/fixtures/doctor/centos7-kmem-leak");
     let html_path = dir.path().join("report.html");
     stdout_of(
         kmem_trace_cmd()

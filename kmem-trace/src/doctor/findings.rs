@@ -382,13 +382,8 @@ fn forecast_finding(fc: &Forecast) -> Finding {
         Some(h) if h < 24.0 * 7.0 => Severity::Warning,
         _ => Severity::Info,
     };
-    let basis = match fc.basis {
-        crate::forecast::Basis::Running => "this run",
-        crate::forecast::Basis::History => "the history database",
-        crate::forecast::Basis::SinceBoot => "the average since boot",
-    };
     finding("forecast", sev, fc.short())
-        .detail(format!("from {basis}: {}", fc.outlook()))
+        .detail(fc.outlook())
         .fix(if sev >= Severity::Warning {
             &[FIX_REBOOT]
         } else {

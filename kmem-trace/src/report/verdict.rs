@@ -82,6 +82,18 @@ pub fn unknown(history: &HistoryState, now: &Now, db: &str) -> Option<(String, S
         }
         _ => {}
     }
+    // More zombies listed than the kernel has dying memcgs: the history's
+    // rows were not confirmed since its tracer stopped (no census ran).
+    let listed = now.zombies.unwrap_or(0) + now.unknown_age;
+    if let Some(d) = now
+        .dying
+        .filter(|d| listed > *d && !now.source.starts_with("census"))
+    {
+        return Some((
+            format!("the history lists {listed} dying memcgs but the kernel counts {d}: its rows were not confirmed since its tracer stopped, so which are still zombies is unknown"),
+            "run the report as root with BPF (`sudo kmem-trace report`) so a census confirms them, or keep `kmem-trace serve` running".into(),
+        ));
+    }
     if now.zombies.is_none() {
         return Some((
             "the dying memcgs could not be listed, so zombies are unknown".into(),

@@ -72,7 +72,7 @@ fn no_history_and_no_census_list_is_unknown_not_zero_zombies() {
 
 #[test]
 fn unknown_ages_are_unknown_not_zombies_and_not_zero() {
-    let mut i = inputs("debian12-v2-healthy");
+    let mut i = inputs("centos7-kmem-leak");
     i.zombies[2].age_s = None;
     let r = build(i);
     assert_eq!(r.now.zombies, Some(2));
@@ -193,5 +193,22 @@ fn hostile_names_are_escaped_in_markdown_and_html() {
     assert!(
         html.contains("\\u{202e}"),
         "bidi override shown, not applied"
+    );
+}
+
+#[test]
+fn more_zombies_listed_than_the_kernel_counts_is_unknown() {
+    // The healthy fixture counts 2 dying memcgs; the history lists 3 zombies.
+    let r = build(inputs("debian12-v2-healthy"));
+    assert_eq!(r.now.dying, Some(2));
+    assert_eq!(r.verdict.severity, Severity::Unknown);
+    assert!(
+        r.verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("lists 3 dying memcgs but the kernel counts 2"),
+        "{:?}",
+        r.verdict.reason
     );
 }
