@@ -83,15 +83,17 @@ fn html_report_of_a_session_with_pinned_zombies_names_the_pod() {
         "a chart with three series"
     );
     assert_self_contained(&html);
-    // The pinned container's row names its pod and says what pins it.
-    let row = html
+    // The pod's appendix group names it; the container's row (full path on
+    // hover) names the container and says what pins it.
+    let group = html
+        .split("<details class=\"grp\"")
+        .find(|g| g.contains(&format!("{NAMESPACE}/{POD}</b>")))
+        .expect("the pod's appendix group");
+    let row = group
         .split("<tr>")
         .find(|r| r.contains(cid.as_str()) && r.contains("<td"))
         .expect("the container's appendix row");
-    assert!(
-        row.contains(&format!("{NAMESPACE}/{POD}/{CONTAINER}")),
-        "{row}"
-    );
+    assert!(row.contains(&format!("{CONTAINER} · ")), "{row}");
     assert!(row.contains("MiB"), "pinned bytes: {row}");
 
     if let Some(chromium) = chromium() {

@@ -64,6 +64,8 @@ pub fn remediation(findings: &[Finding], causes: &[CauseTotal]) -> Vec<String> {
 }
 
 /// Why the verdict is unknown, and what fixes that; `None` when it is known.
+/// Dying memcgs of unknown age (removed before the history started) do not
+/// make it unknown: they are counted apart, never as zombies or as none.
 pub fn unknown(history: &HistoryState, now: &Now, db: &str) -> Option<(String, String)> {
     match history {
         HistoryState::Unreadable(e) => {
@@ -100,15 +102,7 @@ pub fn unknown(history: &HistoryState, now: &Now, db: &str) -> Option<(String, S
             "run the report as root with BPF available (`sudo kmem-trace report`)".into(),
         ));
     }
-    (now.unknown_age > 0).then(|| {
-        (
-            format!(
-                "{} dying memcgs were removed before the history recorded them: their age is unknown",
-                now.unknown_age
-            ),
-            "keep `kmem-trace serve` running: the age of every memcg removed while it records is known".into(),
-        )
-    })
+    None
 }
 
 /// The one-paragraph answer.
@@ -147,7 +141,10 @@ pub fn verdict(v: VerdictInputs) -> Verdict {
         None => s.push_str(", how many of them are zombies is unknown"),
     }
     if v.now.unknown_age > 0 {
-        s.push_str(&format!(", {} of unknown age", v.now.unknown_age));
+        s.push_str(&format!(
+            ", {} of unknown age (removed before the history recorded them)",
+            v.now.unknown_age
+        ));
     }
     // The same sum as the pin-cause table: every listed zombie.
     let bytes: u64 = v.causes.iter().map(|c| c.pinned_bytes).sum();
@@ -188,6 +185,9 @@ pub fn verdict(v: VerdictInputs) -> Verdict {
         Severity::Critical => " Act now: see the remediation steps.",
         Severity::Warning => " Plan remediation: see the steps below.",
         Severity::Unknown => " Not an all-clear: see the fix above.",
+        _ if v.now.unknown_age > 0 => {
+            " No action needed for the zombies of known age; keep `kmem-trace serve` recording to age the rest."
+        }
         _ => " No action needed.",
     });
     let (reason, fix) = v.unknown.map_or((None, None), |(r, f)| (Some(r), Some(f)));
