@@ -156,11 +156,16 @@ pub fn verdict(v: VerdictInputs) -> Verdict {
         s.push_str(&format!(" Most are pinned by {}.", c.cause));
     }
     if let Some(o) = v.owners.first() {
+        // The appendix lists zombies and, apart, dying memcgs of unknown age.
+        let what = match (v.now.unknown_age > 0, o.zombies == 1) {
+            (false, true) => "zombie",
+            (false, false) => "zombies",
+            (true, true) => "dying memcg listed",
+            (true, false) => "dying memcgs listed",
+        };
         s.push_str(&format!(
-            " The top owner is {} with {} zombie{}",
-            o.label,
-            o.zombies,
-            if o.zombies == 1 { "" } else { "s" }
+            " The top owner is {} with {} {what}",
+            o.label, o.zombies
         ));
         if v.owner_count > 1 {
             s.push_str(&format!(", of {} owners", v.owner_count));
