@@ -21,7 +21,7 @@ h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bott
 .badge.warning{background:#ef6c00}.badge.critical{background:#c62828}.badge.unknown{background:#757575}.badge.info{background:#1565c0}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:13px}
 th,td{border:1px solid #d2d6dc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#e4e7eb}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 .facts th{width:220px}
 .bar{height:18px;background:#e4e7eb;border-radius:9px;overflow:hidden;margin:6px 0}
@@ -30,13 +30,13 @@ figure{margin:0;background:#fff;padding:8px;border-radius:4px}figcaption{color:#
 svg{max-width:100%;height:auto}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{flex:1;min-width:150px;background:#fff;padding:10px 14px;border-radius:4px;box-shadow:0 1px 2px #0002}
 .card b{display:block;font-size:26px}
-th,td{overflow-wrap:anywhere}
+td{overflow-wrap:anywhere}th{overflow-wrap:normal}
 .grp{background:#fff;margin:6px 0;border-radius:4px;box-shadow:0 1px 2px #0002}
 .grp>summary,.more>summary{padding:6px 10px;cursor:pointer}
 .more{margin:4px 10px 8px}
 table.z{table-layout:fixed}.z .c-id{width:4.5em}.z .c-age{width:4.5em}.z .c-b{width:6em}.z .c-cause{width:9em}.z .c-procs{width:30%}
 .z small{color:#52606d}
-@media (max-width:640px){main{padding:10px}h1{font-size:20px}.facts th{width:auto}.hide-s{display:none}table{font-size:12px}.z .c-cause{width:6em}.card{min-width:120px}}
+@media (max-width:640px){main{padding:10px}h1{font-size:20px}.facts tr,.facts th,.facts td{display:block;width:auto;border:0}.facts tr{border-bottom:1px solid #d2d6dc}.facts th{padding-bottom:0}.hide-s{display:none}table{font-size:12px}.z .c-cause{width:6em}.card{min-width:120px}}
 "#;
 
 fn sev_class(s: Severity) -> &'static str {
@@ -197,11 +197,11 @@ fn owners(h: &mut String, r: &Report) {
         h.push_str("<p>No zombies, so no owners to name.</p>");
         return;
     }
-    h.push_str("<table id=\"owners\"><tr><th>namespace</th><th>pod</th><th>container / owner</th><th>kind</th><th>zombies</th><th>pinned</th></tr>");
+    h.push_str("<table id=\"owners\"><tr><th>namespace</th><th>pod</th><th>container / owner</th><th class=\"hide-s\">kind</th><th>zombies</th><th>pinned</th></tr>");
     for o in &r.owners {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"hide-s\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&o.namespace),
             esc(&o.pod),
             esc(&o.container),
