@@ -291,12 +291,17 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
     // Before loading anything: with no memory controller there is nothing to watch.
     let dirs = cgroupfs_dirs()?;
     let probes = Probes::start(&cfg.probe)?;
-    // If a hook sees id_release, trust it instead of inferring at offline.
-    lc_cfg.id_freed_at_offline = probes
+    // If a hook sees id_release, trust it instead of inferring at offline;
+    // inferred only where the kernel gives the ID back at offline
+    // (forecast::ID_RULES, the one ID model), held until free before 4.6.
+    let no_id_hook = probes
         .report
         .points
         .iter()
         .any(|p| p.point == probes::Point::IdRelease && p.chosen.is_none());
+    let version = probes::kernel::KernelVersion::parse(&probes::kernel::release());
+    lc_cfg.id_freed_at_offline = no_id_hook
+        && crate::forecast::dying_hold(version) == Some(crate::forecast::DyingHold::SwapHeld);
     let mut lc = Lifecycle::new(lc_cfg)?;
     for d in dirs {
         lc.seed_cgroup(d.key, d.parent, &d.name);
