@@ -244,9 +244,21 @@ impl WatchConfig {
 /// [`run_interactive`]).
 pub fn prepare(
     cfg: &WatchConfig,
+    history: Option<store::Store>,
     lc: &mut Lifecycle,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), WatchError> {
-    Ok(store::feed::prepare(&cfg.history, lc, Clock::measure())?)
+    Ok(store::feed::prepare(
+        &cfg.history,
+        history,
+        lc,
+        Clock::measure(),
+    )?)
+}
+
+/// Opens the history and takes its writer lock (before [`start`]: a second
+/// writer is refused before anything is loaded).
+pub fn open_history(cfg: &WatchConfig) -> Result<Option<store::Store>, WatchError> {
+    store::feed::open(&cfg.history).map_err(|e| WatchError::History(e.into()))
 }
 
 /// Labels for the hooks in use, from the probe report.
@@ -334,6 +346,24 @@ async fn next_key(keys: &mut Option<Keys>) -> Key {
     }
 }
 
+/// SIGTERM and SIGINT, caught from the start of a run (see `serve::trace`);
+/// one that arrived during start-up is seen by the first turn of the loop.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call inside the runtime (`Runtime::enter`).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Keys read from the terminal by another thread (`outputs::tui::term`).
 pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
@@ -348,9 +378,12 @@ pub async fn run_interactive(
     stages: (Attributor, Option<HistoryFeed>),
     out: &mut dyn Output,
     mut keys: Option<Keys>,
+    signals: Signals,
 ) -> Result<Summary, WatchError> {
-    use tokio::signal::unix::{signal, SignalKind};
-
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+    } = signals;
     let clock = Clock::measure();
     let family = probes.report.family_in_use();
     let ring = probes
@@ -362,8 +395,6 @@ pub async fn run_interactive(
         pipe.record_to(path, clock)?;
     }
     let started = Instant::now();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(cfg.tick);
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let sleep =

@@ -401,3 +401,151 @@ fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
     );
     let _ = std::fs::remove_dir_all(&shm);
 }
+
+#[test]
+fn two_writers_on_one_history_the_second_is_refused_and_zombies_sees_the_first() {
+    if !require_root("two_writers_on_one_history_the_second_is_refused_and_zombies_sees_the_first")
+    {
+        return;
+    }
+    let dir = Scratch::new(
+        std::env::temp_dir().join(format!("kmem-trace-writers-{}", std::process::id())),
+    )
+    .unwrap();
+    let db = dir.path().join("history.db");
+    let db_s = db.to_str().unwrap();
+    let mut first = Tracer::start(&["watch", "--json", "--db", db_s]).unwrap();
+    // The second is refused before it loads anything, naming the first.
+    let (code, err) = run(&["watch", "--duration", "2s", "--db", db_s]);
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "kmem-trace: history database {db_s} is being written by another kmem-trace (pid {}); one tracer \
+         writes a history: stop that one, read its history with `kmem-trace zombies`, or run this one with \
+         another --db PATH or --no-history",
+        first.pid()
+    );
+    assert_eq!(err.trim(), want);
+    // A reader says the first one writes, whatever the other's run left in the meta.
+    let z = zombies_json(&db).unwrap();
+    assert_eq!(z["tracer"]["running"], Value::Bool(true), "{z}");
+    assert_eq!(z["tracer"]["pid"], Value::from(first.pid()), "{z}");
+    let (code, _) = first.stop().unwrap();
+    assert_eq!(code, Some(0));
+    let z = zombies_json(&db).unwrap();
+    assert_eq!(
+        (&z["tracer"]["running"], &z["tracer"]["stopped"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{z}"
+    );
+}
+
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    if !require_root("sigterm_during_start_up_stops_cleanly") {
+        return;
+    }
+    let child = Command::new(kmem_trace_bin().unwrap())
+        .args(["watch", "--json", "--no-history"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // As soon as SIGTERM is caught (SigCgt bit 15), long before the probes
+    // are loaded: the default action then would be exit 143 with no summary.
+    let caught = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            })
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !caught() {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM never caught");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Caught before any program is loaded: the signal falls into start-up.
+    let progs = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == "anon_inode:bpf-prog")
+        .count();
+    assert_eq!(progs, 0, "handlers installed only after the probes loaded");
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!(
+        lines.last().is_some_and(|l| l["kind"] == "summary"),
+        "no summary: {lines:?}"
+    );
+}
+
+/// Runs `kmem-trace ARGS` as nobody (a copy of the binary it can execute).
+fn run_as_nobody(args: &[&str]) -> (Option<i32>, String, String) {
+    let bin = kmem_trace_bin().unwrap();
+    let copy = std::env::temp_dir().join(format!("kmem-trace-nobody-{}", std::process::id()));
+    std::fs::copy(&bin, &copy).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(args)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unreadable_and_read_only_histories_are_named_or_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("unreadable_and_read_only_histories_are_named_or_read") {
+        return;
+    }
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-ro-{}", std::process::id())))
+            .unwrap();
+    let perm = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    perm(dir.path(), 0o755);
+    // A history as the writer leaves it (WAL mode, 0600), in a 0700
+    // directory like /var/lib/kmem-trace.
+    let private = dir.path().join("private");
+    let db = private.join("history.db");
+    drop(kmem_trace::store::Store::open(&db).unwrap());
+    let (code, _, err) = run_as_nobody(&["zombies", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "kmem-trace: history database {}: Permission denied (os error 13); it (or a directory above it, \
+             /var/lib/kmem-trace is 0700) is not readable by this user: run as root, or pass another --db PATH",
+            db.display()
+        )
+    );
+    // A read-only copy nobody can read but not write beside (no -shm can be
+    // made): read, not "Error code 14".
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let copy = ro.join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    perm(&copy, 0o444);
+    perm(&ro, 0o555);
+    let (code, out, err) = run_as_nobody(&["zombies", "--json", "--db", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["zombies"].is_array(), "{v}");
+    assert!(!ro.join("copy.db-shm").exists());
+    perm(&ro, 0o755);
+}

@@ -65,19 +65,26 @@ pub struct Restored {
     pub other_boots: usize,
 }
 
-/// Builds the attribution stage and, unless disabled, opens the history and
+/// Opens the history for writing unless disabled, taking its writer lock:
+/// called before the probes load, so a second tracer on the same database
+/// is refused at once and loads nothing.
+pub fn open(cfg: &HistoryConfig) -> Result<Option<Store>, StoreError> {
+    cfg.db.as_deref().map(Store::open).transpose()
+}
+
+/// Builds the attribution stage and, with a history (from [`open`]),
 /// restores the memcgs it still knows into `lc` (after cgroupfs seeding, and
 /// after a census if one ran: census memcgs in `lc` are then the reference).
 pub fn prepare(
     cfg: &HistoryConfig,
+    store: Option<Store>,
     lc: &mut Lifecycle,
     clock: Clock,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
     let mut attributor = Attributor::new(Box::new(runtime_roots(&cfg.runtime_roots)?));
-    let Some(db) = &cfg.db else {
+    let Some(mut store) = store else {
         return Ok((attributor, None, Restored::default()));
     };
-    let mut store = Store::open(db)?;
     let now = now_ns();
     let mut restored = Restored {
         other_boots: store.retire_other_boots(now)?,

@@ -7,6 +7,7 @@
 //! within the boot (and the address only while the memcg lives).
 
 pub mod feed;
+pub mod lock;
 pub mod reconcile;
 pub mod samples;
 pub mod schema;
@@ -23,6 +24,8 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, Row};
 
+use lock::WriterLock;
+
 use crate::{
     attribution::Attribution,
     decode::Counters,
@@ -37,10 +40,18 @@ pub const DEFAULT_RETAIN: Duration = Duration::from_secs(14 * 86400);
 /// Errors of the history database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The writer (`watch`, `serve`) could not create or open the file.
     #[error("history database {path}: {source}; pass another --db PATH (or --no-history to run without one)")]
     Io {
         path: String,
         source: std::io::Error,
+    },
+    /// A reader (`zombies`, `report`, `doctor`) could not get at the file.
+    #[error("history database {path}: {source}; {hint}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+        hint: &'static str,
     },
     #[error(
         "history database {0} does not exist; `kmem-trace watch` records it, or pass --db PATH"
@@ -48,14 +59,39 @@ pub enum StoreError {
     Missing(String),
     #[error("history database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// SQLite failed while opening `path` (its own error code and text).
+    #[error("history database {path}: SQLite cannot open it ({source}); check that it and its directory are readable, or pass another --db PATH")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("history database {0} is not a SQLite database (corrupt, or another file); move it aside or pass another --db PATH")]
     NotADatabase(String),
     #[error("history database {0} is locked by another process (another kmem-trace writing it?); stop that one, or pass another --db PATH")]
     Locked(String),
+    /// Another tracer holds the writer lock (`lock.rs`).
+    #[error("history database {path} is being written by another kmem-trace ({}); one tracer writes a history: stop that one, read its history with `kmem-trace zombies`, or run this one with another --db PATH or --no-history", pid_text(*.pid))]
+    Busy { path: String, pid: Option<u32> },
+    /// A symlink where the history (or its lock, WAL or shared-memory file) goes.
+    #[error("history database {0} is a symbolic link; kmem-trace does not follow links there (it runs as root): pass the real path with --db")]
+    Symlink(String),
     #[error("history database has schema version {found}, newer than this kmem-trace understands ({supported}); upgrade kmem-trace or pass another --db")]
     Newer { found: u32, supported: u32 },
+    #[error("history database {path} has schema version {found}, older than this kmem-trace reads ({supported}); `kmem-trace watch` or `serve` of this version upgrades it")]
+    Older {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("history database row is malformed: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) if p != 0 => format!("pid {p}"),
+        _ => "pid unknown".into(),
+    }
 }
 
 /// One memcg as the lifecycle and attribution stages know it, to be written.
@@ -89,10 +125,13 @@ pub struct HistoryRow {
     pub attribution: Option<Attribution>,
 }
 
-/// An open history database.
+/// An open history database: the one writer (holding [`WriterLock`]) or a
+/// read-only reader.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Held for the life of a writer; `None` for readers.
+    lock: Option<WriterLock>,
     /// `/proc/sys/kernel/random/boot_id` of this boot.
     pub boot_id: String,
     /// This boot's open rows by address, loaded at the first write and kept
@@ -116,7 +155,11 @@ fn io(path: &Path, source: std::io::Error) -> StoreError {
 }
 
 impl Store {
-    /// Opens (creating it if needed, mode 0600 in a 0700 directory) and migrates.
+    /// Opens for writing (creating it if needed, mode 0600 in a 0700
+    /// directory), takes the writer lock and migrates. A second writer gets
+    /// [`StoreError::Busy`]. Never follows a symlink at `path` (or its lock,
+    /// WAL and shared-memory files): as root that would create or chmod
+    /// whatever the link points at.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
@@ -127,60 +170,125 @@ impl Store {
                     .map_err(|e| io(dir, e))?;
             }
         }
+        refuse_symlinks(path)?;
+        // Before SQLite touches the file: the migration and the restore
+        // belong to the writer that holds the lock.
+        let lock = WriterLock::acquire(path)?;
         // Create the file ourselves so it never exists with a looser mode.
         OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| io(path, e))?;
         tighten(path)?;
-        Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        let mut store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE, false)?;
+        store.lock = Some(lock);
+        Ok(store)
     }
 
-    /// Opens an existing database (`zombies`); never creates one.
+    /// Opens an existing database read-only (`zombies`, `report`, `doctor`):
+    /// never creates, migrates or writes it, and works on a read-only copy.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.display().to_string()));
+        if let Err(e) = fs::metadata(path) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::Missing(path.display().to_string()),
+                _ => unreadable(path, e),
+            });
         }
-        Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        if let Err(e) = fs::File::open(path) {
+            return Err(unreadable(path, e));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY;
+        match Self::connect(path, flags, true) {
+            // A WAL database needs its -shm file, which a reader without
+            // write access to the directory (a copy on read-only media, a
+            // 0444 file) cannot create: read it as immutable then. Only
+            // when no tracer is writing it, as immutable skips all locking.
+            Err(StoreError::Open { source, .. })
+                if is_cannot_open(&source) && lock::writer_pid(path).ok().flatten().is_none() =>
+            {
+                log::info!("history {}: read as an immutable copy", path.display());
+                Self::connect(
+                    &immutable_uri(path),
+                    flags | OpenFlags::SQLITE_OPEN_URI,
+                    true,
+                )
+                .map(|mut s| {
+                    s.path = path.to_path_buf();
+                    s
+                })
+                .map_err(|e| match e {
+                    StoreError::Open { source, .. } => StoreError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    },
+                    e => e,
+                })
+            }
+            r => r,
+        }
     }
 
-    fn connect(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        Self::connect_inner(path, flags).map_err(|e| match e {
-            StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) => match f.code {
+    fn connect(path: &Path, flags: OpenFlags, read_only: bool) -> Result<Store, StoreError> {
+        Self::connect_inner(path, flags, read_only).map_err(|e| match e {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(f, msg)) => match f.code {
                 rusqlite::ErrorCode::NotADatabase => {
                     StoreError::NotADatabase(path.display().to_string())
                 }
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
                     StoreError::Locked(path.display().to_string())
                 }
-                _ => StoreError::Sql(rusqlite::Error::SqliteFailure(f, None)),
+                // Whatever else fails at open (SQLITE_CANTOPEN = 14,
+                // SQLITE_READONLY, SQLITE_PERM...) is named with the path.
+                _ => StoreError::Open {
+                    path: path.display().to_string(),
+                    source: rusqlite::Error::SqliteFailure(f, msg),
+                },
             },
             e => e,
         })
     }
 
-    fn connect_inner(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
-                io(path, std::io::Error::other("cannot open (permissions?)"))
-            }
-            e => StoreError::Sql(e),
-        })?;
+    fn connect_inner(path: &Path, flags: OpenFlags, read_only: bool) -> Result<Store, StoreError> {
+        let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        // WAL: `zombies` reads while the tracer writes. The -wal and -shm files
-        // get the database file's mode from SQLite.
-        let _: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        schema::migrate(&mut conn)?;
+        if read_only {
+            let found = schema::version(&conn)?;
+            if found > schema::VERSION {
+                return Err(StoreError::Newer {
+                    found,
+                    supported: schema::VERSION,
+                });
+            }
+            if found < schema::VERSION {
+                return Err(StoreError::Older {
+                    path: path.display().to_string(),
+                    found,
+                    supported: schema::VERSION,
+                });
+            }
+        } else {
+            // WAL: `zombies` reads while the tracer writes. The -wal and -shm
+            // files get the database file's mode from SQLite.
+            let _: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            schema::migrate(&mut conn)?;
+        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            lock: None,
             boot_id: boot_id(),
             open: None,
         })
+    }
+
+    /// Whether this is the writer (it holds the lock).
+    pub fn is_writer(&self) -> bool {
+        self.lock.is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -346,19 +454,80 @@ fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The database (and its WAL files) readable by the owner only.
-fn tighten(path: &Path) -> Result<(), StoreError> {
-    for p in [
+/// The database and its companions (`-wal`, `-shm`, `.lock`).
+fn companions(path: &Path) -> [PathBuf; 4] {
+    let with = |sfx: &str| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(sfx);
+        PathBuf::from(s)
+    };
+    [
         path.to_path_buf(),
-        PathBuf::from(format!("{}-wal", path.display())),
-        PathBuf::from(format!("{}-shm", path.display())),
-    ] {
-        let Ok(md) = fs::metadata(&p) else { continue };
+        with("-wal"),
+        with("-shm"),
+        lock::lock_path(path),
+    ]
+}
+
+/// Refuses a symlink at the database or a companion: SQLite follows them.
+fn refuse_symlinks(path: &Path) -> Result<(), StoreError> {
+    for p in companions(path) {
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(StoreError::Symlink(p.display().to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The database (and its WAL files) readable by the owner only. Links were
+/// refused before; `symlink_metadata` so a link made since is not followed.
+fn tighten(path: &Path) -> Result<(), StoreError> {
+    for p in companions(path) {
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.file_type().is_symlink() {
+            return Err(StoreError::Symlink(p.display().to_string()));
+        }
         if md.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| io(&p, e))?;
         }
     }
     Ok(())
+}
+
+fn unreadable(path: &Path, e: std::io::Error) -> StoreError {
+    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "it (or a directory above it, /var/lib/kmem-trace is 0700) is not readable by this user: run as root, or pass another --db PATH"
+    } else {
+        "pass another --db PATH"
+    };
+    StoreError::Unreadable {
+        path: path.display().to_string(),
+        source: e,
+        hint,
+    }
+}
+
+fn is_cannot_open(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly))
+}
+
+/// `file:` URI of `path` with `immutable=1` (percent-encoding what a URI
+/// path cannot hold).
+fn immutable_uri(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let mut uri = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    PathBuf::from(uri)
 }
 
 const COLUMNS: &str = "id, state, addr, memcg_id, hierarchy_id, cgroup_id, level, path, origin, \
