@@ -11,6 +11,7 @@ pub mod cgroupfs;
 pub mod cli;
 pub mod decode;
 pub mod doctor;
+pub mod files;
 pub mod forecast;
 pub mod lifecycle;
 pub mod metrics;

@@ -87,7 +87,7 @@ impl<'o> Pipeline<'o> {
 
     /// Writes every raw record to `path` too (a recording with a header).
     pub fn record_to(&mut self, path: &Path, clock: Clock) -> Result<(), WatchError> {
-        let f = File::create(path).map_err(|source| WatchError::File {
+        let f = crate::files::create_private(path).map_err(|source| WatchError::File {
             what: "creating",
             path: path.into(),
             source,

@@ -566,3 +566,59 @@ fn unreadable_and_read_only_histories_are_named_or_read() {
     assert!(!ro.join("copy.db-shm").exists());
     perm(&ro, 0o755);
 }
+
+#[test]
+fn zombies_into_a_closed_pipe_is_quiet_and_succeeds() {
+    use kmem_trace::{
+        lifecycle::{Memcg, Origin, Stamp, State},
+        store::{Record, Store},
+    };
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-epipe-{}", std::process::id())))
+            .unwrap();
+    let db = dir.path().join("history.db");
+    // Held open (the writer lock) so `zombies` takes it for a running tracer
+    // and reads only the history: no census, no root needed.
+    let mut store = Store::open(&db).unwrap();
+    let batch: Vec<Record> = (0..3000u64)
+        .map(|i| {
+            let mut m = Memcg::new(0x10_0000 + i * 0x1000, i as u32 + 1, Origin::Traced);
+            m.state = State::Dying;
+            m.cgroup_id = 1000 + i;
+            m.hierarchy_id = 4;
+            m.offline_ns = Stamp::at(1_000_000);
+            m.path = format!("/epipe/job-{i:05}-with-a-long-enough-name").into();
+            Record {
+                memcg: m,
+                attribution: None,
+            }
+        })
+        .collect();
+    store
+        .write(&batch, 1_700_000_000_000_000_000, 1_700_000_100_000_000_000)
+        .unwrap();
+    for json in [false, true] {
+        let mut cmd = Command::new(kmem_trace_bin().unwrap());
+        cmd.args(["zombies", "--db", db.to_str().unwrap()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -c 100`: read a little, then close the pipe.
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), err.trim()),
+            (Some(0), ""),
+            "json {json}"
+        );
+    }
+    drop(store);
+}

@@ -204,7 +204,7 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
     };
     match &args.output {
         Some(path) => {
-            std::fs::write(path, text).map_err(|source| ReportError::Write {
+            crate::files::write_private(path, text).map_err(|source| ReportError::Write {
                 path: path.clone(),
                 source,
             })?;
