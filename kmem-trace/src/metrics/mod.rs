@@ -8,8 +8,10 @@
 //! (+Inf while the ID space is not filling), `leak_rate_per_hour`,
 //! `events_total{kind}`, `ring_drops_total`, `bad_records_total`,
 //! `offline_to_free_seconds` (histogram), `zombies_by_namespace{namespace}`
-//! (top N namespaces, the rest in `other`), `info{hook_family,version}`.
+//! (top N namespaces, the rest in `other`), `info{hook_family,version}`,
+//! `pinned_bytes` (memory charged to dying memcgs).
 
+pub mod format;
 pub mod http;
 
 use std::{
@@ -34,7 +36,7 @@ use crate::{
     decode::TraceEvent,
     lifecycle::Applied,
     outputs::{
-        aggregate::{namespace_buckets, zombies_by_namespace},
+        aggregate::{namespace_buckets, pinned_bytes, zombies_by_namespace},
         Output, OutputError, Snapshot, Status, Summary,
     },
 };
@@ -100,6 +102,7 @@ pub struct Metrics {
     offline_to_free: Histogram,
     by_namespace: Family<NamespaceLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
+    pinned: Gauge,
     top_namespaces: usize,
 }
 
@@ -121,6 +124,7 @@ impl Metrics {
         let offline_to_free = Histogram::new(exponential_buckets(0.001, 4.0, 13));
         let by_namespace = Family::<NamespaceLabel, Gauge>::default();
         let info = Family::<InfoLabels, Gauge>::default();
+        let pinned = Gauge::default();
         r.register("live_memcgs", "Memcgs online now", live.clone());
         r.register(
             "dying_memcgs",
@@ -183,6 +187,12 @@ impl Metrics {
             "Tracer version and the hook family in use",
             info.clone(),
         );
+        r.register(
+            "pinned_bytes",
+            "Memory charged to dying memcgs, as read at their offline (or by the start-up census); \
+             dying memcgs without a reading count 0",
+            pinned.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             live,
@@ -198,6 +208,7 @@ impl Metrics {
             offline_to_free,
             by_namespace,
             info,
+            pinned,
             top_namespaces,
         }
     }
@@ -318,6 +329,13 @@ impl Output for MetricsOutput {
 
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {
         self.set_namespaces(&zombies_by_namespace(s));
+        let pinned: u64 = s
+            .lifecycle
+            .memcgs()
+            .filter(|m| m.state == crate::lifecycle::State::Dying)
+            .filter_map(pinned_bytes)
+            .sum();
+        self.m.pinned.set(gauge(pinned));
         Ok(())
     }
 
