@@ -94,14 +94,18 @@ impl Output for Headless {
     fn summary(&mut self, s: &Summary) -> Result<(), OutputError> {
         let c = &s.status.counts;
         eprintln!(
-            "kmem-trace: stopped after {:.0}s: live {} dying {} zombies {} IDs {}/{} drops {}",
+            "kmem-trace: stopped after {:.0}s: live {} dying {} zombies {} unconfirmed {} IDs {}/{} drops {} \
+             read faults {} residents capped {}",
             s.status.elapsed_s,
             c.live,
             c.dying,
             c.zombies,
+            c.unconfirmed,
             c.ids_in_use,
             c.id_limit,
-            s.status.drops
+            s.status.drops,
+            s.read_faults.unwrap_or(0),
+            s.residents_capped.unwrap_or(0)
         );
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! (detach, drain what is queued, summary).
 
 use std::{
+    collections::HashSet,
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
@@ -12,11 +13,15 @@ use std::{
 
 use crate::{
     attribution::Attributor,
+    census::recheck,
     cgroupfs,
     cli::{ProbeArgs, RunArgs},
     decode::{self, TraceEvent},
+    lifecycle::{Applied, State},
     lifecycle::{Lifecycle, LifecycleConfig},
-    outputs::{tui::Key, Clock, HookLabels, Output, OutputError, Snapshot, Status, Summary},
+    outputs::{
+        tui::Key, Clock, Health, HookLabels, Output, OutputError, Snapshot, Status, Summary,
+    },
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
     store::{
         self,
@@ -62,6 +67,10 @@ pub struct Pipeline<'o> {
     recorder: Option<BufWriter<File>>,
     pub bad_records: u64,
     pub events: u64,
+    /// Memcgs events touched since a recheck started (it leaves them alone).
+    touched: Option<HashSet<u64>>,
+    /// The programs' read-fault and residents-capped counters, last read.
+    kernel_counters: Option<(u64, u64)>,
 }
 
 impl<'o> Pipeline<'o> {
@@ -75,6 +84,8 @@ impl<'o> Pipeline<'o> {
             recorder: None,
             bad_records: 0,
             events: 0,
+            touched: None,
+            kernel_counters: None,
         }
     }
 
@@ -119,6 +130,9 @@ impl<'o> Pipeline<'o> {
     pub fn feed_event(&mut self, ev: &TraceEvent) -> Result<(), WatchError> {
         self.events += 1;
         let applied = self.lifecycle.apply(ev);
+        if let (Some(t), Some(a)) = (self.touched.as_mut(), applied.addr) {
+            t.insert(a);
+        }
         let owner = self.attribution.observe(&applied);
         if let Some(h) = self.history.as_mut() {
             h.observe(&applied, owner.as_ref());
@@ -181,7 +195,11 @@ impl<'o> Pipeline<'o> {
             }
         }
         self.out.owners(&self.attribution.counts(&self.lifecycle))?;
-        let summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        let mut summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        if let Some((faults, capped)) = self.kernel_counters {
+            summary.read_faults = Some(faults);
+            summary.residents_capped = Some(capped);
+        }
         self.out.summary(&summary)?;
         Ok(summary)
     }
@@ -189,6 +207,53 @@ impl<'o> Pipeline<'o> {
     pub fn note(&mut self, msg: &str) -> Result<(), WatchError> {
         self.out.note(msg)?;
         Ok(())
+    }
+
+    /// A health record (drops, faults, a recheck) to the output.
+    pub fn health(&mut self, h: &Health) -> Result<(), WatchError> {
+        self.out.health(h)?;
+        Ok(())
+    }
+
+    /// A recheck starts: remember what events touch until it is applied.
+    pub fn recheck_started(&mut self) {
+        self.touched = Some(HashSet::new());
+    }
+
+    /// Applies a finished recheck: memcgs the kernel no longer has close
+    /// their history rows (freed, time unknown), changed ones are rewritten.
+    pub fn recheck(&mut self, view: recheck::View) -> Result<(), WatchError> {
+        let touched = self.touched.take().unwrap_or_default();
+        let out = recheck::apply(&mut self.lifecycle, view, &touched);
+        let applied = out
+            .gone
+            .into_iter()
+            .map(|m| (m.addr, m.memcg_id, m.path.clone(), State::Freed, Some(m)))
+            .chain(out.changed.iter().filter_map(|a| {
+                let m = self.lifecycle.get(*a)?;
+                Some((m.addr, m.memcg_id, m.path.clone(), m.state, None))
+            }))
+            .collect::<Vec<_>>();
+        for (addr, id, path, state, freed) in applied {
+            let a = Applied {
+                addr: Some(addr),
+                memcg_id: Some(id),
+                path: Some(path),
+                state: Some(state),
+                freed,
+                anomaly: None,
+            };
+            let owner = self.attribution.get(addr).cloned();
+            if let Some(h) = self.history.as_mut() {
+                h.observe(&a, owner.as_ref());
+            }
+        }
+        self.health(&Health::Recheck(out.report))
+    }
+
+    /// The programs' in-kernel counters, for the summary.
+    pub fn set_kernel_counters(&mut self, read_faults: u64, residents_capped: u64) {
+        self.kernel_counters = Some((read_faults, residents_capped));
     }
 
     /// A key from the live view; false when it asks to stop.
@@ -258,6 +323,9 @@ pub fn prepare(
 /// Opens the history and takes its writer lock (before [`start`]: a second
 /// writer is refused before anything is loaded).
 pub fn open_history(cfg: &WatchConfig) -> Result<Option<store::Store>, WatchError> {
+    // Without the privileges to trace, that is the error to show, not the
+    // history's (a non-root user cannot open /var/lib/kmem-trace either).
+    probes::kernel::check_own_privileges().map_err(probes::ProbeError::from)?;
     store::feed::open(&cfg.history).map_err(|e| WatchError::History(e.into()))
 }
 
@@ -402,7 +470,12 @@ pub async fn run_interactive(
             tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 100)
         }));
     tokio::pin!(sleep);
-    let mut last_drops = 0;
+    let mut counters = crate::counters::KernelCounters::default();
+    let mut rechecks = recheck::Worker::new(crate::census::CensusConfig {
+        btf: cfg.probe.btf.clone(),
+        ..Default::default()
+    });
+    let mut recheck_at: Option<Instant> = None;
     loop {
         tokio::select! {
             batch = stream.ready() => {
@@ -417,12 +490,21 @@ pub async fn run_interactive(
             _ = tick.tick() => {
                 // A drain here too, so a missed wake-up can never stall the tail.
                 stream.drain(|b| pipe.feed(b))?;
-                let drops = probes.drops();
-                if drops > last_drops {
-                    pipe.note(&format!("{} events dropped (ring buffer full); total {drops}", drops - last_drops))?;
-                    last_drops = drops;
+                if counters.read(&probes, &mut pipe, false)? {
+                    recheck_at.get_or_insert_with(|| rechecks.after_drops());
                 }
-                pipe.status(drops, &family, started.elapsed(), Clock::mono_now())?;
+                if let Some(r) = rechecks.poll() {
+                    match r {
+                        Ok(view) => pipe.recheck(view)?,
+                        Err(e) => pipe.note(&format!("recheck: {e}"))?,
+                    }
+                }
+                let asked = recheck_at.is_some_and(|t| Instant::now() >= t);
+                if (asked || rechecks.due(started)) && rechecks.start() {
+                    pipe.recheck_started();
+                    recheck_at = None;
+                }
+                pipe.status(counters.drops, &family, started.elapsed(), Clock::mono_now())?;
             }
             key = next_key(&mut keys) => {
                 if !pipe.key(key)? {
@@ -436,6 +518,7 @@ pub async fn run_interactive(
     }
     probes.detach();
     stream.drain(|b| pipe.feed(b))?;
+    counters.read(&probes, &mut pipe, true)?;
     let drops = probes.drops();
     let status = Status {
         counts: pipe.lifecycle.counts(Clock::mono_now()),

@@ -622,3 +622,62 @@ fn zombies_into_a_closed_pipe_is_quiet_and_succeeds() {
     }
     drop(store);
 }
+
+#[test]
+fn after_drops_a_recheck_brings_the_state_back_to_the_kernels() {
+    if !require_root("after_drops_a_recheck_brings_the_state_back_to_the_kernels") {
+        return;
+    }
+    let parent = TestParent::new("recheck").unwrap();
+    let dir = Scratch::new(std::env::temp_dir().join(format!("{}-db", parent.name))).unwrap();
+    let db = dir.path().join("history.db");
+    let mut tracer = Tracer::start(&[
+        "watch",
+        "--json",
+        "--db",
+        db.to_str().unwrap(),
+        "--ring-buffer-size",
+        "4096",
+    ])
+    .unwrap();
+    const N: usize = 60;
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            let c = parent.child(&format!("r{i}")).unwrap();
+            std::thread::sleep(Duration::from_millis(20)); // a 4 KiB ring: no drops here
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Their removal is lost: the reader is stopped and the ring holds 15 records.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    for c in &children {
+        parent.rmdir(c).unwrap();
+    }
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    let rechecked = wait_for(Duration::from_secs(30), || {
+        tracer.json().iter().any(|l| l["kind"] == "recheck")
+    });
+    let records = tracer.json();
+    assert!(
+        records.iter().any(|l| l["kind"] == "drops"),
+        "drops are a record of the stream"
+    );
+    assert!(rechecked, "no recheck after drops: {:?}", tracer.stderr);
+    std::thread::sleep(Duration::from_millis(1500)); // the history's next flush
+    let (code, _) = tracer.stop().unwrap();
+    assert_eq!(code, Some(0), "{:?}", tracer.stderr);
+    // No memcg of ours is still live in the tracer's history.
+    let store = kmem_trace::store::Store::open_existing(&db).unwrap();
+    let prefix = format!("/{}/", parent.name);
+    let ours: Vec<(String, String)> = store
+        .all(0)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.memcg.path.starts_with(&prefix))
+        .map(|r| (r.memcg.path.to_string(), r.state))
+        .collect();
+    assert!(!ours.is_empty());
+    let live: Vec<_> = ours.iter().filter(|(_, s)| s == "live").collect();
+    assert!(live.is_empty(), "still live after the recheck: {live:?}");
+}

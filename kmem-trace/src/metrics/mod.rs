@@ -9,7 +9,8 @@
 //! `events_total{kind}`, `ring_drops_total`, `bad_records_total`,
 //! `offline_to_free_seconds` (histogram), `zombies_by_namespace{namespace}`
 //! (top N namespaces, the rest in `other`), `info{hook_family,version}`,
-//! `pinned_bytes` (memory charged to dying memcgs).
+//! `pinned_bytes` (memory charged to dying memcgs), `read_faults_total`,
+//! `residents_capped_total`, `unconfirmed_memcgs`.
 
 pub mod format;
 pub mod http;
@@ -103,6 +104,9 @@ pub struct Metrics {
     by_namespace: Family<NamespaceLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
     pinned: Gauge,
+    read_faults: Counter,
+    residents_capped: Counter,
+    unconfirmed: Gauge,
     top_namespaces: usize,
 }
 
@@ -125,6 +129,9 @@ impl Metrics {
         let by_namespace = Family::<NamespaceLabel, Gauge>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let pinned = Gauge::default();
+        let read_faults = Counter::default();
+        let residents_capped = Counter::default();
+        let unconfirmed = Gauge::default();
         r.register("live_memcgs", "Memcgs online now", live.clone());
         r.register(
             "dying_memcgs",
@@ -193,6 +200,21 @@ impl Metrics {
              dying memcgs without a reading count 0",
             pinned.clone(),
         );
+        r.register(
+            "read_faults",
+            "Kernel reads in the eBPF programs that faulted (those events carry unknown fields)",
+            read_faults.clone(),
+        );
+        r.register(
+            "residents_capped",
+            "Residents (processes entering a memcg) not reported: the memcg had --residents already",
+            residents_capped.clone(),
+        );
+        r.register(
+            "unconfirmed_memcgs",
+            "Memcgs the history or a recheck holds that the kernel has not confirmed since (maybe freed); not in dying_memcgs",
+            unconfirmed.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             live,
@@ -209,6 +231,9 @@ impl Metrics {
             by_namespace,
             info,
             pinned,
+            read_faults,
+            residents_capped,
+            unconfirmed,
             top_namespaces,
         }
     }
@@ -264,6 +289,7 @@ impl MetricsOutput {
         self.m.dying.set(gauge(c.dying));
         self.m.zombies.set(gauge(c.zombies));
         self.m.ids_in_use.set(gauge(c.ids_in_use));
+        self.m.unconfirmed.set(gauge(c.unconfirmed));
         self.m.id_limit.set(c.id_limit as i64);
         if let Some(f) = &s.forecast {
             self.m.exhaustion.set(
@@ -355,6 +381,21 @@ impl Output for MetricsOutput {
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
         log::info!("{msg}");
+        Ok(())
+    }
+
+    fn health(&mut self, h: &crate::outputs::Health) -> Result<(), OutputError> {
+        use crate::outputs::Health;
+        match h {
+            Health::ReadFaults { new, .. } => {
+                self.m.read_faults.inc_by(*new);
+            }
+            Health::ResidentsCapped { new, .. } => {
+                self.m.residents_capped.inc_by(*new);
+            }
+            // Drops come with every status; a recheck shows in the gauges.
+            Health::Drops { .. } | Health::Recheck(_) => {}
+        }
         Ok(())
     }
 }
