@@ -184,6 +184,10 @@ pub struct HistoryArgs {
     /// Run without a history database.
     #[arg(long, conflicts_with = "db")]
     pub no_history: bool,
+    /// When another kmem-trace is writing the history (one writer per
+    /// database), run without history and say so, instead of refusing.
+    #[arg(long, conflicts_with = "no_history")]
+    pub no_history_if_busy: bool,
     /// Delete finished memcgs from the history after this long.
     #[arg(long, value_parser = parse_duration, default_value = "14d", value_name = "D")]
     pub retain: Duration,

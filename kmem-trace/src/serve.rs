@@ -139,12 +139,13 @@ pub fn trace(
         watch::Signals::install().map_err(WatchError::Io)?
     };
     let history = watch::open_history(cfg)?;
+    let history_path = history.as_ref().map(|s| s.path().to_path_buf());
     let (probes, mut lifecycle) = watch::start(cfg)?;
     let (attribution, feed, restored) = watch::prepare(cfg, history, &mut lifecycle)?;
     if let Some(addr) = exporter.as_ref().and_then(Exporter::local_addr) {
         eprintln!("kmem-trace: metrics on http://{addr}/metrics");
     }
-    announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
+    announce(&probes, history_path.as_deref(), &restored, verbose);
     let labels = watch::hook_labels(&probes.report);
     run(
         rt,

@@ -442,6 +442,24 @@ fn two_writers_on_one_history_the_second_is_refused_and_zombies_sees_the_first()
         first.pid()
     );
     assert_eq!(err.trim(), want);
+    // Asked to, it runs without history instead, and says so.
+    let (code, err) = run(&[
+        "watch",
+        "--duration",
+        "1s",
+        "--no-history-if-busy",
+        "--db",
+        db_s,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "kmem-trace: history {db_s} is being written by another kmem-trace (pid {}); running without \
+             history (--no-history-if-busy)",
+            first.pid()
+        )) && !err.contains("memcgs restored"),
+        "{err}"
+    );
     // A reader says the first one writes, whatever the other's run left in the meta.
     let z = zombies_json(&db).unwrap();
     assert_eq!(z["tracer"]["running"], Value::Bool(true), "{z}");

@@ -24,6 +24,9 @@ pub struct HistoryConfig {
     pub retain: Duration,
     /// `--runtime-root`; empty means the defaults.
     pub runtime_roots: Vec<PathBuf>,
+    /// `--no-history-if-busy`: another writer holding the database means
+    /// no history, not an error.
+    pub skip_if_busy: bool,
 }
 
 impl HistoryConfig {
@@ -33,6 +36,7 @@ impl HistoryConfig {
             db: (!a.no_history).then(|| a.db.clone()),
             retain: a.retain,
             runtime_roots: a.runtime_root.clone(),
+            skip_if_busy: a.no_history_if_busy,
         }
     }
 }
@@ -43,6 +47,7 @@ impl Default for HistoryConfig {
             db: Some(PathBuf::from(super::DEFAULT_DB)),
             retain: super::DEFAULT_RETAIN,
             runtime_roots: Vec::new(),
+            skip_if_busy: false,
         }
     }
 }
@@ -69,7 +74,17 @@ pub struct Restored {
 /// called before the probes load, so a second tracer on the same database
 /// is refused at once and loads nothing.
 pub fn open(cfg: &HistoryConfig) -> Result<Option<Store>, StoreError> {
-    cfg.db.as_deref().map(Store::open).transpose()
+    match cfg.db.as_deref().map(Store::open).transpose() {
+        Err(StoreError::Busy { path, pid }) if cfg.skip_if_busy => {
+            let pid = pid.map_or("pid unknown".into(), |p| format!("pid {p}"));
+            eprintln!(
+                "kmem-trace: history {path} is being written by another kmem-trace ({pid}); \
+                 running without history (--no-history-if-busy)"
+            );
+            Ok(None)
+        }
+        r => r,
+    }
 }
 
 /// Builds the attribution stage and, with a history (from [`open`]),

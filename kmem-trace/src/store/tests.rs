@@ -365,6 +365,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
         db: Some(db.clone()),
         retain: DEFAULT_RETAIN,
         runtime_roots: vec![d.0.clone()],
+        skip_if_busy: false,
     };
     // The census of this start found it again and one memcg the history lacks.
     let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
@@ -490,4 +491,19 @@ fn symlinks_are_refused_for_the_writer() {
         fs::metadata(&target).unwrap().permissions().mode() & 0o777,
         0o644
     );
+}
+
+#[test]
+fn a_busy_history_is_skipped_only_when_asked() {
+    use super::feed::{open, HistoryConfig};
+    let d = TempDir::new("busy");
+    let db = d.0.join("h.db");
+    let _writer = Store::open(&db).unwrap();
+    let mut cfg = HistoryConfig {
+        db: Some(db.clone()),
+        ..HistoryConfig::default()
+    };
+    assert!(matches!(open(&cfg), Err(StoreError::Busy { .. })));
+    cfg.skip_if_busy = true;
+    assert!(open(&cfg).unwrap().is_none());
 }
