@@ -128,7 +128,8 @@ pub fn prepare(
         if let Some(a) = attr {
             attributor.seed(m.addr, m.path.clone(), a);
         }
-        if went_offline.contains(&m.addr) {
+        // Rewritten: went offline unseen, or now `unconfirmed` in the history too.
+        if went_offline.contains(&m.addr) || m.unconfirmed {
             feed.dirty.insert(m.addr);
         }
         lc.seed_memcg(m);

@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod lock;
+mod paths;
 pub mod reconcile;
 pub mod samples;
 pub mod schema;
@@ -16,7 +17,7 @@ pub mod writer;
 
 use std::{
     fs::{self, OpenOptions},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -25,6 +26,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, Row};
 
 use lock::WriterLock;
+use paths::{immutable_uri, is_cannot_open, refuse_symlinks, tighten, unreadable};
 
 use crate::{
     attribution::Attribution,
@@ -118,7 +120,8 @@ pub struct WallTimes {
 #[derive(Clone, Debug)]
 pub struct HistoryRow {
     pub row_id: i64,
-    /// `live`, `dying`, `freed`, or `lost` (gone while no tracer saw it).
+    /// `live`, `dying`, `unconfirmed` (dying as last seen, not confirmed
+    /// since a restart), `freed`, or `lost` (gone while no tracer saw it).
     pub state: String,
     pub memcg: Memcg,
     pub wall: WallTimes,
@@ -351,7 +354,7 @@ impl Store {
     /// Rows of this boot whose memcg was, as last seen, not freed.
     pub fn open_rows(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
         self.query(
-            "WHERE boot_id = ?1 AND state IN ('live', 'dying') ORDER BY id",
+            "WHERE boot_id = ?1 AND state IN ('live', 'dying', 'unconfirmed') ORDER BY id",
             [&self.boot_id],
             offset_ns,
         )
@@ -396,7 +399,7 @@ impl Store {
         let mut n = 0;
         for id in row_ids {
             n += tx.execute(
-                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ('live', 'dying')",
+                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ('live', 'dying', 'unconfirmed')",
                 rusqlite::params![id, now],
             )?;
         }
@@ -407,7 +410,7 @@ impl Store {
     /// Rows of earlier boots that were not freed: a reboot freed them all.
     pub fn retire_other_boots(&mut self, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ('live', 'dying')",
+            "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ('live', 'dying', 'unconfirmed')",
             rusqlite::params![self.boot_id, now],
         )?)
     }
@@ -454,82 +457,6 @@ fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The database and its companions (`-wal`, `-shm`, `.lock`).
-fn companions(path: &Path) -> [PathBuf; 4] {
-    let with = |sfx: &str| {
-        let mut s = path.as_os_str().to_owned();
-        s.push(sfx);
-        PathBuf::from(s)
-    };
-    [
-        path.to_path_buf(),
-        with("-wal"),
-        with("-shm"),
-        lock::lock_path(path),
-    ]
-}
-
-/// Refuses a symlink at the database or a companion: SQLite follows them.
-fn refuse_symlinks(path: &Path) -> Result<(), StoreError> {
-    for p in companions(path) {
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(StoreError::Symlink(p.display().to_string()));
-        }
-    }
-    Ok(())
-}
-
-/// The database (and its WAL files) readable by the owner only. Links were
-/// refused before; `symlink_metadata` so a link made since is not followed.
-fn tighten(path: &Path) -> Result<(), StoreError> {
-    for p in companions(path) {
-        let Ok(md) = fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if md.file_type().is_symlink() {
-            return Err(StoreError::Symlink(p.display().to_string()));
-        }
-        if md.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
-fn unreadable(path: &Path, e: std::io::Error) -> StoreError {
-    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-        "it (or a directory above it, /var/lib/kmem-trace is 0700) is not readable by this user: run as root, or pass another --db PATH"
-    } else {
-        "pass another --db PATH"
-    };
-    StoreError::Unreadable {
-        path: path.display().to_string(),
-        source: e,
-        hint,
-    }
-}
-
-fn is_cannot_open(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly))
-}
-
-/// `file:` URI of `path` with `immutable=1` (percent-encoding what a URI
-/// path cannot hold).
-fn immutable_uri(path: &Path) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let mut uri = String::from("file:");
-    for &b in path.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
-            uri.push(b as char);
-        } else {
-            uri.push_str(&format!("%{b:02X}"));
-        }
-    }
-    uri.push_str("?immutable=1");
-    PathBuf::from(uri)
-}
-
 const COLUMNS: &str = "id, state, addr, memcg_id, hierarchy_id, cgroup_id, level, path, origin, \
     kmem_active, id_released, alloc_at, online_at, offline_at, released_at, free_at, \
     offline_mem_pages, offline_kmem_pages, offline_swap_pages, free_mem_pages, free_kmem_pages, \
@@ -545,8 +472,12 @@ fn tasks_back(mut t: Task, off: i64) -> Task {
     t
 }
 
-fn state_name(s: State) -> &'static str {
-    match s {
+/// The row state of `m`: its lifecycle state, or `unconfirmed` for a dying
+/// memcg nothing has confirmed since a restart (readers do not count those
+/// rows as dying or zombies; see `reconcile.rs`).
+fn state_name(m: &Memcg) -> &'static str {
+    match m.state {
+        State::Dying if m.unconfirmed => "unconfirmed",
         State::Live => "live",
         State::Dying => "dying",
         State::Freed => "freed",
@@ -572,9 +503,10 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
     m.path = Arc::from(r.get::<_, String>(7)?);
     m.state = match state.as_str() {
         "live" => State::Live,
-        "dying" => State::Dying,
+        "dying" | "unconfirmed" => State::Dying,
         _ => State::Freed,
     };
+    m.unconfirmed = state == "unconfirmed";
     m.kmem_active = r.get(9)?;
     m.id_released = r.get(10)?;
     let w = WallTimes {

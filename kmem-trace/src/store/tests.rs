@@ -507,3 +507,70 @@ fn a_busy_history_is_skipped_only_when_asked() {
     cfg.skip_if_busy = true;
     assert!(open(&cfg).unwrap().is_none());
 }
+
+#[test]
+fn unconfirmed_rows_are_open_but_not_dying() {
+    let d = TempDir::new("unconfirmed");
+    let db = d.0.join("h.db");
+    let mut s = Store::open(&db).unwrap();
+    let mut m = memcg(0x1000, 5, 100, State::Dying);
+    m.unconfirmed = true;
+    s.write(
+        &[rec(m), rec(memcg(0x2000, 6, 200, State::Dying))],
+        OFF,
+        NOW,
+    )
+    .unwrap();
+    let open = s.open_rows(OFF).unwrap();
+    let states: Vec<(&str, bool)> = open
+        .iter()
+        .map(|r| (r.state.as_str(), r.memcg.unconfirmed))
+        .collect();
+    assert_eq!(states, vec![("unconfirmed", true), ("dying", false)]);
+    let dying: Vec<u64> = s.dying(OFF).unwrap().iter().map(|r| r.memcg.addr).collect();
+    assert_eq!(dying, vec![0x2000]);
+    // Confirmed later (an event, a census): a dying row again, same row.
+    s.write(&[rec(memcg(0x1000, 5, 100, State::Dying))], OFF, NOW + 1)
+        .unwrap();
+    assert_eq!(s.dying(OFF).unwrap().len(), 2);
+    assert_eq!(s.all(OFF).unwrap().len(), 2);
+}
+
+/// A restart without a census (kernels before 6.1, an iterator failure)
+/// after the memcgs were freed unseen: the history's dying rows come back
+/// unconfirmed, not as zombies, and say so in the history.
+#[test]
+fn a_restart_without_census_restores_unconfirmed_not_zombies() {
+    use crate::{
+        attribution::Attributor,
+        lifecycle::{Lifecycle, LifecycleConfig},
+        outputs::Clock,
+        store::feed::{open, prepare, HistoryConfig},
+    };
+    let d = TempDir::new("nocensus");
+    let db = d.0.join("h.db");
+    let clock = Clock::measure();
+    {
+        let mut s = Store::open(&db).unwrap();
+        let mut m = memcg(0x1000, 5, 100, State::Dying);
+        m.offline_ns = Stamp::at(Clock::mono_now().saturating_sub(3_600_000_000_000));
+        s.write(&[rec(m)], clock.offset_ns, writer::now_ns())
+            .unwrap();
+    }
+    let cfg = HistoryConfig {
+        db: Some(db.clone()),
+        runtime_roots: vec![d.0.clone()],
+        ..HistoryConfig::default()
+    };
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    let (attr, feed, restored): (Attributor, _, _) =
+        prepare(&cfg, open(&cfg).unwrap(), &mut lc, clock).unwrap();
+    assert_eq!((restored.memcgs, restored.lost), (1, 0));
+    let c = lc.counts(Clock::mono_now());
+    assert_eq!((c.dying, c.zombies, c.unconfirmed), (0, 0, 1));
+    feed.unwrap().close(&lc, &attr);
+    let s = Store::open_existing(&db).unwrap();
+    let rows = s.all(clock.offset_ns).unwrap();
+    assert_eq!(rows[0].state, "unconfirmed");
+    assert!(s.dying(clock.offset_ns).unwrap().is_empty());
+}
