@@ -138,7 +138,7 @@ pub fn trace(
         let _in_runtime = rt.enter();
         watch::Signals::install().map_err(WatchError::Io)?
     };
-    let history = watch::open_history(cfg)?;
+    let history = watch::preflight(cfg)?;
     let history_path = history.as_ref().map(|s| s.path().to_path_buf());
     let (probes, mut lifecycle) = watch::start(cfg)?;
     let (attribution, feed, restored) = watch::prepare(cfg, history, &mut lifecycle)?;

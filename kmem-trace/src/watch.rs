@@ -320,12 +320,20 @@ pub fn prepare(
     )?)
 }
 
-/// Opens the history and takes its writer lock (before [`start`]: a second
-/// writer is refused before anything is loaded).
-pub fn open_history(cfg: &WatchConfig) -> Result<Option<store::Store>, WatchError> {
+/// What can fail before anything is loaded (call before [`start`]): the
+/// privileges, the `--record` file (created 0600, no symlink followed), and
+/// the history with its writer lock (a second writer is refused here).
+pub fn preflight(cfg: &WatchConfig) -> Result<Option<store::Store>, WatchError> {
     // Without the privileges to trace, that is the error to show, not the
     // history's (a non-root user cannot open /var/lib/kmem-trace either).
     probes::kernel::check_own_privileges().map_err(probes::ProbeError::from)?;
+    if let Some(path) = &cfg.record {
+        crate::files::create_private(path).map_err(|source| WatchError::File {
+            what: "creating",
+            path: path.clone(),
+            source,
+        })?;
+    }
     store::feed::open(&cfg.history).map_err(|e| WatchError::History(e.into()))
 }
 

@@ -699,3 +699,62 @@ fn after_drops_a_recheck_brings_the_state_back_to_the_kernels() {
     let live: Vec<_> = ours.iter().filter(|(_, s)| s == "live").collect();
     assert!(live.is_empty(), "still live after the recheck: {live:?}");
 }
+
+#[test]
+fn record_and_report_files_refuse_symlinks_and_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("record_and_report_files_refuse_symlinks_and_are_private") {
+        return;
+    }
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-links-{}", std::process::id())))
+            .unwrap();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link_s = link.to_str().unwrap();
+    // Refused before anything is loaded.
+    let (code, err) = run(&[
+        "watch",
+        "--no-history",
+        "--duration",
+        "1s",
+        "--record",
+        link_s,
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        format!("kmem-trace: creating {link_s}: it is a symbolic link, which kmem-trace does not follow; name the real file")
+    );
+    let none = dir.path().join("none.db");
+    let (code, err) = run(&[
+        "report",
+        "--no-bpf",
+        "--db",
+        none.to_str().unwrap(),
+        "-o",
+        link_s,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("it is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // A report written to a real path is the owner's only.
+    let out = dir.path().join("report.md");
+    let (_, err) = run(&[
+        "report",
+        "--no-bpf",
+        "--db",
+        none.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let mode = std::fs::metadata(&out).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "{err}");
+}
