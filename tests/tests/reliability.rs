@@ -309,6 +309,8 @@ fn a_corrupt_history_database_is_named_with_the_fix() {
             (Some(1), want.as_str()),
             "{err}"
         );
+        // The writer took the lock (a sidecar file, kept like any lock file).
+        let _ = std::fs::remove_file(format!("{}.lock", db.display()));
     }
     std::fs::remove_file(&db).unwrap();
 }
