@@ -243,7 +243,10 @@ fn read_view(cfg: &CensusConfig) -> Result<View, String> {
     }
     let why = match c.source {
         Source::BpfIterator => format!("census incomplete: {}", c.problems.join("; ")),
-        Source::CountsOnly => c.fallback.unwrap_or_else(|| "no BPF iterator".into()),
+        Source::CountsOnly => c
+            .fallback
+            .clone()
+            .unwrap_or_else(|| "no BPF iterator".into()),
     };
     let mut dirs = HashSet::new();
     for h in cgroupfs::memory_hierarchies(&cfg.host_root).map_err(|e| e.to_string())? {
@@ -252,9 +255,31 @@ fn read_view(cfg: &CensusConfig) -> Result<View, String> {
     }
     Ok(View::Counts {
         dirs,
-        dying: c.totals.dying,
+        dying: confirmed_dying(cfg, &c),
         why,
     })
+}
+
+/// The kernel's dying count, where a "none" is trusted only when read twice.
+/// `num_cgroups - directories` is read in two steps: a `mkdir` between them
+/// makes a real dying memcg look like none (and a count below the
+/// directories is such a race for sure), and "none" clears every dying memcg
+/// the tracer holds.
+fn confirmed_dying(cfg: &CensusConfig, c: &super::Census) -> Option<u64> {
+    let raced = |k: &super::counts::KernelCounts| k.num_cgroups.is_some_and(|n| n < k.visible);
+    if raced(&c.kernel) {
+        return None;
+    }
+    if c.totals.dying != Some(0) {
+        return c.totals.dying;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let again = take(&CensusConfig {
+        counts_only: true,
+        ..cfg.clone()
+    })
+    .ok()?;
+    (!raced(&again.kernel) && again.totals.dying == Some(0)).then_some(0)
 }
 
 #[cfg(test)]
@@ -323,6 +348,23 @@ mod tests {
             (c.live, c.dying, c.unconfirmed, c.missed_frees),
             (0, 4, 0, 1)
         );
+    }
+
+    /// The counts view of this machine (read-only: procfs and cgroupfs).
+    #[test]
+    fn the_counts_view_lists_this_hosts_memory_cgroups() {
+        let cfg = CensusConfig {
+            counts_only: true,
+            ..CensusConfig::default()
+        };
+        match read_view(&cfg) {
+            Ok(View::Counts { dirs, why, .. }) => {
+                assert!(!dirs.is_empty(), "the root at least");
+                assert_eq!(why, "--counts-only");
+            }
+            Ok(v) => panic!("counts only gave {v:?}"),
+            Err(e) => eprintln!("skipped: no memory hierarchy here ({e})"),
+        }
     }
 
     #[test]
