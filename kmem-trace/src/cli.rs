@@ -97,7 +97,8 @@ pub struct WatchArgs {
     pub json: bool,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Also write every raw event to FILE (replay it with `kmem-trace replay`).
+    /// Also write every raw event to FILE (replay it with `kmem-trace replay`;
+    /// mode 0600, a symlink there is refused).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
     /// Plain lines even on a terminal (no live view).
@@ -148,9 +149,12 @@ pub struct ReportArgs {
     /// The period the report covers (timeline, events), e.g. 1h, 24h, 7d.
     #[arg(long, value_parser = parse_duration, default_value = "24h", value_name = "D")]
     pub since: Duration,
+    /// md: Markdown for a ticket or chat; json: one document for tools;
+    /// html: one self-contained page (no network) to attach or open.
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
-    /// Write to FILE instead of stdout.
+    /// Write to FILE instead of stdout (mode 0600: reports name pods,
+    /// processes and the node; a symlink there is refused).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// History database written by `kmem-trace watch`/`serve`.
@@ -180,6 +184,10 @@ pub struct HistoryArgs {
     /// Run without a history database.
     #[arg(long, conflicts_with = "db")]
     pub no_history: bool,
+    /// When another kmem-trace is writing the history (one writer per
+    /// database), run without history and say so, instead of refusing.
+    #[arg(long, conflicts_with = "no_history")]
+    pub no_history_if_busy: bool,
     /// Delete finished memcgs from the history after this long.
     #[arg(long, value_parser = parse_duration, default_value = "14d", value_name = "D")]
     pub retain: Duration,
@@ -219,8 +227,10 @@ pub struct ProbesArgs {
 pub struct ReplayArgs {
     /// A recording made with `watch --record`.
     pub file: PathBuf,
+    /// One JSON object per line per event, then a summary object (as `watch --json`).
     #[arg(long)]
     pub json: bool,
+    /// A memcg dying for longer than this (in the recording's time) is a zombie.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "D")]
     pub zombie_after: Duration,
 }

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(code) => code,
+        // The reader went away (`kmem-trace zombies | head`): what it wanted
+        // it has; like `cat`, no message, and not a failure.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // Causes that the message already quotes (thiserror's `{0}` of a
             // `#[from]` source) are not repeated.
@@ -50,6 +53,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a closed pipe (`EPIPE`; Rust ignores
+/// SIGPIPE, so writes fail instead of killing the process).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|j| j.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+            // Errors that are `#[error(transparent)]` over an io::Error hide
+            // it from the chain; their message is the io::Error's own.
+            || c.to_string()
+                .ends_with(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -109,11 +127,13 @@ fn cmd_probes(args: ProbesArgs, verbose: bool) -> anyhow::Result<ExitCode> {
     };
     let mut probes = Probes::start(&cfg)?;
     probes.detach();
+    let mut out = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&probes.report)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&probes.report)?)?;
     } else {
-        print!("{}", probes.report.render(verbose));
+        write!(out, "{}", probes.report.render(verbose))?;
     }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,14 +94,18 @@ impl Output for Headless {
     fn summary(&mut self, s: &Summary) -> Result<(), OutputError> {
         let c = &s.status.counts;
         eprintln!(
-            "kmem-trace: stopped after {:.0}s: live {} dying {} zombies {} IDs {}/{} drops {}",
+            "kmem-trace: stopped after {:.0}s: live {} dying {} zombies {} unconfirmed {} IDs {}/{} drops {} \
+             read faults {} residents capped {}",
             s.status.elapsed_s,
             c.live,
             c.dying,
             c.zombies,
+            c.unconfirmed,
             c.ids_in_use,
             c.id_limit,
-            s.status.drops
+            s.status.drops,
+            s.read_faults.unwrap_or(0),
+            s.residents_capped.unwrap_or(0)
         );
         Ok(())
     }
@@ -112,48 +116,62 @@ impl Output for Headless {
     }
 }
 
-/// What `watch` and `serve` share: loads the probes, restores the history,
-/// says so on stderr, and runs the pipeline into `primary` (and the exporter,
-/// when given).
+/// What `watch` and `serve` share: takes the history's writer lock, loads
+/// the probes, restores the history, says so on stderr, and runs the
+/// pipeline into `primary` (and the exporter, when given).
+///
+/// SIGTERM and SIGINT are caught before anything else: start-up (probes,
+/// census, history restore) takes seconds on a big node, and a signal then
+/// must still end in the clean stop (detach, summary, exit 0), not the
+/// default action.
 pub fn trace(
     cfg: &WatchConfig,
     primary: Primary,
     exporter: Option<Exporter>,
     verbose: bool,
 ) -> Result<Summary, ServeError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        watch::Signals::install().map_err(WatchError::Io)?
+    };
+    let history = watch::preflight(cfg)?;
+    let history_path = history.as_ref().map(|s| s.path().to_path_buf());
     let (probes, mut lifecycle) = watch::start(cfg)?;
-    let (attribution, feed, restored) = watch::prepare(cfg, &mut lifecycle)?;
+    let (attribution, feed, restored) = watch::prepare(cfg, history, &mut lifecycle)?;
     if let Some(addr) = exporter.as_ref().and_then(Exporter::local_addr) {
         eprintln!("kmem-trace: metrics on http://{addr}/metrics");
     }
-    announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
+    announce(&probes, history_path.as_deref(), &restored, verbose);
     let labels = watch::hook_labels(&probes.report);
     run(
+        rt,
+        signals,
         cfg,
         probes,
         lifecycle,
         (attribution, feed),
-        primary,
-        labels,
+        (primary, labels),
         exporter,
     )
 }
 
 /// Runs the live pipeline into `primary` (and the exporter, when given) on a
 /// single-threaded runtime that also serves the metrics endpoint.
+#[allow(clippy::too_many_arguments)]
 fn run(
+    rt: tokio::runtime::Runtime,
+    signals: watch::Signals,
     cfg: &WatchConfig,
     probes: Probes,
     lifecycle: Lifecycle,
     stages: (Attributor, Option<HistoryFeed>),
-    primary: Primary,
-    labels: HookLabels,
+    (primary, labels): (Primary, HookLabels),
     exporter: Option<Exporter>,
 ) -> Result<Summary, ServeError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
     // 64 KiB between writes (flushed at every tick anyway): an 8 KiB buffer
     // made a write, and a wake-up of whoever reads, every ~13 JSON lines.
     let stdout = || BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
@@ -189,12 +207,22 @@ fn run(
                     second: &mut metrics,
                 };
                 let r =
-                    watch::run_interactive(cfg, probes, lifecycle, stages, &mut tee, keys).await;
+                    watch::run_interactive(cfg, probes, lifecycle, stages, &mut tee, keys, signals)
+                        .await;
                 server.abort();
                 r
             }
             None => {
-                watch::run_interactive(cfg, probes, lifecycle, stages, first.as_mut(), keys).await
+                watch::run_interactive(
+                    cfg,
+                    probes,
+                    lifecycle,
+                    stages,
+                    first.as_mut(),
+                    keys,
+                    signals,
+                )
+                .await
             }
         }
     })?;

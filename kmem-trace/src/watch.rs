@@ -3,6 +3,7 @@
 //! (detach, drain what is queued, summary).
 
 use std::{
+    collections::HashSet,
     fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
@@ -12,11 +13,15 @@ use std::{
 
 use crate::{
     attribution::Attributor,
+    census::recheck,
     cgroupfs,
     cli::{ProbeArgs, RunArgs},
     decode::{self, TraceEvent},
+    lifecycle::{Applied, State},
     lifecycle::{Lifecycle, LifecycleConfig},
-    outputs::{tui::Key, Clock, HookLabels, Output, OutputError, Snapshot, Status, Summary},
+    outputs::{
+        tui::Key, Clock, Health, HookLabels, Output, OutputError, Snapshot, Status, Summary,
+    },
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
     store::{
         self,
@@ -62,6 +67,10 @@ pub struct Pipeline<'o> {
     recorder: Option<BufWriter<File>>,
     pub bad_records: u64,
     pub events: u64,
+    /// Memcgs events touched since a recheck started (it leaves them alone).
+    touched: Option<HashSet<u64>>,
+    /// The programs' read-fault and residents-capped counters, last read.
+    kernel_counters: Option<(u64, u64)>,
 }
 
 impl<'o> Pipeline<'o> {
@@ -75,6 +84,8 @@ impl<'o> Pipeline<'o> {
             recorder: None,
             bad_records: 0,
             events: 0,
+            touched: None,
+            kernel_counters: None,
         }
     }
 
@@ -87,7 +98,7 @@ impl<'o> Pipeline<'o> {
 
     /// Writes every raw record to `path` too (a recording with a header).
     pub fn record_to(&mut self, path: &Path, clock: Clock) -> Result<(), WatchError> {
-        let f = File::create(path).map_err(|source| WatchError::File {
+        let f = crate::files::create_private(path).map_err(|source| WatchError::File {
             what: "creating",
             path: path.into(),
             source,
@@ -119,6 +130,9 @@ impl<'o> Pipeline<'o> {
     pub fn feed_event(&mut self, ev: &TraceEvent) -> Result<(), WatchError> {
         self.events += 1;
         let applied = self.lifecycle.apply(ev);
+        if let (Some(t), Some(a)) = (self.touched.as_mut(), applied.addr) {
+            t.insert(a);
+        }
         let owner = self.attribution.observe(&applied);
         if let Some(h) = self.history.as_mut() {
             h.observe(&applied, owner.as_ref());
@@ -182,7 +196,11 @@ impl<'o> Pipeline<'o> {
             }
         }
         self.out.owners(&self.attribution.counts(&self.lifecycle))?;
-        let summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        let mut summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        if let Some((faults, capped)) = self.kernel_counters {
+            summary.read_faults = Some(faults);
+            summary.residents_capped = Some(capped);
+        }
         self.out.summary(&summary)?;
         Ok(summary)
     }
@@ -190,6 +208,53 @@ impl<'o> Pipeline<'o> {
     pub fn note(&mut self, msg: &str) -> Result<(), WatchError> {
         self.out.note(msg)?;
         Ok(())
+    }
+
+    /// A health record (drops, faults, a recheck) to the output.
+    pub fn health(&mut self, h: &Health) -> Result<(), WatchError> {
+        self.out.health(h)?;
+        Ok(())
+    }
+
+    /// A recheck starts: remember what events touch until it is applied.
+    pub fn recheck_started(&mut self) {
+        self.touched = Some(HashSet::new());
+    }
+
+    /// Applies a finished recheck: memcgs the kernel no longer has close
+    /// their history rows (freed, time unknown), changed ones are rewritten.
+    pub fn recheck(&mut self, view: recheck::View) -> Result<(), WatchError> {
+        let touched = self.touched.take().unwrap_or_default();
+        let out = recheck::apply(&mut self.lifecycle, view, &touched);
+        let applied = out
+            .gone
+            .into_iter()
+            .map(|m| (m.addr, m.memcg_id, m.path.clone(), State::Freed, Some(m)))
+            .chain(out.changed.iter().filter_map(|a| {
+                let m = self.lifecycle.get(*a)?;
+                Some((m.addr, m.memcg_id, m.path.clone(), m.state, None))
+            }))
+            .collect::<Vec<_>>();
+        for (addr, id, path, state, freed) in applied {
+            let a = Applied {
+                addr: Some(addr),
+                memcg_id: Some(id),
+                path: Some(path),
+                state: Some(state),
+                freed,
+                anomaly: None,
+            };
+            let owner = self.attribution.get(addr).cloned();
+            if let Some(h) = self.history.as_mut() {
+                h.observe(&a, owner.as_ref());
+            }
+        }
+        self.health(&Health::Recheck(out.report))
+    }
+
+    /// The programs' in-kernel counters, for the summary.
+    pub fn set_kernel_counters(&mut self, read_faults: u64, residents_capped: u64) {
+        self.kernel_counters = Some((read_faults, residents_capped));
     }
 
     /// A key from the live view; false when it asks to stop.
@@ -245,9 +310,32 @@ impl WatchConfig {
 /// [`run_interactive`]).
 pub fn prepare(
     cfg: &WatchConfig,
+    history: Option<store::Store>,
     lc: &mut Lifecycle,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), WatchError> {
-    Ok(store::feed::prepare(&cfg.history, lc, Clock::measure())?)
+    Ok(store::feed::prepare(
+        &cfg.history,
+        history,
+        lc,
+        Clock::measure(),
+    )?)
+}
+
+/// What can fail before anything is loaded (call before [`start`]): the
+/// privileges, the `--record` file (created 0600, no symlink followed), and
+/// the history with its writer lock (a second writer is refused here).
+pub fn preflight(cfg: &WatchConfig) -> Result<Option<store::Store>, WatchError> {
+    // Without the privileges to trace, that is the error to show, not the
+    // history's (a non-root user cannot open /var/lib/kmem-trace either).
+    probes::kernel::check_own_privileges().map_err(probes::ProbeError::from)?;
+    if let Some(path) = &cfg.record {
+        crate::files::create_private(path).map_err(|source| WatchError::File {
+            what: "creating",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    store::feed::open(&cfg.history).map_err(|e| WatchError::History(e.into()))
 }
 
 /// Labels for the hooks in use, from the probe report.
@@ -340,6 +428,24 @@ async fn next_key(keys: &mut Option<Keys>) -> Key {
     }
 }
 
+/// SIGTERM and SIGINT, caught from the start of a run (see `serve::trace`);
+/// one that arrived during start-up is seen by the first turn of the loop.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers; call inside the runtime (`Runtime::enter`).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// Keys read from the terminal by another thread (`outputs::tui::term`).
 pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
@@ -354,9 +460,12 @@ pub async fn run_interactive(
     stages: (Attributor, Option<HistoryFeed>),
     out: &mut dyn Output,
     mut keys: Option<Keys>,
+    signals: Signals,
 ) -> Result<Summary, WatchError> {
-    use tokio::signal::unix::{signal, SignalKind};
-
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+    } = signals;
     let clock = Clock::measure();
     let family = probes.report.family_in_use();
     let ring = probes
@@ -368,8 +477,6 @@ pub async fn run_interactive(
         pipe.record_to(path, clock)?;
     }
     let started = Instant::now();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(cfg.tick);
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
     let sleep =
@@ -377,7 +484,12 @@ pub async fn run_interactive(
             tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 100)
         }));
     tokio::pin!(sleep);
-    let mut last_drops = 0;
+    let mut counters = crate::counters::KernelCounters::default();
+    let mut rechecks = recheck::Worker::new(crate::census::CensusConfig {
+        btf: cfg.probe.btf.clone(),
+        ..Default::default()
+    });
+    let mut recheck_at: Option<Instant> = None;
     loop {
         tokio::select! {
             batch = stream.ready() => {
@@ -392,12 +504,21 @@ pub async fn run_interactive(
             _ = tick.tick() => {
                 // A drain here too, so a missed wake-up can never stall the tail.
                 stream.drain(|b| pipe.feed(b))?;
-                let drops = probes.drops();
-                if drops > last_drops {
-                    pipe.note(&format!("{} events dropped (ring buffer full); total {drops}", drops - last_drops))?;
-                    last_drops = drops;
+                if counters.read(&probes, &mut pipe, false)? {
+                    recheck_at.get_or_insert_with(|| rechecks.after_drops());
                 }
-                pipe.status(drops, &family, started.elapsed(), Clock::mono_now())?;
+                if let Some(r) = rechecks.poll() {
+                    match r {
+                        Ok(view) => pipe.recheck(view)?,
+                        Err(e) => pipe.note(&format!("recheck: {e}"))?,
+                    }
+                }
+                let asked = recheck_at.is_some_and(|t| Instant::now() >= t);
+                if (asked || rechecks.due(started)) && rechecks.start() {
+                    pipe.recheck_started();
+                    recheck_at = None;
+                }
+                pipe.status(counters.drops, &family, started.elapsed(), Clock::mono_now())?;
             }
             key = next_key(&mut keys) => {
                 if !pipe.key(key)? {
@@ -411,6 +532,7 @@ pub async fn run_interactive(
     }
     probes.detach();
     stream.drain(|b| pipe.feed(b))?;
+    counters.read(&probes, &mut pipe, true)?;
     let drops = probes.drops();
     let status = Status {
         counts: pipe.lifecycle.counts(Clock::mono_now()),

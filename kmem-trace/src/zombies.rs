@@ -227,28 +227,38 @@ pub fn join(
     out
 }
 
-/// Whether a tracer wrote the history lately (heartbeat within 30 s).
+/// Whether a tracer is writing the history now: it holds the writer lock
+/// (`store::lock`). The heartbeat only decides when the lock cannot be
+/// tested (its file unreadable to us): a `running` flag in the database is
+/// not enough, another tracer's stop cleared it while the first still ran.
 fn tracer_status(store: &Store, now_wall: i64) -> TracerStatus {
     let beat: Option<i64> = store
         .meta("heartbeat")
         .ok()
         .flatten()
         .and_then(|s| s.parse().ok());
-    let pid = store
+    let meta_pid = store
         .meta("writer_pid")
         .ok()
         .flatten()
         .and_then(|s| s.parse().ok());
     let stopped = store.meta("running").ok().flatten().as_deref() == Some("0");
-    // A tracer killed with -9 never says it stopped: its heartbeat gets old.
-    let running = !stopped && beat.is_some_and(|b| now_wall - b < 30_000_000_000);
+    let (running, pid) = match crate::store::lock::writer_pid(store.path()) {
+        Ok(Some(pid)) => (true, Some(pid).filter(|p| *p != 0).or(meta_pid)),
+        Ok(None) => (false, None),
+        // A tracer killed with -9 never says it stopped: its heartbeat gets old.
+        Err(_) => {
+            let running = !stopped && beat.is_some_and(|b| now_wall - b < 30_000_000_000);
+            (running, running.then_some(meta_pid).flatten())
+        }
+    };
     TracerStatus {
         running,
-        pid: running.then_some(pid).flatten(),
+        pid,
         last_heartbeat: beat
             .filter(|b| *b > 0)
             .map(|b| Clock::from_offset(0).rfc3339(b as u64)),
-        stopped,
+        stopped: !running && stopped,
     }
 }
 

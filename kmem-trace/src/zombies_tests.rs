@@ -203,3 +203,23 @@ fn hostile_names_reach_the_table_escaped() {
         assert!(text.contains("/jobs/"), "{text}");
     }
 }
+
+#[test]
+fn a_tracer_is_writing_while_it_holds_the_lock_whatever_the_meta_says() {
+    let dir = std::env::temp_dir().join(format!("kmem-trace-zstatus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("h.db");
+    let writer = Store::open(&db).unwrap();
+    // Another tracer's clean stop wrote `running = 0` (the old signal).
+    writer.set_meta("running", "0").unwrap();
+    writer.set_meta("heartbeat", "1").unwrap();
+    let reader = Store::open_existing(&db).unwrap();
+    let s = tracer_status(&reader, i64::MAX);
+    assert!(s.running && !s.stopped, "{s:?}");
+    assert_eq!(s.pid, Some(std::process::id()));
+    drop(writer);
+    let s = tracer_status(&reader, 2);
+    assert!(!s.running && s.stopped && s.pid.is_none(), "{s:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,10 +5,10 @@
 //! million (`cargo xtask test` runs the ten million in release mode).
 
 use kmem_trace::{
-    decode::{decode_recording_lossy, TraceEvent},
+    decode::{decode_recording_lossy, DecodeError, TraceEvent, HEADER_LEN},
     lifecycle::{Lifecycle, LifecycleConfig},
 };
-use kmem_trace_common::{EventKind, EVENT_SIZE};
+use kmem_trace_common::{EventKind, EVENT_ABI_OLDEST, EVENT_ABI_VERSION, EVENT_SIZE};
 
 const CHURN: &[u8] = include_bytes!("../../kmem-trace/tests/fixtures/churn-6.18-v1.kmt");
 
@@ -106,23 +106,95 @@ fn generated_records_never_panic() {
     assert_eq!(events, ok);
 }
 
+/// Every mutation of a real recording gets the answer it must: a cut inside
+/// the header is a bad magic, a cut in the body leaves a prefix of the events
+/// and the trailing bytes counted, a flipped header bit is a magic or ABI
+/// error (or harmless where the header has no check), a flipped record bit is
+/// a record error or a decodable record, appended garbage is counted or is a
+/// record error after the original events.
 #[test]
 fn truncated_and_corrupt_recordings_are_errors() {
+    let (_, full, rest) = decode_recording_lossy(CHURN).unwrap();
+    let full = full.unwrap();
+    assert_eq!(rest, 0);
+    assert!(!full.is_empty());
     let mut rng = Rng(42);
+    let (mut cuts, mut flips, mut appends) = (0, 0, 0);
     for _ in 0..20_000 {
         let mut bytes = CHURN.to_vec();
         match rng.below(3) {
-            0 => bytes.truncate(rng.below(CHURN.len())),
+            0 => {
+                let n = rng.below(CHURN.len());
+                bytes.truncate(n);
+                cuts += 1;
+                let r = decode_recording_lossy(&bytes);
+                if n < HEADER_LEN {
+                    assert!(matches!(r, Err(DecodeError::Magic)), "cut at {n}");
+                    continue;
+                }
+                let (_, events, rest) = r.unwrap();
+                let events = events.unwrap();
+                assert_eq!(rest, (n - HEADER_LEN) % EVENT_SIZE, "cut at {n}");
+                assert!(full.starts_with(&events), "cut at {n}: not a prefix");
+                assert!(events.len() < full.len(), "cut at {n}: nothing lost");
+            }
             1 => {
                 let at = rng.below(bytes.len());
-                bytes[at] ^= 1 << rng.below(8);
+                let bit = rng.below(8);
+                bytes[at] ^= 1 << bit;
+                flips += 1;
+                let r = decode_recording_lossy(&bytes);
+                match at {
+                    0..8 => assert!(matches!(r, Err(DecodeError::Magic)), "flip at {at}"),
+                    8..12 => {
+                        let abi = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+                        if (EVENT_ABI_OLDEST..=EVENT_ABI_VERSION).contains(&abi) {
+                            assert!(r.is_ok(), "flip at {at}");
+                        } else {
+                            assert_eq!(r.err(), Some(DecodeError::Abi { found: abi }));
+                        }
+                    }
+                    12..16 => assert!(matches!(r, Err(DecodeError::Abi { .. })), "flip at {at}"),
+                    16..HEADER_LEN => {
+                        let (_, events, rest) = r.unwrap();
+                        assert!(events.unwrap() == full && rest == 0, "flip at {at}");
+                    }
+                    _ => {
+                        let (_, events, rest) = r.unwrap();
+                        assert_eq!(rest, 0);
+                        let rec = (at - HEADER_LEN) / EVENT_SIZE;
+                        let chunk = &bytes[HEADER_LEN + rec * EVENT_SIZE..][..EVENT_SIZE];
+                        // The recording fails exactly when that record does.
+                        match (events, TraceEvent::decode(chunk)) {
+                            (Err(e), Err(want)) => assert_eq!(e, want, "flip at {at}"),
+                            (Ok(_), Ok(_)) => {}
+                            (e, r) => panic!(
+                                "flip at {at}: recording ok {} but record ok {}",
+                                e.is_ok(),
+                                r.is_ok()
+                            ),
+                        }
+                    }
+                }
             }
-            _ => bytes.extend((0..rng.below(300)).map(|_| rng.next() as u8)),
-        }
-        if let Ok((_, events, _rest)) = decode_recording_lossy(&bytes) {
-            let _ = events.map(|e| e.len());
+            _ => {
+                let k = rng.below(300);
+                bytes.extend((0..k).map(|_| rng.next() as u8));
+                appends += 1;
+                let (_, events, rest) = decode_recording_lossy(&bytes).unwrap();
+                assert_eq!(rest, k % EVENT_SIZE);
+                match events {
+                    Ok(ev) => assert!(ev.starts_with(&full), "{k} bytes appended"),
+                    Err(e) => assert!(
+                        k >= EVENT_SIZE
+                            && matches!(e, DecodeError::Kind(_) | DecodeError::NameLen(_)),
+                        "{k} bytes appended: {e}"
+                    ),
+                }
+            }
         }
     }
+    assert!(cuts > 0 && flips > 0 && appends > 0);
 }
 
 /// Path fragments real cgroup trees use, recombined with random noise so the

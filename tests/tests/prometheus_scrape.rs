@@ -37,14 +37,43 @@ fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port (HTTP/1.0: the body ends with the connection).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    get_as(port, path, "").map(|(code, _, body)| (code, body))
+}
+
+/// `GET path` with extra header lines; (status, head, body).
+fn get_as(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((code, head.to_string(), body.to_string()))
+}
+
+/// `promtool check metrics` on `text`: (success, what it said).
+fn promtool_check_metrics(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.trim().is_empty(), said)
 }
 
 /// The value of an instant query's first sample.
@@ -101,6 +130,24 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         text.contains("kmem_trace_memcg_id_limit 65535")
     });
     assert!(ready, "serve's metrics: {text}");
+    // Without an Accept header: the text format 0.0.4, clean for promtool.
+    let (ok, said) = promtool_check_metrics(&text);
+    assert!(ok, "promtool check metrics: {said}\n{text}");
+    assert!(text.contains("kmem_trace_pinned_bytes "), "{text}");
+    // Prometheus's own Accept header gets OpenMetrics.
+    let (code, head, om) = get_as(
+        metrics_port,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+         text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
 
     let config = dir.path().join("prometheus.yml");
     fs::write(
@@ -139,6 +186,8 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         "kmem_trace_memcg_id_limit%7Bnode%3D%22test%22%7D",
     );
     assert_eq!(limit, Some(65535.0));
+    let pinned = query(prom_port, "kmem_trace_pinned_bytes%7Bnode%3D%22test%22%7D");
+    assert!(pinned.is_some_and(|v| v >= 0.0), "pinned_bytes: {pinned:?}");
 
     // Churn moves a counter, and Prometheus sees it move.
     let c = parent.child("prom-churn").unwrap();
@@ -166,4 +215,43 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
         check.is_ok_and(|o| o.status.success()),
         "promtool check rules failed"
     );
+}
+
+/// Every alert of deploy/prometheus/rules.yml has a `runbook_url` whose
+/// anchor is a section of docs/runbook.md (a heading named as the alert).
+#[test]
+fn every_alert_links_its_runbook_section() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let rules = fs::read_to_string(root.join("deploy/prometheus/rules.yml")).unwrap();
+    let runbook = fs::read_to_string(root.join("docs/runbook.md")).unwrap();
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let mut alerts = 0;
+    let mut current: Option<String> = None;
+    for line in rules.lines().map(str::trim) {
+        if let Some(a) = line.strip_prefix("- alert: ") {
+            assert!(current.is_none(), "alert {current:?} has no runbook_url");
+            current = Some(a.trim().to_string());
+            alerts += 1;
+        } else if let Some(u) = line.strip_prefix("runbook_url: ") {
+            let alert = current.take().expect("runbook_url outside an alert");
+            let anchor = u
+                .trim_matches('"')
+                .rsplit_once("docs/runbook.md#")
+                .map(|(_, a)| a);
+            assert_eq!(anchor, Some(alert.to_lowercase().as_str()), "{alert}: {u}");
+            assert!(
+                anchors.contains(&alert.to_lowercase()),
+                "no runbook section for {alert}"
+            );
+        }
+    }
+    assert!(current.is_none(), "alert {current:?} has no runbook_url");
+    assert!(alerts >= 6, "{alerts} alerts");
 }

@@ -231,9 +231,33 @@ fn not_root_names_the_missing_capabilities() {
     );
 }
 
+/// Whether a mounted cgroup2 (at /sys/fs/cgroup on a pure v2 host, at
+/// /sys/fs/cgroup/unified on a hybrid one, or anywhere else) offers the
+/// memory controller.
+fn cgroup2_offers_memory() -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next() == Some("cgroup2")).then(|| pre.split(' ').nth(4))?
+        })
+        .any(|mnt| {
+            std::fs::read_to_string(format!("{mnt}/cgroup.controllers"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+        })
+}
+
 #[test]
 fn no_memory_controller_mounted_is_a_clear_error() {
     if !require_root("no_memory_controller_mounted_is_a_clear_error") {
+        return;
+    }
+    // Decided before running anything: where cgroup2 offers memory, taking
+    // the v1 hierarchies away leaves a memory controller, and `watch` would
+    // trace (bounded by --duration all the same, so it can never hang).
+    if cgroup2_offers_memory() {
+        eprintln!("skipped: a mounted cgroup2 offers the memory controller here");
         return;
     }
     // In a private mount namespace only: unmount every v1 memory hierarchy, as on
@@ -241,7 +265,7 @@ fn no_memory_controller_mounted_is_a_clear_error() {
     let bin = kmem_trace_bin().unwrap();
     let script = format!(
         "awk '$9==\"cgroup\" && $NF ~ /(^|,)memory(,|$)/ {{print $5}}' /proc/self/mountinfo | xargs -r -n1 umount && \
-         exec {} watch",
+         exec {} watch --duration 5s --no-history",
         bin.display()
     );
     let out = Command::new("unshare")
@@ -249,13 +273,6 @@ fn no_memory_controller_mounted_is_a_clear_error() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    let v2_has_memory = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
-        .map(|c| c.split_whitespace().any(|x| x == "memory"))
-        .unwrap_or(false);
-    if v2_has_memory {
-        eprintln!("skipped: the cgroup2 root here offers the memory controller");
-        return;
-    }
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(
         err.trim(),
@@ -292,6 +309,8 @@ fn a_corrupt_history_database_is_named_with_the_fix() {
             (Some(1), want.as_str()),
             "{err}"
         );
+        // The writer took the lock (a sidecar file, kept like any lock file).
+        let _ = std::fs::remove_file(format!("{}.lock", db.display()));
     }
     std::fs::remove_file(&db).unwrap();
 }
@@ -400,4 +419,344 @@ fn kill_9_during_churn_then_restart_loses_no_zombie_and_counts_none_twice() {
         "creator/resident of c0 kept: {first}"
     );
     let _ = std::fs::remove_dir_all(&shm);
+}
+
+#[test]
+fn two_writers_on_one_history_the_second_is_refused_and_zombies_sees_the_first() {
+    if !require_root("two_writers_on_one_history_the_second_is_refused_and_zombies_sees_the_first")
+    {
+        return;
+    }
+    let dir = Scratch::new(
+        std::env::temp_dir().join(format!("kmem-trace-writers-{}", std::process::id())),
+    )
+    .unwrap();
+    let db = dir.path().join("history.db");
+    let db_s = db.to_str().unwrap();
+    let mut first = Tracer::start(&["watch", "--json", "--db", db_s]).unwrap();
+    // The second is refused before it loads anything, naming the first.
+    let (code, err) = run(&["watch", "--duration", "2s", "--db", db_s]);
+    assert_eq!(code, Some(1), "{err}");
+    let want = format!(
+        "kmem-trace: history database {db_s} is being written by another kmem-trace (pid {}); one tracer \
+         writes a history: stop that one, read its history with `kmem-trace zombies`, or run this one with \
+         another --db PATH or --no-history",
+        first.pid()
+    );
+    assert_eq!(err.trim(), want);
+    // Asked to, it runs without history instead, and says so.
+    let (code, err) = run(&[
+        "watch",
+        "--duration",
+        "1s",
+        "--no-history-if-busy",
+        "--db",
+        db_s,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "kmem-trace: history {db_s} is being written by another kmem-trace (pid {}); running without \
+             history (--no-history-if-busy)",
+            first.pid()
+        )) && !err.contains("memcgs restored"),
+        "{err}"
+    );
+    // A reader says the first one writes, whatever the other's run left in the meta.
+    let z = zombies_json(&db).unwrap();
+    assert_eq!(z["tracer"]["running"], Value::Bool(true), "{z}");
+    assert_eq!(z["tracer"]["pid"], Value::from(first.pid()), "{z}");
+    let (code, _) = first.stop().unwrap();
+    assert_eq!(code, Some(0));
+    let z = zombies_json(&db).unwrap();
+    assert_eq!(
+        (&z["tracer"]["running"], &z["tracer"]["stopped"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{z}"
+    );
+}
+
+#[test]
+fn sigterm_during_start_up_stops_cleanly() {
+    if !require_root("sigterm_during_start_up_stops_cleanly") {
+        return;
+    }
+    let child = Command::new(kmem_trace_bin().unwrap())
+        .args(["watch", "--json", "--no-history"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // As soon as SIGTERM is caught (SigCgt bit 15), long before the probes
+    // are loaded: the default action then would be exit 143 with no summary.
+    let caught = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigCgt:"))
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            })
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !caught() {
+        assert!(std::time::Instant::now() < deadline, "SIGTERM never caught");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Caught before any program is loaded: the signal falls into start-up.
+    let progs = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy() == "anon_inode:bpf-prog")
+        .count();
+    assert_eq!(progs, 0, "handlers installed only after the probes loaded");
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert!(
+        lines.last().is_some_and(|l| l["kind"] == "summary"),
+        "no summary: {lines:?}"
+    );
+}
+
+/// Runs `kmem-trace ARGS` as nobody (a copy of the binary it can execute).
+fn run_as_nobody(args: &[&str]) -> (Option<i32>, String, String) {
+    let bin = kmem_trace_bin().unwrap();
+    let copy = std::env::temp_dir().join(format!("kmem-trace-nobody-{}", std::process::id()));
+    std::fs::copy(&bin, &copy).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(args)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&copy).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unreadable_and_read_only_histories_are_named_or_read() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("unreadable_and_read_only_histories_are_named_or_read") {
+        return;
+    }
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-ro-{}", std::process::id())))
+            .unwrap();
+    let perm = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    perm(dir.path(), 0o755);
+    // A history as the writer leaves it (WAL mode, 0600), in a 0700
+    // directory like /var/lib/kmem-trace.
+    let private = dir.path().join("private");
+    let db = private.join("history.db");
+    drop(kmem_trace::store::Store::open(&db).unwrap());
+    let (code, _, err) = run_as_nobody(&["zombies", "--db", db.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "kmem-trace: history database {}: Permission denied (os error 13); it (or a directory above it, \
+             /var/lib/kmem-trace is 0700) is not readable by this user: run as root, or pass another --db PATH",
+            db.display()
+        )
+    );
+    // A read-only copy nobody can read but not write beside (no -shm can be
+    // made): read, not "Error code 14".
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let copy = ro.join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    perm(&copy, 0o444);
+    perm(&ro, 0o555);
+    let (code, out, err) = run_as_nobody(&["zombies", "--json", "--db", copy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["zombies"].is_array(), "{v}");
+    assert!(!ro.join("copy.db-shm").exists());
+    perm(&ro, 0o755);
+}
+
+#[test]
+fn zombies_into_a_closed_pipe_is_quiet_and_succeeds() {
+    use kmem_trace::{
+        lifecycle::{Memcg, Origin, Stamp, State},
+        store::{Record, Store},
+    };
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-epipe-{}", std::process::id())))
+            .unwrap();
+    let db = dir.path().join("history.db");
+    // Held open (the writer lock) so `zombies` takes it for a running tracer
+    // and reads only the history: no census, no root needed.
+    let mut store = Store::open(&db).unwrap();
+    let batch: Vec<Record> = (0..3000u64)
+        .map(|i| {
+            let mut m = Memcg::new(0x10_0000 + i * 0x1000, i as u32 + 1, Origin::Traced);
+            m.state = State::Dying;
+            m.cgroup_id = 1000 + i;
+            m.hierarchy_id = 4;
+            m.offline_ns = Stamp::at(1_000_000);
+            m.path = format!("/epipe/job-{i:05}-with-a-long-enough-name").into();
+            Record {
+                memcg: m,
+                attribution: None,
+            }
+        })
+        .collect();
+    store
+        .write(&batch, 1_700_000_000_000_000_000, 1_700_000_100_000_000_000)
+        .unwrap();
+    for json in [false, true] {
+        let mut cmd = Command::new(kmem_trace_bin().unwrap());
+        cmd.args(["zombies", "--db", db.to_str().unwrap()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -c 100`: read a little, then close the pipe.
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            (out.status.code(), err.trim()),
+            (Some(0), ""),
+            "json {json}"
+        );
+    }
+    drop(store);
+}
+
+#[test]
+fn after_drops_a_recheck_brings_the_state_back_to_the_kernels() {
+    if !require_root("after_drops_a_recheck_brings_the_state_back_to_the_kernels") {
+        return;
+    }
+    let parent = TestParent::new("recheck").unwrap();
+    let dir = Scratch::new(std::env::temp_dir().join(format!("{}-db", parent.name))).unwrap();
+    let db = dir.path().join("history.db");
+    let mut tracer = Tracer::start(&[
+        "watch",
+        "--json",
+        "--db",
+        db.to_str().unwrap(),
+        "--ring-buffer-size",
+        "4096",
+    ])
+    .unwrap();
+    const N: usize = 60;
+    let children: Vec<_> = (0..N)
+        .map(|i| {
+            let c = parent.child(&format!("r{i}")).unwrap();
+            std::thread::sleep(Duration::from_millis(20)); // a 4 KiB ring: no drops here
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Their removal is lost: the reader is stopped and the ring holds 15 records.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGSTOP) };
+    for c in &children {
+        parent.rmdir(c).unwrap();
+    }
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGCONT) };
+    let rechecked = wait_for(Duration::from_secs(30), || {
+        tracer.json().iter().any(|l| l["kind"] == "recheck")
+    });
+    let records = tracer.json();
+    assert!(
+        records.iter().any(|l| l["kind"] == "drops"),
+        "drops are a record of the stream"
+    );
+    assert!(rechecked, "no recheck after drops: {:?}", tracer.stderr);
+    std::thread::sleep(Duration::from_millis(1500)); // the history's next flush
+    let (code, _) = tracer.stop().unwrap();
+    assert_eq!(code, Some(0), "{:?}", tracer.stderr);
+    // No memcg of ours is still live in the tracer's history.
+    let store = kmem_trace::store::Store::open_existing(&db).unwrap();
+    let prefix = format!("/{}/", parent.name);
+    let ours: Vec<(String, String)> = store
+        .all(0)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.memcg.path.starts_with(&prefix))
+        .map(|r| (r.memcg.path.to_string(), r.state))
+        .collect();
+    assert!(!ours.is_empty());
+    let live: Vec<_> = ours.iter().filter(|(_, s)| s == "live").collect();
+    assert!(live.is_empty(), "still live after the recheck: {live:?}");
+}
+
+#[test]
+fn record_and_report_files_refuse_symlinks_and_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_root("record_and_report_files_refuse_symlinks_and_are_private") {
+        return;
+    }
+    let dir =
+        Scratch::new(std::env::temp_dir().join(format!("kmem-trace-links-{}", std::process::id())))
+            .unwrap();
+    let target = dir.path().join("precious");
+    std::fs::write(&target, "keep").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link_s = link.to_str().unwrap();
+    // Refused before anything is loaded.
+    let (code, err) = run(&[
+        "watch",
+        "--no-history",
+        "--duration",
+        "1s",
+        "--record",
+        link_s,
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        format!("kmem-trace: creating {link_s}: it is a symbolic link, which kmem-trace does not follow; name the real file")
+    );
+    let none = dir.path().join("none.db");
+    let (code, err) = run(&[
+        "report",
+        "--no-bpf",
+        "--db",
+        none.to_str().unwrap(),
+        "-o",
+        link_s,
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("it is a symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // A report written to a real path is the owner's only.
+    let out = dir.path().join("report.md");
+    let (_, err) = run(&[
+        "report",
+        "--no-bpf",
+        "--db",
+        none.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let mode = std::fs::metadata(&out).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "{err}");
 }

@@ -15,6 +15,7 @@
 
 pub mod counts;
 pub mod pin;
+pub mod recheck;
 pub mod render;
 
 use std::{

@@ -210,6 +210,11 @@ pub struct Memcg {
     pub id_released: bool,
     /// Which of `at_offline`'s counters are present.
     at_offline_mask: u8,
+    /// Restored from the history (or found offline by a recheck) and not
+    /// seen by the kernel since: it may have been freed while no tracer
+    /// watched. Not a zombie, not counted as dying, until an event or a
+    /// census confirms it (`census::recheck`).
+    pub unconfirmed: bool,
 }
 
 impl Memcg {
@@ -235,6 +240,7 @@ impl Memcg {
             kmem_active: false,
             id_released: false,
             at_offline_mask: 0,
+            unconfirmed: false,
         }
     }
 
@@ -242,6 +248,7 @@ impl Memcg {
     /// the census (offline time unknown) counts as a zombie right away.
     pub fn is_zombie(&self, now_ns: u64, zombie_after_ns: u64) -> bool {
         self.state == State::Dying
+            && !self.unconfirmed
             && self
                 .offline_ns
                 .get()

@@ -138,6 +138,9 @@ pub struct Counts {
     pub untracked: u64,
     pub missed_frees: u64,
     pub ids_reused: u64,
+    /// Memcgs the history or a recheck holds that no event or census has
+    /// confirmed since (they may be gone): not in live, dying or zombies.
+    pub unconfirmed: u64,
 }
 
 /// The state machine.
@@ -239,6 +242,10 @@ impl Lifecycle {
             ..Counts::default()
         };
         for m in self.memcgs.values() {
+            if m.unconfirmed {
+                c.unconfirmed += 1;
+                continue;
+            }
             match m.state {
                 State::Live => c.live += 1,
                 State::Dying => {
@@ -336,6 +343,10 @@ impl Lifecycle {
             self.memcgs.insert(addr, Box::new(m));
         }
         self.learn_cgroup(addr, ev);
+        if let Some(m) = self.memcgs.get_mut(&addr) {
+            // An event about it: the kernel still has it.
+            m.unconfirmed = false;
+        }
         let cfg_id_at_offline = self.cfg.id_freed_at_offline;
         let max_residents = self.cfg.max_residents;
         let m = self.memcgs.get_mut(&addr).expect("inserted above");
@@ -465,6 +476,19 @@ impl Lifecycle {
     }
 
     /// Drops the indexes of a memcg that is gone.
+    /// Removes a memcg the kernel no longer has, whose free no event showed
+    /// (dropped from the ring buffer, or freed while no tracer ran): found
+    /// by a recheck. Counted as a missed free; its time of free is unknown.
+    pub fn remove_gone(&mut self, addr: u64) -> Option<Box<Memcg>> {
+        let mut m = self.memcgs.remove(&addr)?;
+        m.state = State::Freed;
+        m.id_released = true;
+        m.unconfirmed = false;
+        self.missed_frees += 1;
+        self.forget(&m);
+        Some(m)
+    }
+
     fn forget(&mut self, m: &Memcg) {
         if self.by_id.get(m.memcg_id) == Some(m.addr) {
             self.by_id.remove(m.memcg_id);

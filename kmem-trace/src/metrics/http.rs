@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 endpoint for the metrics, on the tracer's own tokio
-//! runtime: `GET /metrics` (OpenMetrics text), `GET /` (a pointer to it),
+//! runtime: `GET /metrics` (OpenMetrics or the text format 0.0.4, by the
+//! `Accept` header: [`super::format`]), `GET /` (a pointer to it),
 //! 404 elsewhere, 405 for other methods. One request per connection; a
 //! request head larger than 8 KiB or slower than 5 s is dropped, so a stuck
 //! or hostile client costs one task, never the event loop.
@@ -21,8 +22,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many connections are served at once; more wait in the backlog.
 const MAX_CONNECTIONS: usize = 64;
 
-/// The content type of the OpenMetrics text format Prometheus negotiates.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use super::format::Format;
 
 /// A bound listener, made before the probes load so a taken port fails early.
 pub struct Server {
@@ -121,7 +121,11 @@ pub fn respond(head: &str, registry: &Registry) -> Vec<u8> {
         return response(405, "text/plain; charset=utf-8", "only GET\n", false);
     }
     match path {
-        "/metrics" => response(200, CONTENT_TYPE, &super::encode(registry), head_only),
+        "/metrics" => {
+            let format = Format::negotiate(header(head, "accept"));
+            let body = super::format::encode(registry, format);
+            response(200, format.content_type(), &body, head_only)
+        }
         "/" => response(
             200,
             "text/html; charset=utf-8",
@@ -135,6 +139,14 @@ pub fn respond(head: &str, registry: &Registry) -> Vec<u8> {
             head_only,
         ),
     }
+}
+
+/// The value of header `name` (lower case) in a request head.
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
 }
 
 fn response(code: u16, ctype: &str, body: &str, head_only: bool) -> Vec<u8> {

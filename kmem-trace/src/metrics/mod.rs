@@ -8,8 +8,11 @@
 //! (+Inf while the ID space is not filling), `leak_rate_per_hour`,
 //! `events_total{kind}`, `ring_drops_total`, `bad_records_total`,
 //! `offline_to_free_seconds` (histogram), `zombies_by_namespace{namespace}`
-//! (top N namespaces, the rest in `other`), `info{hook_family,version}`.
+//! (top N namespaces, the rest in `other`), `info{hook_family,version}`,
+//! `pinned_bytes` (memory charged to dying memcgs), `read_faults_total`,
+//! `residents_capped_total`, `unconfirmed_memcgs`.
 
+pub mod format;
 pub mod http;
 
 use std::{
@@ -34,7 +37,7 @@ use crate::{
     decode::TraceEvent,
     lifecycle::Applied,
     outputs::{
-        aggregate::{namespace_buckets, zombies_by_namespace},
+        aggregate::{namespace_buckets, pinned_bytes, zombies_by_namespace},
         Output, OutputError, Snapshot, Status, Summary,
     },
 };
@@ -100,6 +103,10 @@ pub struct Metrics {
     offline_to_free: Histogram,
     by_namespace: Family<NamespaceLabel, Gauge>,
     info: Family<InfoLabels, Gauge>,
+    pinned: Gauge,
+    read_faults: Counter,
+    residents_capped: Counter,
+    unconfirmed: Gauge,
     top_namespaces: usize,
 }
 
@@ -121,6 +128,10 @@ impl Metrics {
         let offline_to_free = Histogram::new(exponential_buckets(0.001, 4.0, 13));
         let by_namespace = Family::<NamespaceLabel, Gauge>::default();
         let info = Family::<InfoLabels, Gauge>::default();
+        let pinned = Gauge::default();
+        let read_faults = Counter::default();
+        let residents_capped = Counter::default();
+        let unconfirmed = Gauge::default();
         r.register("live_memcgs", "Memcgs online now", live.clone());
         r.register(
             "dying_memcgs",
@@ -183,6 +194,27 @@ impl Metrics {
             "Tracer version and the hook family in use",
             info.clone(),
         );
+        r.register(
+            "pinned_bytes",
+            "Memory charged to dying memcgs, as read at their offline (or by the start-up census); \
+             dying memcgs without a reading count 0",
+            pinned.clone(),
+        );
+        r.register(
+            "read_faults",
+            "Kernel reads in the eBPF programs that faulted (those events carry unknown fields)",
+            read_faults.clone(),
+        );
+        r.register(
+            "residents_capped",
+            "Residents (processes entering a memcg) not reported: the memcg had --residents already",
+            residents_capped.clone(),
+        );
+        r.register(
+            "unconfirmed_memcgs",
+            "Memcgs the history or a recheck holds that the kernel has not confirmed since (maybe freed); not in dying_memcgs",
+            unconfirmed.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             live,
@@ -198,6 +230,10 @@ impl Metrics {
             offline_to_free,
             by_namespace,
             info,
+            pinned,
+            read_faults,
+            residents_capped,
+            unconfirmed,
             top_namespaces,
         }
     }
@@ -253,6 +289,7 @@ impl MetricsOutput {
         self.m.dying.set(gauge(c.dying));
         self.m.zombies.set(gauge(c.zombies));
         self.m.ids_in_use.set(gauge(c.ids_in_use));
+        self.m.unconfirmed.set(gauge(c.unconfirmed));
         self.m.id_limit.set(c.id_limit as i64);
         if let Some(f) = &s.forecast {
             self.m.exhaustion.set(f.exhaustion_s());
@@ -314,6 +351,13 @@ impl Output for MetricsOutput {
 
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {
         self.set_namespaces(&zombies_by_namespace(s));
+        let pinned: u64 = s
+            .lifecycle
+            .memcgs()
+            .filter(|m| m.state == crate::lifecycle::State::Dying)
+            .filter_map(pinned_bytes)
+            .sum();
+        self.m.pinned.set(gauge(pinned));
         Ok(())
     }
 
@@ -333,6 +377,21 @@ impl Output for MetricsOutput {
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
         log::info!("{msg}");
+        Ok(())
+    }
+
+    fn health(&mut self, h: &crate::outputs::Health) -> Result<(), OutputError> {
+        use crate::outputs::Health;
+        match h {
+            Health::ReadFaults { new, .. } => {
+                self.m.read_faults.inc_by(*new);
+            }
+            Health::ResidentsCapped { new, .. } => {
+                self.m.residents_capped.inc_by(*new);
+            }
+            // Drops come with every status; a recheck shows in the gauges.
+            Health::Drops { .. } | Health::Recheck(_) => {}
+        }
         Ok(())
     }
 }

@@ -123,7 +123,7 @@ fn http_answers_get_metrics_and_refuses_the_rest() {
     ))
     .unwrap();
     assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-    assert!(ok.contains(http::CONTENT_TYPE));
+    assert!(ok.contains(format::TEXT), "no Accept: the text format");
     assert!(ok.contains("kmem_trace_zombies"));
     let head = String::from_utf8(http::respond("HEAD /metrics HTTP/1.1\r\n\r\n", &r)).unwrap();
     assert!(head.ends_with("\r\n\r\n"), "HEAD has no body");
@@ -168,4 +168,106 @@ fn the_endpoint_serves_over_a_loopback_socket() {
         out
     });
     assert!(body.contains("kmem_trace_live_memcgs 42"), "{body}");
+}
+
+/// `promtool check metrics` on `text` (the 0.0.4 format it reads): its
+/// complaints, or `None` without promtool (a failure where the root tests
+/// are required: CI installs Debian's prometheus).
+pub(crate) fn promtool_check(text: &str) -> Option<String> {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_none(),
+                "promtool: {e}"
+            );
+            eprintln!("skipped promtool check metrics: {e}");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() {
+        said.trim().to_string()
+    } else {
+        format!("exit {:?}: {said}", out.status.code())
+    })
+}
+
+#[test]
+fn the_text_format_passes_promtool_check_metrics() {
+    let om = churn_metrics();
+    let text = format::to_text(&om);
+    assert!(!text.contains("# EOF") && om.ends_with("# EOF\n"));
+    assert!(text.contains("# HELP kmem_trace_events_total "), "{text}");
+    if let Some(said) = promtool_check(&text) {
+        assert_eq!(said, "", "promtool check metrics:\n{text}");
+    }
+}
+
+#[test]
+fn the_format_follows_the_accept_header() {
+    let m = Metrics::new(5);
+    let r = m.registry();
+    let get = |accept: &str| {
+        String::from_utf8(http::respond(
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n"),
+            &r,
+        ))
+        .unwrap()
+    };
+    let om = get(
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert!(
+        om.contains(&format!("Content-Type: {}\r\n", format::OPENMETRICS)),
+        "{om}"
+    );
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE kmem_trace_ring_drops counter"));
+    let text = get("accept: text/plain\r\n");
+    assert!(
+        text.contains(&format!("Content-Type: {}\r\n", format::TEXT)),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE kmem_trace_ring_drops_total counter"));
+}
+
+#[test]
+fn pinned_bytes_sums_the_dying_memcgs_readings() {
+    let t = churn_metrics();
+    let (_, events) = decode_recording(CHURN).unwrap();
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    for e in &events {
+        lc.apply(e);
+    }
+    let want: u64 = lc
+        .memcgs()
+        .filter(|m| m.state == crate::lifecycle::State::Dying)
+        .filter_map(crate::outputs::aggregate::pinned_bytes)
+        .sum();
+    assert!(want > 0);
+    assert_eq!(
+        value(&t, "kmem_trace_pinned_bytes "),
+        Some(want as f64),
+        "{t}"
+    );
 }

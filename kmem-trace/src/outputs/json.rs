@@ -278,6 +278,13 @@ impl<W: Write> Output for JsonOutput<W> {
         eprintln!("kmem-trace: {msg}");
         Ok(())
     }
+
+    /// A record in the stream (`{"kind":"drops",...}`), and the note on stderr.
+    fn health(&mut self, h: &super::Health) -> Result<(), OutputError> {
+        serde_json::to_writer(&mut self.w, h)?;
+        self.w.write_all(b"\n")?;
+        self.note(&h.to_string())
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,58 @@ pub struct Latency {
     pub max_us: u64,
 }
 
+/// Something about the tracer's own view rather than a memcg: a `--json`
+/// record of its own kind, a note elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Health {
+    /// Events lost because the ring buffer was full.
+    Drops { new: u64, total: u64 },
+    /// Kernel reads in the eBPF programs that faulted (those events carry
+    /// unknown fields).
+    ReadFaults { new: u64, total: u64 },
+    /// Residents not reported because a memcg had `--residents` already.
+    ResidentsCapped { new: u64, total: u64 },
+    /// A recheck against the kernel (`census::recheck`).
+    Recheck(crate::census::recheck::Recheck),
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Drops { new, total } => {
+                write!(f, "{new} events dropped (ring buffer full); total {total}")
+            }
+            Health::ReadFaults { new, total } => write!(
+                f,
+                "{new} kernel reads faulted in the eBPF programs (fields of those events are unknown); total {total}"
+            ),
+            Health::ResidentsCapped { new, total } => write!(
+                f,
+                "{new} residents not reported (memcgs already had --residents of them); total {total}"
+            ),
+            Health::Recheck(r) => {
+                write!(
+                    f,
+                    "recheck ({}): {} gone unseen, {} found, {} went offline unseen, {} confirmed, {} unconfirmed; dying: kernel {}, tracked {}",
+                    r.source,
+                    r.gone,
+                    r.found,
+                    r.went_offline,
+                    r.confirmed,
+                    r.unconfirmed,
+                    r.kernel_dying.map_or("unknown".into(), |d| d.to_string()),
+                    r.tracked_dying
+                )?;
+                if let Some(why) = &r.why {
+                    write!(f, " (no census: {why})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The end-of-run summary.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -65,6 +117,11 @@ pub struct Summary {
     pub events: HashMap<&'static str, u64>,
     pub bad_records: u64,
     pub offline_to_free: Latency,
+    /// In-kernel counters of the eBPF programs (live runs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_faults: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residents_capped: Option<u64>,
 }
 
 impl Summary {
@@ -91,6 +148,8 @@ impl Summary {
             events,
             bad_records,
             offline_to_free,
+            read_faults: None,
+            residents_capped: None,
         }
     }
 }
@@ -125,6 +184,11 @@ pub trait Output {
     /// The whole state at a tick (see [`Snapshot`]).
     fn snapshot(&mut self, _s: &Snapshot<'_>) -> Result<(), OutputError> {
         Ok(())
+    }
+    /// What the tracer learnt about its own view (lost events, faulted
+    /// reads, a recheck); a note unless the output has records for it.
+    fn health(&mut self, h: &Health) -> Result<(), OutputError> {
+        self.note(&h.to_string())
     }
     /// A key pressed in the live view; `Ok(false)` asks the run to stop.
     fn key(&mut self, _key: tui::Key) -> Result<bool, OutputError> {

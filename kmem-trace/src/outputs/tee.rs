@@ -45,6 +45,11 @@ impl Output for Tee<'_> {
         self.second.note(msg)
     }
 
+    fn health(&mut self, h: &super::Health) -> Result<(), OutputError> {
+        self.first.health(h)?;
+        self.second.health(h)
+    }
+
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {
         self.first.snapshot(s)?;
         self.second.snapshot(s)

@@ -101,14 +101,30 @@ pub fn audit(elf: &[u8]) -> Result<Vec<SectionAudit>, AuditError> {
 mod tests {
     use super::*;
 
+    /// The embedded object, or `None` (skipped, said why) when it is the
+    /// stub of a build without the eBPF toolchain. Where the root tests are
+    /// required (CI, `KMEM_TRACE_REQUIRE_ROOT_TESTS`) a stub is a failure:
+    /// the audit would otherwise pass by checking nothing.
+    fn object_or_skip() -> Option<&'static [u8]> {
+        let obj = crate::probes::object();
+        if !obj.is_empty() {
+            return Some(obj);
+        }
+        assert!(
+            std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_none(),
+            "built without the eBPF object (a stub) but KMEM_TRACE_REQUIRE_ROOT_TESTS is set: \
+             install the eBPF toolchain (`cargo xtask setup`)"
+        );
+        eprintln!("skipped: built without the eBPF object (run `cargo xtask setup`)");
+        None
+    }
+
     /// Needs: the eBPF toolchain at build time (CI has it); skipped with the stub object.
     #[test]
     fn embedded_programs_only_read() {
-        let obj = crate::probes::object();
-        if obj.is_empty() {
-            eprintln!("skipped: built without the eBPF object (run `cargo xtask setup`)");
+        let Some(obj) = object_or_skip() else {
             return;
-        }
+        };
         let sections = audit(obj).unwrap();
         assert!(sections.iter().any(|s| s.section == "tp_btf/cgroup_mkdir"));
         assert!(sections.iter().all(|s| s.instructions > 0));
@@ -120,11 +136,9 @@ mod tests {
     fn a_write_helper_is_caught() {
         // A minimal ELF is hard to hand-build; check the instruction matcher on
         // the real object with one call patched to bpf_probe_write_user.
-        let obj = crate::probes::object();
-        if obj.is_empty() {
-            eprintln!("skipped: built without the eBPF object (run `cargo xtask setup`)");
+        let Some(obj) = object_or_skip() else {
             return;
-        }
+        };
         let mut patched = obj.to_vec();
         let file = object::File::parse(obj).unwrap();
         let text = file

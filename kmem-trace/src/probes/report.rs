@@ -163,11 +163,14 @@ impl ProbeReport {
     /// The human table printed by `kmem-trace probes` (and `-v`).
     pub fn render(&self, verbose: bool) -> String {
         let mut s = String::new();
+        let how = match self.mode {
+            HookMode::Auto => "chosen per point",
+            _ => "forced with --hooks",
+        };
         let _ = writeln!(
             s,
-            "kernel {}  hooks {:?} -> {}",
+            "kernel {}  hooks {} ({how})",
             self.kernel,
-            self.mode,
             self.family_in_use()
         );
         let _ = writeln!(s, "btf {}  kprobes: {}", self.btf, self.kprobes);

@@ -242,7 +242,7 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
     let text = render(&report, args.format)?;
     match &args.output {
         Some(path) => {
-            std::fs::write(path, text).map_err(|source| ReportError::Write {
+            crate::files::write_private(path, text).map_err(|source| ReportError::Write {
                 path: path.clone(),
                 source,
             })?;

@@ -24,6 +24,9 @@ pub struct HistoryConfig {
     pub retain: Duration,
     /// `--runtime-root`; empty means the defaults.
     pub runtime_roots: Vec<PathBuf>,
+    /// `--no-history-if-busy`: another writer holding the database means
+    /// no history, not an error.
+    pub skip_if_busy: bool,
 }
 
 impl HistoryConfig {
@@ -33,6 +36,7 @@ impl HistoryConfig {
             db: (!a.no_history).then(|| a.db.clone()),
             retain: a.retain,
             runtime_roots: a.runtime_root.clone(),
+            skip_if_busy: a.no_history_if_busy,
         }
     }
 }
@@ -43,6 +47,7 @@ impl Default for HistoryConfig {
             db: Some(PathBuf::from(super::DEFAULT_DB)),
             retain: super::DEFAULT_RETAIN,
             runtime_roots: Vec::new(),
+            skip_if_busy: false,
         }
     }
 }
@@ -65,19 +70,36 @@ pub struct Restored {
     pub other_boots: usize,
 }
 
-/// Builds the attribution stage and, unless disabled, opens the history and
+/// Opens the history for writing unless disabled, taking its writer lock:
+/// called before the probes load, so a second tracer on the same database
+/// is refused at once and loads nothing.
+pub fn open(cfg: &HistoryConfig) -> Result<Option<Store>, StoreError> {
+    match cfg.db.as_deref().map(Store::open).transpose() {
+        Err(StoreError::Busy { path, pid }) if cfg.skip_if_busy => {
+            let pid = pid.map_or("pid unknown".into(), |p| format!("pid {p}"));
+            eprintln!(
+                "kmem-trace: history {path} is being written by another kmem-trace ({pid}); \
+                 running without history (--no-history-if-busy)"
+            );
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+/// Builds the attribution stage and, with a history (from [`open`]),
 /// restores the memcgs it still knows into `lc` (after cgroupfs seeding, and
 /// after a census if one ran: census memcgs in `lc` are then the reference).
 pub fn prepare(
     cfg: &HistoryConfig,
+    store: Option<Store>,
     lc: &mut Lifecycle,
     clock: Clock,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
     let mut attributor = Attributor::new(Box::new(runtime_roots(&cfg.runtime_roots)?));
-    let Some(db) = &cfg.db else {
+    let Some(mut store) = store else {
         return Ok((attributor, None, Restored::default()));
     };
-    let mut store = Store::open(db)?;
     let now = now_ns();
     let mut restored = Restored {
         other_boots: store.retire_other_boots(now)?,
@@ -106,7 +128,8 @@ pub fn prepare(
         if let Some(a) = attr {
             attributor.seed(m.addr, m.path.clone(), a);
         }
-        if went_offline.contains(&m.addr) {
+        // Rewritten: went offline unseen, or now `unconfirmed` in the history too.
+        if went_offline.contains(&m.addr) || m.unconfirmed {
             feed.dirty.insert(m.addr);
         }
         lc.seed_memcg(m);

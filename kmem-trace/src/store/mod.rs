@@ -7,6 +7,8 @@
 //! within the boot (and the address only while the memcg lives).
 
 pub mod feed;
+pub mod lock;
+mod paths;
 pub mod reconcile;
 pub mod samples;
 pub mod schema;
@@ -15,13 +17,16 @@ pub mod writer;
 
 use std::{
     fs::{self, OpenOptions},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use rusqlite::{Connection, OpenFlags, Row};
+
+use lock::WriterLock;
+use paths::{immutable_uri, is_cannot_open, refuse_symlinks, tighten, unreadable};
 
 use crate::{
     attribution::Attribution,
@@ -37,10 +42,18 @@ pub const DEFAULT_RETAIN: Duration = Duration::from_secs(14 * 86400);
 /// Errors of the history database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The writer (`watch`, `serve`) could not create or open the file.
     #[error("history database {path}: {source}; pass another --db PATH (or --no-history to run without one)")]
     Io {
         path: String,
         source: std::io::Error,
+    },
+    /// A reader (`zombies`, `report`, `doctor`) could not get at the file.
+    #[error("history database {path}: {source}; {hint}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+        hint: &'static str,
     },
     #[error(
         "history database {0} does not exist; `kmem-trace watch` records it, or pass --db PATH"
@@ -48,14 +61,39 @@ pub enum StoreError {
     Missing(String),
     #[error("history database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// SQLite failed while opening `path` (its own error code and text).
+    #[error("history database {path}: SQLite cannot open it ({source}); check that it and its directory are readable, or pass another --db PATH")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("history database {0} is not a SQLite database (corrupt, or another file); move it aside or pass another --db PATH")]
     NotADatabase(String),
     #[error("history database {0} is locked by another process (another kmem-trace writing it?); stop that one, or pass another --db PATH")]
     Locked(String),
+    /// Another tracer holds the writer lock (`lock.rs`).
+    #[error("history database {path} is being written by another kmem-trace ({}); one tracer writes a history: stop that one, read its history with `kmem-trace zombies`, or run this one with another --db PATH or --no-history", pid_text(*.pid))]
+    Busy { path: String, pid: Option<u32> },
+    /// A symlink where the history (or its lock, WAL or shared-memory file) goes.
+    #[error("history database {0} is a symbolic link; kmem-trace does not follow links there (it runs as root): pass the real path with --db")]
+    Symlink(String),
     #[error("history database has schema version {found}, newer than this kmem-trace understands ({supported}); upgrade kmem-trace or pass another --db")]
     Newer { found: u32, supported: u32 },
+    #[error("history database {path} has schema version {found}, older than this kmem-trace reads ({supported}); `kmem-trace watch` or `serve` of this version upgrades it")]
+    Older {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     #[error("history database row is malformed: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+fn pid_text(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) if p != 0 => format!("pid {p}"),
+        _ => "pid unknown".into(),
+    }
 }
 
 /// One memcg as the lifecycle and attribution stages know it, to be written.
@@ -82,17 +120,21 @@ pub struct WallTimes {
 #[derive(Clone, Debug)]
 pub struct HistoryRow {
     pub row_id: i64,
-    /// `live`, `dying`, `freed`, or `lost` (gone while no tracer saw it).
+    /// `live`, `dying`, `unconfirmed` (dying as last seen, not confirmed
+    /// since a restart), `freed`, or `lost` (gone while no tracer saw it).
     pub state: String,
     pub memcg: Memcg,
     pub wall: WallTimes,
     pub attribution: Option<Attribution>,
 }
 
-/// An open history database.
+/// An open history database: the one writer (holding [`WriterLock`]) or a
+/// read-only reader.
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Held for the life of a writer; `None` for readers.
+    lock: Option<WriterLock>,
     /// `/proc/sys/kernel/random/boot_id` of this boot.
     pub boot_id: String,
     /// This boot's open rows by address, loaded at the first write and kept
@@ -116,7 +158,11 @@ fn io(path: &Path, source: std::io::Error) -> StoreError {
 }
 
 impl Store {
-    /// Opens (creating it if needed, mode 0600 in a 0700 directory) and migrates.
+    /// Opens for writing (creating it if needed, mode 0600 in a 0700
+    /// directory), takes the writer lock and migrates. A second writer gets
+    /// [`StoreError::Busy`]. Never follows a symlink at `path` (or its lock,
+    /// WAL and shared-memory files): as root that would create or chmod
+    /// whatever the link points at.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
@@ -127,60 +173,125 @@ impl Store {
                     .map_err(|e| io(dir, e))?;
             }
         }
+        refuse_symlinks(path)?;
+        // Before SQLite touches the file: the migration and the restore
+        // belong to the writer that holds the lock.
+        let lock = WriterLock::acquire(path)?;
         // Create the file ourselves so it never exists with a looser mode.
         OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(|e| io(path, e))?;
         tighten(path)?;
-        Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        let mut store = Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE, false)?;
+        store.lock = Some(lock);
+        Ok(store)
     }
 
-    /// Opens an existing database (`zombies`); never creates one.
+    /// Opens an existing database read-only (`zombies`, `report`, `doctor`):
+    /// never creates, migrates or writes it, and works on a read-only copy.
     pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::Missing(path.display().to_string()));
+        if let Err(e) = fs::metadata(path) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::NotFound => StoreError::Missing(path.display().to_string()),
+                _ => unreadable(path, e),
+            });
         }
-        Self::connect(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        if let Err(e) = fs::File::open(path) {
+            return Err(unreadable(path, e));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY;
+        match Self::connect(path, flags, true) {
+            // A WAL database needs its -shm file, which a reader without
+            // write access to the directory (a copy on read-only media, a
+            // 0444 file) cannot create: read it as immutable then. Only
+            // when no tracer is writing it, as immutable skips all locking.
+            Err(StoreError::Open { source, .. })
+                if is_cannot_open(&source) && lock::writer_pid(path).ok().flatten().is_none() =>
+            {
+                log::info!("history {}: read as an immutable copy", path.display());
+                Self::connect(
+                    &immutable_uri(path),
+                    flags | OpenFlags::SQLITE_OPEN_URI,
+                    true,
+                )
+                .map(|mut s| {
+                    s.path = path.to_path_buf();
+                    s
+                })
+                .map_err(|e| match e {
+                    StoreError::Open { source, .. } => StoreError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    },
+                    e => e,
+                })
+            }
+            r => r,
+        }
     }
 
-    fn connect(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        Self::connect_inner(path, flags).map_err(|e| match e {
-            StoreError::Sql(rusqlite::Error::SqliteFailure(f, _)) => match f.code {
+    fn connect(path: &Path, flags: OpenFlags, read_only: bool) -> Result<Store, StoreError> {
+        Self::connect_inner(path, flags, read_only).map_err(|e| match e {
+            StoreError::Sql(rusqlite::Error::SqliteFailure(f, msg)) => match f.code {
                 rusqlite::ErrorCode::NotADatabase => {
                     StoreError::NotADatabase(path.display().to_string())
                 }
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
                     StoreError::Locked(path.display().to_string())
                 }
-                _ => StoreError::Sql(rusqlite::Error::SqliteFailure(f, None)),
+                // Whatever else fails at open (SQLITE_CANTOPEN = 14,
+                // SQLITE_READONLY, SQLITE_PERM...) is named with the path.
+                _ => StoreError::Open {
+                    path: path.display().to_string(),
+                    source: rusqlite::Error::SqliteFailure(f, msg),
+                },
             },
             e => e,
         })
     }
 
-    fn connect_inner(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => {
-                io(path, std::io::Error::other("cannot open (permissions?)"))
-            }
-            e => StoreError::Sql(e),
-        })?;
+    fn connect_inner(path: &Path, flags: OpenFlags, read_only: bool) -> Result<Store, StoreError> {
+        let mut conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        // WAL: `zombies` reads while the tracer writes. The -wal and -shm files
-        // get the database file's mode from SQLite.
-        let _: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        schema::migrate(&mut conn)?;
+        if read_only {
+            let found = schema::version(&conn)?;
+            if found > schema::VERSION {
+                return Err(StoreError::Newer {
+                    found,
+                    supported: schema::VERSION,
+                });
+            }
+            if found < schema::VERSION {
+                return Err(StoreError::Older {
+                    path: path.display().to_string(),
+                    found,
+                    supported: schema::VERSION,
+                });
+            }
+        } else {
+            // WAL: `zombies` reads while the tracer writes. The -wal and -shm
+            // files get the database file's mode from SQLite.
+            let _: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            schema::migrate(&mut conn)?;
+        }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            lock: None,
             boot_id: boot_id(),
             open: None,
         })
+    }
+
+    /// Whether this is the writer (it holds the lock).
+    pub fn is_writer(&self) -> bool {
+        self.lock.is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -243,7 +354,7 @@ impl Store {
     /// Rows of this boot whose memcg was, as last seen, not freed.
     pub fn open_rows(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
         self.query(
-            "WHERE boot_id = ?1 AND state IN ('live', 'dying') ORDER BY id",
+            "WHERE boot_id = ?1 AND state IN ('live', 'dying', 'unconfirmed') ORDER BY id",
             [&self.boot_id],
             offset_ns,
         )
@@ -288,7 +399,7 @@ impl Store {
         let mut n = 0;
         for id in row_ids {
             n += tx.execute(
-                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ('live', 'dying')",
+                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ('live', 'dying', 'unconfirmed')",
                 rusqlite::params![id, now],
             )?;
         }
@@ -299,7 +410,7 @@ impl Store {
     /// Rows of earlier boots that were not freed: a reboot freed them all.
     pub fn retire_other_boots(&mut self, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ('live', 'dying')",
+            "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ('live', 'dying', 'unconfirmed')",
             rusqlite::params![self.boot_id, now],
         )?)
     }
@@ -346,21 +457,6 @@ fn put_meta(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The database (and its WAL files) readable by the owner only.
-fn tighten(path: &Path) -> Result<(), StoreError> {
-    for p in [
-        path.to_path_buf(),
-        PathBuf::from(format!("{}-wal", path.display())),
-        PathBuf::from(format!("{}-shm", path.display())),
-    ] {
-        let Ok(md) = fs::metadata(&p) else { continue };
-        if md.permissions().mode() & 0o077 != 0 {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(|e| io(&p, e))?;
-        }
-    }
-    Ok(())
-}
-
 const COLUMNS: &str = "id, state, addr, memcg_id, hierarchy_id, cgroup_id, level, path, origin, \
     kmem_active, id_released, alloc_at, online_at, offline_at, released_at, free_at, \
     offline_mem_pages, offline_kmem_pages, offline_swap_pages, free_mem_pages, free_kmem_pages, \
@@ -376,8 +472,12 @@ fn tasks_back(mut t: Task, off: i64) -> Task {
     t
 }
 
-fn state_name(s: State) -> &'static str {
-    match s {
+/// The row state of `m`: its lifecycle state, or `unconfirmed` for a dying
+/// memcg nothing has confirmed since a restart (readers do not count those
+/// rows as dying or zombies; see `reconcile.rs`).
+fn state_name(m: &Memcg) -> &'static str {
+    match m.state {
+        State::Dying if m.unconfirmed => "unconfirmed",
         State::Live => "live",
         State::Dying => "dying",
         State::Freed => "freed",
@@ -403,9 +503,10 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
     m.path = Arc::from(r.get::<_, String>(7)?);
     m.state = match state.as_str() {
         "live" => State::Live,
-        "dying" => State::Dying,
+        "dying" | "unconfirmed" => State::Dying,
         _ => State::Freed,
     };
+    m.unconfirmed = state == "unconfirmed";
     m.kmem_active = r.get(9)?;
     m.id_released = r.get(10)?;
     let w = WallTimes {

@@ -35,8 +35,12 @@ pub fn same(row: &Memcg, m: &Memcg) -> bool {
 
 /// Reconciles the open history rows with what exists now. `census` is the
 /// kernel's own list of memcgs when one was taken (authoritative: rows not in
-/// it are lost); without it, a row is kept unless its cgroup exists as a
-/// different memcg, and a live row whose cgroup is gone is now dying.
+/// it are lost). Without it nothing can confirm that a removed memcg still
+/// exists: a dying row whose cgroup directory exists again is lost (a
+/// removed cgroup has no directory, so that cgroup ID now names another
+/// one); every other dying row, and every live row whose directory is gone
+/// (it went offline unseen), is restored *unconfirmed*: not a zombie until
+/// an event or a later census (`census::recheck`) shows the kernel has it.
 pub fn reconcile(
     rows: Vec<HistoryRow>,
     cgroup_exists: impl Fn(CgroupKey) -> bool,
@@ -65,12 +69,20 @@ pub fn reconcile(
             if m.path.is_empty() {
                 m.path = now.path.clone();
             }
-        } else if m.state == State::Live {
-            if let Some(key) = m.key() {
-                if !cgroup_exists(key) {
+        } else {
+            let exists = m.key().map(&cgroup_exists);
+            match (m.state, exists) {
+                (State::Dying, Some(true)) => {
+                    out.lost.push(row_id);
+                    continue;
+                }
+                (State::Live, Some(false)) => {
                     m.state = State::Dying;
+                    m.unconfirmed = true;
                     out.went_offline.push(m.addr);
                 }
+                (State::Dying, _) => m.unconfirmed = true,
+                _ => {}
             }
         }
         m.origin = Origin::History;
@@ -102,17 +114,36 @@ mod tests {
     }
 
     #[test]
-    fn without_census_rows_stay_and_vanished_live_cgroups_are_dying() {
+    fn without_census_removed_memcgs_are_unconfirmed_not_zombies() {
         let rows = vec![
             row(1, 0x10, 5, 100, State::Dying),
             row(2, 0x20, 6, 200, State::Live),
             row(3, 0x30, 7, 300, State::Live),
+            row(4, 0x40, 8, 400, State::Dying), // its cgroup ID has a directory
         ];
-        let r = reconcile(rows, |k| k == (4, 300), None);
-        assert!(r.lost.is_empty());
+        let r = reconcile(rows, |k| k == (4, 300) || k == (4, 400), None);
+        assert_eq!(r.lost, vec![4]);
         assert_eq!(r.went_offline, vec![0x20]);
-        let states: Vec<State> = r.restore.iter().map(|(m, _)| m.state).collect();
-        assert_eq!(states, vec![State::Dying, State::Dying, State::Live]);
+        let states: Vec<(State, bool)> = r
+            .restore
+            .iter()
+            .map(|(m, _)| (m.state, m.unconfirmed))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (State::Dying, true),
+                (State::Dying, true),
+                (State::Live, false)
+            ]
+        );
+        // Restored into a lifecycle, none counts as dying or a zombie.
+        let mut lc = crate::lifecycle::Lifecycle::new(Default::default()).unwrap();
+        for (m, _) in r.restore.iter().cloned() {
+            lc.seed_memcg(m);
+        }
+        let c = lc.counts(u64::MAX);
+        assert_eq!((c.live, c.dying, c.zombies, c.unconfirmed), (1, 0, 0, 2));
         assert!(r
             .restore
             .iter()

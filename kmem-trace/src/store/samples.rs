@@ -106,7 +106,7 @@ impl Store {
         offset_ns: i64,
     ) -> Result<Vec<super::HistoryRow>, StoreError> {
         self.query(
-            "WHERE updated_at >= ?1 OR state IN ('live', 'dying') ORDER BY id",
+            "WHERE updated_at >= ?1 OR state IN ('live', 'dying', 'unconfirmed') ORDER BY id",
             [since],
             offset_ns,
         )

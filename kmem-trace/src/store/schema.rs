@@ -2,7 +2,7 @@
 //! holds how many have been applied; each runs once, in a transaction, in
 //! order. Never edit a released migration: add the next one.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::StoreError;
 
@@ -80,21 +80,33 @@ pub const MIGRATIONS: &[&str] = &[
 /// The schema version this binary writes.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
-/// Brings the database to [`VERSION`]; refuses a newer one.
+/// The schema version of the database `conn` has open.
+pub fn version(conn: &Connection) -> Result<u32, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Brings the database to [`VERSION`]; refuses a newer one. Each step runs in
+/// `BEGIN IMMEDIATE` and reads the version again inside it: the write lock
+/// is taken before the check, so two processes migrating at once cannot
+/// both apply a step (the writer lock of `lock.rs` already prevents that
+/// between kmem-traces; this covers anything else opening the file).
 pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
-    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > VERSION {
-        return Err(StoreError::Newer {
-            found,
-            supported: VERSION,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-        let tx = conn.transaction()?;
+    let first = version(conn)?;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = version(&tx)?;
+        if found > VERSION {
+            return Err(StoreError::Newer {
+                found,
+                supported: VERSION,
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(found as usize) else {
+            return Ok(first);
+        };
         tx.execute_batch(sql)?;
         // PRAGMA takes no parameters; the value is our own integer.
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", found + 1))?;
         tx.commit()?;
     }
-    Ok(found)
 }

@@ -221,6 +221,7 @@ fn open_rows_are_found_by_address_across_reopens_and_duplicates() {
     c.execute("UPDATE memcg SET state = 'live' WHERE cgroup_id = 101", [])
         .unwrap();
     drop(c);
+    drop(s);
     let mut s = Store::open(&db).unwrap();
     s.write(&[rec(memcg(0x1000, 6, 600, State::Live))], OFF, NOW + 3)
         .unwrap();
@@ -255,9 +256,16 @@ fn an_address_taken_by_a_new_memcg_closes_the_old_row() {
     assert_eq!(s.mark_lost(&[id], NOW + 2).unwrap(), 1);
     s.write(&[rec(memcg(0x2000, 8, 102, State::Dying))], OFF, NOW + 3)
         .unwrap();
-    let mut other = Store::open(s.path()).unwrap().with_boot_id("another-boot");
+    let path = s.path().to_path_buf();
+    drop(s); // one writer at a time
+    let mut other = Store::open(&path).unwrap().with_boot_id("another-boot");
     assert_eq!(other.retire_other_boots(NOW + 4).unwrap(), 1);
-    assert!(s.dying(OFF).unwrap().is_empty());
+    drop(other);
+    assert!(Store::open_existing(&path)
+        .unwrap()
+        .dying(OFF)
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -293,10 +301,13 @@ fn rows_since_are_open_or_recent_rows_of_every_boot() {
     s.write(&[rec(old)], OFF, NOW - 20 * day).unwrap();
     let open = memcg(0x2000, 2, 2, State::Dying);
     s.write(&[rec(open)], OFF, NOW - 20 * day).unwrap();
+    drop(s);
     let mut other = Store::open(&db).unwrap().with_boot_id("another-boot");
     let mut recent = memcg(0x3000, 3, 3, State::Freed);
     recent.free_ns = Stamp::at(5);
     other.write(&[rec(recent)], OFF, NOW - day).unwrap();
+    drop(other);
+    let s = Store::open_existing(&db).unwrap();
     let addrs: Vec<u64> = s
         .rows_since(NOW - 2 * day, OFF)
         .unwrap()
@@ -337,7 +348,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
         attribution::Attributor,
         lifecycle::{Lifecycle, LifecycleConfig},
         outputs::Clock,
-        store::feed::{prepare, HistoryConfig},
+        store::feed::{open, prepare, HistoryConfig},
     };
     let d = TempDir::new("prepare");
     let db = d.0.join("h.db");
@@ -354,6 +365,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
         db: Some(db.clone()),
         retain: DEFAULT_RETAIN,
         runtime_roots: vec![d.0.clone()],
+        skip_if_busy: false,
     };
     // The census of this start found it again and one memcg the history lacks.
     let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
@@ -367,7 +379,8 @@ fn prepare_restores_history_and_records_census_memcgs() {
     other.hierarchy_id = 4;
     other.path = Arc::from("/system.slice/cron.service");
     lc.seed_memcg(other);
-    let (attr, feed, restored): (Attributor, _, _) = prepare(&cfg, &mut lc, clock).unwrap();
+    let (attr, feed, restored): (Attributor, _, _) =
+        prepare(&cfg, open(&cfg).unwrap(), &mut lc, clock).unwrap();
     assert_eq!((restored.memcgs, restored.dying, restored.lost), (1, 1, 0));
     let m = lc.get(0x1000).unwrap();
     assert_eq!(
@@ -391,4 +404,173 @@ fn prepare_restores_history_and_records_census_memcgs() {
         rows[1].attribution.as_ref().unwrap().label(),
         "cron.service"
     );
+}
+
+#[test]
+fn a_second_writer_is_refused_and_readers_still_read() {
+    let d = TempDir::new("writers");
+    let db = d.0.join("h.db");
+    let mut first = Store::open(&db).unwrap();
+    first
+        .write(&[rec(memcg(0x1000, 5, 100, State::Dying))], OFF, NOW)
+        .unwrap();
+    let e = Store::open(&db).err().unwrap();
+    assert!(matches!(e, StoreError::Busy { pid: Some(p), .. } if p == std::process::id()));
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&db.display().to_string()) && msg.contains("another kmem-trace"),
+        "{msg}"
+    );
+    // A reader is no writer: it opens, reads and sees who writes.
+    let r = Store::open_existing(&db).unwrap();
+    assert!(!r.is_writer() && first.is_writer());
+    assert_eq!(r.dying(OFF).unwrap().len(), 1);
+    assert_eq!(lock::writer_pid(&db).unwrap(), Some(std::process::id()));
+    drop(first);
+    assert_eq!(lock::writer_pid(&db).unwrap(), None);
+    drop(Store::open(&db).unwrap());
+}
+
+#[test]
+fn readers_never_create_or_migrate() {
+    let d = TempDir::new("readers");
+    let db = d.0.join("h.db");
+    let c = Connection::open(&db).unwrap();
+    schema::migrate(&mut Connection::open(&db).unwrap()).unwrap();
+    c.execute_batch("DROP TABLE sample; PRAGMA user_version = 1")
+        .unwrap();
+    drop(c);
+    let e = Store::open_existing(&db).err().unwrap();
+    assert!(matches!(e, StoreError::Older { found: 1, .. }), "{e}");
+    assert!(e.to_string().contains(&db.display().to_string()), "{e}");
+    let c = Connection::open(&db).unwrap();
+    assert_eq!(schema::version(&c).unwrap(), 1);
+    assert!(!lock::lock_path(&db).exists());
+    assert!(Store::open_existing(&d.0.join("none.db")).is_err());
+    assert!(!d.0.join("none.db").exists());
+}
+
+#[test]
+fn a_read_only_copy_is_read() {
+    let d = TempDir::new("rocopy");
+    let src = d.0.join("h.db");
+    let mut s = Store::open(&src).unwrap();
+    s.write(&[rec(memcg(0x1000, 5, 100, State::Dying))], OFF, NOW)
+        .unwrap();
+    drop(s);
+    // A copy in a read-only directory, the file 0444, no -shm beside it:
+    // SQLite cannot create the WAL index there (it said "Error code 14").
+    let ro = d.0.join("ro");
+    fs::create_dir(&ro).unwrap();
+    let copy = ro.join("copy.db");
+    fs::copy(&src, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    let r = Store::open_existing(&copy);
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+    let rows = r.unwrap().dying(OFF).unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[test]
+fn symlinks_are_refused_for_the_writer() {
+    let d = TempDir::new("symlink");
+    let target = d.0.join("precious");
+    fs::write(&target, "keep").unwrap();
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+    let db = d.0.join("h.db");
+    std::os::unix::fs::symlink(&target, &db).unwrap();
+    let e = Store::open(&db).err().unwrap();
+    assert!(matches!(e, StoreError::Symlink(_)), "{e}");
+    let wal = d.0.join("g.db-wal");
+    std::os::unix::fs::symlink(&target, &wal).unwrap();
+    let e = Store::open(&d.0.join("g.db")).err().unwrap();
+    assert!(matches!(e, StoreError::Symlink(_)), "{e}");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+}
+
+#[test]
+fn a_busy_history_is_skipped_only_when_asked() {
+    use super::feed::{open, HistoryConfig};
+    let d = TempDir::new("busy");
+    let db = d.0.join("h.db");
+    let _writer = Store::open(&db).unwrap();
+    let mut cfg = HistoryConfig {
+        db: Some(db.clone()),
+        ..HistoryConfig::default()
+    };
+    assert!(matches!(open(&cfg), Err(StoreError::Busy { .. })));
+    cfg.skip_if_busy = true;
+    assert!(open(&cfg).unwrap().is_none());
+}
+
+#[test]
+fn unconfirmed_rows_are_open_but_not_dying() {
+    let d = TempDir::new("unconfirmed");
+    let db = d.0.join("h.db");
+    let mut s = Store::open(&db).unwrap();
+    let mut m = memcg(0x1000, 5, 100, State::Dying);
+    m.unconfirmed = true;
+    s.write(
+        &[rec(m), rec(memcg(0x2000, 6, 200, State::Dying))],
+        OFF,
+        NOW,
+    )
+    .unwrap();
+    let open = s.open_rows(OFF).unwrap();
+    let states: Vec<(&str, bool)> = open
+        .iter()
+        .map(|r| (r.state.as_str(), r.memcg.unconfirmed))
+        .collect();
+    assert_eq!(states, vec![("unconfirmed", true), ("dying", false)]);
+    let dying: Vec<u64> = s.dying(OFF).unwrap().iter().map(|r| r.memcg.addr).collect();
+    assert_eq!(dying, vec![0x2000]);
+    // Confirmed later (an event, a census): a dying row again, same row.
+    s.write(&[rec(memcg(0x1000, 5, 100, State::Dying))], OFF, NOW + 1)
+        .unwrap();
+    assert_eq!(s.dying(OFF).unwrap().len(), 2);
+    assert_eq!(s.all(OFF).unwrap().len(), 2);
+}
+
+/// A restart without a census (kernels before 6.1, an iterator failure)
+/// after the memcgs were freed unseen: the history's dying rows come back
+/// unconfirmed, not as zombies, and say so in the history.
+#[test]
+fn a_restart_without_census_restores_unconfirmed_not_zombies() {
+    use crate::{
+        attribution::Attributor,
+        lifecycle::{Lifecycle, LifecycleConfig},
+        outputs::Clock,
+        store::feed::{open, prepare, HistoryConfig},
+    };
+    let d = TempDir::new("nocensus");
+    let db = d.0.join("h.db");
+    let clock = Clock::measure();
+    {
+        let mut s = Store::open(&db).unwrap();
+        let mut m = memcg(0x1000, 5, 100, State::Dying);
+        m.offline_ns = Stamp::at(Clock::mono_now().saturating_sub(3_600_000_000_000));
+        s.write(&[rec(m)], clock.offset_ns, writer::now_ns())
+            .unwrap();
+    }
+    let cfg = HistoryConfig {
+        db: Some(db.clone()),
+        runtime_roots: vec![d.0.clone()],
+        ..HistoryConfig::default()
+    };
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    let (attr, feed, restored): (Attributor, _, _) =
+        prepare(&cfg, open(&cfg).unwrap(), &mut lc, clock).unwrap();
+    assert_eq!((restored.memcgs, restored.lost), (1, 0));
+    let c = lc.counts(Clock::mono_now());
+    assert_eq!((c.dying, c.zombies, c.unconfirmed), (0, 0, 1));
+    feed.unwrap().close(&lc, &attr);
+    let s = Store::open_existing(&db).unwrap();
+    let rows = s.all(clock.offset_ns).unwrap();
+    assert_eq!(rows[0].state, "unconfirmed");
+    assert!(s.dying(clock.offset_ns).unwrap().is_empty());
 }
