@@ -16,7 +16,7 @@ use crate::{
     cli::{ProbeArgs, RunArgs},
     decode::{self, TraceEvent},
     lifecycle::{Lifecycle, LifecycleConfig},
-    outputs::{tui::Key, Clock, HookLabels, Output, OutputError, Snapshot, Status, Summary},
+    outputs::{Clock, HookLabels, Key, Keys, Output, OutputError, Snapshot, Status, Summary},
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
     store::{
         self,
@@ -333,9 +333,6 @@ async fn next_key(keys: &mut Option<Keys>) -> Key {
         }
     }
 }
-
-/// Keys read from the terminal by another thread (`outputs::tui::term`).
-pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
 /// Runs until Ctrl-C, SIGTERM, `duration` or a key the output takes for a
 /// stop (`q` in the live view; `keys` is `None` without one), then detaches,
