@@ -127,6 +127,39 @@ fn parent_of(r: &OwnerRow) -> Option<&str> {
     }
 }
 
+/// Names in natural order: digit runs compare as numbers (`task-2` before
+/// `task-10`).
+fn natural(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut digits = None;
+        for (i, c) in s.char_indices() {
+            let d = c.is_ascii_digit();
+            if digits.is_some_and(|x| x != d) {
+                out.push((digits == Some(true), &s[start..i]));
+                start = i;
+            }
+            digits = Some(d);
+        }
+        out.push((digits == Some(true), &s[start..]));
+        out
+    }
+    for (x, y) in runs(a).into_iter().zip(runs(b)) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then(x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    a.cmp(b)
+}
+
 fn order(a: &OwnerLine, b: &OwnerLine, sort: SortKey) -> std::cmp::Ordering {
     let (x, y) = (&a.row, &b.row);
     let by = match sort {
@@ -142,12 +175,13 @@ fn order(a: &OwnerLine, b: &OwnerLine, sort: SortKey) -> std::cmp::Ordering {
         SortKey::Dying => y.dying.cmp(&x.dying).then(y.zombies.cmp(&x.zombies)),
         SortKey::Name => std::cmp::Ordering::Equal,
     };
-    by.then_with(|| x.label().cmp(&y.label()))
+    by.then_with(|| natural(&x.label(), &y.label()))
 }
 
 /// The table's lines: rows matching `needle` (lower case), path owners with
-/// a shared parent folded into one group line (members listed after it when
-/// its parent is in `expanded`), each level in `sort` order.
+/// a shared parent folded into one group line with the parent's own row
+/// (members listed after it when its parent is in `expanded`), each level in
+/// `sort` order.
 pub fn lines(
     rows: &[OwnerRow],
     needle: &str,
@@ -155,25 +189,42 @@ pub fn lines(
     sort: SortKey,
     leak: &Leak,
 ) -> Vec<OwnerLine> {
+    let matched: Vec<&OwnerRow> = rows.iter().filter(|r| row_matches(r, needle)).collect();
+    let count = |skip: &dyn Fn(&OwnerRow) -> bool| {
+        let mut n: HashMap<&str, usize> = HashMap::new();
+        for p in matched
+            .iter()
+            .filter(|r| !skip(r))
+            .filter_map(|r| parent_of(r))
+        {
+            *n.entry(p).or_default() += 1;
+        }
+        n
+    };
+    // Directories with two children or more; a directory that is one of
+    // those does not count as a child of its own parent.
+    let first = count(&|_| false);
+    let dir =
+        |r: &OwnerRow| r.kind == "path" && first.get(r.path.as_str()).is_some_and(|n| *n >= 2);
+    let children = count(&dir);
+    let is_group = |p: &str| children.get(p).is_some_and(|n| *n >= 2);
     let mut top = Vec::new();
     let mut groups: BTreeMap<&str, Vec<OwnerLine>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| row_matches(r, needle)) {
+    for r in matched {
         let line = OwnerLine {
             row: r.clone(),
             growth: leak.growth(r),
             kind: LineKind::Owner,
         };
-        match parent_of(r) {
+        // The job directory's own cgroup belongs to its group too.
+        let own = (r.kind == "path" && is_group(&r.path)).then_some(r.path.as_str());
+        match own.or(parent_of(r).filter(|p| is_group(p))) {
             Some(p) => groups.entry(p).or_default().push(line),
             None => top.push(line),
         }
     }
     let mut members = HashMap::new();
     for (parent, mut v) in groups {
-        if v.len() == 1 {
-            top.extend(v);
-            continue;
-        }
         let mut sum = OwnerRow {
             namespace: v[0].row.namespace.clone(),
             container: parent.to_string(),
@@ -251,6 +302,7 @@ mod tests {
         let mut rows: Vec<OwnerRow> = (1..=15)
             .map(|i| path(&format!("/jobs/job-42/task-{i}"), 1, 4096))
             .collect();
+        rows.push(path("/jobs/job-42", 0, 0));
         rows.push(path("/jobs/other", 3, 0));
         rows.push(path("/top-level", 2, 0));
         rows.push(pod("shop", "cart-1", "main", 5));
@@ -273,16 +325,23 @@ mod tests {
         assert_eq!(
             l[0].kind,
             LineKind::Group {
-                members: 15,
+                members: 16,
                 expanded: false
-            }
+            },
+            "the directory's own cgroup is in its group"
         );
         let open: HashSet<String> = ["/jobs/job-42".to_string()].into();
         let l = lines(&rows, "", &open, SortKey::Name, &leak);
-        assert_eq!(l.len(), 4 + 15);
+        assert_eq!(l.len(), 4 + 16);
         assert_eq!(l[0].row.label(), "/jobs/job-42");
-        assert!(l[1..16].iter().all(|m| m.kind == LineKind::Member));
-        assert_eq!(l[1].row.label(), "/jobs/job-42/task-1");
+        assert!(l[1..17].iter().all(|m| m.kind == LineKind::Member));
+        assert_eq!(
+            l[1].row.label(),
+            "/jobs/job-42",
+            "its own row first by name"
+        );
+        assert_eq!(l[2].row.label(), "/jobs/job-42/task-1");
+        assert_eq!(l[3].row.label(), "/jobs/job-42/task-2", "natural order");
         // The filter sees members by path; a group of one is a plain row.
         let l = lines(&rows, "task-7", &none, SortKey::Zombies, &leak);
         assert_eq!(l.len(), 1);
@@ -322,6 +381,16 @@ mod tests {
                 ("web-1".to_string(), -2.0)
             ]
         );
+    }
+
+    #[test]
+    fn names_sort_naturally() {
+        use std::cmp::Ordering::*;
+        assert_eq!(natural("task-2", "task-10"), Less);
+        assert_eq!(natural("task-10", "task-9"), Greater);
+        assert_eq!(natural("a", "a"), Equal);
+        assert_eq!(natural("a01", "a1"), Less, "ties fall back to the text");
+        assert_eq!(natural("", "x"), Less);
     }
 
     #[test]
