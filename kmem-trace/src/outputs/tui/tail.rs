@@ -5,7 +5,7 @@
 //! sit in one ring, resident lines (a process entering a memcg: fork, exec,
 //! attach) in another, so a flood of residents from unrelated cgroups never
 //! pushes lifecycle events out; residents are shown only on request.
-//! Everything a workload or the kernel named is escaped ([`text::term`]).
+//! Everything a workload or the kernel named is escaped ([`term`]).
 
 use std::{collections::VecDeque, sync::Arc};
 

@@ -305,7 +305,8 @@ fn hostile_names_are_escaped_in_every_pane() {
         let mut m = kubepods_model(&[h, h, h]);
         m.push_note(h);
         m.key(Key::Char('r'));
-        for (w, hgt) in [(80, 24), (160, 48)] {
+        // Down to sizes too small for the layout: inert, and no panic.
+        for (w, hgt) in [(80, 24), (160, 48), (40, 12), (12, 5)] {
             let s = screen(&m, w, hgt);
             assert_inert(&s);
         }
