@@ -110,9 +110,11 @@ pub fn path(p: &str, w: usize) -> String {
         .collect();
     let short = parts.join("/");
     let cut = tail(&short, w);
-    // Cut at a component when that still leaves the leaf: `…/task-7`.
+    // A stub of a component (`…42/task-7`) says nothing: cut at the `/`.
     match cut.find('/') {
-        Some(i) if cut != short && i + 1 < cut.len() => format!("…{}", &cut[i..]),
+        Some(i) if cut != short && width(&cut[..i]) <= 4 && i + 1 < cut.len() => {
+            format!("…{}", &cut[i..])
+        }
         _ => cut,
     }
 }
@@ -161,5 +163,9 @@ mod tests {
         assert!(width(&f) <= 20 && f.ends_with("/01234567…"), "{f}");
         assert_eq!(path("/a/b", 10), "/a/b");
         assert_eq!(path("/jobs/job-42/task-7", 10), "…/task-7");
+        assert_eq!(
+            path("/kmem-trace-fixture-12179/c7", 20),
+            "…ce-fixture-12179/c7"
+        );
     }
 }

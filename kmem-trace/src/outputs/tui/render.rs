@@ -310,10 +310,17 @@ fn draw_owners(f: &mut Frame<'_>, area: Rect, m: &Model) {
     let widths: Vec<Constraint> = std::iter::once(Constraint::Length(owner_w))
         .chain(fixed.iter().map(|c| Constraint::Length(c.1)))
         .collect();
+    let shown: usize = lines
+        .iter()
+        .map(|l| match l.kind {
+            LineKind::Owner => 1,
+            LineKind::Group { members, .. } => members,
+            LineKind::Member => 0,
+        })
+        .sum();
     let mut title = format!(
-        "owners by {} ({} of {})",
+        "owners by {} ({shown} of {})",
         m.sort.name(),
-        lines.len(),
         m.owners.len()
     );
     if inner >= 100 {

@@ -136,6 +136,10 @@ fn a_recorded_session_renders_every_panel() {
     let mut m = m;
     m.key(Key::Enter);
     let s = screen(&m, 160, 48);
+    assert!(
+        s.contains("owners by zombies (3 of 3)"),
+        "owners, not lines:\n{s}"
+    );
     let first_row = s
         .lines()
         .find(|l| l.contains(" c3 ") || l.contains(" c4 "))
