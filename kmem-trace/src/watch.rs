@@ -20,7 +20,7 @@ use crate::{
     lifecycle::{Applied, State},
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{
-        tui::Key, Clock, Health, HookLabels, Output, OutputError, Snapshot, Status, Summary,
+        Clock, Health, HookLabels, Key, Keys, Output, OutputError, Snapshot, Status, Summary,
     },
     probes::{self, ring::EventStream, ProbeConfig, ProbeReport, Probes},
     store::{
@@ -445,9 +445,6 @@ impl Signals {
         })
     }
 }
-
-/// Keys read from the terminal by another thread (`outputs::tui::term`).
-pub type Keys = tokio::sync::mpsc::UnboundedReceiver<Key>;
 
 /// Runs until Ctrl-C, SIGTERM, `duration` or a key the output takes for a
 /// stop (`q` in the live view; `keys` is `None` without one), then detaches,

@@ -2,9 +2,12 @@
 //! own tmux server socket, never the user's), a cgroup created and removed
 //! under the test's parent, keys sent with `send-keys`, the screen read with
 //! `capture-pane`. After `q` the alternate screen must be left, the summary
-//! printed on the normal screen and the terminal back in cooked mode. A
-//! second test panics inside the live view (`kmem-trace-tui-panic`) and
-//! checks the panic hook restored the terminal the same way.
+//! printed on the normal screen and the terminal back in cooked mode. At
+//! 80×24 and 160×48, a kubelet-style pod, a job directory of 15 children (one row with its own: 16) and
+//! a cgroup with a hostile name: every event line keeps its command, the job
+//! is one owner row until opened, the name is escaped. A last test panics
+//! inside the live view (`kmem-trace-tui-panic`) and checks the panic hook
+//! restored the terminal the same way.
 //! Needs: root, tmux, a memory cgroup controller, BPF (the panic test only
 //! tmux). Run it under `flock /tmp/kmem-trace-kernel.lock` next to other root tests.
 
@@ -66,6 +69,16 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
+        // kill-server leaves the socket file behind (tmux(1): TMUX_TMPDIR,
+        // default /tmp, then tmux-UID/NAME).
+        let dir = std::env::var_os("TMUX_TMPDIR").unwrap_or_else(|| "/tmp".into());
+        // SAFETY: getuid has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        let _ = fs::remove_file(
+            Path::new(&dir)
+                .join(format!("tmux-{uid}"))
+                .join(&self.socket),
+        );
     }
 }
 
@@ -132,7 +145,7 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
     let t = Tmux::start(
         format!("kmem-trace-test-{}", std::process::id()),
         160,
-        50,
+        48,
         &script,
     );
 
@@ -158,10 +171,10 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
     wait_screen(&t, "tui-churn", 20);
 
     t.keys(&["s"]);
-    wait_screen(&t, "owners by pinned bytes", 10);
+    wait_screen(&t, "owners by leak rate", 10);
     t.keys(&["/"]);
     t.keys(&["-l", "tui-churn"]);
-    wait_screen(&t, "filter: tui-churn", 10);
+    wait_screen(&t, "filter (owner or path): tui-churn", 10);
     t.keys(&["Enter"]);
     wait_screen(&t, "/ filter (tui-churn)", 10);
 
@@ -175,6 +188,142 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
     assert_terminal_restored(&t, &stty);
     drop(t);
     cleanup_check(&parent.path);
+}
+
+/// An ESC-OSC that would retitle the terminal, as a cgroup name.
+const HOSTILE: &str = "\x1b]0;pwn\x07";
+
+/// `watch` at `cols`×`rows` while a pod's container cgroup (64-hex name
+/// under `kubepods/burstable/pod<uid>`) comes and goes, 15 children of a job
+/// directory stay live and a hostile-named cgroup is removed.
+fn fits_the_terminal(cols: u16, rows: u16) {
+    let tag = format!("tui{cols}");
+    let mut parent = TestParent::new(&tag).unwrap();
+    let stty: PathBuf = std::env::temp_dir().join(format!("{}-stty", parent.name));
+    let bin = kmem_trace_bin().unwrap();
+    let script = format!(
+        "'{}' watch --no-history --zombie-after 1s; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
+        bin.display(),
+        stty.display()
+    );
+    let t = Tmux::start(
+        format!("kmem-trace-test-{cols}-{}", std::process::id()),
+        cols,
+        rows,
+        &script,
+    );
+    wait_screen(&t, "owners by zombies", 60);
+
+    let uid = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
+    let cid = "c1d5e7a9b3f2".repeat(6)[..64].to_string();
+    let levels = [
+        "kubepods".to_string(),
+        "kubepods/burstable".to_string(),
+        format!("kubepods/burstable/pod{uid}"),
+        format!("kubepods/burstable/pod{uid}/{cid}"),
+    ];
+    let dirs: Vec<PathBuf> = levels.iter().map(|l| parent.child(l).unwrap()).collect();
+    // A process in the container, so the tail has a command to show.
+    parent.run_in(dirs.last().unwrap(), "true").unwrap();
+    for d in dirs.iter().rev() {
+        parent.rmdir(d).unwrap();
+    }
+    let job = parent.child("job-42").unwrap();
+    let tasks: Vec<PathBuf> = (1..=15)
+        .map(|i| parent.child(&format!("job-42/task-{i}")).unwrap())
+        .collect();
+    let evil = parent.child(HOSTILE).unwrap();
+    parent.rmdir(&evil).unwrap();
+
+    // Other cgroups of the host fill the table: filter to this test's.
+    t.keys(&["/"]);
+    t.keys(&["-l", &parent.name]);
+    t.keys(&["Enter"]);
+    let s = wait_screen(&t, "(16)", 20);
+    assert!(s.contains("▸ "), "the job is one owner row:\n{s}");
+    assert!(
+        !owner_pane(&s).contains("task-5"),
+        "its children are folded:\n{s}"
+    );
+    // The container's events name pod and container, and keep the command.
+    let s = wait_screen(&t, "4d1/", 20);
+    eprintln!("{cols}x{rows} live view:\n{s}");
+    let events: Vec<&str> = s.lines().filter(|l| is_event_line(l)).collect();
+    assert!(!events.is_empty(), "{s}");
+    for l in events {
+        assert!(has_command(l), "command cut off: {l}");
+        if cols >= 150 {
+            assert!(l.contains(" via "), "hook cut off: {l}");
+        }
+    }
+    // The hostile name is shown escaped and did not retitle the pane.
+    wait_screen(&t, "\\x1b]0;pwn\\x07", 20);
+    assert_ne!(t.format("#{pane_title}"), "pwn");
+
+    // One filter for both panes; then open the job's group.
+    t.keys(&["Escape"]);
+    // Alone, or the terminal reads ESC and the next key as Alt+key.
+    wait_screen(&t, "/ filter · r residents", 10);
+    t.keys(&["/"]);
+    t.keys(&["-l", "job-42"]);
+    t.keys(&["Enter"]);
+    let s = wait_screen(&t, "filter (job-42)", 10);
+    assert!(!s.contains("4d1/"), "the tail is filtered too:\n{s}");
+    t.keys(&["Enter"]);
+    let s = wait_screen(&t, "▾ ", 10);
+    assert!(owner_pane(&s).contains("task-5"), "the group opened:\n{s}");
+    eprintln!("{cols}x{rows} filtered and opened:\n{s}");
+    t.keys(&["r"]);
+    wait_screen(&t, "residents (r hides)", 10);
+
+    t.keys(&["q"]);
+    wait_screen(&t, "EXITED 0", 30);
+    assert_terminal_restored(&t, &stty);
+    drop(t);
+    for d in tasks.iter().rev() {
+        parent.rmdir(d).unwrap();
+    }
+    parent.rmdir(&job).unwrap();
+    cleanup_check(&parent.path);
+}
+
+/// The owner table's lines of a screen.
+fn owner_pane(s: &str) -> String {
+    s.lines()
+        .skip_while(|l| !l.contains("owners by"))
+        .take_while(|l| !l.starts_with('└'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A line of the event tail: `│HH:MM:SS`.
+fn is_event_line(l: &str) -> bool {
+    let c: Vec<char> = l.chars().take(9).collect();
+    c.len() == 9 && c[0] == '│' && c[3] == ':' && c[6] == ':' && c[1].is_ascii_digit()
+}
+
+/// Whether the line still shows a command's `(pid)`.
+fn has_command(l: &str) -> bool {
+    l.split('(').skip(1).any(|p| {
+        p.split_once(')')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+#[test]
+fn the_live_view_fits_80x24() {
+    if !require_root("the_live_view_fits_80x24") || !has_tmux() {
+        return;
+    }
+    fits_the_terminal(80, 24);
+}
+
+#[test]
+fn the_live_view_fits_160x48() {
+    if !require_root("the_live_view_fits_160x48") || !has_tmux() {
+        return;
+    }
+    fits_the_terminal(160, 48);
 }
 
 /// The parent holds nothing the view left behind.

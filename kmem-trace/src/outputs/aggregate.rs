@@ -38,6 +38,9 @@ pub struct OwnerRow {
     pub zombies: u64,
     /// Bytes charged to its dying memcgs (at offline, or as the census read them).
     pub pinned_bytes: u64,
+    /// The cgroup path its memcgs share (their common ancestor), for
+    /// filtering and grouping by path.
+    pub path: String,
 }
 
 impl OwnerRow {
@@ -98,7 +101,30 @@ pub fn pinned_bytes(m: &Memcg) -> Option<u64> {
     c.mem_pages.map(|p| p * page_size())
 }
 
-/// Memcgs per owner (attributed memcgs only), zombies first.
+/// The longest common ancestor of two cgroup paths (whole components).
+fn common_ancestor(a: &str, b: &str) -> usize {
+    if a == b {
+        return a.len();
+    }
+    let mut end = 0;
+    for ((i, x), y) in a.char_indices().zip(b.chars()) {
+        if x != y {
+            return end;
+        }
+        if x == '/' {
+            end = i;
+        }
+    }
+    // One is a prefix of the other: whole only if the longer goes on with `/`.
+    let (short, long) = if a.len() < b.len() { (a, b) } else { (b, a) };
+    if long.as_bytes().get(short.len()) == Some(&b'/') {
+        short.len()
+    } else {
+        end
+    }
+}
+
+/// Memcgs per owner (attributed memcgs only), in no particular order.
 pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
     let after = s.lifecycle.config().zombie_after_ns;
     let mut rows: HashMap<(String, String, String), OwnerRow> = HashMap::new();
@@ -121,8 +147,11 @@ pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
                 pod: k.1.clone(),
                 container: k.2.clone(),
                 kind: a.owner.kind(),
+                path: m.path.to_string(),
                 ..OwnerRow::default()
             });
+        let shared = common_ancestor(&row.path, &m.path);
+        row.path.truncate(shared);
         match m.state {
             State::Live => row.live += 1,
             State::Dying => {
@@ -133,60 +162,7 @@ pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
             State::Freed => {}
         }
     }
-    let mut v: Vec<OwnerRow> = rows.into_values().collect();
-    sort_rows(&mut v, SortKey::Zombies);
-    v
-}
-
-/// How the owner table is ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SortKey {
-    #[default]
-    Zombies,
-    Pinned,
-    Dying,
-    Name,
-}
-
-impl SortKey {
-    /// The next order (`s` in the live view).
-    pub fn next(self) -> SortKey {
-        match self {
-            SortKey::Zombies => SortKey::Pinned,
-            SortKey::Pinned => SortKey::Dying,
-            SortKey::Dying => SortKey::Name,
-            SortKey::Name => SortKey::Zombies,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            SortKey::Zombies => "zombies",
-            SortKey::Pinned => "pinned bytes",
-            SortKey::Dying => "dying",
-            SortKey::Name => "name",
-        }
-    }
-}
-
-/// Sorts rows by `key`, biggest first (names A→Z); ties by name.
-pub fn sort_rows(rows: &mut [OwnerRow], key: SortKey) {
-    rows.sort_by(|a, b| {
-        let by = match key {
-            SortKey::Zombies => b
-                .zombies
-                .cmp(&a.zombies)
-                .then(b.pinned_bytes.cmp(&a.pinned_bytes)),
-            SortKey::Pinned => b
-                .pinned_bytes
-                .cmp(&a.pinned_bytes)
-                .then(b.zombies.cmp(&a.zombies)),
-            SortKey::Dying => b.dying.cmp(&a.dying).then(b.zombies.cmp(&a.zombies)),
-            SortKey::Name => std::cmp::Ordering::Equal,
-        };
-        by.then_with(|| a.label().cmp(&b.label()))
-    });
+    rows.into_values().collect()
 }
 
 /// Zombies per namespace: the `top` namespaces with the most zombies, every
@@ -227,28 +203,13 @@ pub fn zombies_by_namespace(s: &Snapshot<'_>) -> HashMap<String, u64> {
 mod tests {
     use super::*;
 
-    fn row(label: &str, zombies: u64, pinned: u64) -> OwnerRow {
-        OwnerRow {
-            namespace: NS_NONE.into(),
-            container: label.into(),
-            zombies,
-            dying: zombies,
-            pinned_bytes: pinned,
-            ..OwnerRow::default()
-        }
-    }
-
     #[test]
-    fn rows_sort_by_each_key() {
-        let mut v = vec![row("b", 1, 900), row("a", 5, 10), row("c", 1, 5000)];
-        sort_rows(&mut v, SortKey::Zombies);
-        assert_eq!(v[0].container, "a");
-        assert_eq!(v[1].container, "c", "ties by pinned bytes");
-        sort_rows(&mut v, SortKey::Pinned);
-        assert_eq!(v[0].container, "c");
-        sort_rows(&mut v, SortKey::Name);
-        assert_eq!(v[0].container, "a");
-        assert_eq!(SortKey::Name.next(), SortKey::Zombies);
+    fn owners_share_their_common_ancestor() {
+        assert_eq!(common_ancestor("/a/b/c", "/a/b/c"), 6);
+        assert_eq!(common_ancestor("/a/b/c", "/a/b/d"), 4);
+        assert_eq!(common_ancestor("/a/b", "/a/b/c"), 4);
+        assert_eq!(common_ancestor("/a/bc", "/a/b"), 2);
+        assert_eq!(common_ancestor("/x", "/y"), 0);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod clock;
 pub mod json;
 mod jsonw;
+pub mod keys;
 pub mod line;
 pub mod tee;
 pub mod text;
@@ -15,6 +16,7 @@ use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
 use serde::Serialize;
 
 pub use clock::Clock;
+pub use keys::{Key, Keys};
 
 use crate::{
     attribution::{Attribution, Attributor, OwnerCounts},
@@ -191,7 +193,7 @@ pub trait Output {
         self.note(&h.to_string())
     }
     /// A key pressed in the live view; `Ok(false)` asks the run to stop.
-    fn key(&mut self, _key: tui::Key) -> Result<bool, OutputError> {
+    fn key(&mut self, _key: Key) -> Result<bool, OutputError> {
         Ok(true)
     }
 }

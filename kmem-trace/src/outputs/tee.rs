@@ -1,7 +1,7 @@
 //! Two outputs as one: `watch --metrics` shows the tail (or the live view)
 //! and feeds the metrics from the same pipeline.
 
-use super::{tui::Key, Output, OutputError, Snapshot, Status, Summary};
+use super::{Key, Output, OutputError, Snapshot, Status, Summary};
 use crate::{
     attribution::{Attribution, OwnerCounts},
     decode::TraceEvent,

@@ -1,25 +1,27 @@
 //! The live terminal view of `watch` (ratatui + crossterm) when stdout is a
-//! terminal: gauges, owner table, dying-count sparkline and event tail
-//! ([`render`]) from a pure [`model::Model`]; keys `q` quit, `s` sort, `/`
-//! filter. The terminal is restored on every exit path ([`term`]). When piped,
-//! `watch` keeps the plain lines of `outputs::line`.
+//! terminal: gauges, owner table (leak rate per owner, path owners grouped by
+//! parent), dying-count sparkline and event tail ([`render`]) from a pure
+//! [`model::Model`]; keys `q` quit, `s` sort, `/` filter (every pane), `r`
+//! residents, ↑/↓ and Enter open a group. Columns are fitted to the width
+//! ([`fit`]), down to 80×24. The terminal is restored on every exit path
+//! ([`term`]). When piped, `watch` keeps the plain lines of `outputs::line`.
 
+pub mod fit;
 pub mod model;
+pub mod owners;
 pub mod render;
+pub mod tail;
 pub mod term;
 
-use std::{
-    fmt::Write as _,
-    io::{Stdout, Write},
-};
+use std::io::{Stdout, Write};
 
 use ratatui::{backend::CrosstermBackend, Terminal};
 
-pub use model::{Action, Key, Model};
+pub use model::{Action, Model};
 
 use super::{
-    aggregate::owner_rows, line::human_bytes, line::LineOutput, page_size, Clock, HookLabels,
-    Output, OutputError, Snapshot, Status, Summary,
+    aggregate::owner_rows, line::LineOutput, page_size, Clock, HookLabels, Key, Keys, Output,
+    OutputError, Snapshot, Status, Summary,
 };
 use crate::{attribution::Attribution, decode::TraceEvent, lifecycle::Applied};
 
@@ -38,7 +40,7 @@ pub struct TuiOutput {
 pub fn start(
     clock: Clock,
     hooks: HookLabels,
-) -> Result<(TuiOutput, term::KeyReader, crate::watch::Keys), OutputError> {
+) -> Result<(TuiOutput, term::KeyReader, Keys), OutputError> {
     let out = TuiOutput::enter(clock, hooks)?;
     let (reader, keys) = term::KeyReader::spawn()?;
     Ok((out, reader, keys))
@@ -72,35 +74,6 @@ impl TuiOutput {
         self.terminal = None;
         self.guard = None;
     }
-
-    /// One tail line for an event.
-    fn format_event(
-        &self,
-        ev: &TraceEvent,
-        applied: &Applied,
-        owner: Option<&Attribution>,
-    ) -> String {
-        let (id, path) = super::id_and_path(ev, applied);
-        let mut s = format!(
-            "{} {:<12} id={:<5} {}",
-            self.clock.hms(ev.ts_ns()),
-            ev.kind.name(),
-            id,
-            path,
-        );
-        // Writing to a String cannot fail.
-        if let Some(o) = owner.filter(|o| o.owner.kind() != "path") {
-            let _ = write!(s, "  [{}]", o.label());
-        }
-        if let Some(m) = ev.counters().mem_pages {
-            let _ = write!(s, "  mem={}", human_bytes(m * self.page));
-        }
-        let _ = write!(s, "  {} ({})", ev.comm(), ev.raw.tgid);
-        if let Some(h) = self.hooks.get(&ev.raw.hook) {
-            let _ = write!(s, "  via {h}");
-        }
-        s
-    }
 }
 
 impl Output for TuiOutput {
@@ -110,13 +83,13 @@ impl Output for TuiOutput {
         applied: &Applied,
         owner: Option<&Attribution>,
     ) -> Result<(), OutputError> {
-        let line = self.format_event(ev, applied, owner);
-        self.model.push_event(line);
+        let e = tail::TailEvent::new(&self.clock, &self.hooks, self.page, ev, applied, owner);
+        self.model.push_event(e);
         Ok(())
     }
 
     fn snapshot(&mut self, s: &Snapshot<'_>) -> Result<(), OutputError> {
-        self.model.set_owners(owner_rows(s));
+        self.model.set_owners(owner_rows(s), s.now_ns);
         Ok(())
     }
 

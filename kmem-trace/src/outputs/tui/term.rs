@@ -20,7 +20,7 @@ use ratatui::crossterm::{
     terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
 };
 
-use super::model::Key;
+use crate::outputs::Key;
 
 /// Whether the terminal is in the live view's mode now.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -81,6 +81,8 @@ fn key_of(e: event::KeyEvent) -> Option<Key> {
         KeyCode::Enter => Key::Enter,
         KeyCode::Esc => Key::Esc,
         KeyCode::Backspace => Key::Backspace,
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
         _ => return None,
     })
 }
@@ -153,6 +155,10 @@ mod tests {
         assert_eq!(
             key_of(k(KeyCode::Char('q'), KeyModifiers::NONE)),
             Some(Key::Char('q'))
+        );
+        assert_eq!(
+            key_of(k(KeyCode::Down, KeyModifiers::NONE)),
+            Some(Key::Down)
         );
         assert_eq!(key_of(k(KeyCode::F(1), KeyModifiers::NONE)), None);
         // Not active: restoring touches nothing (safe from tests and twice).
