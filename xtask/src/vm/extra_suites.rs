@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::util::{privileged, sh};
+use crate::util::{apt_get, sh};
 
 /// (kernel series, Debian suite) taken from a private apt state.
 pub const SUITES: &[(&str, &str)] = &[("5.10", "bullseye")];
@@ -84,10 +84,8 @@ impl Suite {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < LISTS_MAX_AGE);
         if !fresh {
-            sh(privileged("apt-get")
-                .args(self.options())
-                .args(["update", "-qq"]))
-            .with_context(|| format!("fetching Debian {}'s package lists", self.suite))?;
+            sh(apt_get().args(self.options()).args(["update", "-qq"]))
+                .with_context(|| format!("fetching Debian {}'s package lists", self.suite))?;
             fs::write(&stamp, "")?;
         }
         Ok(lock)
@@ -110,7 +108,7 @@ impl Suite {
     /// `apt-get download PKG` into `dir` from this suite.
     pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
         let _lock = self.update()?;
-        sh(privileged("apt-get")
+        sh(apt_get()
             .current_dir(dir)
             .args(self.options())
             .args(["download", "-q", pkg]))

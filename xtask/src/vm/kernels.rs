@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::extra_suites;
-use crate::util::{privileged, sh};
+use crate::util::{self, sh};
 
 /// The default matrix: the newest ABI of each series, in each flavour.
 /// 5.10 comes from Debian bullseye through `extra_suites`: the only series
@@ -112,7 +112,7 @@ fn system_package_names() -> Result<Vec<String>> {
     if !names.is_empty() {
         return Ok(names);
     }
-    sh(privileged("apt-get").args(["update", "-qq"]))?;
+    util::apt(util::apt_get().args(["update", "-qq"]))?;
     list()
 }
 

@@ -35,7 +35,7 @@ use self::{
 use crate::util::{self, sh, KERNEL_LOCK};
 
 /// Debian packages the matrix needs on the host.
-const PACKAGES: &[&str] = &[
+pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "kmod",
