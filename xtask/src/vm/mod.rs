@@ -4,7 +4,6 @@
 //! same scenario on this machine's kernel (the host row), and prints the matrix
 //! of lifecycle points × families × kernels; results go to `target/vm-test`.
 
-mod extra_suites;
 mod image;
 mod kernels;
 mod progress;
@@ -12,6 +11,7 @@ mod qemu;
 mod readme;
 mod report;
 mod results;
+mod suites;
 mod symbols;
 
 use std::{
@@ -69,7 +69,9 @@ impl Boot {
 pub struct VmArgs {
     /// Kernel to boot: a Debian release (6.1.0-57-amd64), a package name, or a
     /// series alias (6.12, 6.1-cloud); `host` is this machine's kernel. Repeatable.
-    /// Default: the newest 5.10 (Debian bullseye), 6.1 and 6.12 in amd64 and cloud-amd64, and the host.
+    /// Any Debian suite (bullseye to experimental); `7.3-cloud` is the newest 7.3 cloud kernel.
+    /// Default: the newest 5.10, 6.1, 6.12 and the newest series of trixie-backports,
+    /// in amd64 and cloud-amd64, and the host.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// VMs run at once (default: 4 per CPU; TCG guests spend much time waiting).
@@ -209,16 +211,22 @@ pub fn run(args: &VmArgs) -> Result<()> {
         !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
     fs::create_dir_all(&cache)?;
-    let releases = if args.kernels.is_empty() {
-        kernels::default_releases(&kernels::package_names(&cache)?)?
+    // The default matrix needs four suites' lists; a named kernel may be in any.
+    let catalog = if args.kernels.is_empty() {
+        kernels::Catalog::load(&cache, suites::DEFAULT)?
     } else if specs.is_empty() {
-        Vec::new()
+        kernels::Catalog::default()
     } else {
-        let names = kernels::package_names(&cache)?;
+        let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
+        kernels::Catalog::load(&cache, &all)?
+    };
+    let releases = if args.kernels.is_empty() {
+        catalog.default_releases()?
+    } else {
         specs
             .iter()
-            .map(|s| kernels::resolve(s, &names))
-            .collect::<Result<_>>()?
+            .map(|s| catalog.resolve(s))
+            .collect::<Result<Vec<_>>>()?
     };
     let families: Vec<String> = if args.family.is_empty() {
         FAMILIES.iter().map(|s| s.to_string()).collect()
@@ -233,7 +241,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     lock.lock().context("locking vm-cache")?;
     let mut kernels = Vec::new();
     for r in &releases {
-        kernels.push(kernels::prepare(&cache, r)?);
+        kernels.push(kernels::prepare(&cache, &catalog, r)?);
     }
     let disk = image::data_disk(&cache)?;
     drop(lock);
