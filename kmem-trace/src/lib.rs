@@ -12,6 +12,7 @@ pub mod cli;
 pub mod decode;
 pub mod doctor;
 pub mod forecast;
+pub mod leaks;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outputs;
