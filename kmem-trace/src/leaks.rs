@@ -188,7 +188,11 @@ pub fn describe(version: KernelVersion) -> String {
     }
     if !pins.is_empty() {
         let still = if gone.is_empty() { "" } else { " still" };
-        parts.push(format!("{}{still} keep{} removed memcgs dying", join(&pins), s(&pins)));
+        parts.push(format!(
+            "{}{still} keep{} removed memcgs dying",
+            join(&pins),
+            s(&pins)
+        ));
     }
     if !unknown.is_empty() {
         parts.push(format!("unknown for {}", join(&unknown)));

@@ -83,7 +83,8 @@ pub fn newest<'a>(
                 return false;
             };
             // `6.1` must not match `6.12...`; the base must be a plain version.
-            base.strip_prefix(series).is_some_and(|rest| rest.starts_with('.'))
+            base.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('.'))
                 && base
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
@@ -127,10 +128,12 @@ impl Catalog {
             vec![
                 format!("linux-binary-{release}"),
                 format!("linux-modules-{release}"),
+                format!("linux-base-{release}"),
             ],
             vec![
                 format!("linux-binary-unsigned-{release}"),
                 format!("linux-modules-{release}"),
+                format!("linux-base-{release}"),
             ],
         ];
         choices.into_iter().find_map(|pkgs| {
@@ -245,9 +248,12 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
         .with_context(|| format!("no Debian suite has kernel {release}"))?;
     let suite = Suite::named(cache, suite_name).context("suite")?;
     // The split layout: the image package only depends on the kernel
-    // (linux-binary) and its modules (linux-modules).
+    // (linux-binary), its modules (linux-modules) and the files depmod needs
+    // to know the built-in modules, System.map and config (linux-base).
     for dep in suite.depends(&pkgs[0])? {
-        let split = dep.starts_with("linux-binary-") || dep.starts_with("linux-modules-");
+        let split = ["linux-binary-", "linux-modules-", "linux-base-"]
+            .iter()
+            .any(|p| dep.starts_with(p));
         if split && dep.ends_with(release) && !pkgs.contains(&dep) {
             pkgs.push(dep);
         }
@@ -444,7 +450,10 @@ mod tests {
         ("linux-image-7.0.10+deb13-amd64", "trixie-backports"),
         ("linux-image-7.3.4+deb13-amd64", "trixie-backports"),
         ("linux-image-7.3.4+deb13-cloud-amd64", "trixie-backports"),
-        ("linux-image-7.3.4+deb13-cloud-amd64-dbg", "trixie-backports"),
+        (
+            "linux-image-7.3.4+deb13-cloud-amd64-dbg",
+            "trixie-backports",
+        ),
         ("linux-binary-7.3.4+deb13-cloud-amd64", "trixie-backports"),
         ("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", "sid"),
     ];
@@ -459,12 +468,18 @@ mod tests {
     fn releases_of_package_names() {
         let r = release_of;
         assert_eq!(r("linux-image-6.1.0-57-amd64"), Some("6.1.0-57-amd64"));
-        assert_eq!(r("linux-image-6.1.0-57-amd64-unsigned"), Some("6.1.0-57-amd64"));
+        assert_eq!(
+            r("linux-image-6.1.0-57-amd64-unsigned"),
+            Some("6.1.0-57-amd64")
+        );
         assert_eq!(
             r("linux-binary-unsigned-7.2.13+deb14-amd64"),
             Some("7.2.13+deb14-amd64")
         );
-        assert_eq!(r("linux-binary-7.3.4+deb13-amd64"), Some("7.3.4+deb13-amd64"));
+        assert_eq!(
+            r("linux-binary-7.3.4+deb13-amd64"),
+            Some("7.3.4+deb13-amd64")
+        );
         assert_eq!(r("linux-image-6.1.0-57-amd64-dbg"), None);
         assert_eq!(r("linux-image-cloud-amd64"), None);
         assert_eq!(r("linux-modules-7.3.4+deb13-amd64"), None);
@@ -515,7 +530,10 @@ mod tests {
             c.resolve("linux-image-6.1.0-48-cloud-amd64").unwrap(),
             "6.1.0-48-cloud-amd64"
         );
-        assert_eq!(c.resolve("6.12.57+deb13-amd64").unwrap(), "6.12.57+deb13-amd64");
+        assert_eq!(
+            c.resolve("6.12.57+deb13-amd64").unwrap(),
+            "6.12.57+deb13-amd64"
+        );
         assert!(c.resolve("4.19").is_err());
         assert!(c.resolve("6.1.0-1-amd64").is_err());
     }
@@ -543,7 +561,8 @@ mod tests {
                 "sid",
                 vec![
                     "linux-binary-unsigned-7.2.13+deb14-cloud-amd64".to_string(),
-                    "linux-modules-7.2.13+deb14-cloud-amd64".to_string()
+                    "linux-modules-7.2.13+deb14-cloud-amd64".to_string(),
+                    "linux-base-7.2.13+deb14-cloud-amd64".to_string()
                 ]
             )
         );

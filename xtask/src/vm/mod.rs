@@ -244,6 +244,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         kernels.push(kernels::prepare(&cache, &catalog, r)?);
     }
     let disk = image::data_disk(&cache)?;
+    let swap = image::swap_disk(&cache)?;
     drop(lock);
     let base = image::base_archive(
         &image::Payload {
@@ -315,6 +316,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     kernel: k.clone(),
                     initrd: initrd.clone(),
                     disk: disk.clone(),
+                    swap: swap.clone(),
                     append,
                     memory_mb: 768,
                 }),
@@ -403,6 +405,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         "runs": runs,
         "symbols": symbols::symbols_seen(&runs),
         "seen_findings": findings,
+        "kernel_findings": report::kernel_findings(&runs),
     });
     fs::write(
         out.join("results.json"),

@@ -189,7 +189,10 @@ mod tests {
         let s = Suite::named(c, "bullseye").expect("bullseye");
         assert_eq!(s.dir, Path::new("/c/apt-bullseye"));
         assert!(s.sources().contains("bullseye-security"));
-        assert!(!Suite::named(c, "sid").unwrap().sources().contains("security"));
+        assert!(!Suite::named(c, "sid")
+            .unwrap()
+            .sources()
+            .contains("security"));
         assert!(Suite::named(c, "buster").is_none());
         assert!(s
             .options()

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use kmem_trace::leaks::Cause;
 use serde_json::{json, Value};
 
 /// Lifecycle points, in the order the matrix shows them.
@@ -189,12 +190,31 @@ pub struct Expect {
     /// Counts in summaries and in the kernel must match exactly (a VM); on a
     /// shared host other memcgs may die meanwhile, so only "at least" holds.
     pub exact: bool,
+    /// `uname -r`: the leak table's row for each pin depends on it.
+    pub release: String,
 }
 
 impl Expect {
     pub fn pins(&self) -> Vec<&str> {
         std::iter::once(self.tmpfs_pin.as_str())
             .chain(self.cache_pins.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// What the pin is made of.
+    pub fn cause_of(&self, pin: &str) -> Cause {
+        if pin == self.tmpfs_pin {
+            Cause::Tmpfs
+        } else {
+            Cause::PageCache
+        }
+    }
+
+    /// Each pin with what the leak table says of its cause on this kernel.
+    pub fn pins_with_table(&self) -> Vec<(&str, Option<bool>)> {
+        self.pins()
+            .into_iter()
+            .map(|p| (p, crate::rows::table_says(self.cause_of(p), &self.release)))
             .collect()
     }
 
@@ -259,13 +279,14 @@ pub fn judge(obs: &Observation, exp: &Expect, report: &Value) -> Value {
         }
         points.insert(point.to_string(), r);
     }
+    let pins = crate::rows::judge(obs, exp, seen.contains("free"));
     let checks = vec![
         check_ids(exp, &ours),
         check_order(&ours),
         check_kmem(exp, &ours, seen.contains("offline")),
-        check_pins(obs, exp, &ours),
-        check_zombies(obs, exp),
-        check_kernel(obs, exp),
+        check_pins(obs, exp, &ours, &pins),
+        check_zombies(obs, exp, &pins.held),
+        check_kernel(obs, exp, &pins.held),
         check_final(obs, exp, &ours, seen.contains("free")),
     ];
     let ok = errors.is_empty()
@@ -277,6 +298,7 @@ pub fn judge(obs: &Observation, exp: &Expect, report: &Value) -> Value {
         "points": points,
         "checks": checks,
         "errors": errors,
+        "findings": pins.findings,
         "summary": obs.summary,
         "snapshot": obs.snapshot,
         "watch_stderr": obs.watch_stderr,
@@ -447,15 +469,24 @@ fn check_kmem(exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>, offline_seen: boo
     check("kmem state", wrong.is_empty(), detail)
 }
 
-/// Pinned memcgs go dying at offline holding their pages, and are not freed
-/// before their pin is released.
-fn check_pins(obs: &Observation, exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
+/// Pinned memcgs the kernel keeps go dying at offline holding their pages, and
+/// are not freed before their pin is released; the trace agrees with the
+/// kernel's count (`rows::judge`). Pins the kernel let go are findings there.
+fn check_pins(
+    obs: &Observation,
+    exp: &Expect,
+    ours: &BTreeMap<&str, Vec<&Life>>,
+    pins: &crate::rows::Pins,
+) -> Value {
     let mut problems: Vec<String> = obs
         .freed_early
         .iter()
+        .filter(|n| pins.held.contains(n))
         .map(|n| format!("{n} freed before its pin was released"))
+        .chain(pins.problems.iter().cloned())
         .collect();
-    for pin in exp.pins() {
+    let held: Vec<&str> = pins.held.iter().map(String::as_str).collect();
+    for pin in held {
         for l in ours.get(pin).into_iter().flatten() {
             if let Some(off) = l.first("offline") {
                 if off.state.as_deref() != Some("dying") {
@@ -472,11 +503,13 @@ fn check_pins(obs: &Observation, exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>
             }
         }
     }
-    check(
-        "pins hold",
-        problems.is_empty(),
-        problems.into_iter().take(4).collect::<Vec<_>>().join("; "),
-    )
+    let ok = problems.is_empty();
+    let detail = if ok {
+        format!("{} of {} held", pins.held.len(), exp.pins().len())
+    } else {
+        problems.into_iter().take(4).collect::<Vec<_>>().join("; ")
+    };
+    check("pins hold", ok, detail)
 }
 
 fn count(v: &Option<Value>, key: &str) -> Option<i64> {
@@ -493,8 +526,8 @@ fn matches(exact: bool, got: Option<i64>, want: i64) -> bool {
 
 /// kmem-trace's own verdict while the pins hold: every pinned memcg is dying and,
 /// past `--zombie-after`, a zombie.
-fn check_zombies(obs: &Observation, exp: &Expect) -> Value {
-    let want = exp.pins().len() as i64;
+fn check_zombies(obs: &Observation, exp: &Expect, held: &[String]) -> Value {
+    let want = held.len() as i64;
     let z = count(&obs.snapshot, "zombies");
     let d = count(&obs.snapshot, "dying");
     let ok = matches(exp.exact, z, want) && matches(exp.exact, d, want);
@@ -507,8 +540,8 @@ fn check_zombies(obs: &Observation, exp: &Expect) -> Value {
 
 /// The kernel's own count of dying memcgs at the snapshot (`cgroup.stat` or
 /// `/proc/cgroups` against the directories).
-fn check_kernel(obs: &Observation, exp: &Expect) -> Value {
-    let want = exp.pins().len() as i64;
+fn check_kernel(obs: &Observation, exp: &Expect, held: &[String]) -> Value {
+    let want = held.len() as i64;
     match obs.kernel_dying {
         Some(n) if exp.exact => check(
             "kernel dying count",

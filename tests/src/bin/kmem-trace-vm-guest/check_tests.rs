@@ -16,6 +16,7 @@ fn expect(kmem: bool) -> Expect {
         kmem,
         pin_bytes: 1 << 20,
         exact: true,
+        release: "6.1.0-57-amd64".into(),
     }
 }
 

@@ -8,7 +8,9 @@ mod census;
 mod check;
 mod compare;
 mod init;
+mod pins;
 mod proto;
+mod rows;
 mod scenario;
 mod sys;
 
@@ -265,6 +267,11 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let census = census::check(plan);
     ok &= census["status"] != "fail";
     proto::emit("census", census);
+    if vm {
+        let pins = pins::check(plan);
+        ok &= pins["status"] != "fail";
+        proto::emit("pins", pins);
+    }
     let log = kmsg.collect();
     ok &= log["splat"] != true;
     proto::emit("kernel_log", log);
