@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kmem_trace::leaks::Cause;
 use serde_json::{json, Value};
 
+pub use crate::visibility::{visibility, watch_blind, Vis};
+
 /// Lifecycle points, in the order the matrix shows them.
 pub const POINTS: [&str; 7] = [
     "alloc",
@@ -108,74 +110,6 @@ pub fn lives(events: &[Ev], parent: &str) -> Vec<Life> {
         life.events.push(ev.clone());
     }
     out
-}
-
-/// Whether a family can see a point on this kernel, from `kmem-trace probes --json`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Vis {
-    Seen,
-    Blind(String),
-}
-
-/// A point is visible to a family when the unforced `probes` report attached one
-/// of that family's hooks for it (`chosen` or `works`).
-pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
-    let Some(p) = report["points"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["point"] == point))
-    else {
-        return Vis::Blind("not in the probes report".into());
-    };
-    let tried: Vec<&Value> = p["tried"]
-        .as_array()
-        .map(|t| t.iter().filter(|a| a["family"] == family).collect())
-        .unwrap_or_default();
-    if tried.is_empty() {
-        return Vis::Blind(format!("no {family} hook can see {point}"));
-    }
-    if tried
-        .iter()
-        .any(|a| matches!(a["outcome"].as_str(), Some("chosen" | "works")))
-    {
-        return Vis::Seen;
-    }
-    let reasons: Vec<String> = tried
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}: {}",
-                a["attach"].as_str().unwrap_or("?"),
-                a["symbol"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| join(&a["candidates"])),
-                a["reason"].as_str().unwrap_or("not attached")
-            )
-        })
-        .collect();
-    Vis::Blind(reasons.join("; "))
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .unwrap_or_default()
-}
-
-/// The points a `watch` reported as not visible, from its start-up line
-/// `kmem-trace: watching with kprobe hooks (not visible: alloc, free); ...`.
-pub fn watch_blind(stderr: &[String]) -> Vec<String> {
-    stderr
-        .iter()
-        .find_map(|l| l.split_once("(not visible: "))
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(list, _)| list.split(", ").map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// What the scenario did, and so what kmem-trace must report.
@@ -330,6 +264,12 @@ fn judge_point(
     let watch_blind = obs.watch_blind.iter().any(|p| p == point);
     match visibility(report, &obs.family, point) {
         Vis::Blind(reason) if got == 0 => point_result("blind", 0, 0, reason),
+        Vis::Broken(reason) => point_result(
+            "fail",
+            expected,
+            got,
+            format!("blind, but the probe table has a hook for this kernel: {reason}"),
+        ),
         Vis::Blind(reason) => point_result(
             "fail",
             0,

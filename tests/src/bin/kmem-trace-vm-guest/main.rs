@@ -13,6 +13,7 @@ mod proto;
 mod rows;
 mod scenario;
 mod sys;
+mod visibility;
 
 use std::{
     path::PathBuf,
