@@ -195,6 +195,15 @@ impl Probes {
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
+        let slot = |point: Point| -> u32 {
+            table::fexit_symbols(point)
+                .iter()
+                .find_map(|s| facts.btf.func_params(s))
+                .unwrap_or(kmem_trace_common::ABSENT)
+        };
+        layout.fexit_ret_css_alloc = slot(Point::Alloc);
+        layout.fexit_ret_css_online = slot(Point::Online);
+        layout.fexit_ret_kmem_online = slot(Point::KmemActivate);
 
         let mut bpf = EbpfLoader::new()
             .btf(aya_btf.as_ref())
@@ -376,6 +385,21 @@ impl Attacher<'_> {
 
     fn attach_one(&mut self, program: &str, attach: Attach, symbol: &str) -> Result<(), String> {
         let btf = self.btf;
+        // fentry/fexit programs are loaded for one target: one that loaded for
+        // an earlier symbol but did not attach is unloaded before the next
+        // symbol (aya answered AlreadyLoaded), unless it is in use elsewhere.
+        let in_use = self
+            .done
+            .iter()
+            .any(|((p, _), r)| *p == program && r.is_ok());
+        let reload = |loaded: bool| -> Result<bool, ProgramError> {
+            if loaded && in_use {
+                return Err(other(format!(
+                    "{program} is already attached to another symbol"
+                )));
+            }
+            Ok(loaded)
+        };
         let prog = self
             .bpf
             .program_mut(program)
@@ -388,11 +412,17 @@ impl Attacher<'_> {
             }
             (Attach::Fentry, Program::FEntry(p)) => {
                 let btf = need_btf().map_err(other)?;
+                if reload(p.fd().is_ok())? {
+                    p.unload()?;
+                }
                 p.load(symbol, btf)?;
                 p.attach().map(drop)
             }
             (Attach::Fexit, Program::FExit(p)) => {
                 let btf = need_btf().map_err(other)?;
+                if reload(p.fd().is_ok())? {
+                    p.unload()?;
+                }
                 p.load(symbol, btf)?;
                 p.attach().map(drop)
             }

@@ -333,6 +333,15 @@ pub static SEEN: &[Seen] = &[
     seen("workqueue_execute_start", v(5, 10), v(7, 3), "tracepoint"),
 ];
 
+/// Symbols of the point's direct (not inferred) fexit row: the function whose
+/// BTF prototype gives the return value's context slot.
+pub fn fexit_symbols(point: Point) -> &'static [&'static str] {
+    TABLE
+        .iter()
+        .find(|r| r.point == point && r.attach == Attach::Fexit && !r.inferred)
+        .map_or(&[], |r| r.symbols)
+}
+
 /// The rows for one point that a mode allows, in order of preference.
 pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
     let mut rows: Vec<&Row> = TABLE
