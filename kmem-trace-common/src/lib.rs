@@ -330,19 +330,13 @@ pub struct Layout {
 
     /// Most residents reported per memcg by the in-kernel limiter.
     pub max_residents: u32,
-    /// fexit context slot of the return value (the number of parameters in
-    /// the function's BTF prototype) of `mem_cgroup_css_alloc`,
-    /// `mem_cgroup_css_online` and `memcg_online_kmem`; [`ABSENT`] when the
-    /// function has no BTF prototype.
-    pub fexit_ret_css_alloc: u32,
-    pub fexit_ret_css_online: u32,
-    pub fexit_ret_kmem_online: u32,
+    pub _pad1: u32,
 }
 
 /// [`Layout::layout_flags`]: `kernfs_node.id` is the pre-5.5 `{ino, generation}` union.
 pub const LAYOUT_KN_ID_U32: u32 = 1 << 0;
 
-pub const LAYOUT_SIZE: usize = 176;
+pub const LAYOUT_SIZE: usize = 168;
 const _: () = assert!(core::mem::size_of::<Layout>() == LAYOUT_SIZE);
 const _: () = assert!(core::mem::offset_of!(Layout, fn_css_release_work) == 144);
 
@@ -387,9 +381,7 @@ impl Layout {
         fn_css_release_work: 0,
         fn_css_free_work: 0,
         max_residents: 0,
-        fexit_ret_css_alloc: ABSENT,
-        fexit_ret_css_online: ABSENT,
-        fexit_ret_kmem_online: ABSENT,
+        _pad1: 0,
     };
 }
 

@@ -11,37 +11,22 @@ use kmem_trace_common::{hook, EventKind};
 use crate::{
     emit::{emit, emit_online, Subject},
     kprobes::{bad_ptr, on_css, on_id_put, on_kmem_online},
-    read::{lay, memcg_from_css},
+    read::memcg_from_css,
 };
 
 /// The traced function's return value: the trampoline's context holds the
 /// arguments, then the return value (`btf_ctx_access()` allows reading slot
-/// `nr_args` from fexit programs since 5.5). `slot` is the parameter count of
-/// the function's BTF prototype, resolved by userspace (`Layout::fexit_ret_*`),
-/// so a kernel that changes the signature does not make us read an argument as
-/// the result. Each arm is a constant offset: the verifier refuses a variable
-/// context access. Not aya's `FExitContext::ret`: that calls
-/// `bpf_get_func_ret`, a 5.17 helper, and the load fails with EINVAL on
-/// 5.5–5.16 kernels (seen on Debian 5.10.0-46).
-#[inline(always)]
-fn ret_at<T: aya_ebpf::Argument>(ctx: &FExitContext, slot: u32) -> Option<T> {
-    Some(match slot {
-        0 => ctx.arg::<T>(0),
-        1 => ctx.arg::<T>(1),
-        2 => ctx.arg::<T>(2),
-        3 => ctx.arg::<T>(3),
-        4 => ctx.arg::<T>(4),
-        5 => ctx.arg::<T>(5),
-        _ => return None,
-    })
+/// `nr_args` from fexit programs since 5.5). Not aya's `FExitContext::ret`:
+/// that calls `bpf_get_func_ret`, a 5.17 helper, and the load fails with
+/// EINVAL on 5.5–5.16 kernels (seen on Debian 5.10.0-46).
+fn ret_after<T: aya_ebpf::Argument>(ctx: &FExitContext, nr_args: usize) -> T {
+    ctx.arg::<T>(nr_args)
 }
 
 /// `struct cgroup_subsys_state *mem_cgroup_css_alloc(struct cgroup_subsys_state *parent_css)`.
 #[fexit(function = "mem_cgroup_css_alloc")]
 pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
-    let Some(css) = ret_at::<u64>(&ctx, lay!(fexit_ret_css_alloc)) else {
-        return 0;
-    };
+    let css: u64 = ret_after(&ctx, 1);
     if !bad_ptr(css) {
         let subj = Subject::new(memcg_from_css(css), 0);
         emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
@@ -55,8 +40,8 @@ pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
 pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
     // int mem_cgroup_css_online(struct cgroup_subsys_state *css)
     let css: u64 = ctx.arg::<u64>(0);
-    let ret: Option<i32> = ret_at(&ctx, lay!(fexit_ret_css_online));
-    if css == 0 || ret != Some(0) {
+    let ret: i32 = ret_after(&ctx, 1);
+    if css == 0 || ret != 0 {
         return 0;
     }
     emit_online(hook::FENTRY_CSS_ONLINE, &mut Subject::from_css(css), false);
@@ -102,7 +87,8 @@ pub fn kt_fentry_id_put_many(ctx: FEntryContext) -> i32 {
 pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
     // int memcg_online_kmem(struct mem_cgroup *memcg)
     let memcg: u64 = ctx.arg::<u64>(0);
-    if ret_at::<i32>(&ctx, lay!(fexit_ret_kmem_online)) == Some(0) {
+    let ret: i32 = ret_after(&ctx, 1);
+    if ret == 0 {
         on_kmem_online(hook::FENTRY_KMEM_ONLINE, memcg);
     }
     0

@@ -102,6 +102,10 @@ const ID_AT_OFFLINE: &str = "73f576c04b94 \"mm: memcontrol: fix cgroup creation 
 const LRU_REPARENT: &str = "series \"mm: memcontrol: eliminate the problem of dying memory cgroup for LRU folios\" (Muchun Song, Qi Zheng; v4 February 2026); merge release not confirmed: 6.18 still pins, 7.2.13 does not";
 /// Slab objects charged through obj_cgroup, reparented at offline.
 const SLAB_REPARENT: &str = "series \"The new cgroup slab memory controller\" (Roman Gushchin, 5.9): bf4f059954dc \"mm: memcg/slab: obj_cgroup API\", 10befea91b61 \"mm: memcg/slab: use a single set of kmem_caches for all allocations\"";
+/// Sockets: the css reference `sk->sk_memcg` holds (commit not looked up).
+const SOCK_REF: &str = "mem_cgroup_sk_alloc() takes a css reference for sk->sk_memcg, dropped when the socket is freed (cgroup v2; on v1 only with a kmem.tcp limit); ID at offline: 73f576c04b94";
+/// Swap: entries hold ID references, not css references.
+const SWAP_REF: &str = "73f576c04b94: swap entries hold the memcg's ID (mem_cgroup_id_get_many at swap-out), which holds its css";
 /// The ID put before 7.x and after it (the rename to private IDs).
 const PUT_MANY: &str = "mem_cgroup_id_put_many";
 const PRIVATE_PUT: &str = "mem_cgroup_private_id_put (inline)";
@@ -145,16 +149,17 @@ pub static TABLE: &[Row] = &[
     row(PageCache, v(7, 2), ANY, false, AtOffline, PRIVATE_PUT, LRU_REPARENT, "7.2.13, 7.3.4"),
     // Swap entries record the memcg's ID and hold an ID reference each (not a
     // css reference): the ID stays taken until they go (mem_cgroup_uncharge_swap).
-    row(Swap, v(4, 7), v(6, 19), true, SwapIn, PUT_MANY, ID_AT_OFFLINE, "6.12.118 (by hand)"),
-    row(Swap, v(7, 2), ANY, true, SwapIn, PRIVATE_PUT, ID_AT_OFFLINE, "7.3.4 (by hand)"),
+    row(Swap, v(4, 7), v(6, 19), true, SwapIn, PUT_MANY, SWAP_REF, "6.12 (VM matrix, cgroup v2)"),
+    row(Swap, v(7, 2), ANY, true, SwapIn, PRIVATE_PUT, SWAP_REF, "7.2.13, 7.3.4 (VM matrix)"),
     // A socket's sk_memcg holds a css reference (mem_cgroup_sk_alloc) until the
     // socket is freed; the ID goes at offline as for every css-only pin.
-    row(Socket, v(4, 7), v(6, 19), true, AtOffline, PUT_MANY, ID_AT_OFFLINE, "6.12.118 (by hand)"),
-    row(Socket, v(7, 2), ANY, true, AtOffline, PRIVATE_PUT, ID_AT_OFFLINE, "7.3.4 (by hand)"),
+    row(Socket, v(4, 7), v(6, 19), true, AtOffline, PUT_MANY, SOCK_REF, "6.12 (VM matrix, cgroup v2)"),
+    row(Socket, v(7, 2), ANY, true, AtOffline, PRIVATE_PUT, SOCK_REF, "7.2.13, 7.3.4 (VM matrix)"),
     // Slab: per-memcg kmem caches pinned the memcg until 5.9; since then objects
     // point at an obj_cgroup that is reparented at offline.
     row(Slab, v(4, 7), v(5, 9), true, AtOffline, PUT_MANY, ID_AT_OFFLINE, ""),
-    row(Slab, v(5, 9), ANY, false, AtOffline, PUT_MANY, SLAB_REPARENT, ""),
+    row(Slab, v(5, 9), v(6, 19), false, AtOffline, PUT_MANY, SLAB_REPARENT, ""),
+    row(Slab, v(7, 2), ANY, false, AtOffline, PRIVATE_PUT, SLAB_REPARENT, ""),
     // An inode written from the memcg keeps its cgroup writeback context (cgroup
     // v2), which holds the memcg's css; seen surviving sync and drop_caches.
     row(Writeback, v(6, 12), v(6, 19), true, AtOffline, PUT_MANY, ID_AT_OFFLINE, "6.12.118 (by hand, cgroup v2)"),
@@ -208,6 +213,35 @@ pub fn running_kernel() -> String {
     }
 }
 
+/// The table as Markdown, for the README (kept equal by a test).
+pub fn markdown() -> String {
+    let mut s = String::from(
+        "| pin cause | kernels | removed memcg stays dying | ID released at | released by | set by | checked on |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in TABLE {
+        let kernels = match (r.since == OLD, r.until == ANY) {
+            (true, _) => format!("before {}", r.until),
+            (false, true) => format!("{}+", r.since),
+            (false, false) => format!("{} to before {}", r.since, r.until),
+        };
+        s.push_str(&format!(
+            "| {} | {kernels} | {} | {} | `{}` | {} | {} |\n",
+            r.cause.name(),
+            if r.stays_dying { "yes" } else { "no" },
+            r.id_release.name(),
+            r.releaser,
+            r.cite,
+            if r.seen_on.is_empty() {
+                "source only"
+            } else {
+                r.seen_on
+            },
+        ));
+    }
+    s
+}
+
 fn join(items: &[&str]) -> String {
     match items {
         [] => String::new(),
@@ -248,6 +282,37 @@ mod tests {
         assert!(lookup(Tmpfs, KernelVersion(7, 0, 10)).is_none());
         assert!(!lookup(Slab, KernelVersion(5, 10, 0)).unwrap().stays_dying);
         assert!(lookup(Slab, KernelVersion(4, 19, 0)).unwrap().stays_dying);
+    }
+
+    #[test]
+    fn the_readme_shows_this_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        // KMEM_TRACE_BLESS=1 rewrites the block from the table.
+        if std::env::var_os("KMEM_TRACE_BLESS").is_some() {
+            let (head, rest) = readme
+                .split_once("<!-- leak-table:start -->\n")
+                .expect("start marker");
+            let (_, tail) = rest
+                .split_once("<!-- leak-table:end -->")
+                .expect("end marker");
+            let new = format!(
+                "{head}<!-- leak-table:start -->\n{}<!-- leak-table:end -->{tail}",
+                markdown()
+            );
+            std::fs::write(path, new).expect("writing README.md");
+            return;
+        }
+        let block = readme
+            .split_once("<!-- leak-table:start -->\n")
+            .and_then(|(_, rest)| rest.split_once("<!-- leak-table:end -->"))
+            .map(|(b, _)| b)
+            .expect("README.md has the leak-table markers");
+        assert_eq!(
+            block,
+            markdown(),
+            "README.md's leak table differs from leaks::TABLE"
+        );
     }
 
     #[test]

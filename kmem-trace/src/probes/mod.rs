@@ -141,6 +141,10 @@ impl KernelFacts for HostFacts {
         }
     }
 
+    fn fexit_params(&self, symbol: &str) -> Option<u32> {
+        self.btf.func_params(symbol)
+    }
+
     fn has_symbol(&self, attach: Attach, symbol: &str) -> bool {
         match attach {
             Attach::Kprobe | Attach::Kretprobe => self.kallsyms.has(symbol),
@@ -195,15 +199,6 @@ impl Probes {
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
-        let slot = |point: Point| -> u32 {
-            table::fexit_symbols(point)
-                .iter()
-                .find_map(|s| facts.btf.func_params(s))
-                .unwrap_or(kmem_trace_common::ABSENT)
-        };
-        layout.fexit_ret_css_alloc = slot(Point::Alloc);
-        layout.fexit_ret_css_online = slot(Point::Online);
-        layout.fexit_ret_kmem_online = slot(Point::KmemActivate);
 
         let mut bpf = EbpfLoader::new()
             .btf(aya_btf.as_ref())

@@ -333,14 +333,11 @@ pub static SEEN: &[Seen] = &[
     seen("workqueue_execute_start", v(5, 10), v(7, 3), "tracepoint"),
 ];
 
-/// Symbols of the point's direct (not inferred) fexit row: the function whose
-/// BTF prototype gives the return value's context slot.
-pub fn fexit_symbols(point: Point) -> &'static [&'static str] {
-    TABLE
-        .iter()
-        .find(|r| r.point == point && r.attach == Attach::Fexit && !r.inferred)
-        .map_or(&[], |r| r.symbols)
-}
+/// The context slot where the fexit programs read the traced function's return
+/// value (`kmem-trace-ebpf/src/fentry.rs`): after one parameter. A fixed offset,
+/// as the verifier refuses a variable context access; rows whose function has
+/// another parameter count in BTF are refused instead of misread.
+pub const FEXIT_RET_SLOT: u32 = 1;
 
 /// The rows for one point that a mode allows, in order of preference.
 pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
@@ -361,6 +358,21 @@ pub trait KernelFacts {
     /// Whether the symbol exists for this attach type (kallsyms / BTF func / tracepoint).
     fn has_symbol(&self, attach: Attach, symbol: &str) -> bool;
     fn has_kallsyms_addr(&self, symbol: &str) -> bool;
+    /// Parameters of the function's BTF prototype, where known.
+    fn fexit_params(&self, _symbol: &str) -> Option<u32> {
+        None
+    }
+}
+
+/// An fexit row's symbol must take [`FEXIT_RET_SLOT`] parameters, or the
+/// program would read an argument as the return value.
+fn fexit_slot(row: &Row, facts: &dyn KernelFacts, sym: String) -> Result<String, String> {
+    match facts.fexit_params(&sym) {
+        Some(n) if row.attach == Attach::Fexit && n != FEXIT_RET_SLOT => Err(format!(
+            "{sym} takes {n} parameters in BTF; the fexit program reads the return value after {FEXIT_RET_SLOT}"
+        )),
+        _ => Ok(sym),
+    }
 }
 
 /// Static check of one row: the symbol to use, or why the row cannot work.
@@ -390,7 +402,7 @@ pub fn check(
     }
     if let Some(sym) = forced_symbol {
         return if facts.has_symbol(row.attach, sym) {
-            Ok(sym.to_string())
+            fexit_slot(row, facts, sym.to_string())
         } else {
             Err(format!(
                 "forced symbol {sym} not found for {}",
@@ -398,19 +410,21 @@ pub fn check(
             ))
         };
     }
-    row.symbols
+    let found = row
+        .symbols
         .iter()
         .find(|s| facts.has_symbol(row.attach, s))
-        .map(|s| s.to_string())
-        .ok_or_else(|| {
-            let place = match row.attach {
-                Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
-                Attach::Fentry | Attach::Fexit => "as a BTF function",
-                Attach::TpBtf => "as a BTF tracepoint",
-                Attach::RawTp => "as a tracepoint",
-            };
-            format!("none of {} exists {place}", row.symbols.join(", "))
-        })
+        .map(|s| s.to_string());
+    if let Some(sym) = found {
+        return fexit_slot(row, facts, sym);
+    }
+    let place = match row.attach {
+        Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
+        Attach::Fentry | Attach::Fexit => "as a BTF function",
+        Attach::TpBtf => "as a BTF tracepoint",
+        Attach::RawTp => "as a tracepoint",
+    };
+    Err(format!("none of {} exists {place}", row.symbols.join(", ")))
 }
 
 #[cfg(test)]

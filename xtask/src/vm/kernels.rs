@@ -169,8 +169,14 @@ impl Catalog {
     }
 
     /// The default matrix, newest first within each series: [`DEFAULT_SERIES`]
-    /// and the newest series of [`suites::BACKPORTS`].
-    pub fn default_releases(&self) -> Result<Vec<String>> {
+    /// and the newest series of [`suites::BACKPORTS`], in `flavours` (empty:
+    /// [`DEFAULT_FLAVOURS`]).
+    pub fn default_releases(&self, flavours: &[String]) -> Result<Vec<String>> {
+        let flavours: Vec<&str> = if flavours.is_empty() {
+            DEFAULT_FLAVOURS.to_vec()
+        } else {
+            flavours.iter().map(String::as_str).collect()
+        };
         let backports = self
             .entries
             .iter()
@@ -187,7 +193,7 @@ impl Catalog {
         series.sort_by_key(|s| numbers(s));
         let mut out = Vec::new();
         for series in &series {
-            for flavour in DEFAULT_FLAVOURS {
+            for flavour in &flavours {
                 out.push(newest(self.names(), series, flavour).with_context(|| {
                     format!("no Debian suite has a linux-image-{series}*-{flavour} package")
                 })?);
@@ -502,7 +508,7 @@ mod tests {
         assert_eq!(newest(n(), "5.10", "amd64").unwrap(), "5.10.0-46-amd64");
         assert_eq!(newest(n(), "4.19", "amd64"), None);
         assert_eq!(
-            c.default_releases().unwrap(),
+            c.default_releases(&[]).unwrap(),
             vec![
                 "5.10.0-46-amd64",
                 "5.10.0-46-cloud-amd64",
@@ -512,6 +518,22 @@ mod tests {
                 "6.12.117+deb12-cloud-amd64",
                 "7.3.4+deb13-amd64",
                 "7.3.4+deb13-cloud-amd64",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ci_subset_is_one_cloud_kernel_per_series() {
+        let ci = catalog()
+            .default_releases(&["cloud-amd64".to_string()])
+            .unwrap();
+        assert_eq!(
+            ci,
+            vec![
+                "5.10.0-46-cloud-amd64",
+                "6.1.0-58-cloud-amd64",
+                "6.12.117+deb12-cloud-amd64",
+                "7.3.4+deb13-cloud-amd64"
             ]
         );
     }
