@@ -214,15 +214,18 @@ pub fn run(args: &VmArgs) -> Result<()> {
         !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
     fs::create_dir_all(&cache)?;
-    // The default matrix needs four suites' lists; a named kernel may be in any.
-    let catalog = if args.kernels.is_empty() {
-        kernels::Catalog::load(&cache, suites::DEFAULT)?
-    } else if specs.is_empty() {
+    // The default matrix needs four suites' lists; a named kernel may be in
+    // any, so sid's and experimental's (large) lists are fetched only for one
+    // the default suites do not have.
+    let mut catalog = if specs.is_empty() && !args.kernels.is_empty() {
         kernels::Catalog::default()
     } else {
-        let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
-        kernels::Catalog::load(&cache, &all)?
+        kernels::Catalog::load(&cache, suites::DEFAULT)?
     };
+    if specs.iter().any(|s| catalog.resolve(s).is_err()) {
+        let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
+        catalog = kernels::Catalog::load(&cache, &all)?;
+    }
     let releases = if args.kernels.is_empty() {
         catalog.default_releases(&args.flavours)?
     } else {

@@ -139,7 +139,10 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
          the point on that kernel (not a pass); kmem on/off = kmem activation reported \
          (on by default, off with cgroup.memory=nokmem); (agree) = families seeing a point \
          reported the same events and memcg IDs; (census) = how `kmem-trace census` \
-         classified a tmpfs-pinned and a page-cache-pinned dying memcg."
+         classified a tmpfs-pinned and a page-cache-pinned dying memcg; (pins) = cgroup v2 \
+         swap and socket pins: whether the kernel kept the memcg dying, when the trace saw its \
+         ID released (offline, at the pin's release, or not seen: no hook), and the census's \
+         cause and bytes."
     );
     let findings = kernel_findings(runs);
     if !findings.is_empty() {
@@ -204,6 +207,9 @@ pub fn census_text(c: &Value) -> String {
         None => "",
     };
     match c["status"].as_str() {
+        Some("pass") if pins.is_empty() => {
+            "no pin held: both freed at rmdir, as the leak table says  pass".to_string()
+        }
         Some("pass") => format!("dying: {}{freed}  pass", pins.join(", ")),
         Some("unsupported") => format!(
             "no cgroup BPF iterator: counts only, {} dying",
