@@ -265,7 +265,9 @@ pub static TABLE: &[Row] = &[
     // (kmem_trace::leaks). 6.19 to 7.1 are untested: the rows end at 7.2, the
     // first kernel seen without the symbol.
     until(row(IdRelease, FE, Fentry, "kt_fentry_id_put_many", hook::FENTRY_ID_PUT, ID_PUT, v(5, 5), "reference count before the put equals n"), v(7, 2)),
-    until(row(IdRelease, KP, Kprobe, "kt_kprobe_id_put_many", hook::KPROBE_ID_PUT, ID_PUT, v(4, 7), "reference count before the put equals n"), v(7, 2)),
+    // kprobe: the count read before the put misses concurrent puts; the return
+    // probe sees id.id zeroed by mem_cgroup_id_remove() and claims it once.
+    until(ret(row(IdRelease, KP, Kretprobe, "kt_kretprobe_id_put_many", hook::KPROBE_ID_PUT, ID_PUT, v(4, 7), "id.id is 0 after the put; one report per memcg"), "kt_kprobe_id_put_many"), v(7, 2)),
     // kmem_activate: direct where the kernel has a function, else inferred at online
     until(row(KmemActivate, FE, Fexit, "kt_fexit_kmem_online", hook::FENTRY_KMEM_ONLINE, KMEM_ONLINE, v(5, 5), "memcg_online_kmem() returned 0"), v(6, 1)),
     inferred(row(KmemActivate, FE, Fexit, "kt_fexit_css_online", hook::FENTRY_CSS_ONLINE, CSS_ONLINE, v(5, 5), "kmemcg_id/objcg set after online")),
