@@ -11,8 +11,8 @@ if ! command -v cargo >/dev/null 2>&1; then
         PATH="$HOME/.cargo/bin:$PATH"
     else
         echo "x.sh: no cargo found; installing Debian's Rust toolchain (rustc-web, cargo-web)" >&2
-        $SUDO apt-get update -qq
-        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
             rustc-web cargo-web rustfmt-web rust-web-clippy build-essential pkg-config ca-certificates git
     fi
 fi

@@ -11,7 +11,7 @@ use kmem_trace_common::{hook, EventKind};
 
 use crate::{
     emit::{emit, emit_online, kmem_state, Subject},
-    maps::STASH,
+    maps::{ID_CLAIMED, STASH},
     read::{lay, memcg_from_css, rd},
 };
 
@@ -94,18 +94,53 @@ pub fn kt_kprobe_css_free(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 pub fn on_css(hook_id: u16, kind: EventKind, css: u64) {
     if css != 0 {
+        if matches!(kind, EventKind::Free) {
+            // A later memcg at this address may release its ID again.
+            let _ = ID_CLAIMED.remove(&memcg_from_css(css));
+        }
         emit(hook_id, kind, 0, &Subject::from_css(css), 0);
     }
 }
 
+/// STASH key of `mem_cgroup_id_put_many()`'s memcg (pid_tgid with a tag bit,
+/// apart from the css_online and kmem stashes).
+const ID_PUT_TAG: u64 = 0x4000_0000_0000_0000;
+
 /// `mem_cgroup_id_put_many(memcg, n)`: the ID goes back to the IDR/xarray when
-/// the reference count drops to zero (`mem_cgroup_id_remove()`), i.e. when the
-/// count before the put equals `n`.
+/// `refcount_sub_and_test()` drops the count to zero, and
+/// `mem_cgroup_id_remove()` then zeroes `memcg->id.id`. The count read here,
+/// before the put, cannot tell: two concurrent puts both read a count above
+/// their `n` and the release was missed. So the entry only stashes the memcg...
 #[kprobe]
 pub fn kt_kprobe_id_put_many(ctx: ProbeContext) -> u32 {
     let memcg: u64 = ctx.arg::<u64>(0).unwrap_or(0);
-    let n: u32 = ctx.arg::<u32>(1).unwrap_or(0);
-    on_id_put(hook::KPROBE_ID_PUT, memcg, n);
+    let key = bpf_get_current_pid_tgid() ^ ID_PUT_TAG;
+    let _ = STASH.insert(&key, &memcg, 0);
+    0
+}
+
+/// ...and the return reads `id.id`: zero means the ID is gone. Of concurrent
+/// puts that all return after the removal, the first to claim the memcg in
+/// `ID_CLAIMED` reports it, so the release is reported exactly once.
+#[kretprobe]
+pub fn kt_kretprobe_id_put_many(_ctx: RetProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid() ^ ID_PUT_TAG;
+    let memcg = match unsafe { STASH.get(&key) } {
+        Some(v) => *v,
+        None => return 0,
+    };
+    let _ = STASH.remove(&key);
+    if memcg == 0 || rd::<i32>(memcg, lay!(memcg_id)) != Some(0) {
+        return 0;
+    }
+    // BPF_NOEXIST: only the first put to get here inserts.
+    if ID_CLAIMED.insert(&memcg, &1, 1).is_ok() {
+        let subj = Subject::new(
+            memcg,
+            crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
+        );
+        emit(hook::KPROBE_ID_PUT, EventKind::IdRelease, 0, &subj, 0);
+    }
     0
 }
 

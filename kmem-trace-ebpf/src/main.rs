@@ -23,7 +23,7 @@ mod tracepoints;
 mod maps {
     use aya_ebpf::{
         macros::map,
-        maps::{Array, HashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     };
     use kmem_trace_common::{stat, Layout, MAX_HOOKS};
 
@@ -47,6 +47,12 @@ mod maps {
     /// Function arguments stashed at a kprobe for its kretprobe, keyed by pid_tgid.
     #[map]
     pub static STASH: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+    /// memcgs whose ID release the kprobe family reported (one report per life:
+    /// concurrent puts can both return after the ID is gone); the key goes when
+    /// the memcg is freed, LRU eviction bounds it otherwise.
+    #[map]
+    pub static ID_CLAIMED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 }
 
 #[cfg(target_arch = "bpf")]

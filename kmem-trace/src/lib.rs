@@ -14,6 +14,7 @@ pub mod decode;
 pub mod doctor;
 pub mod files;
 pub mod forecast;
+pub mod leaks;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outputs;

@@ -10,7 +10,7 @@ use clap::Args;
 use crate::util::{self, ok, privileged, sh, which};
 
 /// Debian packages: rustc with library source, and the LLVM bpf-linker builds against.
-const APT_PACKAGES: &[&str] = &[
+pub const APT_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "rust-web-src",
@@ -60,15 +60,13 @@ pub fn apt_install(pkgs: &[&str], check: bool) -> Result<()> {
         bail!("missing packages: {}", missing.join(" "));
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    let mut update = privileged("apt-get");
-    update.args(["update", "-qq"]);
-    sh(&mut update)?;
-    let mut install = privileged("apt-get");
+    util::apt(util::apt_get().args(["update", "-qq"]))?;
+    let mut install = util::apt_get();
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing);
-    sh(&mut install)
+    util::apt(&mut install)
 }
 
 fn bpf_linker_present() -> bool {

@@ -26,8 +26,17 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !util::is_root() {
         return rerun_as_root(args);
     }
+    // Every Debian package of the whole suite, installed once before steps run
+    // side by side (the VM matrix and its runner test each check for qemu):
+    // two apt-get installs at once lose the dpkg lock.
+    let all: Vec<&str> = crate::setup::APT_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .chain(crate::vm::PACKAGES)
+        .copied()
+        .collect();
+    crate::setup::apt_install(&all, false)?;
     crate::setup::run_setup(false)?;
-    crate::setup::apt_install(TEST_PACKAGES, false)?;
     let root = util::root();
     let skip = |s: &str| args.skip.iter().any(|x| x == s);
     let cargo = || {

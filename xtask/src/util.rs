@@ -56,6 +56,33 @@ impl KernelLock {
     }
 }
 
+/// Serialises this suite's apt calls (the test steps run some at once).
+pub const APT_LOCK: &str = "/tmp/kmem-apt.lock";
+/// Seconds an apt call waits for the dpkg lock held by another apt (the
+/// system's unattended upgrades, another run) instead of failing.
+pub const APT_LOCK_WAIT_S: u32 = 600;
+
+/// `apt-get` (privileged) that waits for the dpkg lock instead of failing
+/// ("Could not get lock /var/lib/dpkg/lock-frontend"); run it with [`apt`].
+pub fn apt_get() -> Command {
+    let mut c = privileged("apt-get");
+    c.arg(format!("-oDPkg::Lock::Timeout={APT_LOCK_WAIT_S}"));
+    c
+}
+
+/// Runs an [`apt_get`] command holding [`APT_LOCK`]: `apt-get update` does not
+/// wait for its lists lock the way dpkg's lock waits, so two of this suite's
+/// apt calls never run at once.
+pub fn apt(cmd: &mut Command) -> Result<()> {
+    let f = File::options()
+        .create(true)
+        .append(true)
+        .open(APT_LOCK)
+        .with_context(|| format!("opening {APT_LOCK}"))?;
+    f.lock().with_context(|| format!("locking {APT_LOCK}"))?;
+    sh(cmd)
+}
+
 /// Runs a command, echoing it, failing on a non-zero exit.
 pub fn sh(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));

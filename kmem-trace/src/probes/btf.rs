@@ -191,6 +191,20 @@ impl KernelBtf {
             .unwrap_or(false)
     }
 
+    /// The number of parameters in function `name`'s BTF prototype: the fexit
+    /// context slot of its return value (`btf_ctx_access()`).
+    pub fn func_params(&self, name: &str) -> Option<u32> {
+        let ts = self.btf.resolve_types_by_name(name).ok()?;
+        let func = ts.iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        match self.btf.resolve_chained_type(func).ok()? {
+            Type::FuncProto(p) => Some(p.parameters.len() as u32),
+            _ => None,
+        }
+    }
+
     /// The BTF id of function `name` (what a program attaching to it names).
     pub fn func_id(&self, name: &str) -> Option<u32> {
         let ids = self.btf.resolve_ids_by_name(name).ok()?;

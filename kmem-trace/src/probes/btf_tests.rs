@@ -80,7 +80,15 @@ impl BtfBuilder {
         self.push(&[n, 8 << 24, to])
     }
     pub fn func(&mut self, name: &str) -> u32 {
-        let proto = self.push(&[0, 13 << 24, 0]);
+        self.func_with(name, 0, &[])
+    }
+    /// A function returning `ret` with parameters of the given types.
+    pub fn func_with(&mut self, name: &str, ret: u32, params: &[u32]) -> u32 {
+        let mut words = vec![0, (13 << 24) | params.len() as u32, ret];
+        for p in params {
+            words.extend_from_slice(&[0, *p]);
+        }
+        let proto = self.push(&words);
         let n = self.s(name);
         self.push(&[n, 12 << 24, proto])
     }
@@ -358,4 +366,19 @@ fn missing_member_fixture_is_current() {
         want,
         "run with KMEM_TRACE_BLESS=1 to regenerate"
     );
+}
+
+#[test]
+fn fexit_return_slot_is_the_parameter_count() {
+    let mut b = BtfBuilder::new();
+    let int = b.int("int", 4);
+    let p = b.ptr(int);
+    b.func_with("mem_cgroup_css_online", int, &[p]);
+    b.func_with("two_args", int, &[p, int]);
+    b.func("no_args");
+    let btf = KernelBtf::from_bytes(&b.build()).unwrap();
+    assert_eq!(btf.func_params("mem_cgroup_css_online"), Some(1));
+    assert_eq!(btf.func_params("two_args"), Some(2));
+    assert_eq!(btf.func_params("no_args"), Some(0));
+    assert_eq!(btf.func_params("missing"), None);
 }

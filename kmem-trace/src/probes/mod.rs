@@ -141,6 +141,10 @@ impl KernelFacts for HostFacts {
         }
     }
 
+    fn fexit_params(&self, symbol: &str) -> Option<u32> {
+        self.btf.func_params(symbol)
+    }
+
     fn has_symbol(&self, attach: Attach, symbol: &str) -> bool {
         match attach {
             Attach::Kprobe | Attach::Kretprobe => self.kallsyms.has(symbol),
@@ -376,6 +380,21 @@ impl Attacher<'_> {
 
     fn attach_one(&mut self, program: &str, attach: Attach, symbol: &str) -> Result<(), String> {
         let btf = self.btf;
+        // fentry/fexit programs are loaded for one target: one that loaded for
+        // an earlier symbol but did not attach is unloaded before the next
+        // symbol (aya answered AlreadyLoaded), unless it is in use elsewhere.
+        let in_use = self
+            .done
+            .iter()
+            .any(|((p, _), r)| *p == program && r.is_ok());
+        let reload = |loaded: bool| -> Result<bool, ProgramError> {
+            if loaded && in_use {
+                return Err(other(format!(
+                    "{program} is already attached to another symbol"
+                )));
+            }
+            Ok(loaded)
+        };
         let prog = self
             .bpf
             .program_mut(program)
@@ -388,11 +407,17 @@ impl Attacher<'_> {
             }
             (Attach::Fentry, Program::FEntry(p)) => {
                 let btf = need_btf().map_err(other)?;
+                if reload(p.fd().is_ok())? {
+                    p.unload()?;
+                }
                 p.load(symbol, btf)?;
                 p.attach().map(drop)
             }
             (Attach::Fexit, Program::FExit(p)) => {
                 let btf = need_btf().map_err(other)?;
+                if reload(p.fd().is_ok())? {
+                    p.unload()?;
+                }
                 p.load(symbol, btf)?;
                 p.attach().map(drop)
             }

@@ -9,6 +9,8 @@ struct Fake {
     version: KernelVersion,
     kprobes: bool,
     symbols: HashSet<&'static str>,
+    /// BTF parameter count of every function (None: unknown).
+    params: Option<u32>,
 }
 
 impl KernelFacts for Fake {
@@ -27,12 +29,16 @@ impl KernelFacts for Fake {
     fn has_kallsyms_addr(&self, symbol: &str) -> bool {
         self.symbols.contains(symbol)
     }
+    fn fexit_params(&self, _symbol: &str) -> Option<u32> {
+        self.params
+    }
 }
 
 fn debian_61() -> Fake {
     Fake {
         version: KernelVersion(6, 1, 0),
         kprobes: true,
+        params: None,
         symbols: [
             "mem_cgroup_css_alloc",
             "mem_cgroup_css_online",
@@ -210,4 +216,18 @@ fn offline_falls_back_to_the_kmem_offline_clone() {
         first(Point::Offline, HookMode::Kprobe, &k).as_deref(),
         Some("kt_kprobe_css_offline@memcg_offline_kmem.part.0")
     );
+}
+
+#[test]
+fn an_fexit_function_with_another_prototype_is_refused_not_misread() {
+    let mut k = debian_61();
+    k.params = Some(2);
+    let alloc = candidates(Point::Alloc, HookMode::Fentry);
+    let err = check(alloc[0], &k, None).unwrap_err();
+    assert!(err.contains("takes 2 parameters"), "{err}");
+    // fentry rows read arguments only: unaffected.
+    let offline = candidates(Point::Offline, HookMode::Fentry);
+    assert!(check(offline[0], &k, None).is_ok());
+    k.params = Some(1);
+    assert!(check(alloc[0], &k, None).is_ok());
 }

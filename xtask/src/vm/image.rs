@@ -197,6 +197,21 @@ pub fn busybox() -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Size of the swap disk (the guest's pin scenarios swap out 1 MiB).
+const SWAP_BYTES: u64 = 64 << 20;
+
+/// The swap disk: an empty sparse image the guest runs `mkswap` on. Every VM
+/// attaches it with `snapshot=on`, so writes go to a private temporary copy and
+/// VMs running at once share it.
+pub fn swap_disk(cache: &Path) -> Result<PathBuf> {
+    let img = cache.join(format!("swap-{}M.img", SWAP_BYTES >> 20));
+    if !img.exists() {
+        let f = fs::File::create(&img).with_context(|| format!("creating {}", img.display()))?;
+        f.set_len(SWAP_BYTES)?;
+    }
+    Ok(img)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,14 @@
 //! Debian kernels for the VM matrix: which ones (the newest ABI of a series and
-//! flavour, found with apt), fetched with `apt-get download`, unpacked once into
-//! the cache with just what a test VM needs — the bzImage and the modules that
-//! give it a virtio disk with ext4, in load order.
+//! flavour, found in the suites' package lists), fetched with `apt-get
+//! download` in either layout (one `linux-image-<release>` package with
+//! `boot/vmlinuz-<release>`, or from trixie on a small `linux-image` depending on
+//! `linux-binary-<release>` with `usr/lib/modules/<release>/vmlinuz` and
+//! `linux-modules-<release>`; signed or `-unsigned`), unpacked once into the
+//! cache with just what a test VM needs: the kernel and the modules that give it
+//! a virtio disk with ext4, in load order.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -11,12 +16,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::extra_suites;
-use crate::util::{privileged, sh};
+use super::suites::{self, Suite};
+use crate::util::sh;
 
-/// The default matrix: the newest ABI of each series, in each flavour.
-/// 5.10 comes from Debian bullseye through `extra_suites`: the only series
-/// before the cgroup iterator (6.1: census counts only) and before
+/// The default matrix: the newest ABI of each series, in each flavour, and the
+/// newest series of [`suites::BACKPORTS`]. 5.10 comes from Debian bullseye: the
+/// only series before the cgroup iterator (6.1: census counts only) and before
 /// `bpf_get_func_ret` (5.17: fexit reads the return value from its context).
 pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
 pub const DEFAULT_FLAVOURS: &[&str] = &["amd64", "cloud-amd64"];
@@ -44,100 +49,167 @@ fn numbers(release: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The kernel release a package name carries: `linux-image-<r>`,
+/// `linux-image-<r>-unsigned`, `linux-binary-<r>`, `linux-binary-unsigned-<r>`;
+/// `None` for meta packages (`linux-image-amd64`) and `-dbg` symbols.
+pub fn release_of(name: &str) -> Option<&str> {
+    let r = if let Some(r) = name.strip_prefix("linux-image-") {
+        r.strip_suffix("-unsigned").unwrap_or(r)
+    } else if let Some(r) = name.strip_prefix("linux-binary-") {
+        r.strip_prefix("unsigned-").unwrap_or(r)
+    } else {
+        return None;
+    };
+    (r.starts_with(|c: char| c.is_ascii_digit()) && !r.ends_with("-dbg")).then_some(r)
+}
+
+/// A release's series: `7.3.4+deb13-cloud-amd64` → `7.3`.
+fn series_of(release: &str) -> Option<String> {
+    let n = numbers(release);
+    Some(format!("{}.{}", n.first()?, n.get(1)?))
+}
+
 /// The newest release of `series` (`6.1`) in `flavour` (`cloud-amd64`) among
-/// package names `linux-image-<release>`; signed images only (no `-unsigned`,
-/// `-dbg`), and `amd64` does not match `cloud-amd64` or `rt-amd64`.
+/// kernel package names; `amd64` does not match `cloud-amd64` or `rt-amd64`.
 pub fn newest<'a>(
     names: impl Iterator<Item = &'a str>,
     series: &str,
     flavour: &str,
 ) -> Option<String> {
     names
-        .filter_map(|n| n.strip_prefix("linux-image-"))
-        .filter_map(|r| {
-            let base = r.strip_suffix(&format!("-{flavour}"))?;
-            let rest = base.strip_prefix(series)?;
+        .filter_map(release_of)
+        .filter(|r| {
+            let Some(base) = r.strip_suffix(&format!("-{flavour}")) else {
+                return false;
+            };
             // `6.1` must not match `6.12...`; the base must be a plain version.
-            let plain = rest.starts_with('.')
+            base.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with('.'))
                 && base
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'))
                 && !base.ends_with("-cloud")
-                && !base.ends_with("-rt");
-            plain.then(|| r.to_string())
+                && !base.ends_with("-rt")
         })
         .max_by_key(|r| numbers(r))
+        .map(str::to_string)
 }
 
-/// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package name
-/// (`linux-image-...`) or a series alias (`6.12`, `6.1-cloud`).
-pub fn resolve(spec: &str, names: &[String]) -> Result<String> {
-    let spec = spec.strip_prefix("linux-image-").unwrap_or(spec);
-    if spec.ends_with("amd64") {
-        return Ok(spec.to_string());
-    }
-    let (series, flavour) = match spec.split_once('-') {
-        Some((s, f)) => (s, format!("{f}-amd64")),
-        None => (spec, "amd64".to_string()),
-    };
-    newest(names.iter().map(String::as_str), series, &flavour).with_context(|| {
-        format!("no Debian kernel package matches {spec:?} (series {series}, flavour {flavour}); apt-cache pkgnames linux-image- lists them")
-    })
+/// Kernel package names and the suite listing each.
+#[derive(Default)]
+pub struct Catalog {
+    entries: Vec<(String, &'static str)>,
 }
 
-/// Package names `linux-image-*` apt knows, with those of the extra suites
-/// (private apt states under `cache`).
-pub fn package_names(cache: &Path) -> Result<Vec<String>> {
-    let mut names = system_package_names()?;
-    for (_, suite) in extra_suites::SUITES {
-        names.extend(extra_suites::Suite::new(cache, suite).package_names()?);
-    }
-    Ok(names)
-}
-
-/// Package names `linux-image-*` the machine's apt knows; runs `apt-get update`
-/// once if none.
-fn system_package_names() -> Result<Vec<String>> {
-    let list = || -> Result<Vec<String>> {
-        let out = Command::new("apt-cache")
-            .args(["pkgnames", "linux-image-"])
-            .output()
-            .context("running apt-cache (the VM matrix needs Debian's kernel packages)")?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect())
-    };
-    let names = list()?;
-    if !names.is_empty() {
-        return Ok(names);
-    }
-    sh(privileged("apt-get").args(["update", "-qq"]))?;
-    list()
-}
-
-/// The default matrix, newest first within each series.
-pub fn default_releases(names: &[String]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for series in DEFAULT_SERIES {
-        for flavour in DEFAULT_FLAVOURS {
-            out.push(
-                newest(names.iter().map(String::as_str), series, flavour).with_context(|| {
-                    format!("apt knows no linux-image-{series}*-{flavour} package")
-                })?,
-            );
+impl Catalog {
+    /// The package lists of `suites` (names from [`suites::ALL`]), fetched into
+    /// private apt states under `cache` when stale.
+    pub fn load(cache: &Path, names: &[&str]) -> Result<Catalog> {
+        let mut entries = Vec::new();
+        for name in names {
+            let suite = Suite::named(cache, name).with_context(|| format!("no suite {name}"))?;
+            for pkg in suite.package_names()? {
+                entries.push((pkg, suite.name()));
+            }
         }
+        Ok(Catalog { entries })
     }
-    Ok(out)
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Where `release` comes from: its suite and the packages to download, the
+    /// signed image first (its dependencies are added by [`fetch`]).
+    fn source(&self, release: &str) -> Option<(&'static str, Vec<String>)> {
+        let choices = [
+            vec![format!("linux-image-{release}")],
+            vec![format!("linux-image-{release}-unsigned")],
+            vec![
+                format!("linux-binary-{release}"),
+                format!("linux-modules-{release}"),
+                format!("linux-base-{release}"),
+            ],
+            vec![
+                format!("linux-binary-unsigned-{release}"),
+                format!("linux-modules-{release}"),
+                format!("linux-base-{release}"),
+            ],
+        ];
+        choices.into_iter().find_map(|pkgs| {
+            self.entries
+                .iter()
+                .rev() // the newest suite listing it
+                .find(|(n, _)| *n == pkgs[0])
+                .map(|(_, s)| (*s, pkgs))
+        })
+    }
+
+    /// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package
+    /// name (`linux-image-...`) or a series alias (`6.12`, `7.3-cloud`).
+    pub fn resolve(&self, spec: &str) -> Result<String> {
+        let exact = release_of(spec).or_else(|| spec.ends_with("amd64").then_some(spec));
+        if let Some(r) = exact {
+            if self.source(r).is_none() {
+                bail!(
+                    "no Debian suite ({}) has kernel {r}; a series alias such as {} picks the newest",
+                    suites::ALL.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
+                    series_of(r).unwrap_or_else(|| "6.12".into())
+                );
+            }
+            return Ok(r.to_string());
+        }
+        let (series, flavour) = match spec.split_once('-') {
+            Some((s, f)) => (s, format!("{f}-amd64")),
+            None => (spec, "amd64".to_string()),
+        };
+        newest(self.names(), series, &flavour).with_context(|| {
+            format!("no Debian kernel package matches {spec:?} (series {series}, flavour {flavour}) in any suite")
+        })
+    }
+
+    /// The default matrix, newest first within each series: [`DEFAULT_SERIES`]
+    /// and the newest series of [`suites::BACKPORTS`], in `flavours` (empty:
+    /// [`DEFAULT_FLAVOURS`]).
+    pub fn default_releases(&self, flavours: &[String]) -> Result<Vec<String>> {
+        let flavours: Vec<&str> = if flavours.is_empty() {
+            DEFAULT_FLAVOURS.to_vec()
+        } else {
+            flavours.iter().map(String::as_str).collect()
+        };
+        let backports = self
+            .entries
+            .iter()
+            .filter(|(_, s)| *s == suites::BACKPORTS)
+            .filter_map(|(n, _)| release_of(n))
+            .max_by_key(|r| numbers(r))
+            .and_then(series_of);
+        let series: BTreeSet<String> = DEFAULT_SERIES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(backports)
+            .collect();
+        let mut series: Vec<String> = series.into_iter().collect();
+        series.sort_by_key(|s| numbers(s));
+        let mut out = Vec::new();
+        for series in &series {
+            for flavour in &flavours {
+                out.push(newest(self.names(), series, flavour).with_context(|| {
+                    format!("no Debian suite has a linux-image-{series}*-{flavour} package")
+                })?);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Makes `release` ready in `cache` (download, unpack, pick modules) unless a
 /// previous run did; returns what booting it needs.
-pub fn prepare(cache: &Path, release: &str) -> Result<Kernel> {
+pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel> {
     let dir = cache.join("kernels").join(release);
     let ready = dir.join("ready");
     if !ready.exists() {
-        fetch(cache, release, &dir)?;
+        fetch(cache, catalog, release, &dir)?;
         fs::write(&ready, "")?;
     }
     let order = fs::read_to_string(dir.join("modules.order")).unwrap_or_default();
@@ -163,51 +235,77 @@ pub fn prepare(cache: &Path, release: &str) -> Result<Kernel> {
     })
 }
 
-fn fetch(cache: &Path, release: &str, dir: &Path) -> Result<()> {
-    let pkg = format!("linux-image-{release}");
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs)?;
-    let find_deb = || -> Option<PathBuf> {
-        fs::read_dir(&debs)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-            })
-    };
-    if find_deb().is_none() {
-        eprintln!("vm-test: downloading {pkg}");
-        match extra_suites::Suite::for_release(cache, release) {
-            Some(suite) => suite.download(&pkg, &debs)?,
-            None => sh(Command::new("apt-get")
-                .current_dir(&debs)
-                .args(["download", "-q", &pkg]))?,
+/// The `.deb` of `pkg` in `debs`, if downloaded.
+fn find_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
+    fs::read_dir(debs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
+}
+
+fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<()> {
+    let (suite_name, mut pkgs) = catalog
+        .source(release)
+        .with_context(|| format!("no Debian suite has kernel {release}"))?;
+    let suite = Suite::named(cache, suite_name).context("suite")?;
+    // The split layout: the image package only depends on the kernel
+    // (linux-binary), its modules (linux-modules) and the files depmod needs
+    // to know the built-in modules, System.map and config (linux-base).
+    for dep in suite.depends(&pkgs[0])? {
+        let split = ["linux-binary-", "linux-modules-", "linux-base-"]
+            .iter()
+            .any(|p| dep.starts_with(p));
+        if split && dep.ends_with(release) && !pkgs.contains(&dep) {
+            pkgs.push(dep);
         }
     }
-    let deb = find_deb().with_context(|| format!("apt-get download left no {pkg} .deb"))?;
+    let debs = cache.join("debs");
+    fs::create_dir_all(&debs)?;
     let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
-    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+    let mut downloaded = Vec::new();
+    for pkg in &pkgs {
+        if find_deb(&debs, pkg).is_none() {
+            eprintln!("vm-test: downloading {pkg} (Debian {suite_name})");
+            suite.download(pkg, &debs)?;
+        }
+        let deb =
+            find_deb(&debs, pkg).with_context(|| format!("apt-get download left no {pkg} .deb"))?;
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        downloaded.push(deb);
+    }
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("modules"))?;
-    fs::copy(
-        tmp.join(format!("boot/vmlinuz-{release}")),
-        dir.join("vmlinuz"),
-    )
-    .with_context(|| format!("{pkg} has no boot/vmlinuz-{release}"))?;
-    let _ = fs::copy(
-        tmp.join(format!("boot/config-{release}")),
-        dir.join("config"),
-    );
+    let found = |names: &[String]| names.iter().map(|n| tmp.join(n)).find(|p| p.exists());
+    let moddir = format!("usr/lib/modules/{release}");
+    let vmlinuz = found(&[
+        format!("boot/vmlinuz-{release}"),
+        format!("{moddir}/vmlinuz"),
+        format!("lib/modules/{release}/vmlinuz"),
+    ])
+    .with_context(|| {
+        format!(
+            "{} hold no kernel (boot/vmlinuz-{release} or {moddir}/vmlinuz)",
+            pkgs.join(" + ")
+        )
+    })?;
+    fs::copy(&vmlinuz, dir.join("vmlinuz"))?;
+    if let Some(config) = found(&[format!("boot/config-{release}"), format!("{moddir}/config")]) {
+        fs::copy(config, dir.join("config"))?;
+    }
     let mods = pick_modules(&tmp, release, &dir.join("modules"))?;
     fs::write(dir.join("modules.order"), mods.join("\n"))?;
     fs::remove_dir_all(&tmp)?;
-    // The unpacked tree is what is kept; the .deb can be fetched again.
-    fs::remove_file(&deb)?;
+    // The unpacked tree is what is kept; the .debs can be fetched again.
+    for deb in downloaded {
+        fs::remove_file(deb)?;
+    }
     Ok(())
 }
 
@@ -333,37 +431,75 @@ fn decompress(src: &Path, dst: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    const NAMES: &[&str] = &[
-        "linux-image-6.1.0-9-amd64",
-        "linux-image-6.1.0-57-amd64",
-        "linux-image-6.1.0-57-amd64-dbg",
-        "linux-image-6.1.0-57-amd64-unsigned",
-        "linux-image-6.1.0-57-cloud-amd64",
-        "linux-image-6.1.0-57-rt-amd64",
-        "linux-image-6.1.0-48-cloud-amd64",
-        "linux-image-6.12.9+deb12-amd64",
-        "linux-image-6.12.117+deb12-amd64",
-        "linux-image-6.12.117+deb12-cloud-amd64",
-        "linux-image-amd64",
-        "linux-image-cloud-amd64",
-        // bullseye, through extra_suites
-        "linux-image-5.10.0-46-amd64",
-        "linux-image-5.10.0-45-amd64",
-        "linux-image-5.10.0-46-cloud-amd64",
-        "linux-image-5.10.0-46-rt-amd64-unsigned",
+    /// Names as the suites list them (`apt-cache search --names-only`).
+    const LISTED: &[(&str, &str)] = &[
+        ("linux-image-5.10.0-46-amd64", "bullseye"),
+        ("linux-image-5.10.0-45-amd64", "bullseye"),
+        ("linux-image-5.10.0-46-cloud-amd64", "bullseye"),
+        ("linux-image-5.10.0-46-rt-amd64-unsigned", "bullseye"),
+        ("linux-image-6.1.0-9-amd64", "bookworm"),
+        ("linux-image-6.1.0-57-amd64", "bookworm"),
+        ("linux-image-6.1.0-57-amd64-dbg", "bookworm"),
+        ("linux-image-6.1.0-57-amd64-unsigned", "bookworm"),
+        ("linux-image-6.1.0-57-cloud-amd64", "bookworm"),
+        ("linux-image-6.1.0-57-rt-amd64", "bookworm"),
+        ("linux-image-6.1.0-48-cloud-amd64", "bookworm"),
+        ("linux-image-6.1.0-58-cloud-amd64-unsigned", "bookworm"),
+        ("linux-image-6.12.9+deb12-amd64", "bookworm"),
+        ("linux-image-6.12.117+deb12-amd64", "bookworm"),
+        ("linux-image-6.12.117+deb12-cloud-amd64", "bookworm"),
+        ("linux-image-amd64", "bookworm"),
+        ("linux-image-cloud-amd64", "bookworm"),
+        ("linux-image-6.12.57+deb13-amd64", "trixie"),
+        ("linux-image-6.12.57+deb13-cloud-amd64", "trixie"),
+        ("linux-binary-6.12.57+deb13-cloud-amd64", "trixie"),
+        ("linux-image-7.0.10+deb13-amd64", "trixie-backports"),
+        ("linux-image-7.3.4+deb13-amd64", "trixie-backports"),
+        ("linux-image-7.3.4+deb13-cloud-amd64", "trixie-backports"),
+        (
+            "linux-image-7.3.4+deb13-cloud-amd64-dbg",
+            "trixie-backports",
+        ),
+        ("linux-binary-7.3.4+deb13-cloud-amd64", "trixie-backports"),
+        ("linux-binary-unsigned-7.2.13+deb14-cloud-amd64", "sid"),
     ];
 
-    fn names() -> Vec<String> {
-        NAMES.iter().map(|s| s.to_string()).collect()
+    fn catalog() -> Catalog {
+        Catalog {
+            entries: LISTED.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+        }
+    }
+
+    #[test]
+    fn releases_of_package_names() {
+        let r = release_of;
+        assert_eq!(r("linux-image-6.1.0-57-amd64"), Some("6.1.0-57-amd64"));
+        assert_eq!(
+            r("linux-image-6.1.0-57-amd64-unsigned"),
+            Some("6.1.0-57-amd64")
+        );
+        assert_eq!(
+            r("linux-binary-unsigned-7.2.13+deb14-amd64"),
+            Some("7.2.13+deb14-amd64")
+        );
+        assert_eq!(
+            r("linux-binary-7.3.4+deb13-amd64"),
+            Some("7.3.4+deb13-amd64")
+        );
+        assert_eq!(r("linux-image-6.1.0-57-amd64-dbg"), None);
+        assert_eq!(r("linux-image-cloud-amd64"), None);
+        assert_eq!(r("linux-modules-7.3.4+deb13-amd64"), None);
+        assert_eq!(series_of("7.3.4+deb13-cloud-amd64").unwrap(), "7.3");
     }
 
     #[test]
     fn newest_abi_per_series_and_flavour() {
-        let n = || NAMES.iter().copied();
+        let c = catalog();
+        let n = || c.names();
         assert_eq!(newest(n(), "6.1", "amd64").unwrap(), "6.1.0-57-amd64");
         assert_eq!(
             newest(n(), "6.1", "cloud-amd64").unwrap(),
-            "6.1.0-57-cloud-amd64"
+            "6.1.0-58-cloud-amd64"
         );
         assert_eq!(
             newest(n(), "6.12", "amd64").unwrap(),
@@ -372,30 +508,85 @@ mod tests {
         assert_eq!(newest(n(), "5.10", "amd64").unwrap(), "5.10.0-46-amd64");
         assert_eq!(newest(n(), "4.19", "amd64"), None);
         assert_eq!(
-            default_releases(&names()).unwrap(),
+            c.default_releases(&[]).unwrap(),
             vec![
                 "5.10.0-46-amd64",
                 "5.10.0-46-cloud-amd64",
                 "6.1.0-57-amd64",
-                "6.1.0-57-cloud-amd64",
+                "6.1.0-58-cloud-amd64",
                 "6.12.117+deb12-amd64",
-                "6.12.117+deb12-cloud-amd64"
+                "6.12.117+deb12-cloud-amd64",
+                "7.3.4+deb13-amd64",
+                "7.3.4+deb13-cloud-amd64",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ci_subset_is_one_cloud_kernel_per_series() {
+        let ci = catalog()
+            .default_releases(&["cloud-amd64".to_string()])
+            .unwrap();
+        assert_eq!(
+            ci,
+            vec![
+                "5.10.0-46-cloud-amd64",
+                "6.1.0-58-cloud-amd64",
+                "6.12.117+deb12-cloud-amd64",
+                "7.3.4+deb13-cloud-amd64"
             ]
         );
     }
 
     #[test]
     fn kernel_specs_resolve() {
-        let n = names();
+        let c = catalog();
         assert_eq!(
-            resolve("6.12-cloud", &n).unwrap(),
+            c.resolve("6.12-cloud").unwrap(),
             "6.12.117+deb12-cloud-amd64"
         );
-        assert_eq!(resolve("6.1", &n).unwrap(), "6.1.0-57-amd64");
+        assert_eq!(c.resolve("6.1").unwrap(), "6.1.0-57-amd64");
+        assert_eq!(c.resolve("7.3-cloud").unwrap(), "7.3.4+deb13-cloud-amd64");
+        assert_eq!(c.resolve("7.2-cloud").unwrap(), "7.2.13+deb14-cloud-amd64");
         assert_eq!(
-            resolve("linux-image-6.1.0-48-cloud-amd64", &n).unwrap(),
+            c.resolve("linux-image-6.1.0-48-cloud-amd64").unwrap(),
             "6.1.0-48-cloud-amd64"
         );
-        assert!(resolve("4.19", &n).is_err());
+        assert_eq!(
+            c.resolve("6.12.57+deb13-amd64").unwrap(),
+            "6.12.57+deb13-amd64"
+        );
+        assert!(c.resolve("4.19").is_err());
+        assert!(c.resolve("6.1.0-1-amd64").is_err());
+    }
+
+    #[test]
+    fn each_layout_has_its_packages() {
+        let c = catalog();
+        let s = |r: &str| c.source(r).unwrap();
+        assert_eq!(
+            s("6.1.0-57-amd64"),
+            ("bookworm", vec!["linux-image-6.1.0-57-amd64".to_string()])
+        );
+        assert_eq!(
+            s("6.1.0-58-cloud-amd64"),
+            (
+                "bookworm",
+                vec!["linux-image-6.1.0-58-cloud-amd64-unsigned".to_string()]
+            )
+        );
+        // The split layout: the image's dependencies come from apt (fetch).
+        assert_eq!(s("7.3.4+deb13-cloud-amd64").0, "trixie-backports");
+        assert_eq!(
+            s("7.2.13+deb14-cloud-amd64"),
+            (
+                "sid",
+                vec![
+                    "linux-binary-unsigned-7.2.13+deb14-cloud-amd64".to_string(),
+                    "linux-modules-7.2.13+deb14-cloud-amd64".to_string(),
+                    "linux-base-7.2.13+deb14-cloud-amd64".to_string()
+                ]
+            )
+        );
     }
 }

@@ -4,7 +4,6 @@
 //! same scenario on this machine's kernel (the host row), and prints the matrix
 //! of lifecycle points × families × kernels; results go to `target/vm-test`.
 
-mod extra_suites;
 mod image;
 mod kernels;
 mod progress;
@@ -12,6 +11,7 @@ mod qemu;
 mod readme;
 mod report;
 mod results;
+mod suites;
 mod symbols;
 
 use std::{
@@ -35,7 +35,7 @@ use self::{
 use crate::util::{self, sh, KERNEL_LOCK};
 
 /// Debian packages the matrix needs on the host.
-const PACKAGES: &[&str] = &[
+pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "kmod",
@@ -69,7 +69,9 @@ impl Boot {
 pub struct VmArgs {
     /// Kernel to boot: a Debian release (6.1.0-57-amd64), a package name, or a
     /// series alias (6.12, 6.1-cloud); `host` is this machine's kernel. Repeatable.
-    /// Default: the newest 5.10 (Debian bullseye), 6.1 and 6.12 in amd64 and cloud-amd64, and the host.
+    /// Any Debian suite (bullseye to experimental); `7.3-cloud` is the newest 7.3 cloud kernel.
+    /// Default: the newest 5.10, 6.1, 6.12 and the newest series of trixie-backports,
+    /// in amd64 and cloud-amd64, and the host.
     #[arg(long = "kernel", value_name = "NAME")]
     pub kernels: Vec<String>,
     /// VMs run at once (default: 4 per CPU; TCG guests spend much time waiting).
@@ -84,6 +86,9 @@ pub struct VmArgs {
     /// Hook families to run (default: fentry, kprobe, tracepoint where each applies).
     #[arg(long, value_delimiter = ',', value_parser = ["fentry", "kprobe", "tracepoint"])]
     pub family: Vec<String>,
+    /// Flavours of the default matrix (amd64, cloud-amd64); default: both.
+    #[arg(long = "flavour", value_delimiter = ',', value_name = "FLAVOUR")]
+    pub flavours: Vec<String>,
     /// Leave out the host row.
     #[arg(long)]
     pub no_host: bool,
@@ -209,16 +214,25 @@ pub fn run(args: &VmArgs) -> Result<()> {
         !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
     fs::create_dir_all(&cache)?;
-    let releases = if args.kernels.is_empty() {
-        kernels::default_releases(&kernels::package_names(&cache)?)?
-    } else if specs.is_empty() {
-        Vec::new()
+    // The default matrix needs four suites' lists; a named kernel may be in
+    // any, so sid's and experimental's (large) lists are fetched only for one
+    // the default suites do not have.
+    let mut catalog = if specs.is_empty() && !args.kernels.is_empty() {
+        kernels::Catalog::default()
     } else {
-        let names = kernels::package_names(&cache)?;
+        kernels::Catalog::load(&cache, suites::DEFAULT)?
+    };
+    if specs.iter().any(|s| catalog.resolve(s).is_err()) {
+        let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
+        catalog = kernels::Catalog::load(&cache, &all)?;
+    }
+    let releases = if args.kernels.is_empty() {
+        catalog.default_releases(&args.flavours)?
+    } else {
         specs
             .iter()
-            .map(|s| kernels::resolve(s, &names))
-            .collect::<Result<_>>()?
+            .map(|s| catalog.resolve(s))
+            .collect::<Result<Vec<_>>>()?
     };
     let families: Vec<String> = if args.family.is_empty() {
         FAMILIES.iter().map(|s| s.to_string()).collect()
@@ -233,9 +247,10 @@ pub fn run(args: &VmArgs) -> Result<()> {
     lock.lock().context("locking vm-cache")?;
     let mut kernels = Vec::new();
     for r in &releases {
-        kernels.push(kernels::prepare(&cache, r)?);
+        kernels.push(kernels::prepare(&cache, &catalog, r)?);
     }
     let disk = image::data_disk(&cache)?;
+    let swap = image::swap_disk(&cache)?;
     drop(lock);
     let base = image::base_archive(
         &image::Payload {
@@ -307,6 +322,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     kernel: k.clone(),
                     initrd: initrd.clone(),
                     disk: disk.clone(),
+                    swap: swap.clone(),
                     append,
                     memory_mb: 768,
                 }),
@@ -395,6 +411,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
         "runs": runs,
         "symbols": symbols::symbols_seen(&runs),
         "seen_findings": findings,
+        "kernel_findings": report::kernel_findings(&runs),
     });
     fs::write(
         out.join("results.json"),
@@ -427,15 +444,17 @@ pub fn run(args: &VmArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `vm` step of `cargo xtask test`: the default matrix, and alongside it
-/// the runner's own test (a deliberately broken cell must fail the run).
+/// The `vm` step of `cargo xtask test`: the default matrix's series in their
+/// cloud flavour (one kernel per series, both boots: the generic flavour adds
+/// time, not coverage of kmem-trace), the host row, and alongside it the
+/// runner's own test (a deliberately broken cell must fail the run).
 pub fn ci() -> Result<()> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         args: VmArgs,
     }
-    let args = <Defaults as clap::Parser>::parse_from(["vm-test"]).args;
+    let args = <Defaults as clap::Parser>::parse_from(["vm-test", "--flavour", "cloud-amd64"]).args;
     let mut runner_test = Command::new(util::cargo());
     runner_test
         .current_dir(util::root())

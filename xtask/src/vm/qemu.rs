@@ -20,6 +20,8 @@ pub struct VmSpec {
     pub kernel: Kernel,
     pub initrd: PathBuf,
     pub disk: PathBuf,
+    /// The swap disk (`/dev/vdb`), attached copy-on-write.
+    pub swap: PathBuf,
     /// Extra kernel command-line options (`cgroup.memory=nokmem`, `kmt.*`).
     pub append: Vec<String>,
     pub memory_mb: u32,
@@ -52,6 +54,11 @@ impl VmSpec {
             .arg(format!(
                 "file={},format=raw,if=virtio,readonly=on",
                 self.disk.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                self.swap.display()
             ))
             .arg("-append")
             .arg(append.join(" "));

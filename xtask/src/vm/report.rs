@@ -124,6 +124,10 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
             head(&mut s);
             let _ = writeln!(s, "{:<11} {}", "(census)", census_text(c));
         }
+        if let Some(p) = &r.pins {
+            head(&mut s);
+            let _ = writeln!(s, "{:<11} {}", "(pins)", pins_text(p));
+        }
         if let Some(f) = &r.failure {
             head(&mut s);
             let _ = writeln!(s, "FAILED: {f}");
@@ -135,13 +139,51 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
          the point on that kernel (not a pass); kmem on/off = kmem activation reported \
          (on by default, off with cgroup.memory=nokmem); (agree) = families seeing a point \
          reported the same events and memcg IDs; (census) = how `kmem-trace census` \
-         classified a tmpfs-pinned and a page-cache-pinned dying memcg."
+         classified a tmpfs-pinned and a page-cache-pinned dying memcg; (pins) = cgroup v2 \
+         swap and socket pins: whether the kernel kept the memcg dying, when the trace saw its \
+         ID released (offline, at the pin's release, or not seen: no hook), and the census's \
+         cause and bytes."
     );
+    let findings = kernel_findings(runs);
+    if !findings.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nKernel findings (the kernel differs from its row in kmem-trace/src/leaks.rs; \
+             not tracer failures):"
+        );
+        for f in &findings {
+            let _ = writeln!(s, "  {f}");
+        }
+    }
     let details = failure_details(runs);
     if !details.is_empty() {
         let _ = writeln!(s, "\nFailures:\n{details}");
     }
     s
+}
+
+/// Where a kernel behaved otherwise than the leak table says, once per run and
+/// finding (every family of a run sees the same kernel).
+pub fn kernel_findings(runs: &[RunResult]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in runs {
+        let pins = r.pins.iter().flat_map(|p| {
+            p["scenarios"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+        });
+        for c in r.cells.iter().cloned().chain(pins) {
+            for f in c["findings"].as_array().into_iter().flatten() {
+                let line = format!("{}: {}", r.label, f.as_str().unwrap_or("?"));
+                if !out.contains(&line) {
+                    out.push(line);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One line on the census check: each pin as the census classified it, whether
@@ -165,6 +207,9 @@ pub fn census_text(c: &Value) -> String {
         None => "",
     };
     match c["status"].as_str() {
+        Some("pass") if pins.is_empty() => {
+            "no pin held: both freed at rmdir, as the leak table says  pass".to_string()
+        }
         Some("pass") => format!("dying: {}{freed}  pass", pins.join(", ")),
         Some("unsupported") => format!(
             "no cgroup BPF iterator: counts only, {} dying",
@@ -172,6 +217,42 @@ pub fn census_text(c: &Value) -> String {
         ),
         _ => format!("dying: {}{freed}  FAIL", pins.join(", ")),
     }
+}
+
+/// One line on the pin scenarios: per scenario whether the kernel kept the
+/// memcg dying, when the trace saw its ID go, and the census's cause and bytes.
+pub fn pins_text(p: &Value) -> String {
+    if p["status"] == "unsupported" {
+        return format!("not run: {}", p["why"].as_str().unwrap_or("?"));
+    }
+    let parts: Vec<String> = p["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let dying = match s["kernel_dying"].as_bool() {
+                Some(true) => "dying",
+                Some(false) => "freed",
+                None => "?",
+            };
+            let census = &s["census"];
+            let named = match census["pin"].as_str() {
+                Some(pin) => format!("census {pin} {}B", census["mem_bytes"]),
+                None => "census: not listed".into(),
+            };
+            format!(
+                "{} {dying}, id at {}, {named}",
+                s["name"].as_str().unwrap_or("?"),
+                s["id_release"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let verdict = if p["status"] == "pass" {
+        "pass"
+    } else {
+        "FAIL"
+    };
+    format!("{}  {verdict}", parts.join("; "))
 }
 
 fn failure_details(runs: &[RunResult]) -> String {
@@ -264,5 +345,17 @@ mod tests {
             "{m}"
         );
         assert!(m.contains("Failures:"));
+        assert!(!m.contains("Kernel findings"), "{m}");
+    }
+
+    #[test]
+    fn kernel_findings_are_listed_once_per_run() {
+        let mut r = run("7.3.4+deb13-cloud-amd64", "default", "pass");
+        let finding = serde_json::json!(["tmpfs still pins on 7.3.4+deb13-cloud-amd64"]);
+        r.cells[0]["findings"] = finding.clone();
+        r.cells.push(r.cells[0].clone());
+        let f = kernel_findings(&[r]);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].ends_with("tmpfs still pins on 7.3.4+deb13-cloud-amd64"));
     }
 }

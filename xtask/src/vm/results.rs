@@ -43,6 +43,8 @@ pub struct RunResult {
     pub kernel_log: Option<Value>,
     /// The census check (`status` pass, fail or unsupported, what it saw).
     pub census: Option<Value>,
+    /// The swap and socket pin scenarios (cgroup v2 kernels; `status`, `scenarios`).
+    pub pins: Option<Value>,
     pub errors: Vec<String>,
     /// `seconds step` for every progress step, for finding slow steps.
     pub timeline: Vec<String>,
@@ -132,6 +134,11 @@ impl RunResult {
                 self.census = Some(v);
                 return Some(Step { family: None, step });
             }
+            "pins" => {
+                let step = format!("pins {}", s("status"));
+                self.pins = Some(v);
+                return Some(Step { family: None, step });
+            }
             "error" => self.errors.push(s("msg")),
             "done" => self.done = v["ok"].as_bool(),
             _ => {}
@@ -177,12 +184,36 @@ impl RunResult {
                 Some(_) => {}
             }
         }
+        if let (None, Some(p)) = (&self.failure, &self.pins) {
+            if p["status"] == "fail" {
+                self.failure = Some(format!("pin scenarios: {}", pins_errors(p).join("; ")));
+            }
+        }
         let cells_ok = self
             .families
             .iter()
             .all(|f| self.cell(f).is_some_and(|c| c["status"] == "pass"));
         self.ok = self.failure.is_none() && self.done == Some(true) && cells_ok;
     }
+}
+
+/// `scenario: error` for every error of the pin scenarios.
+pub fn pins_errors(p: &Value) -> Vec<String> {
+    p["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| {
+            let name = s["name"].as_str().unwrap_or("?").to_string();
+            s["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(move |e| format!("{name}: {e}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A finished run with one tracepoint cell whose `offline` point has `status`

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use kmem_trace::leaks::Cause;
 use serde_json::{json, Value};
+
+pub use crate::visibility::{visibility, watch_blind, Vis};
 
 /// Lifecycle points, in the order the matrix shows them.
 pub const POINTS: [&str; 7] = [
@@ -109,74 +112,6 @@ pub fn lives(events: &[Ev], parent: &str) -> Vec<Life> {
     out
 }
 
-/// Whether a family can see a point on this kernel, from `kmem-trace probes --json`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Vis {
-    Seen,
-    Blind(String),
-}
-
-/// A point is visible to a family when the unforced `probes` report attached one
-/// of that family's hooks for it (`chosen` or `works`).
-pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
-    let Some(p) = report["points"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["point"] == point))
-    else {
-        return Vis::Blind("not in the probes report".into());
-    };
-    let tried: Vec<&Value> = p["tried"]
-        .as_array()
-        .map(|t| t.iter().filter(|a| a["family"] == family).collect())
-        .unwrap_or_default();
-    if tried.is_empty() {
-        return Vis::Blind(format!("no {family} hook can see {point}"));
-    }
-    if tried
-        .iter()
-        .any(|a| matches!(a["outcome"].as_str(), Some("chosen" | "works")))
-    {
-        return Vis::Seen;
-    }
-    let reasons: Vec<String> = tried
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}: {}",
-                a["attach"].as_str().unwrap_or("?"),
-                a["symbol"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| join(&a["candidates"])),
-                a["reason"].as_str().unwrap_or("not attached")
-            )
-        })
-        .collect();
-    Vis::Blind(reasons.join("; "))
-}
-
-fn join(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .unwrap_or_default()
-}
-
-/// The points a `watch` reported as not visible, from its start-up line
-/// `kmem-trace: watching with kprobe hooks (not visible: alloc, free); ...`.
-pub fn watch_blind(stderr: &[String]) -> Vec<String> {
-    stderr
-        .iter()
-        .find_map(|l| l.split_once("(not visible: "))
-        .and_then(|(_, rest)| rest.split_once(')'))
-        .map(|(list, _)| list.split(", ").map(str::to_string).collect())
-        .unwrap_or_default()
-}
-
 /// What the scenario did, and so what kmem-trace must report.
 #[derive(Clone, Debug)]
 pub struct Expect {
@@ -189,12 +124,31 @@ pub struct Expect {
     /// Counts in summaries and in the kernel must match exactly (a VM); on a
     /// shared host other memcgs may die meanwhile, so only "at least" holds.
     pub exact: bool,
+    /// `uname -r`: the leak table's row for each pin depends on it.
+    pub release: String,
 }
 
 impl Expect {
     pub fn pins(&self) -> Vec<&str> {
         std::iter::once(self.tmpfs_pin.as_str())
             .chain(self.cache_pins.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// What the pin is made of.
+    pub fn cause_of(&self, pin: &str) -> Cause {
+        if pin == self.tmpfs_pin {
+            Cause::Tmpfs
+        } else {
+            Cause::PageCache
+        }
+    }
+
+    /// Each pin with what the leak table says of its cause on this kernel.
+    pub fn pins_with_table(&self) -> Vec<(&str, Option<bool>)> {
+        self.pins()
+            .into_iter()
+            .map(|p| (p, crate::rows::table_says(self.cause_of(p), &self.release)))
             .collect()
     }
 
@@ -259,13 +213,14 @@ pub fn judge(obs: &Observation, exp: &Expect, report: &Value) -> Value {
         }
         points.insert(point.to_string(), r);
     }
+    let pins = crate::rows::judge(obs, exp, seen.contains("free"));
     let checks = vec![
         check_ids(exp, &ours),
         check_order(&ours),
         check_kmem(exp, &ours, seen.contains("offline")),
-        check_pins(obs, exp, &ours),
-        check_zombies(obs, exp),
-        check_kernel(obs, exp),
+        check_pins(obs, exp, &ours, &pins),
+        check_zombies(obs, exp, &pins.held),
+        check_kernel(obs, exp, &pins.held),
         check_final(obs, exp, &ours, seen.contains("free")),
     ];
     let ok = errors.is_empty()
@@ -277,6 +232,7 @@ pub fn judge(obs: &Observation, exp: &Expect, report: &Value) -> Value {
         "points": points,
         "checks": checks,
         "errors": errors,
+        "findings": pins.findings,
         "summary": obs.summary,
         "snapshot": obs.snapshot,
         "watch_stderr": obs.watch_stderr,
@@ -308,6 +264,12 @@ fn judge_point(
     let watch_blind = obs.watch_blind.iter().any(|p| p == point);
     match visibility(report, &obs.family, point) {
         Vis::Blind(reason) if got == 0 => point_result("blind", 0, 0, reason),
+        Vis::Broken(reason) => point_result(
+            "fail",
+            expected,
+            got,
+            format!("blind, but the probe table has a hook for this kernel: {reason}"),
+        ),
         Vis::Blind(reason) => point_result(
             "fail",
             0,
@@ -447,15 +409,24 @@ fn check_kmem(exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>, offline_seen: boo
     check("kmem state", wrong.is_empty(), detail)
 }
 
-/// Pinned memcgs go dying at offline holding their pages, and are not freed
-/// before their pin is released.
-fn check_pins(obs: &Observation, exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>) -> Value {
+/// Pinned memcgs the kernel keeps go dying at offline holding their pages, and
+/// are not freed before their pin is released; the trace agrees with the
+/// kernel's count (`rows::judge`). Pins the kernel let go are findings there.
+fn check_pins(
+    obs: &Observation,
+    exp: &Expect,
+    ours: &BTreeMap<&str, Vec<&Life>>,
+    pins: &crate::rows::Pins,
+) -> Value {
     let mut problems: Vec<String> = obs
         .freed_early
         .iter()
+        .filter(|n| pins.held.contains(n))
         .map(|n| format!("{n} freed before its pin was released"))
+        .chain(pins.problems.iter().cloned())
         .collect();
-    for pin in exp.pins() {
+    let held: Vec<&str> = pins.held.iter().map(String::as_str).collect();
+    for pin in held {
         for l in ours.get(pin).into_iter().flatten() {
             if let Some(off) = l.first("offline") {
                 if off.state.as_deref() != Some("dying") {
@@ -472,11 +443,13 @@ fn check_pins(obs: &Observation, exp: &Expect, ours: &BTreeMap<&str, Vec<&Life>>
             }
         }
     }
-    check(
-        "pins hold",
-        problems.is_empty(),
-        problems.into_iter().take(4).collect::<Vec<_>>().join("; "),
-    )
+    let ok = problems.is_empty();
+    let detail = if ok {
+        format!("{} of {} held", pins.held.len(), exp.pins().len())
+    } else {
+        problems.into_iter().take(4).collect::<Vec<_>>().join("; ")
+    };
+    check("pins hold", ok, detail)
 }
 
 fn count(v: &Option<Value>, key: &str) -> Option<i64> {
@@ -493,8 +466,8 @@ fn matches(exact: bool, got: Option<i64>, want: i64) -> bool {
 
 /// kmem-trace's own verdict while the pins hold: every pinned memcg is dying and,
 /// past `--zombie-after`, a zombie.
-fn check_zombies(obs: &Observation, exp: &Expect) -> Value {
-    let want = exp.pins().len() as i64;
+fn check_zombies(obs: &Observation, exp: &Expect, held: &[String]) -> Value {
+    let want = held.len() as i64;
     let z = count(&obs.snapshot, "zombies");
     let d = count(&obs.snapshot, "dying");
     let ok = matches(exp.exact, z, want) && matches(exp.exact, d, want);
@@ -507,8 +480,8 @@ fn check_zombies(obs: &Observation, exp: &Expect) -> Value {
 
 /// The kernel's own count of dying memcgs at the snapshot (`cgroup.stat` or
 /// `/proc/cgroups` against the directories).
-fn check_kernel(obs: &Observation, exp: &Expect) -> Value {
-    let want = exp.pins().len() as i64;
+fn check_kernel(obs: &Observation, exp: &Expect, held: &[String]) -> Value {
+    let want = held.len() as i64;
     match obs.kernel_dying {
         Some(n) if exp.exact => check(
             "kernel dying count",

@@ -16,6 +16,7 @@ fn expect(kmem: bool) -> Expect {
         kmem,
         pin_bytes: 1 << 20,
         exact: true,
+        release: "6.1.0-57-amd64".into(),
     }
 }
 
@@ -289,14 +290,35 @@ fn families_must_agree_on_shared_points() {
 fn visibility_reads_outcomes_and_reasons() {
     let r = report(&["fentry", "kprobe"], &[("kprobe", "free")]);
     assert_eq!(visibility(&r, "fentry", "free"), Vis::Seen);
+    // A hook meant for this kernel that did not attach is broken, not blind.
     assert_eq!(
         visibility(&r, "kprobe", "free"),
-        Vis::Blind("kprobe x: none of x exists".into())
+        Vis::Broken("kprobe x: none of x exists".into())
     );
     assert_eq!(
         visibility(&r, "tracepoint", "free"),
         Vis::Blind("no tracepoint hook can see free".into())
     );
+    // Only rows meant for other kernels: blind (7.x has no ID put to hook).
+    let mut r = report(&["kprobe"], &[]);
+    r["points"][5]["tried"][0] = json!({"family": "kprobe", "attach": "kprobe",
+        "symbol": null, "candidates": ["mem_cgroup_id_put_many"], "outcome": "rejected",
+        "reason": "meant for kernels 4.7 to before 7.2, this is 7.3.4"});
+    assert!(matches!(
+        visibility(&r, "kprobe", "id_release"),
+        Vis::Blind(_)
+    ));
+}
+
+#[test]
+fn a_blind_point_with_a_hook_meant_for_the_kernel_fails() {
+    // A verifier regression: every hook for offline fails to load.
+    let r = report(&["kprobe"], &[("kprobe", "offline")]);
+    let mut o = observation("kprobe", true, true);
+    o.events.retain(|e| e.kind != "offline");
+    let v = judge(&o, &expect(true), &r);
+    assert_eq!(v["status"], "fail");
+    assert_eq!(v["points"]["offline"]["status"], "fail", "{v:#}");
 }
 
 #[test]

@@ -8,9 +8,12 @@ mod census;
 mod check;
 mod compare;
 mod init;
+mod pins;
 mod proto;
+mod rows;
 mod scenario;
 mod sys;
+mod visibility;
 
 use std::{
     path::PathBuf,
@@ -265,6 +268,11 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let census = census::check(plan);
     ok &= census["status"] != "fail";
     proto::emit("census", census);
+    if vm {
+        let pins = pins::check(plan);
+        ok &= pins["status"] != "fail";
+        proto::emit("pins", pins);
+    }
     let log = kmsg.collect();
     ok &= log["splat"] != true;
     proto::emit("kernel_log", log);

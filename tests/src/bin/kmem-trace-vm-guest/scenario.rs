@@ -64,6 +64,7 @@ impl Plan {
             kmem,
             pin_bytes: self.pin_bytes,
             exact: self.exact,
+            release: crate::sys::release(),
         }
     }
 
@@ -325,7 +326,9 @@ pub fn in_cgroup(cgroup: &Path, op: &[&str]) -> Result<()> {
 pub fn child(args: &[String]) -> Result<()> {
     use std::io::{Read, Write};
     let [cgroup, op, file, rest @ ..] = args else {
-        anyhow::bail!("usage: child CGROUP write FILE BYTES | child CGROUP read FILE");
+        anyhow::bail!(
+            "usage: child CGROUP write FILE BYTES | child CGROUP read FILE | child CGROUP socket KIND PATH"
+        );
     };
     fs::write(
         Path::new(cgroup).join("cgroup.procs"),
@@ -347,6 +350,8 @@ pub fn child(args: &[String]) -> Result<()> {
             let mut f = fs::File::open(file).with_context(|| format!("opening {file}"))?;
             while f.read(&mut buf)? > 0 {}
         }
+        // `file` is the socket kind here, `path` where to send it.
+        ("socket", [path]) => crate::pins::child_socket(file, path)?,
         _ => anyhow::bail!("unknown child operation {op:?}"),
     }
     Ok(())

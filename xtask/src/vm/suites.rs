@@ -1,0 +1,220 @@
+//! Debian's kernel packages, from every suite deb.debian.org serves (bullseye's
+//! 5.10 to experimental; buster is archived), each through a private apt state
+//! under the VM cache, so the machine's own sources, lists and installed
+//! packages are left alone and any Debian release of 5.10 or newer can be
+//! fetched from any Debian or Ubuntu host.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+
+use crate::util::{apt_get, sh};
+
+/// A Debian suite: its name and whether it has a `-security` suite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuiteName {
+    pub name: &'static str,
+    security: bool,
+}
+
+const fn suite(name: &'static str, security: bool) -> SuiteName {
+    SuiteName { name, security }
+}
+
+/// Every suite the registry serves kernels from, oldest first.
+pub const ALL: &[SuiteName] = &[
+    suite("bullseye", true),
+    suite("bookworm", true),
+    suite("trixie", true),
+    suite("trixie-backports", false),
+    suite("sid", false),
+    suite("experimental", false),
+];
+
+/// The suites the default matrix needs: 5.10 (bullseye), 6.1 (bookworm), 6.12
+/// (bookworm's backported ABI and trixie) and the newest series backports carry.
+pub const DEFAULT: &[&str] = &["bullseye", "bookworm", "trixie", "trixie-backports"];
+
+/// The suite whose newest series joins the default matrix.
+pub const BACKPORTS: &str = "trixie-backports";
+
+/// Package lists older than this are fetched again.
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// A private apt state for one suite: `vm-cache/apt-<suite>/`.
+pub struct Suite {
+    dir: PathBuf,
+    suite: SuiteName,
+}
+
+impl Suite {
+    pub fn new(cache: &Path, suite: SuiteName) -> Suite {
+        Suite {
+            dir: cache.join(format!("apt-{}", suite.name)),
+            suite,
+        }
+    }
+
+    /// The suite called `name`.
+    pub fn named(cache: &Path, name: &str) -> Option<Suite> {
+        ALL.iter()
+            .find(|s| s.name == name)
+            .map(|s| Suite::new(cache, *s))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.suite.name
+    }
+
+    /// `-o` options pointing apt at this state only.
+    fn options(&self) -> Vec<String> {
+        let d = self.dir.display();
+        vec![
+            format!("-oDir::Etc::SourceList={d}/sources.list"),
+            "-oDir::Etc::SourceParts=/dev/null".into(),
+            format!("-oDir::State::Lists={d}/lists"),
+            format!("-oDir::Cache={d}/cache"),
+            "-oDir::State::status=/dev/null".into(),
+            // Downloads go to the cache directory, which `_apt` cannot write.
+            "-oAPT::Sandbox::User=root".into(),
+        ]
+    }
+
+    /// The state's `sources.list`.
+    fn sources(&self) -> String {
+        let s = self.suite.name;
+        let mut text = format!("deb http://deb.debian.org/debian {s} main\n");
+        if self.suite.security {
+            text.push_str(&format!(
+                "deb http://deb.debian.org/debian-security {s}-security main\n"
+            ));
+        }
+        text
+    }
+
+    /// Writes the sources and fetches the package lists when missing or stale;
+    /// returns the state's lock, held while the caller reads the lists.
+    fn update(&self) -> Result<fs::File> {
+        for d in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(self.dir.join(d))?;
+        }
+        // The matrix and the runner test resolve kernels at the same time; apt
+        // does not wait for its lists lock, it fails ("Could not get lock").
+        let lock = fs::File::create(self.dir.join(".lock"))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", self.dir.display()))?;
+        let sources = self.sources();
+        let stamp = self.dir.join("updated");
+        let same_sources =
+            fs::read_to_string(self.dir.join("sources.list")).is_ok_and(|s| s == sources);
+        let fresh = same_sources
+            && fs::metadata(&stamp)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age < LISTS_MAX_AGE);
+        if !fresh {
+            fs::write(self.dir.join("sources.list"), sources)?;
+            sh(apt_get().args(self.options()).args(["update", "-qq"]))
+                .with_context(|| format!("fetching Debian {}'s package lists", self.name()))?;
+            fs::write(&stamp, "")?;
+        }
+        Ok(lock)
+    }
+
+    /// Kernel package names (`linux-image-*`, `linux-binary-*`) that have a
+    /// package record in this suite: `apt-cache pkgnames` would also list names
+    /// only mentioned in dependencies, which have no candidate to download.
+    pub fn package_names(&self) -> Result<Vec<String>> {
+        let _lock = self.update()?;
+        let out = Command::new("apt-cache")
+            .args(self.options())
+            .args(["search", "--names-only", "^linux-(image|binary)-"])
+            .output()
+            .context("running apt-cache")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The `Depends` of package `pkg` in this suite, package names only.
+    pub fn depends(&self, pkg: &str) -> Result<Vec<String>> {
+        let _lock = self.update()?;
+        let out = Command::new("apt-cache")
+            .args(self.options())
+            .args(["show", "--no-all-versions", pkg])
+            .output()
+            .context("running apt-cache")?;
+        Ok(parse_depends(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// `apt-get download PKG` into `dir` from this suite.
+    pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
+        let _lock = self.update()?;
+        sh(apt_get()
+            .current_dir(dir)
+            .args(self.options())
+            .args(["download", "-q", pkg]))
+        .with_context(|| format!("downloading {pkg} from Debian {}", self.name()))
+    }
+}
+
+/// Package names in the `Depends:` field of an `apt-cache show` record
+/// (alternatives and version constraints dropped).
+fn parse_depends(record: &str) -> Vec<String> {
+    record
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends:"))
+        .unwrap_or("")
+        .split([',', '|'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(|d| d.split(':').next().unwrap_or(d).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_states_per_suite() {
+        let c = Path::new("/c");
+        let s = Suite::named(c, "bullseye").expect("bullseye");
+        assert_eq!(s.dir, Path::new("/c/apt-bullseye"));
+        assert!(s.sources().contains("bullseye-security"));
+        assert!(!Suite::named(c, "sid")
+            .unwrap()
+            .sources()
+            .contains("security"));
+        assert!(Suite::named(c, "buster").is_none());
+        assert!(s
+            .options()
+            .contains(&"-oDir::State::Lists=/c/apt-bullseye/lists".to_string()));
+        for d in DEFAULT.iter().chain([&BACKPORTS]) {
+            assert!(Suite::named(c, d).is_some(), "{d}");
+        }
+    }
+
+    #[test]
+    fn depends_of_a_split_image() {
+        // apt-cache show linux-image-7.3.4+deb13-cloud-amd64 (trixie-backports).
+        let rec = "Package: linux-image-7.3.4+deb13-cloud-amd64\n\
+            Version: 7.3.4-1~bpo13+1\n\
+            Depends: dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, \
+            linux-base-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1), \
+            linux-binary-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1), \
+            linux-modules-7.3.4+deb13-cloud-amd64 (= 7.3.4-1~bpo13+1)\n";
+        let d = parse_depends(rec);
+        assert!(d.contains(&"linux-binary-7.3.4+deb13-cloud-amd64".to_string()));
+        assert!(d.contains(&"linux-modules-7.3.4+deb13-cloud-amd64".to_string()));
+        assert!(d.contains(&"dracut".to_string()));
+        assert!(parse_depends("Package: x\n").is_empty());
+    }
+}
