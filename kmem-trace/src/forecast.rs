@@ -49,9 +49,9 @@ pub const ID_RULES: &[IdRule] = &[
         cite: "the memcg ID is the css ID, kept until css free",
     },
     IdRule {
-        since: KernelVersion(4, 6, 0),
+        since: KernelVersion(4, 7, 0),
         hold: DyingHold::SwapHeld,
-        cite: "73f576c04b94 (mm: memcontrol: fix cgroup creation failure after many small jobs)",
+        cite: "73f576c04b94 (mm: memcontrol: fix cgroup creation failure after many small jobs, 4.7; leaks::TABLE)",
     },
 ];
 

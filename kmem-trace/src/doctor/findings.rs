@@ -137,7 +137,7 @@ fn kernel(f: &Facts, out: &mut Vec<Finding>) {
             ),
             (Some(true), false, true) => out.push(
                 finding("kmem-leak", Severity::Warning, "kmem accounting is active on a fixed 3.10 build")
-                    .detail(format!("kernel {release} has the kmem leak fix; dying memcgs still keep their IDs (before 4.6). Evidence: {kmem_why}"))
+                    .detail(format!("kernel {release} has the kmem leak fix; dying memcgs still keep their IDs (before 4.7). Evidence: {kmem_why}"))
                     .fix(&[FIX_NOKMEM, FIX_RUNC]),
             ),
             (None, false, _) => out.push(
@@ -151,17 +151,18 @@ fn kernel(f: &Facts, out: &mut Vec<Finding>) {
             ),
         }
     }
-    if v < KernelVersion(4, 6, 0) {
+    // One rule for IDs, shared with the forecast (and checked against `leaks::TABLE`).
+    if crate::forecast::dying_hold(Some(v)) == Some(crate::forecast::DyingHold::Every) {
         let dying = f.dying.map(|d| d.0).unwrap_or(0);
         out.push(
             finding(
                 "ids-not-recycled",
                 if dying > 0 { Severity::Warning } else { Severity::Info },
-                "memcg IDs are not recycled at offline (kernel before 4.6)",
+                "memcg IDs are not recycled at offline (kernel before 4.7)",
             )
             .detail(format!(
                 "every dying memcg keeps one of the 65535 IDs until it is freed ({dying} dying now); \
-                 4.6 gave memcgs a private ID released at offline (commit 73f576c04b94)"
+                 4.7 gave memcgs a private ID released at offline (commit 73f576c04b94, backported to some stable kernels)"
             ))
             .fix(&[FIX_REBOOT]),
         );
@@ -186,9 +187,14 @@ fn kernel(f: &Facts, out: &mut Vec<Finding>) {
         out.push(finding(
             "kernel",
             Severity::Ok,
-            format!("kernel {release}: IDs recycled at offline (4.6+), slab reparented (5.9+); zombies here are page cache, tmpfs and swap"),
+            format!("kernel {release}: IDs recycled at offline unless swap holds them, slab reparented (5.9+)"),
         ));
     }
+    // What keeps removed memcgs dying here, from the leak-behaviour table.
+    out.push(
+        finding("leak-causes", Severity::Info, crate::leaks::describe(v))
+            .detail("from the per-kernel leak table (README \"What keeps memcgs dying\"); each row cites its kernel commit or series"),
+    );
     out.push(finding(
         "nokmem",
         Severity::Info,
@@ -305,7 +311,7 @@ fn ids_and_dying(f: &Facts, id_limit: u32, out: &mut Vec<Finding>) {
         } else {
             Severity::Ok
         };
-        let old = f.version.is_some_and(|v| v < KernelVersion(4, 6, 0));
+        let old = crate::forecast::dying_hold(f.version) == Some(crate::forecast::DyingHold::Every);
         out.push(
             finding(
                 "memcg-ids",
@@ -313,10 +319,10 @@ fn ids_and_dying(f: &Facts, id_limit: u32, out: &mut Vec<Finding>) {
                 format!("memcg IDs in use: {ids} of {id_limit} ({pct:.1}%)"),
             )
             .detail(if old {
-                "before 4.6 every memcg, dying ones included, holds an ID".to_string()
+                "before 4.7 every memcg, dying ones included, holds an ID".to_string()
             } else {
                 format!(
-                    "4.6+: live memcgs hold IDs; dying ones only while swap entries reference them ({} here)",
+                    "4.7+: live memcgs hold IDs; dying ones only while swap entries reference them ({} here)",
                     f.dying_holding.unwrap_or(0)
                 )
             })
@@ -331,7 +337,7 @@ fn ids_and_dying(f: &Facts, id_limit: u32, out: &mut Vec<Finding>) {
         out.push(
             finding("memcg-ids", Severity::Unknown, "memcg IDs in use: unknown")
                 .detail(
-                    "4.6+: dying memcgs hold IDs only through swap entries; swap is in use \
+                    "4.7+: dying memcgs hold IDs only through swap entries; swap is in use \
                      (or /proc/meminfo is unreadable) and no census told which dying memcgs it holds",
                 )
                 .fix(&["run `kmem-trace report` or `kmem-trace census` as root for per-memcg swap"]),

@@ -23,6 +23,10 @@ fn the_kernel_table_decides_which_dying_memcgs_hold_ids() {
     );
     assert_eq!(
         dying_hold(Some(KernelVersion(4, 6, 0))),
+        Some(DyingHold::Every)
+    );
+    assert_eq!(
+        dying_hold(Some(KernelVersion(4, 7, 0))),
         Some(DyingHold::SwapHeld)
     );
     assert_eq!(
@@ -195,4 +199,20 @@ fn tracker_keeps_the_window() {
     assert_eq!(human_hours(26.0), "1d2h");
     assert_eq!(human_hours(2.5), "2h30m");
     assert_eq!(human_hours(1e9), ">10y");
+}
+
+#[test]
+fn the_id_rules_agree_with_the_leak_table() {
+    // Every row of the leak table that says where the ID goes must match the
+    // forecast's rule for the same kernel: at free => every dying memcg holds one.
+    for row in crate::leaks::TABLE {
+        for v in [row.since, KernelVersion(row.since.0, row.since.1, 99)] {
+            if v >= row.until {
+                continue;
+            }
+            let every = dying_hold(Some(v)) == Some(DyingHold::Every);
+            let at_free = row.id_release == crate::leaks::IdRelease::Free;
+            assert_eq!(every, at_free, "{v} {row:?}");
+        }
+    }
 }

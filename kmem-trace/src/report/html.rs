@@ -173,6 +173,7 @@ fn node(h: &mut String, r: &Report) {
         ),
         ("kubepods cgroup", or_unknown(n.kubepods.as_deref())),
         ("kernel-memory accounting", n.kmem.clone()),
+        ("what keeps memcgs dying", n.leak_causes.clone()),
         (
             "hook family",
             format!("{} ({})", n.hook_family, n.hook_family_source),

@@ -137,6 +137,7 @@ pub fn render(r: &Report) -> String {
             or_unknown(n.cgroup_driver.as_deref()),
         ),
         ("kernel-memory accounting", n.kmem.clone()),
+        ("what keeps memcgs dying", n.leak_causes.clone()),
         (
             "hook family",
             format!("{} ({})", n.hook_family, n.hook_family_source),

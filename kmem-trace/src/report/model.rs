@@ -94,6 +94,8 @@ pub struct NodeFacts {
     pub kubepods: Option<String>,
     /// Kernel-memory accounting, in words.
     pub kmem: String,
+    /// What keeps removed memcgs dying on this kernel, from `leaks::TABLE`.
+    pub leak_causes: String,
     pub nokmem: bool,
     /// Hook family of the tracer that wrote the history (or what `watch` would use).
     pub hook_family: String,
@@ -455,6 +457,12 @@ fn node(i: &Inputs) -> NodeFacts {
         cgroup_driver: f.kubelet.driver.map(|d| d.name().to_string()),
         kubepods: f.kubelet.kubepods.clone(),
         kmem,
+        leak_causes: f
+            .release
+            .as_deref()
+            .and_then(crate::probes::kernel::KernelVersion::parse)
+            .map(crate::leaks::describe)
+            .unwrap_or_else(|| "unknown (kernel version unknown)".into()),
         nokmem: f.nokmem,
         hook_family,
         hook_family_source,
