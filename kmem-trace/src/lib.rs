@@ -9,6 +9,7 @@ pub mod attribution;
 pub mod census;
 pub mod cgroupfs;
 pub mod cli;
+pub mod clock;
 pub mod counters;
 pub mod decode;
 pub mod doctor;

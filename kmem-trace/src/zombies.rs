@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use crate::{
     attribution::Attribution,
+    clock::Clock,
     lifecycle::{Memcg, State, Task},
-    outputs::{line::human_bytes, page_size, text::Term, Clock},
+    outputs::{line::human_bytes, page_size, text::Term},
     store::{reconcile::same, writer::now_ns, HistoryRow, Store, StoreError},
 };
 

@@ -2,7 +2,6 @@
 //! header and event tail. Outputs only read; they never change the state.
 
 pub mod aggregate;
-pub mod clock;
 pub mod json;
 mod jsonw;
 pub mod keys;
@@ -15,7 +14,8 @@ use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
 
 use serde::Serialize;
 
-pub use clock::Clock;
+/// The clock lives at the crate root (every stage stamps with it); outputs use it most.
+pub use crate::clock::Clock;
 pub use keys::{Key, Keys};
 
 use crate::{

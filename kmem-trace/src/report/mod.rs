@@ -27,9 +27,9 @@ pub use model::{HistoryState, Report};
 use crate::{
     census::{self, CensusConfig, Source},
     cli::{ReportArgs, ReportFormat},
+    clock::Clock,
     doctor::{self, DoctorConfig, DoctorError, Severity},
     lifecycle::State,
-    outputs::Clock,
     store::{writer::now_ns, Store, StoreError},
     zombies::{self, ZombiesConfig, ZombiesError},
 };

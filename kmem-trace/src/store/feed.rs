@@ -12,8 +12,8 @@ use super::{
 };
 use crate::{
     attribution::{runtime_roots, Attribution, AttributionError, Attributor},
+    clock::Clock,
     lifecycle::{Applied, Lifecycle, Memcg, Origin},
-    outputs::Clock,
 };
 
 /// History and attribution settings of `watch`.

@@ -346,8 +346,8 @@ fn the_writer_thread_writes_batches_and_meta() {
 fn prepare_restores_history_and_records_census_memcgs() {
     use crate::{
         attribution::Attributor,
+        clock::Clock,
         lifecycle::{Lifecycle, LifecycleConfig},
-        outputs::Clock,
         store::feed::{open, prepare, HistoryConfig},
     };
     let d = TempDir::new("prepare");
@@ -543,8 +543,8 @@ fn unconfirmed_rows_are_open_but_not_dying() {
 fn a_restart_without_census_restores_unconfirmed_not_zombies() {
     use crate::{
         attribution::Attributor,
+        clock::Clock,
         lifecycle::{Lifecycle, LifecycleConfig},
-        outputs::Clock,
         store::feed::{open, prepare, HistoryConfig},
     };
     let d = TempDir::new("nocensus");
