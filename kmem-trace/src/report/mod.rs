@@ -246,8 +246,14 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
                 path: path.clone(),
                 source,
             })?;
+            let incomplete = match &report.verdict.reason {
+                Some(_) if report.verdict.severity != Severity::Unknown => {
+                    ", incomplete: see the verdict"
+                }
+                _ => "",
+            };
             eprintln!(
-                "kmem-trace: report written to {} ({})",
+                "kmem-trace: report written to {} ({}{incomplete})",
                 path.display(),
                 report.verdict.severity.label()
             );
@@ -258,12 +264,16 @@ pub fn command(args: &ReportArgs) -> Result<ExitCode, ReportError> {
             out.flush()?;
         }
     }
-    // An unknown verdict is no all-clear: scripts and CI see it.
-    Ok(if report.verdict.severity == Severity::Unknown {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    // An unknown verdict is no all-clear: scripts and CI see it. So is a
+    // warning whose input was partly unreadable (a doctor warning must not
+    // hide that the history could not be read).
+    Ok(
+        if report.verdict.severity == Severity::Unknown || report.verdict.reason.is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 #[cfg(test)]
