@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::Attribution,
+    census::PinCause,
     lifecycle::{Memcg, State, Task},
     outputs::{line::human_bytes, page_size, Clock},
     store::{reconcile::same, writer::now_ns, HistoryRow, Store, StoreError},
@@ -86,6 +87,10 @@ pub struct Zombie {
     pub kmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
     pub kmem_active: bool,
+    /// What keeps it (census only): page cache, tmpfs, anon, swap, sockets...
+    pub pin_cause: Option<PinCause>,
+    /// The cause comes from the memcg's own counters (else an ancestor's split).
+    pub pin_exact: bool,
     /// `history`, `census`, or `census+history`.
     pub source: &'static str,
 }
@@ -176,6 +181,8 @@ pub fn join(
             kmem_bytes: counters.kmem_pages.map(|p| p * page),
             swap_bytes: counters.swap_pages.map(|p| p * page),
             kmem_active: m.kmem_active || procs.kmem_active,
+            pin_cause: m.pin().map(|p| p.cause),
+            pin_exact: m.pin().is_some_and(|p| p.exact),
             source,
         });
     };

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod browser;
+pub mod lock;
 pub mod pod;
 
 /// True when the test may touch the kernel. Without root it prints why it is

@@ -27,7 +27,7 @@ use kmem_trace_common::{census_flags, flags, CensusSummary, Event, EventKind};
 use serde::Serialize;
 
 pub use counts::{DyingBasis, KernelCounts};
-pub use pin::{Pin, PinCause, Residual};
+pub use pin::{OwnStats, Pin, PinCause, Residual};
 
 use crate::{
     cgroupfs::{self, CgroupVersion, MemoryHierarchy},
@@ -131,6 +131,10 @@ pub struct Census {
     /// Pin cause of each dying memcg, by address.
     #[serde(skip)]
     pub pins: HashMap<u64, Pin>,
+    /// Each memcg's own page-state counters, by address, where the census
+    /// program could read them (see `pin`).
+    #[serde(skip)]
+    pub own: HashMap<u64, OwnStats>,
     /// `(key, parent cgroup id, leaf name)` of every memcg's cgroup, for the
     /// lifecycle's cgroup tree.
     #[serde(skip)]
@@ -182,6 +186,11 @@ pub fn take(cfg: &CensusConfig) -> Result<Census, CensusError> {
             c.kernel = after;
             c.kmem_pins = pin::kmem_pins(KernelVersion::parse(&kernel::release()));
             c.pins = pins(&c, &|path| read_stat(&c.hierarchy, path));
+            for m in &mut c.memcgs {
+                if let Some(p) = c.pins.get(&m.addr) {
+                    m.set_pin(Some(*p));
+                }
+            }
             Ok(c)
         }
         Err(e) => {
@@ -282,6 +291,7 @@ fn counts_only(h: MemoryHierarchy, k: KernelCounts, reason: String) -> Census {
         counts_us: 0,
         memcgs: Vec::new(),
         pins: HashMap::new(),
+        own: HashMap::new(),
         nodes: Vec::new(),
         kmem_pins: true,
         taken_at_ns: 0,
@@ -315,7 +325,11 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
         }
     }
     let mut memcgs = Vec::with_capacity(evs.len());
+    let mut own = HashMap::new();
     for ev in &evs {
+        if let Some(o) = OwnStats::from_event(&ev.raw) {
+            own.insert(ev.raw.memcg_addr, o);
+        }
         let mut m = Memcg::new(ev.raw.memcg_addr, ev.raw.memcg_id, Origin::Census);
         if let Some(key) = ev.cgroup_key() {
             m.hierarchy_id = key.0;
@@ -369,6 +383,7 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
         counts_us: 0,
         memcgs,
         pins: HashMap::new(),
+        own,
         nodes,
         kmem_pins: true,
         taken_at_ns: summary.start_ns,
@@ -486,6 +501,15 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
     let mut residuals: HashMap<&str, Option<Residual>> = HashMap::new();
     let mut out = HashMap::new();
     for m in c.dying() {
+        let own = c.own.get(&m.addr);
+        let now = m.census_counters();
+        let off = m.offline_ns.is_some().then(|| m.at_offline());
+        if own.is_some_and(|o| o.cause(c.kmem_pins).is_some()) {
+            // Exact: no ancestor's memory.stat needed.
+            let p = pin::classify(off.as_ref(), now.as_ref(), own, None, c.kmem_pins);
+            out.insert(m.addr, p);
+            continue;
+        }
         let mut anc = parent_path(&m.path);
         while anc != "/" && !live.contains(anc) {
             anc = parent_path(anc);
@@ -498,11 +522,9 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
                 .unwrap_or_default();
             Some(own.residual(&kids))
         });
-        let now = m.census_counters();
-        let off = m.offline_ns.is_some().then(|| m.at_offline());
         out.insert(
             m.addr,
-            pin::classify(off.as_ref(), now.as_ref(), r.as_ref(), c.kmem_pins),
+            pin::classify(off.as_ref(), now.as_ref(), own, r.as_ref(), c.kmem_pins),
         );
     }
     out
