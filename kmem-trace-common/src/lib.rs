@@ -364,7 +364,7 @@ pub struct Layout {
     pub max_residents: u32,
     pub _pad1: u32,
 
-    /// `mem_cgroup.vmstats`: a pointer to `struct memcg_vmstats` (6.1+) or the
+    /// `mem_cgroup.vmstats`: a pointer to `struct memcg_vmstats` or the
     /// embedded struct (see [`LAYOUT_VMSTATS_PTR`]).
     pub memcg_vmstats: u32,
     /// Byte offsets, inside `struct memcg_vmstats`, of the memcg's own page-state
@@ -376,8 +376,8 @@ pub struct Layout {
 
 /// [`Layout::layout_flags`]: `kernfs_node.id` is the pre-5.5 `{ino, generation}` union.
 pub const LAYOUT_KN_ID_U32: u32 = 1 << 0;
-/// [`Layout::layout_flags`]: `mem_cgroup.vmstats` is a pointer (6.1+, commit
-/// 410f8e82689e), not the embedded struct.
+/// [`Layout::layout_flags`]: `mem_cgroup.vmstats` is a pointer (recent
+/// kernels, as BTF says), not the embedded struct.
 pub const LAYOUT_VMSTATS_PTR: u32 = 1 << 1;
 /// [`Layout::layout_flags`]: [`Layout::stat_off`] point into the hierarchical
 /// `state[]` (no `state_local[]` on this kernel): exact for leaf memcgs only.

@@ -3,14 +3,15 @@
 //! memory, kernel memory, swap or socket buffers. Pure.
 //!
 //! Exact where the kernel allows it: the census program reads the dying
-//! memcg's own page-state counters (`memcg->vmstats->state_local[]`, 6.5+; on
-//! leaves the hierarchical `state[]` on 6.1-6.4), slots resolved from BTF
+//! memcg's own page-state counters (`memcg->vmstats->state_local[]`; on
+//! kernels without it, the hierarchical `state[]` of leaves), slots resolved from BTF
 //! (`probes::btf::stat_index`): [`OwnStats`]. The cause is then the largest of
 //! its own page cache, shmem, anon, swap, sockets (and kernel memory where it
 //! still pins, before 5.9).
 //!
-//! Approximate elsewhere (no census program, kernels before 6.1, a memcg
-//! with dying children before 6.5): the page counters (`memory`, v1 `kmem`,
+//! Approximate elsewhere (no census program: kernels before 6.1; no
+//! `memcg_vmstats` in BTF; a memcg with children on kernels without
+//! `state_local[]`): the page counters (`memory`, v1 `kmem`,
 //! `memsw`/`swap`) tell kernel memory and swap apart from user pages, but not
 //! page cache from tmpfs. Live ancestors' hierarchical `memory.stat` include
 //! their dying descendants, so what an ancestor holds beyond its live children

@@ -313,16 +313,16 @@ impl KernelBtf {
     /// Where a memcg's own page-state counters are: `mem_cgroup.vmstats`
     /// and, inside `struct memcg_vmstats`, the slots of the counters the census
     /// reads ([`census_stat`]). Leaves them [`ABSENT`] on kernels without that
-    /// struct (before 5.13) or without the names; the pin cause is then
+    /// struct or without the names; the pin cause is then
     /// approximate (see `census::pin`).
     fn vmstats(&self, layout: &mut Layout, report: &mut Vec<Resolved>) -> Result<(), BtfError> {
         let Some(vm) = self.member("mem_cgroup", "vmstats")? else {
             return Ok(());
         };
-        // 6.1 made it a pointer (commit 410f8e82689e); an embedded struct before.
+        // A pointer on recent kernels, an embedded struct on older ones: BTF tells.
         let ptr = vm.size == 8 && !vm.aggregate;
-        // `state_local[]` (6.5+, commit f82a7a86dbfb) is the memcg's own share;
-        // before, only the hierarchical `state[]`, which equals it on leaves.
+        // `state_local[]` (where the kernel has it: BTF tells) is the memcg's own
+        // share; without it only the hierarchical `state[]`, equal to it on leaves.
         let (array, hier) = match self.array_member("memcg_vmstats", "state_local")? {
             Some(a) => (a, false),
             None => match self.array_member("memcg_vmstats", "state")? {
