@@ -184,8 +184,8 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = parse_duration, default_value = "14d", value_name = "D")]
     pub retain: Duration,
     /// Directory holding one subdirectory per container ID (containerd task
-    /// bundles, CRI-O overlay-containers, Docker containers); repeatable.
-    /// Default: the usual places of containerd, CRI-O and Docker.
+    /// bundles, CRI-O or podman overlay-containers, Docker containers); repeatable.
+    /// Default: the usual places of containerd, CRI-O, podman and Docker.
     #[arg(long, value_name = "DIR")]
     pub runtime_root: Vec<PathBuf>,
     /// Residents (processes that entered) kept per memcg.

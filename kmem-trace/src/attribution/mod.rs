@@ -15,7 +15,7 @@ use crate::lifecycle::KeyMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use path::{Owner, PodPath, Qos, Runtime};
+pub use path::{Owner, PodPath, Qos, Runtime, RuntimeRole};
 pub use runtime::{ContainerMeta, RuntimeRoots};
 use share::SharedStrs;
 
@@ -96,7 +96,11 @@ impl Attribution {
             }
             Owner::Systemd { unit } => v.unit = Some(unit),
             Owner::Path { path } => v.path = Some(path),
-            Owner::Container { .. } => {}
+            Owner::Container { pod_id, .. } => v.pod_uid = pod_id.as_deref(),
+            Owner::RuntimeGroup { pod_id, .. } => {
+                v.pod_uid = pod_id.as_deref();
+                v.pod = v.pod.filter(|_| pod_id.is_some());
+            }
         }
         if v.container_id.is_none() {
             // A pod-level cgroup: its metadata came from one of its containers.
@@ -127,10 +131,37 @@ impl Attribution {
             Owner::Container {
                 runtime,
                 container_id,
-            } => match v.container {
-                Some(name) => format!("{} {name}", runtime.name()),
-                None => format!("{} {}", runtime.name(), short(container_id)),
-            },
+                pod_id,
+            } => {
+                let name = v
+                    .container
+                    .map_or_else(|| short(container_id), str::to_string);
+                match (v.pod, pod_id) {
+                    (Some(pod), _) => format!("{} {pod}/{name}", runtime.name()),
+                    (None, Some(p)) => format!("{} pod {}/{name}", runtime.name(), short(p)),
+                    (None, None) => format!("{} {name}", runtime.name()),
+                }
+            }
+            Owner::RuntimeGroup {
+                runtime,
+                role,
+                pod_id,
+                container_id,
+            } => {
+                let mut l = runtime.name().to_string();
+                match (v.pod, pod_id) {
+                    (Some(pod), _) => l = format!("{l} pod {pod}"),
+                    (None, Some(p)) => l = format!("{l} pod {}", short(p)),
+                    (None, None) => {}
+                }
+                if *role == path::RuntimeRole::Conmon {
+                    l.push_str(" conmon");
+                }
+                if let Some(id) = container_id {
+                    l = format!("{l} {}", short(id));
+                }
+                l
+            }
             Owner::Systemd { unit } => unit.to_string(),
             Owner::Path { path } => path.to_string(),
         }
@@ -327,7 +358,7 @@ impl Attributor {
             Owner::Pod(p) => self.strings.share(&mut p.pod_uid),
             Owner::Systemd { unit } => self.strings.share(unit),
             Owner::Path { path: p } if **p == **path => *p = path.clone(),
-            Owner::Path { .. } | Owner::Container { .. } => {}
+            Owner::Path { .. } | Owner::Container { .. } | Owner::RuntimeGroup { .. } => {}
         }
         if let Some(m) = attr.meta.as_deref_mut() {
             for s in m.strings_mut() {

@@ -1,7 +1,8 @@
 //! Container metadata from what the runtime keeps on disk while a container
 //! lives: containerd's task bundle `config.json` (CRI annotations), CRI-O's
-//! `userdata/config.json` (kubelet annotations) and Docker's `config.v2.json`
-//! (labels). Read once when a memcg is created: the files go away with the
+//! `userdata/config.json` (kubelet annotations), podman's (same layout, its
+//! names and image in the store's `containers.json`) and Docker's
+//! `config.v2.json` (labels). Read once when a memcg is created: the files go away with the
 //! container, long before a zombie memcg is found.
 
 use std::{
@@ -22,7 +23,9 @@ use super::path::Runtime;
 pub enum Layout {
     /// `<root>/<id>/config.json`, OCI spec with `io.kubernetes.cri.*` annotations.
     ContainerdBundle,
-    /// `<root>/<id>/userdata/config.json`, OCI spec with `io.kubernetes.*` annotations.
+    /// `<root>/<id>/userdata/config.json`, OCI spec with `io.kubernetes.*`
+    /// annotations (CRI-O), or `io.container.manager: libpod` (podman: names
+    /// and image in `<root>/containers.json`).
     CrioUserdata,
     /// `<root>/<id>/config.v2.json`, Docker's container config with labels.
     DockerConfig,
@@ -57,6 +60,8 @@ pub const DEFAULT_ROOTS: &[&str] = &[
     "/run/containerd/io.containerd.runtime.v2.task/k8s.io",
     "/run/containers/storage/overlay-containers",
     "/var/lib/docker/containers",
+    // podman (rootful graph root)
+    "/var/lib/containers/storage/overlay-containers",
     // containerd 1.2-1.4 with the v1 linux runtime
     "/run/containerd/io.containerd.runtime.v1.linux/k8s.io",
 ];
@@ -150,6 +155,9 @@ impl RuntimeRoots {
                 let file = layout.file(root, id);
                 let Some(v) = read_json(&file) else { continue };
                 let meta = match layout {
+                    Layout::CrioUserdata if is_podman(&v) => {
+                        from_podman(&v, read_json(&root.join("containers.json")).as_ref(), id)
+                    }
                     Layout::ContainerdBundle | Layout::CrioUserdata => from_oci_spec(&v),
                     Layout::DockerConfig => from_docker_config(&v),
                 };
@@ -213,6 +221,53 @@ fn from_oci_spec(spec: &Value) -> Option<ContainerMeta> {
             .or_else(|| s(a, "io.kubernetes.cri-o.ContainerType")),
     };
     (m.pod_name.is_some() || m.container_name.is_some() || m.image.is_some()).then_some(m)
+}
+
+/// A podman container's OCI spec (`io.container.manager: libpod`).
+fn is_podman(spec: &Value) -> bool {
+    spec.get("annotations")
+        .and_then(|a| a.get("io.container.manager"))
+        .and_then(Value::as_str)
+        == Some("libpod")
+}
+
+/// Podman: the spec has no names; the store's `containers.json` (containers/
+/// storage) has the name and, in its `metadata` string, the image name. A
+/// container in a pod runs in the pod's cgroup (`/libpod_parent/<pod-id>/...`
+/// or `machine-libpod_pod_<pod-id>.slice`) and, sharing the pod's UTS
+/// namespace, has the pod's hostname, which podman sets to the pod's name
+/// (`podman pod create --hostname` would change it, so only in a pod).
+fn from_podman(spec: &Value, store: Option<&Value>, id: &str) -> Option<ContainerMeta> {
+    let entry = store.and_then(Value::as_array).and_then(|cs| {
+        cs.iter()
+            .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
+    });
+    let name = entry
+        .and_then(|e| e.get("names")?.as_array()?.first()?.as_str())
+        .filter(|n| !n.is_empty())
+        .map(Arc::from);
+    let image = entry
+        .and_then(|e| e.get("metadata")?.as_str())
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        .and_then(|m| s(&m, "image-name"));
+    let cgroup = spec
+        .get("linux")
+        .and_then(|l| l.get("cgroupsPath"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let in_pod = super::path::parse(cgroup.split(':').next().unwrap_or(cgroup))
+        .podman_pod_id()
+        .is_some()
+        || cgroup.contains("machine-libpod_pod_");
+    let pod_name = in_pod.then(|| s(spec, "hostname")).flatten();
+    Some(ContainerMeta {
+        source: Some(Runtime::Podman),
+        pod_name,
+        container_name: name,
+        image,
+        container_type: Some("container".into()),
+        ..ContainerMeta::default()
+    })
 }
 
 /// Docker's `config.v2.json`: kubelet (dockershim / cri-dockerd) labels, else
@@ -317,6 +372,23 @@ mod tests {
         assert_eq!(r.lookup("../k8s.io", None), None);
         assert_eq!(r.lookup("", None), None);
         assert_eq!(RuntimeRoots::none().lookup(CONTAINERD_ID, None), None);
+    }
+
+    #[test]
+    fn podman_store_names_image_and_pod() {
+        const PLAIN: &str = "9595d78747846c50f62ab629edc4294adf869d18b6354ccd7a36d868f44a6f0d";
+        const IN_POD: &str = "5c97d61827e24358de6d803544737fbc28575e61ca02eab71f0c798d741d2c18";
+        let r = roots(&["docker/containers", "podman/overlay-containers"]);
+        let p = r.lookup(PLAIN, Some(Runtime::Podman)).unwrap();
+        assert_eq!(p.source, Some(Runtime::Podman));
+        assert_eq!(p.container_name.as_deref(), Some("kt-plain"));
+        assert_eq!(p.image.as_deref(), Some("localhost/kt-busybox:1"));
+        // Outside a pod the hostname is the short ID, not a pod.
+        assert_eq!(p.pod_name, None);
+        let q = r.lookup(IN_POD, None).unwrap();
+        assert_eq!(q.container_name.as_deref(), Some("kt-inpod"));
+        assert_eq!(q.pod_name.as_deref(), Some("kt-pod"));
+        assert_eq!(q.namespace, None);
     }
 
     #[test]

@@ -206,3 +206,38 @@ fn memcgs_from_a_census_are_attributed_by_path() {
     assert!(a.attribute_path(6, &Arc::from("/?3/x")).is_none());
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[test]
+fn podman_owners_are_labelled() {
+    const CID: &str = "5c97d61827e24358de6d803544737fbc28575e61ca02eab71f0c798d741d2c18";
+    const POD: &str = "21510e3e287f1e72a221c403877073185dc4f3225f5b4e297df948337239599e";
+    let l = |p: &str| Attribution::of_path(p).label();
+    assert_eq!(
+        l(&format!("/libpod_parent/libpod-{CID}")),
+        "podman 5c97d61827e2"
+    );
+    assert_eq!(
+        l(&format!("/libpod_parent/{POD}/libpod-{CID}")),
+        "podman pod 21510e3e287f/5c97d61827e2"
+    );
+    assert_eq!(
+        l(&format!("/libpod_parent/{POD}")),
+        "podman pod 21510e3e287f"
+    );
+    assert_eq!(l("/libpod_parent/conmon"), "podman conmon");
+    let mut a = Attribution::of_path(&format!("/libpod_parent/{POD}/libpod-{CID}"));
+    a.meta = Some(Box::new(ContainerMeta {
+        source: Some(Runtime::Podman),
+        pod_name: Some("kt-pod".into()),
+        container_name: Some("kt-inpod".into()),
+        image: Some("localhost/kt-busybox:1".into()),
+        ..ContainerMeta::default()
+    }));
+    assert_eq!(a.label(), "podman kt-pod/kt-inpod");
+    let v = a.view();
+    assert_eq!(
+        (v.kind, v.pod, v.pod_uid, v.runtime),
+        ("container", Some("kt-pod"), Some(POD), Some("podman"))
+    );
+    assert_eq!(v.image, Some("localhost/kt-busybox:1"));
+}
