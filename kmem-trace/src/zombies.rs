@@ -113,7 +113,53 @@ pub struct Report {
     pub db: String,
     pub tracer: TracerStatus,
     pub count: usize,
+    /// Workloads with the most zombies, most first (pods only; at most 10).
+    pub top_workloads: Vec<WorkloadCount>,
     pub zombies: Vec<Zombie>,
+}
+
+/// Zombies of one workload.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkloadCount {
+    pub namespace: String,
+    /// `Deployment/web`, or `unknown` for pods whose labels were not seen.
+    pub workload: String,
+    pub zombies: usize,
+    pub pinned_bytes: u64,
+}
+
+/// Most workloads listed in [`Report::top_workloads`].
+const TOP_WORKLOADS: usize = 10;
+
+/// The workloads with most zombies (pods only), ties by pinned bytes.
+pub fn top_workloads(zombies: &[Zombie]) -> Vec<WorkloadCount> {
+    let mut by: std::collections::HashMap<String, WorkloadCount> = Default::default();
+    for z in zombies {
+        let Some(a) = z.owner.as_ref().filter(|a| a.owner.kind() == "pod") else {
+            continue;
+        };
+        let key = crate::outputs::aggregate::workload_key(Some(a));
+        let (ns, w) = key.split_once('/').unwrap_or((&key, ""));
+        let e = by.entry(key.clone()).or_insert_with(|| WorkloadCount {
+            namespace: ns.to_string(),
+            workload: w.to_string(),
+            zombies: 0,
+            pinned_bytes: 0,
+        });
+        e.zombies += 1;
+        e.pinned_bytes += z.pinned_bytes.unwrap_or(0);
+    }
+    let mut v: Vec<WorkloadCount> = by.into_values().collect();
+    v.sort_by(|a, b| {
+        (b.zombies, b.pinned_bytes, &a.namespace, &a.workload).cmp(&(
+            a.zombies,
+            a.pinned_bytes,
+            &b.namespace,
+            &b.workload,
+        ))
+    });
+    v.truncate(TOP_WORKLOADS);
+    v
 }
 
 /// The owner as the flat view events use.
@@ -261,6 +307,7 @@ pub fn report(
         db: cfg.db.display().to_string(),
         tracer: tracer_status(store, now),
         count: zombies.len(),
+        top_workloads: top_workloads(&zombies),
         zombies,
     })
 }
@@ -289,6 +336,19 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
     if r.zombies.is_empty() {
         return Ok(());
     }
+    if !r.top_workloads.is_empty() {
+        writeln!(w, "top workloads:")?;
+        for t in &r.top_workloads {
+            writeln!(
+                w,
+                "  {:>5}  {:>9}  {}/{}",
+                t.zombies,
+                human_bytes(t.pinned_bytes),
+                t.namespace.escape_debug(),
+                t.workload.escape_debug()
+            )?;
+        }
+    }
     writeln!(
         w,
         "{:<6} {:>9} {:>9}  {:<40} PATH",
@@ -310,11 +370,23 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
                 .unwrap_or_else(|| "?".into()),
             // A plain path owner is the path column already.
             match &z.owner {
-                Some(o) if o.owner.kind() != "path" => z.owner_label.as_deref().unwrap_or("?"),
-                _ => "-",
+                Some(o) if o.owner.kind() != "path" => z
+                    .owner_label
+                    .as_deref()
+                    .unwrap_or("?")
+                    .escape_debug()
+                    .to_string(),
+                _ => "-".into(),
             },
-            z.path
+            z.path.escape_debug()
         )?;
+        if let Some(wl) = z.owner.as_ref().and_then(|o| o.view().workload) {
+            writeln!(w, "       workload {}", wl.escape_debug())?;
+        }
+        if let Some(p) = z.pin_cause {
+            let how = if z.pin_exact { "" } else { " (approximate)" };
+            writeln!(w, "       pinned by {}{how}", p.name())?;
+        }
         let task = |t: &TaskView| format!("{} <- {} ({})", t.label(), t.pcomm, t.ppid);
         if let Some(c) = &z.creator {
             writeln!(w, "       created by {}", task(c))?;

@@ -8,6 +8,7 @@
 pub mod path;
 pub mod runtime;
 mod share;
+pub mod workload;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use path::{Owner, PodPath, Qos, Runtime, RuntimeRole};
 pub use runtime::{ContainerMeta, RuntimeRoots};
 use share::SharedStrs;
+pub use workload::{Workload, WorkloadKind};
 
 use crate::lifecycle::{Applied, Lifecycle, State};
 
@@ -57,6 +59,9 @@ pub struct OwnerView<'a> {
     pub runtime: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<&'a str>,
+    /// The pod's owning workload, `Deployment/web` (from the pod's labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +86,7 @@ impl Attribution {
             pod: m(|m| &m.pod_name),
             container: m(|m| &m.container_name),
             image: m(|m| &m.image),
+            workload: meta.and_then(|m| m.workload.as_ref()).map(Workload::label),
             container_id: self.owner.container_id(),
             runtime: self
                 .owner

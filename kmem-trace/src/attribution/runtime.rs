@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::path::Runtime;
+use super::{path::Runtime, workload::Workload};
 
 /// Where a runtime keeps per-container state, `<root>/<id>/...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +87,10 @@ pub struct ContainerMeta {
     /// `sandbox` for a pod's pause container, `container` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_type: Option<Arc<str>>,
+    /// The pod's owning workload, from the pod's labels (`None`: unknown,
+    /// e.g. containerd keeps no pod labels on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 impl ContainerMeta {
@@ -162,6 +166,9 @@ impl RuntimeRoots {
                     Layout::DockerConfig => from_docker_config(&v),
                 };
                 if let Some(mut m) = meta {
+                    if m.workload.is_none() {
+                        m.workload = sandbox_workload(layout, root, &v, &m);
+                    }
                     m.source.get_or_insert(layout.runtime());
                     return Some(m);
                 }
@@ -219,8 +226,70 @@ fn from_oci_spec(spec: &Value) -> Option<ContainerMeta> {
             .or_else(|| s(a, "io.kubernetes.cri-o.Image")),
         container_type: s(a, "io.kubernetes.cri.container-type")
             .or_else(|| s(a, "io.kubernetes.cri-o.ContainerType")),
+        workload: None,
     };
     (m.pod_name.is_some() || m.container_name.is_some() || m.image.is_some()).then_some(m)
+}
+
+/// The workload from the pod's labels, which the runtimes keep on the pod's
+/// sandbox: Docker (dockershim, cri-dockerd) as the sandbox container's labels,
+/// CRI-O in its `io.kubernetes.cri-o.Labels` annotation. An app container names
+/// its sandbox (`io.kubernetes.sandbox.id`, `io.kubernetes.cri-o.SandboxID`).
+fn sandbox_workload(layout: Layout, root: &Path, v: &Value, m: &ContainerMeta) -> Option<Workload> {
+    let pod = m.pod_name.as_deref()?;
+    let (labels, sandbox) = match layout {
+        Layout::DockerConfig => {
+            let labels = v.get("Config")?.get("Labels")?;
+            let kind = labels
+                .get("io.kubernetes.docker.type")
+                .and_then(Value::as_str);
+            let sandbox = labels
+                .get("io.kubernetes.sandbox.id")
+                .and_then(Value::as_str);
+            (kind == Some("podsandbox"))
+                .then_some(labels)
+                .map_or_else(|| (None, sandbox), |l| (Some(l.clone()), None))
+        }
+        Layout::CrioUserdata => {
+            let a = v.get("annotations")?;
+            let sandbox = a
+                .get("io.kubernetes.cri-o.SandboxID")
+                .and_then(Value::as_str);
+            let is_sandbox = a
+                .get("io.kubernetes.cri-o.ContainerType")
+                .and_then(Value::as_str)
+                == Some("sandbox");
+            if is_sandbox {
+                (crio_labels(a), None)
+            } else {
+                (None, sandbox)
+            }
+        }
+        Layout::ContainerdBundle => return None,
+    };
+    let labels = match (labels, sandbox) {
+        (Some(l), _) => l,
+        (None, Some(id)) if safe_id(id) => {
+            let sv = read_json(&layout.file(root, id))?;
+            match layout {
+                Layout::DockerConfig => sv.get("Config")?.get("Labels")?.clone(),
+                _ => crio_labels(sv.get("annotations")?)?,
+            }
+        }
+        _ => return None,
+    };
+    let map: std::collections::HashMap<String, String> = labels
+        .as_object()?
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    super::workload::from_labels(pod, &map)
+}
+
+/// CRI-O's `io.kubernetes.cri-o.Labels`: the labels as a JSON string.
+fn crio_labels(annotations: &Value) -> Option<Value> {
+    let text = annotations.get("io.kubernetes.cri-o.Labels")?.as_str()?;
+    serde_json::from_str(text).ok()
 }
 
 /// A podman container's OCI spec (`io.container.manager: libpod`).
@@ -287,6 +356,7 @@ fn from_docker_config(cfg: &Value) -> Option<ContainerMeta> {
         container_name: kube_name.or(name),
         image: s(config, "Image"),
         container_type,
+        workload: None,
     })
 }
 
@@ -322,6 +392,8 @@ mod tests {
         assert_eq!(m.container_name.as_deref(), Some("nginx"));
         assert_eq!(m.image.as_deref(), Some("docker.io/library/nginx:1.25.3"));
         assert_eq!(m.container_type.as_deref(), Some("container"));
+        // containerd keeps no pod labels on disk: the workload is unknown.
+        assert_eq!(m.workload, None);
         // The pod's sandbox (pause) container: pod, no container name.
         let s = r.lookup(SANDBOX_ID, None).unwrap();
         assert_eq!(s.pod_name.as_deref(), Some("web-7d4b9c8f6-x2x9k"));
@@ -341,6 +413,11 @@ mod tests {
             m.image.as_deref(),
             Some("registry.k8s.io/coredns/coredns:v1.10.1")
         );
+        // The pod's labels are on its sandbox: a Deployment's pod.
+        assert_eq!(
+            m.workload.as_ref().map(Workload::label).as_deref(),
+            Some("Deployment/coredns")
+        );
     }
 
     #[test]
@@ -351,7 +428,13 @@ mod tests {
         assert_eq!(m.namespace.as_deref(), Some("cache"));
         assert_eq!(m.container_name.as_deref(), Some("redis"));
         assert_eq!(m.image.as_deref(), Some("redis:7.2"));
+        // dockershim keeps the pod's labels on the sandbox container.
+        assert_eq!(
+            m.workload.as_ref().map(Workload::label).as_deref(),
+            Some("StatefulSet/redis")
+        );
         let p = r.lookup(DOCKER_ID, None).unwrap();
+        assert_eq!(p.workload, None);
         assert_eq!(p.pod_name, None);
         assert_eq!(p.container_name.as_deref(), Some("build-cache"));
         assert_eq!(p.image.as_deref(), Some("alpine:3.19"));

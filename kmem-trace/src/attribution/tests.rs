@@ -26,6 +26,7 @@ impl MetaLookup for Fake {
             container_name: Some("nginx".into()),
             image: Some("nginx:1.25".into()),
             container_type: Some("container".into()),
+            workload: None,
         })
     }
 }
