@@ -242,3 +242,35 @@ fn podman_owners_are_labelled() {
     );
     assert_eq!(v.image, Some("localhost/kt-busybox:1"));
 }
+
+#[test]
+fn background_lookups_complete_the_attribution_later() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut a = Attributor::background(Arc::new(Fake {
+        calls: calls.clone(),
+    }));
+    let pod = format!("/kubepods/burstable/pod{UID}");
+    let path = format!("{pod}/{CID}");
+    // The event path gets the path-only owner at once; the pod-level memcg too.
+    assert_eq!(
+        a.observe(&applied(1, &pod)).unwrap().label(),
+        format!("pod {UID}")
+    );
+    let first = a.observe(&applied(2, &path)).unwrap();
+    assert!(first.meta.is_none());
+    let mut changed = a.settle();
+    changed.sort();
+    // The container's memcg and its pod-level memcg are named once it arrives.
+    assert_eq!(changed, vec![1, 2]);
+    assert_eq!(a.get(2).unwrap().label(), "shop/web-1/nginx");
+    assert_eq!(a.get(1).unwrap().label(), "shop/web-1");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!((a.stats.lookups, a.stats.found), (1, 1));
+    // Start-up attribution (census memcgs) reads synchronously.
+    let mut b = Attributor::background(Arc::new(Fake {
+        calls: calls.clone(),
+    }));
+    let got = b.attribute_path(3, &Arc::from(path.as_str())).unwrap();
+    assert_eq!(got.label(), "shop/web-1/nginx");
+    assert_eq!(b.lookups_dropped(), 0);
+}

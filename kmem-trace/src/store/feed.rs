@@ -73,7 +73,8 @@ pub fn prepare(
     lc: &mut Lifecycle,
     clock: Clock,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
-    let mut attributor = Attributor::new(Box::new(runtime_roots(&cfg.runtime_roots)?));
+    let mut attributor =
+        Attributor::background(std::sync::Arc::new(runtime_roots(&cfg.runtime_roots)?));
     let Some(db) = &cfg.db else {
         return Ok((attributor, None, Restored::default()));
     };
@@ -164,6 +165,11 @@ impl HistoryFeed {
             drops: status.drops,
             hooks: status.hook_family.clone(),
         });
+    }
+
+    /// Writes memcg `addr` again at the next flush (its attribution changed).
+    pub fn touch(&mut self, addr: u64) {
+        self.dirty.insert(addr);
     }
 
     /// Notes what an event changed. A freed memcg leaves the lifecycle, so its
