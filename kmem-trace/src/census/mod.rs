@@ -16,6 +16,7 @@
 pub mod counts;
 pub mod pin;
 pub mod render;
+pub mod residents;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -226,7 +227,19 @@ pub fn seed(lc: &mut Lifecycle, census: &Census) -> usize {
     let mut n = 0;
     for m in &census.memcgs {
         if lc.get(m.addr).is_none() {
-            lc.seed_memcg(m.clone());
+            let mut m = m.clone();
+            // Dying before the tracer started: its offline was never seen, so
+            // what it holds is what the census read (the zombie lists and the
+            // history show it as the counters at offline).
+            if m.state == State::Dying
+                && m.offline_ns.is_none()
+                && m.at_offline().mem_pages.is_none()
+            {
+                if let Some(c) = m.census_counters() {
+                    m.set_at_offline(c);
+                }
+            }
+            lc.seed_memcg(m);
             n += 1;
         }
     }
@@ -242,7 +255,10 @@ pub fn seed_watch(lc: &mut Lifecycle, btf: Option<PathBuf>) {
         ..CensusConfig::default()
     };
     match take(&cfg) {
-        Ok(c) if c.source == Source::BpfIterator => {
+        Ok(mut c) if c.source == Source::BpfIterator => {
+            let max = lc.config().max_residents;
+            let mount = c.hierarchy.mount.clone();
+            residents::fill(&mut c.memcgs, &mount, max);
             let n = seed(lc, &c);
             log::info!(
                 "census: {n} pre-existing memcgs seeded ({} dying)",
