@@ -159,9 +159,12 @@ impl RuntimeRoots {
                 let file = layout.file(root, id);
                 let Some(v) = read_json(&file) else { continue };
                 let meta = match layout {
-                    Layout::CrioUserdata if is_podman(&v) => {
-                        from_podman(&v, read_json(&root.join("containers.json")).as_ref(), id)
-                    }
+                    Layout::CrioUserdata if is_podman(&v) => from_podman(
+                        &v,
+                        read_json(&root.join("containers.json")).as_ref(),
+                        id,
+                        root,
+                    ),
                     Layout::ContainerdBundle | Layout::CrioUserdata => from_oci_spec(&v),
                     Layout::DockerConfig => from_docker_config(&v),
                 };
@@ -303,19 +306,28 @@ fn is_podman(spec: &Value) -> bool {
 /// Podman: the spec has no names; the store's `containers.json` (containers/
 /// storage) has the name and, in its `metadata` string, the image name. A
 /// container in a pod runs in the pod's cgroup (`/libpod_parent/<pod-id>/...`
-/// or `machine-libpod_pod_<pod-id>.slice`) and, sharing the pod's UTS
-/// namespace, has the pod's hostname, which podman sets to the pod's name
-/// (`podman pod create --hostname` would change it, so only in a pod).
-fn from_podman(spec: &Value, store: Option<&Value>, id: &str) -> Option<ContainerMeta> {
-    let entry = store.and_then(Value::as_array).and_then(|cs| {
-        cs.iter()
-            .find(|c| c.get("id").and_then(Value::as_str) == Some(id))
-    });
-    let name = entry
-        .and_then(|e| e.get("names")?.as_array()?.first()?.as_str())
-        .filter(|n| !n.is_empty())
-        .map(Arc::from);
-    let image = entry
+/// or `machine-libpod_pod_<pod-id>.slice`) and shares the UTS namespace of the
+/// pod's infra container (`<pod-id:12>-infra` in the store), whose hostname
+/// podman sets to the pod's name (podman 4.3; `podman pod create --hostname`
+/// would change it).
+fn from_podman(
+    spec: &Value,
+    store: Option<&Value>,
+    id: &str,
+    root: &Path,
+) -> Option<ContainerMeta> {
+    let entries = store.and_then(Value::as_array);
+    let entry = |f: &dyn Fn(&Value) -> bool| entries.and_then(|cs| cs.iter().find(|c| f(c)));
+    let name_of = |e: &Value| {
+        e.get("names")?
+            .as_array()?
+            .first()?
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(Arc::from)
+    };
+    let this = entry(&|c| c.get("id").and_then(Value::as_str) == Some(id));
+    let image = this
         .and_then(|e| e.get("metadata")?.as_str())
         .and_then(|m| serde_json::from_str::<Value>(m).ok())
         .and_then(|m| s(&m, "image-name"));
@@ -324,15 +336,22 @@ fn from_podman(spec: &Value, store: Option<&Value>, id: &str) -> Option<Containe
         .and_then(|l| l.get("cgroupsPath"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    let in_pod = super::path::parse(cgroup.split(':').next().unwrap_or(cgroup))
-        .podman_pod_id()
-        .is_some()
-        || cgroup.contains("machine-libpod_pod_");
-    let pod_name = in_pod.then(|| s(spec, "hostname")).flatten();
+    let owner = super::path::parse(cgroup.split(':').next().unwrap_or(cgroup));
+    let pod_name = owner.podman_pod_id().and_then(|pod| {
+        let short = pod.get(..12)?;
+        let infra_name = format!("{short}-infra");
+        let infra = entry(&|c| name_of(c).as_deref() == Some(infra_name.as_str()))?;
+        let infra_id = infra.get("id")?.as_str()?;
+        if !safe_id(infra_id) {
+            return None;
+        }
+        let cfg = read_json(&Layout::CrioUserdata.file(root, infra_id))?;
+        s(&cfg, "hostname")
+    });
     Some(ContainerMeta {
         source: Some(Runtime::Podman),
         pod_name,
-        container_name: name,
+        container_name: this.and_then(name_of),
         image,
         container_type: Some("container".into()),
         ..ContainerMeta::default()
