@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod browser;
+pub mod cri;
 pub mod lock;
 pub mod pod;
 pub mod runtimes;

@@ -283,3 +283,55 @@ fn docker_plain_and_dockershim_pod_containers_are_named() {
     drop(docker);
     drop(parent);
 }
+
+#[test]
+fn containerd_cri_pod_containers_are_named() {
+    if !wanted("containerd_cri_pod_containers_are_named") {
+        return;
+    }
+    let _lock = KernelLock::take();
+    let dir = Scratch::new(
+        std::env::temp_dir().join(format!("kmem-trace-rt-containerd-{}", std::process::id())),
+    )
+    .unwrap();
+    let pins = pin_dir("containerd");
+    let tar = busybox_rootfs(dir.path()).unwrap();
+    let parent = TestParent::new("rt-cri").unwrap();
+    let containerd = kmem_trace_tests::cri::Containerd::start(dir.path(), &tar).unwrap();
+    fs::create_dir_all(containerd.bundles()).unwrap();
+    let db = dir.path().join("history.db");
+    let t = tracer(&db, &[&containerd.bundles()]);
+    let uid = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
+    let cgroup_parent = format!("/{}/kubepods/burstable/pod{uid}", parent.name);
+    let pod = kmem_trace_tests::cri::Pod {
+        name: "backup-29425980-kx7p2",
+        namespace: "ops",
+        uid,
+        labels: &[
+            ("batch.kubernetes.io/job-name", "backup-29425980"),
+            ("job-name", "backup-29425980"),
+        ],
+        cgroup_parent: &cgroup_parent,
+    };
+    let cmd = pin("cri");
+    let (_sandbox, app) = kmem_trace_tests::cri::run_pod(
+        &containerd.socket(),
+        &pod,
+        "dump",
+        &["sh", "-c", &cmd],
+        pins.path(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let z = zombies_after_stop(t, &db);
+    let a = zombie_ending(&z, &app).unwrap_or_else(|| panic!("CRI zombie missing: {z:#}"));
+    assert_common(a, "containerd", kmem_trace_tests::cri::IMAGE);
+    assert_eq!(a["owner"]["kind"], "pod", "{a:#}");
+    assert_eq!(a["owner"]["namespace"], "ops", "{a:#}");
+    assert_eq!(a["owner"]["pod"], pod.name, "{a:#}");
+    assert_eq!(a["owner"]["container"], "dump", "{a:#}");
+    assert_eq!(a["owner"]["pod_uid"], uid, "{a:#}");
+    drop(pins);
+    drop(containerd);
+    drop(parent);
+}
