@@ -3,7 +3,7 @@
 //! with kubelet's cgroup parent and labels). Each container pins its memcg
 //! with a tmpfs file on the host and is removed; `zombies --json` (after the
 //! tracer stopped, so with a census) must name runtime, container, image,
-//! pod, namespace and workload where they exist, the creator, the residents
+//! pod, namespace and workload (containerd: over CRI) where they exist, the creator, the residents
 //! and the pin cause. Daemons are stopped and cgroups removed even on failure.
 //! Run by `cargo xtask test`'s runtimes step; holds the kernel lock.
 
@@ -21,8 +21,9 @@ fn pin(file: &str) -> String {
     format!("head -c 4194304 /dev/zero > /pin/{file}")
 }
 
-/// The tracer on a private history reading `roots` for metadata.
-fn tracer(db: &Path, roots: &[&Path]) -> Tracer {
+/// The tracer on a private history reading `roots` (and `cri`, a CRI socket)
+/// for metadata.
+fn tracer(db: &Path, roots: &[&Path], cri: Option<&Path>) -> Tracer {
     let mut args = vec![
         "watch".to_string(),
         "--json".into(),
@@ -35,6 +36,10 @@ fn tracer(db: &Path, roots: &[&Path]) -> Tracer {
         args.push("--runtime-root".into());
         args.push(r.display().to_string());
     }
+    // No CRI socket of the host: only the runtime under test answers.
+    let none = db.with_extension("no-cri.sock");
+    args.push("--cri-socket".into());
+    args.push(cri.unwrap_or(&none).display().to_string());
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     Tracer::start(&a).unwrap()
 }
@@ -90,7 +95,7 @@ fn podman_plain_and_pod_containers_are_named() {
     .unwrap();
     fs::create_dir_all(podman.containers_dir()).unwrap();
     let db = dir.path().join("history.db");
-    let t = tracer(&db, &[&podman.containers_dir()]);
+    let t = tracer(&db, &[&podman.containers_dir()], None);
     let vol = format!("{}:/pin", pins.path().display());
     let plain = run(podman.cmd().args([
         "create",
@@ -174,7 +179,7 @@ fn docker_plain_and_dockershim_pod_containers_are_named() {
     let docker = Dockerd::start(dir.path()).unwrap();
     run(docker.cmd().arg("import").arg(&tar).arg("kt-busybox:1")).unwrap();
     let db = dir.path().join("history.db");
-    let t = tracer(&db, &[&docker.containers_dir()]);
+    let t = tracer(&db, &[&docker.containers_dir()], None);
     let vol = format!("{}:/pin", pins.path().display());
     let plain_parent = format!("/{}/docker", parent.name);
     let plain = run(docker.cmd().args([
@@ -300,7 +305,7 @@ fn containerd_cri_pod_containers_are_named() {
     let containerd = kmem_trace_tests::cri::Containerd::start(dir.path(), &tar).unwrap();
     fs::create_dir_all(containerd.bundles()).unwrap();
     let db = dir.path().join("history.db");
-    let t = tracer(&db, &[&containerd.bundles()]);
+    let t = tracer(&db, &[&containerd.bundles()], Some(&containerd.socket()));
     let uid = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
     let cgroup_parent = format!("/{}/kubepods/burstable/pod{uid}", parent.name);
     let pod = kmem_trace_tests::cri::Pod {
@@ -331,6 +336,8 @@ fn containerd_cri_pod_containers_are_named() {
     assert_eq!(a["owner"]["pod"], pod.name, "{a:#}");
     assert_eq!(a["owner"]["container"], "dump", "{a:#}");
     assert_eq!(a["owner"]["pod_uid"], uid, "{a:#}");
+    // The pod's labels come over CRI: a CronJob's Job.
+    assert_eq!(a["owner"]["workload"], "CronJob/backup", "{a:#}");
     drop(pins);
     drop(containerd);
     drop(parent);

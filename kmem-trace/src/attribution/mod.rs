@@ -5,6 +5,7 @@
 //! systemd on the host). Attributions are cached per memcg so the store and the
 //! outputs can name the owner long after the pod is gone.
 
+pub mod cri;
 pub mod path;
 pub mod runtime;
 mod share;

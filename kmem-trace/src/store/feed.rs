@@ -24,6 +24,8 @@ pub struct HistoryConfig {
     pub retain: Duration,
     /// `--runtime-root`; empty means the defaults.
     pub runtime_roots: Vec<PathBuf>,
+    /// `--cri-socket`; empty means the defaults.
+    pub cri_sockets: Vec<PathBuf>,
 }
 
 impl HistoryConfig {
@@ -33,6 +35,7 @@ impl HistoryConfig {
             db: (!a.no_history).then(|| a.db.clone()),
             retain: a.retain,
             runtime_roots: a.runtime_root.clone(),
+            cri_sockets: a.cri_socket.clone(),
         }
     }
 }
@@ -43,6 +46,7 @@ impl Default for HistoryConfig {
             db: Some(PathBuf::from(super::DEFAULT_DB)),
             retain: super::DEFAULT_RETAIN,
             runtime_roots: Vec::new(),
+            cri_sockets: Vec::new(),
         }
     }
 }
@@ -74,7 +78,10 @@ pub fn prepare(
     clock: Clock,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
     let mut attributor =
-        Attributor::background(std::sync::Arc::new(runtime_roots(&cfg.runtime_roots)?));
+        Attributor::background(std::sync::Arc::new(crate::attribution::cri::Chain {
+            cri: crate::attribution::cri::CriLookup::new(&cfg.cri_sockets),
+            files: runtime_roots(&cfg.runtime_roots)?,
+        }));
     let Some(db) = &cfg.db else {
         return Ok((attributor, None, Restored::default()));
     };

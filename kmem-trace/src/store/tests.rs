@@ -354,6 +354,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
         db: Some(db.clone()),
         retain: DEFAULT_RETAIN,
         runtime_roots: vec![d.0.clone()],
+        cri_sockets: vec![d.0.join("no.sock")],
     };
     // The census of this start found it again and one memcg the history lacks.
     let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
