@@ -80,6 +80,21 @@ fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Whether a process runs whose command line contains `needle`.
+fn running_with(needle: &str) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        p.file_name()
+            .to_string_lossy()
+            .parse::<u32>()
+            .is_ok_and(|pid| pid != std::process::id())
+            && fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+    })
+}
+
 /// Stops a daemon we started: SIGTERM, then SIGKILL after `grace`.
 fn stop(child: &mut Child, grace: Duration) {
     // SAFETY: kill of a PID we spawned and have not reaped.
@@ -232,6 +247,10 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd().args(["rm", "-af", "-t", "0"]).output();
         let _ = self.cmd().args(["pod", "rm", "-af"]).output();
+        // conmon runs `podman ... container cleanup` when a container exits:
+        // wait for those (they name our root) before removing what they use.
+        let ours = self.dir.display().to_string();
+        until(Duration::from_secs(20), || !running_with(&ours));
         let _ = fs::remove_dir_all(&self.dir);
         if self.made_parent {
             // conmon processes leave their cgroup a moment after `rm`.

@@ -282,8 +282,14 @@ fn docker_plain_and_dockershim_pod_containers_are_named() {
     assert_eq!(a["owner"]["pod"], pod, "{a:#}");
     assert_eq!(a["owner"]["container"], "app", "{a:#}");
     assert_eq!(a["owner"]["workload"], "Deployment/web", "{a:#}");
-    assert_eq!(z["top_workloads"][0]["workload"], "Deployment/web", "{z:#}");
-    assert_eq!(z["top_workloads"][0]["namespace"], "shop", "{z:#}");
+    // Other zombies of the host may rank higher: find ours among the top.
+    let top = z["top_workloads"].as_array().unwrap();
+    assert!(
+        top.iter().any(|w| w["workload"] == "Deployment/web"
+            && w["namespace"] == "shop"
+            && w["zombies"] == 1),
+        "{top:#?}"
+    );
     drop(pins);
     drop(docker);
     drop(parent);
