@@ -129,6 +129,9 @@ pub mod flags {
     /// The record also stands for an inferred [`super::EventKind::KmemActivate`]
     /// of the same memcg; `aux` is its `kmemcg_id`.
     pub const ALSO_KMEM_ACTIVATE: u32 = 1 << 15;
+    /// [`super::EventKind::Census`]: the memcg's own page-state counters were
+    /// read; see [`super::Event::census_stat`] (`comm`/`pcomm` carry them).
+    pub const CENSUS_STATS: u32 = 1 << 16;
 }
 
 /// Entries of the `EMIT` array map: indexed by hook number, each holds the bits
@@ -216,6 +219,35 @@ impl Event {
         pcomm: [0; COMM_LEN],
         name: [0; NAME_LEN],
     };
+
+    /// [`EventKind::Census`] with [`flags::CENSUS_STATS`]: page-state counter
+    /// `i` ([`census_stat`]) in pages. Census records have no task, so `comm`
+    /// and `pcomm` carry these eight `u32` slots instead.
+    #[inline(always)]
+    pub fn census_stat(&self, i: usize) -> u32 {
+        let (buf, at) = if i < 4 {
+            (&self.comm, i * 4)
+        } else {
+            (&self.pcomm, (i - 4) * 4)
+        };
+        if at + 4 > COMM_LEN {
+            return 0;
+        }
+        u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+    }
+
+    /// Sets census counter `i`; see [`Event::census_stat`].
+    #[inline(always)]
+    pub fn set_census_stat(&mut self, i: usize, pages: u32) {
+        let (buf, at) = if i < 4 {
+            (&mut self.comm, i * 4)
+        } else {
+            (&mut self.pcomm, (i - 4) * 4)
+        };
+        if at + 4 <= COMM_LEN {
+            buf[at..at + 4].copy_from_slice(&pages.to_ne_bytes());
+        }
+    }
 
     /// The record as bytes, exactly as the ring buffer carries it.
     pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
@@ -331,12 +363,47 @@ pub struct Layout {
     /// Most residents reported per memcg by the in-kernel limiter.
     pub max_residents: u32,
     pub _pad1: u32,
+
+    /// `mem_cgroup.vmstats`: a pointer to `struct memcg_vmstats` or the
+    /// embedded struct (see [`LAYOUT_VMSTATS_PTR`]).
+    pub memcg_vmstats: u32,
+    /// Byte offsets, inside `struct memcg_vmstats`, of the memcg's own page-state
+    /// counters the census reads ([`census_stat`] order: file, shmem, anon,
+    /// kmem, swap, sock); [`ABSENT`] where this kernel has no such counter.
+    pub stat_off: [u32; census_stat::N],
+    pub _pad2: u32,
 }
 
 /// [`Layout::layout_flags`]: `kernfs_node.id` is the pre-5.5 `{ino, generation}` union.
 pub const LAYOUT_KN_ID_U32: u32 = 1 << 0;
+/// [`Layout::layout_flags`]: `mem_cgroup.vmstats` is a pointer (recent
+/// kernels, as BTF says), not the embedded struct.
+pub const LAYOUT_VMSTATS_PTR: u32 = 1 << 1;
+/// [`Layout::layout_flags`]: [`Layout::stat_off`] point into the hierarchical
+/// `state[]` (no `state_local[]` on this kernel): exact for leaf memcgs only.
+pub const LAYOUT_STATS_HIER: u32 = 1 << 2;
 
-pub const LAYOUT_SIZE: usize = 168;
+/// The memcg page-state counters a census record carries, as indexes of
+/// [`Layout::stat_off`] and of [`Event::census_stat`]. Values are pages.
+pub mod census_stat {
+    /// `NR_FILE_PAGES`: page cache, tmpfs/shmem included.
+    pub const FILE: usize = 0;
+    /// `NR_SHMEM`: tmpfs/shmem pages.
+    pub const SHMEM: usize = 1;
+    /// `NR_ANON_MAPPED`: anonymous pages.
+    pub const ANON: usize = 2;
+    /// `MEMCG_KMEM`: kernel memory charged (slab, stacks, page tables...).
+    pub const KMEM: usize = 3;
+    /// `MEMCG_SWAP`: swap entries charged (cgroup v2 accounting).
+    pub const SWAP: usize = 4;
+    /// `MEMCG_SOCK`: socket buffers charged.
+    pub const SOCK: usize = 5;
+    pub const N: usize = 6;
+    /// Slot holding the bit mask (`1 << i`) of the counters that were read.
+    pub const VALID: usize = 6;
+}
+
+pub const LAYOUT_SIZE: usize = 200;
 const _: () = assert!(core::mem::size_of::<Layout>() == LAYOUT_SIZE);
 const _: () = assert!(core::mem::offset_of!(Layout, fn_css_release_work) == 144);
 
@@ -382,6 +449,9 @@ impl Layout {
         fn_css_free_work: 0,
         max_residents: 0,
         _pad1: 0,
+        memcg_vmstats: ABSENT,
+        stat_off: [ABSENT; census_stat::N],
+        _pad2: 0,
     };
 }
 

@@ -24,7 +24,8 @@ use aya_ebpf::{
     maps::{Array, RingBuf},
 };
 use kmem_trace_common::{
-    census_flags, flags, CensusSummary, Event, EventKind, ABSENT, CENSUS_MAGIC,
+    census_flags, census_stat, flags, CensusSummary, Event, EventKind, ABSENT, CENSUS_MAGIC,
+    LAYOUT_STATS_HIER, LAYOUT_VMSTATS_PTR,
 };
 
 use crate::{
@@ -159,8 +160,9 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *w };
     w.summary.steps += 1;
     if w.ascending == 0 {
-        visit(w);
-        match first_child(w.pos) {
+        let child = first_child(w.pos);
+        visit(w, child == Some(0));
+        match child {
             Some(0) => w.ascending = 1,
             Some(child) => w.pos = child,
             None => return fault(w),
@@ -209,9 +211,10 @@ fn first_child(css: u64) -> Option<u64> {
     }
 }
 
-/// Counts the memcg at `w.pos` and writes its record.
+/// Counts the memcg at `w.pos` and writes its record; `leaf` when it has no
+/// child memcg (dying ones included).
 #[inline(always)]
-fn visit(w: &mut Walk) {
+fn visit(w: &mut Walk, leaf: bool) {
     let css = w.pos;
     let css_flags: u32 = rd(css, lay!(css_flags)).unwrap_or(0);
     let dying = css_flags & CSS_ONLINE == 0 || css_flags & CSS_DYING != 0;
@@ -244,6 +247,7 @@ fn visit(w: &mut Walk) {
     } else {
         ev.aux = u64::MAX;
     }
+    fill_stats(ev, memcg, leaf);
     let cgrp = rd_ptr(css, lay!(css_cgroup));
     if cgrp != 0 {
         fill_cgroup(ev, cgrp, 0);
@@ -252,4 +256,45 @@ fn visit(w: &mut Walk) {
     }
     entry.submit(RB_NO_WAKEUP);
     w.summary.emitted += 1;
+}
+
+/// The memcg's own page-state counters (`memcg->vmstats`, flushed by rstat:
+/// at most a per-CPU batch behind). What pins a dying memcg is in its own
+/// counters, not in an ancestor's. Hierarchical values stand for the memcg's
+/// own only on leaves (kernels without `state_local[]`).
+#[inline(always)]
+fn fill_stats(ev: &mut Event, memcg: u64, leaf: bool) {
+    let lf = lay!(layout_flags);
+    if lf & LAYOUT_STATS_HIER != 0 && !leaf {
+        return;
+    }
+    let vm_off = lay!(memcg_vmstats);
+    if vm_off == ABSENT {
+        return;
+    }
+    let vmstats = if lf & LAYOUT_VMSTATS_PTR != 0 {
+        rd_ptr(memcg, vm_off)
+    } else {
+        memcg + vm_off as u64
+    };
+    if vmstats == 0 {
+        return;
+    }
+    let mut i = 0;
+    let mut valid = 0u32;
+    while i < census_stat::N {
+        // SAFETY: LAYOUT is a read-only global; `i` is in bounds.
+        let off = unsafe { core::ptr::read_volatile(&raw const crate::maps::LAYOUT.stat_off[i]) };
+        if let Some(v) = rd::<i64>(vmstats, off) {
+            // Per-CPU deltas not yet flushed can make a counter briefly negative.
+            let pages = v.clamp(0, u32::MAX as i64) as u32;
+            ev.set_census_stat(i, pages);
+            valid |= 1 << i;
+        }
+        i += 1;
+    }
+    if valid != 0 {
+        ev.set_census_stat(census_stat::VALID, valid);
+        ev.flags |= flags::CENSUS_STATS;
+    }
 }

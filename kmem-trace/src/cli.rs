@@ -192,10 +192,15 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = parse_duration, default_value = "14d", value_name = "D")]
     pub retain: Duration,
     /// Directory holding one subdirectory per container ID (containerd task
-    /// bundles, CRI-O overlay-containers, Docker containers); repeatable.
-    /// Default: the usual places of containerd, CRI-O and Docker.
+    /// bundles, CRI-O or podman overlay-containers, Docker containers); repeatable.
+    /// Default: the usual places of containerd, CRI-O, podman and Docker.
     #[arg(long, value_name = "DIR")]
     pub runtime_root: Vec<PathBuf>,
+    /// CRI socket to ask for container and pod metadata (names, image, pod
+    /// labels for the workload), off the event path; repeatable. Default:
+    /// containerd's and CRI-O's usual sockets, where present.
+    #[arg(long, value_name = "SOCKET")]
+    pub cri_socket: Vec<PathBuf>,
     /// Residents (processes that entered) kept per memcg.
     #[arg(long, default_value_t = 8, value_name = "K")]
     pub residents: u32,

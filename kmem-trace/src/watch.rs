@@ -129,6 +129,7 @@ impl<'o> Pipeline<'o> {
 
     pub fn feed_event(&mut self, ev: &TraceEvent) -> Result<(), WatchError> {
         self.events += 1;
+        self.collect_meta();
         let applied = self.lifecycle.apply(ev);
         if let (Some(t), Some(a)) = (self.touched.as_mut(), applied.addr) {
             t.insert(a);
@@ -139,6 +140,16 @@ impl<'o> Pipeline<'o> {
         }
         self.out.event(ev, &applied, owner.as_deref())?;
         Ok(())
+    }
+
+    /// Container metadata the lookup worker found since the last call: the
+    /// attributions it completed are written to the history again.
+    fn collect_meta(&mut self) {
+        for addr in self.attribution.poll() {
+            if let Some(h) = self.history.as_mut() {
+                h.touch(addr);
+            }
+        }
     }
 
     pub fn status(
@@ -165,6 +176,7 @@ impl<'o> Pipeline<'o> {
             elapsed_s: elapsed.as_secs_f64(),
             forecast,
         };
+        self.collect_meta();
         if let Some(h) = self.history.as_mut() {
             h.flush(&self.lifecycle, &self.attribution);
             h.sample(&status, false);
@@ -183,6 +195,7 @@ impl<'o> Pipeline<'o> {
         if let Some(mut r) = self.recorder.take() {
             r.flush()?;
         }
+        self.collect_meta();
         if let Some(mut h) = self.history.take() {
             h.sample(&status, true);
             let dropped = h.dropped();

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     attribution::Attribution,
+    census::PinCause,
     clock::Clock,
     lifecycle::{Memcg, State, Task},
     outputs::{line::human_bytes, page_size, text::Term},
@@ -89,6 +90,10 @@ pub struct Zombie {
     pub kmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
     pub kmem_active: bool,
+    /// What keeps it (census only): page cache, tmpfs, anon, swap, sockets...
+    pub pin_cause: Option<PinCause>,
+    /// The cause comes from the memcg's own counters (else an ancestor's split).
+    pub pin_exact: bool,
     /// `history`, `census`, or `census+history`.
     pub source: &'static str,
 }
@@ -121,7 +126,53 @@ pub struct Report {
     pub db: String,
     pub tracer: TracerStatus,
     pub count: usize,
+    /// Workloads with the most zombies, most first (pods only; at most 10).
+    pub top_workloads: Vec<WorkloadCount>,
     pub zombies: Vec<Zombie>,
+}
+
+/// Zombies of one workload.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WorkloadCount {
+    pub namespace: String,
+    /// `Deployment/web`, or `unknown` for pods whose labels were not seen.
+    pub workload: String,
+    pub zombies: usize,
+    pub pinned_bytes: u64,
+}
+
+/// Most workloads listed in [`Report::top_workloads`].
+const TOP_WORKLOADS: usize = 10;
+
+/// The workloads with most zombies (pods only), ties by pinned bytes.
+pub fn top_workloads(zombies: &[Zombie]) -> Vec<WorkloadCount> {
+    let mut by: std::collections::HashMap<String, WorkloadCount> = Default::default();
+    for z in zombies {
+        let Some(a) = z.owner.as_ref().filter(|a| a.owner.kind() == "pod") else {
+            continue;
+        };
+        let key = crate::outputs::aggregate::workload_key(Some(a));
+        let (ns, w) = key.split_once('/').unwrap_or((&key, ""));
+        let e = by.entry(key.clone()).or_insert_with(|| WorkloadCount {
+            namespace: ns.to_string(),
+            workload: w.to_string(),
+            zombies: 0,
+            pinned_bytes: 0,
+        });
+        e.zombies += 1;
+        e.pinned_bytes += z.pinned_bytes.unwrap_or(0);
+    }
+    let mut v: Vec<WorkloadCount> = by.into_values().collect();
+    v.sort_by(|a, b| {
+        (b.zombies, b.pinned_bytes, &a.namespace, &a.workload).cmp(&(
+            a.zombies,
+            a.pinned_bytes,
+            &b.namespace,
+            &b.workload,
+        ))
+    });
+    v.truncate(TOP_WORKLOADS);
+    v
 }
 
 /// The owner as the flat view events use.
@@ -195,6 +246,8 @@ pub fn join(
             kmem_bytes: counters.kmem_pages.map(|p| p * page),
             swap_bytes: counters.swap_pages.map(|p| p * page),
             kmem_active: m.kmem_active || procs.kmem_active,
+            pin_cause: m.pin().map(|p| p.cause),
+            pin_exact: m.pin().is_some_and(|p| p.exact),
             source,
         });
     };
@@ -283,6 +336,7 @@ pub fn report(
         db: cfg.db.display().to_string(),
         tracer: tracer_status(store, now),
         count: zombies.len(),
+        top_workloads: top_workloads(&zombies),
         zombies,
     })
 }
@@ -311,6 +365,19 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
     if r.zombies.is_empty() {
         return Ok(());
     }
+    if !r.top_workloads.is_empty() {
+        writeln!(w, "top workloads:")?;
+        for t in &r.top_workloads {
+            writeln!(
+                w,
+                "  {:>5}  {:>9}  {}/{}",
+                t.zombies,
+                human_bytes(t.pinned_bytes),
+                t.namespace.escape_debug(),
+                t.workload.escape_debug()
+            )?;
+        }
+    }
     writeln!(
         w,
         "{:<6} {:>9} {:>9}  {:<40} PATH",
@@ -337,6 +404,13 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
             }),
             Term(&z.path)
         )?;
+        if let Some(wl) = z.owner.as_ref().and_then(|o| o.view().workload) {
+            writeln!(w, "       workload {}", Term(&wl))?;
+        }
+        if let Some(p) = z.pin_cause {
+            let how = if z.pin_exact { "" } else { " (approximate)" };
+            writeln!(w, "       pinned by {}{how}", p.name())?;
+        }
         let task = |t: &TaskView| format!("{} <- {} ({})", t.label(), Term(&t.pcomm), t.ppid);
         if let Some(c) = &z.creator {
             writeln!(w, "       created by {}", task(c))?;

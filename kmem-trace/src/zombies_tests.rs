@@ -53,6 +53,10 @@ fn row(addr: u64, id: u32, offline_wall: i64) -> HistoryRow {
                 pod_name: Some("web-1".into()),
                 namespace: Some("shop".into()),
                 container_name: Some("nginx".into()),
+                workload: Some(crate::attribution::Workload {
+                    kind: crate::attribution::WorkloadKind::Deployment,
+                    name: "web".into(),
+                }),
                 ..ContainerMeta::default()
             })),
         }),
@@ -122,6 +126,7 @@ fn a_census_is_joined_with_the_history() {
 fn renders_json_and_a_table() {
     let clock = Clock::from_offset(OFF);
     let rows = vec![row(0x10, 1, NOW - 3_600_000_000_000)];
+    let zombies = join(&rows, None, &clock, NOW, None);
     let r = Report {
         kind: "zombies",
         db: "/tmp/h.db".into(),
@@ -132,7 +137,8 @@ fn renders_json_and_a_table() {
             stopped: false,
         },
         count: 1,
-        zombies: join(&rows, None, &clock, NOW, None),
+        top_workloads: top_workloads(&zombies),
+        zombies,
     };
     let mut buf = Vec::new();
     render(&r, true, &mut buf).unwrap();
@@ -144,6 +150,10 @@ fn renders_json_and_a_table() {
     assert_eq!(z["owner"]["pod_uid"], UID);
     assert_eq!(z["residents"][1]["comm"], "head");
     assert_eq!(z["creator"]["comm"], "runc");
+    assert_eq!(z["owner"]["workload"], "Deployment/web");
+    assert_eq!(v["top_workloads"][0]["workload"], "Deployment/web");
+    assert_eq!(v["top_workloads"][0]["namespace"], "shop");
+    assert_eq!(v["top_workloads"][0]["zombies"], 1);
     let mut buf = Vec::new();
     render(&r, false, &mut buf).unwrap();
     let text = String::from_utf8(buf).unwrap();
@@ -151,6 +161,8 @@ fn renders_json_and_a_table() {
     assert!(text.contains("shop/web-1/nginx"), "{text}");
     assert!(text.contains("residents sh (11), head (12)"), "{text}");
     assert!(text.contains(" 1h "), "{text}");
+    assert!(text.contains("top workloads:"), "{text}");
+    assert!(text.contains("workload Deployment/web"), "{text}");
 }
 
 #[test]
@@ -195,6 +207,7 @@ fn hostile_names_reach_the_table_escaped() {
             },
             count: 1,
             zombies: join(&[r], None, &clock, NOW, None),
+            top_workloads: Vec::new(),
         };
         let mut buf = Vec::new();
         render(&rep, false, &mut buf).unwrap();

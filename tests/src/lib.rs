@@ -16,7 +16,10 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub mod browser;
+pub mod cri;
+pub mod lock;
 pub mod pod;
+pub mod runtimes;
 
 /// True when the test may touch the kernel. Without root it prints why it is
 /// skipped; with `KMEM_TRACE_REQUIRE_ROOT_TESTS=1` (CI) it fails instead.

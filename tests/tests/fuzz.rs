@@ -267,7 +267,7 @@ fn ten_million_generated_cgroup_paths_never_panic() {
         let _ = (owner.container_id(), owner.runtime(), owner.pod_uid());
         kinds[match owner {
             Owner::Pod(_) => 0,
-            Owner::Container { .. } => 1,
+            Owner::Container { .. } | Owner::RuntimeGroup { .. } => 1,
             Owner::Systemd { .. } => 2,
             Owner::Path { .. } => 3,
         }] += 1;

@@ -4,6 +4,7 @@
 mod bench;
 mod census_bench;
 mod docs;
+mod runtimes;
 mod setup;
 mod test;
 mod util;

@@ -11,7 +11,7 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, vm).
+    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, runtimes, vm).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -86,6 +86,9 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "--test",
             "fuzz",
         ]))?;
+    }
+    if !skip("runtimes") {
+        crate::runtimes::run(&root, &util::cargo())?;
     }
     if !skip("vm") {
         // The VM kernel matrix (xtask/src/vm) and the test that a broken cell fails it.

@@ -5,9 +5,12 @@
 //! systemd on the host). Attributions are cached per memcg so the store and the
 //! outputs can name the owner long after the pod is gone.
 
+pub mod cri;
 pub mod path;
 pub mod runtime;
 mod share;
+pub mod worker;
+pub mod workload;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -15,9 +18,10 @@ use crate::lifecycle::KeyMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use path::{Owner, PodPath, Qos, Runtime};
+pub use path::{Owner, PodPath, Qos, Runtime, RuntimeRole};
 pub use runtime::{ContainerMeta, RuntimeRoots};
 use share::SharedStrs;
+pub use workload::{Workload, WorkloadKind};
 
 use crate::lifecycle::{Applied, Lifecycle, State};
 
@@ -57,6 +61,9 @@ pub struct OwnerView<'a> {
     pub runtime: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<&'a str>,
+    /// The pod's owning workload, `Deployment/web` (from the pod's labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +88,7 @@ impl Attribution {
             pod: m(|m| &m.pod_name),
             container: m(|m| &m.container_name),
             image: m(|m| &m.image),
+            workload: meta.and_then(|m| m.workload.as_ref()).map(Workload::label),
             container_id: self.owner.container_id(),
             runtime: self
                 .owner
@@ -96,7 +104,11 @@ impl Attribution {
             }
             Owner::Systemd { unit } => v.unit = Some(unit),
             Owner::Path { path } => v.path = Some(path),
-            Owner::Container { .. } => {}
+            Owner::Container { pod_id, .. } => v.pod_uid = pod_id.as_deref(),
+            Owner::RuntimeGroup { pod_id, .. } => {
+                v.pod_uid = pod_id.as_deref();
+                v.pod = v.pod.filter(|_| pod_id.is_some());
+            }
         }
         if v.container_id.is_none() {
             // A pod-level cgroup: its metadata came from one of its containers.
@@ -127,10 +139,37 @@ impl Attribution {
             Owner::Container {
                 runtime,
                 container_id,
-            } => match v.container {
-                Some(name) => format!("{} {name}", runtime.name()),
-                None => format!("{} {}", runtime.name(), short(container_id)),
-            },
+                pod_id,
+            } => {
+                let name = v
+                    .container
+                    .map_or_else(|| short(container_id), str::to_string);
+                match (v.pod, pod_id) {
+                    (Some(pod), _) => format!("{} {pod}/{name}", runtime.name()),
+                    (None, Some(p)) => format!("{} pod {}/{name}", runtime.name(), short(p)),
+                    (None, None) => format!("{} {name}", runtime.name()),
+                }
+            }
+            Owner::RuntimeGroup {
+                runtime,
+                role,
+                pod_id,
+                container_id,
+            } => {
+                let mut l = runtime.name().to_string();
+                match (v.pod, pod_id) {
+                    (Some(pod), _) => l = format!("{l} pod {pod}"),
+                    (None, Some(p)) => l = format!("{l} pod {}", short(p)),
+                    (None, None) => {}
+                }
+                if *role == path::RuntimeRole::Conmon {
+                    l.push_str(" conmon");
+                }
+                if let Some(id) = container_id {
+                    l = format!("{l} {}", short(id));
+                }
+                l
+            }
             Owner::Systemd { unit } => unit.to_string(),
             Owner::Path { path } => path.to_string(),
         }
@@ -138,7 +177,7 @@ impl Attribution {
 }
 
 /// Looks up container metadata; [`RuntimeRoots`] reads the runtimes' files.
-pub trait MetaLookup: Send {
+pub trait MetaLookup: Send + Sync {
     fn lookup(&self, id: &str, hint: Option<Runtime>) -> Option<ContainerMeta>;
 }
 
@@ -186,7 +225,11 @@ const MAX_PODS: usize = 16384;
 /// The attribution stage: one [`Attribution`] per memcg, made when its path is
 /// first known and kept until it is freed.
 pub struct Attributor {
-    lookup: Box<dyn MetaLookup>,
+    lookup: Arc<dyn MetaLookup>,
+    /// Lookups for memcgs seen in events run here, off the event path.
+    worker: Option<worker::MetaWorker>,
+    /// Container ID → memcgs waiting for the worker's answer.
+    pending: HashMap<Box<str>, Vec<u64>>,
     /// By memcg address (the lifecycle's fast hasher: looked up for every event).
     by_addr: KeyMap<u64, Entry>,
     /// Pod UID → pod metadata learned from its containers, for the pod-level
@@ -198,13 +241,116 @@ pub struct Attributor {
 }
 
 impl Attributor {
+    /// Looks metadata up synchronously (replays, tests).
     pub fn new(lookup: Box<dyn MetaLookup>) -> Attributor {
         Attributor {
-            lookup,
+            lookup: Arc::from(lookup),
+            worker: None,
+            pending: HashMap::new(),
             by_addr: KeyMap::default(),
             pods: HashMap::new(),
             strings: SharedStrs::default(),
             stats: AttributionStats::default(),
+        }
+    }
+
+    /// Looks metadata up for events on a worker thread ([`worker`]): the
+    /// attribution is first path-only, [`Attributor::poll`] completes it.
+    /// Start-up lookups ([`Attributor::attribute_path`]) stay synchronous.
+    /// Falls back to synchronous lookups when the thread cannot start.
+    pub fn background(lookup: Arc<dyn MetaLookup>) -> Attributor {
+        let mut a = Attributor::new(Box::new(RuntimeRoots::none()));
+        a.lookup = lookup.clone();
+        match worker::MetaWorker::spawn(lookup) {
+            Ok(w) => a.worker = Some(w),
+            Err(e) => log::warn!("container metadata worker: {e}; looking up on the event thread"),
+        }
+        a
+    }
+
+    /// Completes the attributions whose metadata arrived from the worker;
+    /// returns the memcgs whose attribution changed. Never blocks.
+    pub fn poll(&mut self) -> Vec<u64> {
+        let answers = self.worker.as_mut().map(|w| w.poll()).unwrap_or_default();
+        self.apply_answers(answers)
+    }
+
+    /// Waits for the worker's pending answers and applies them (tests; the
+    /// worker is gone afterwards and later lookups are synchronous).
+    pub fn settle(&mut self) -> Vec<u64> {
+        let answers = self
+            .worker
+            .take()
+            .map(|mut w| w.drain())
+            .unwrap_or_default();
+        self.apply_answers(answers)
+    }
+
+    /// Lookups dropped because the worker's queue was full.
+    pub fn lookups_dropped(&self) -> u64 {
+        self.worker.as_ref().map_or(0, |w| w.dropped)
+    }
+
+    fn apply_answers(&mut self, answers: Vec<worker::Answer>) -> Vec<u64> {
+        let mut changed = Vec::new();
+        let pods_before = self.pods.len();
+        for (id, meta) in answers {
+            self.stats.lookups += 1;
+            self.stats.found += meta.is_some() as u64;
+            let (Some(addrs), Some(meta)) = (self.pending.remove(&id), meta) else {
+                continue;
+            };
+            for addr in addrs {
+                if self.complete(addr, &id, &meta) {
+                    changed.push(addr);
+                }
+            }
+        }
+        if self.pods.len() != pods_before {
+            // New pods were learned: name their pod-level memcgs now (they may
+            // see no other event before they are zombies).
+            let waiting: Vec<(u64, Arc<Attribution>)> = self
+                .by_addr
+                .iter()
+                .filter(|(_, e)| e.attr.meta.is_none() && e.attr.owner.container_id().is_none())
+                .filter(|(_, e)| {
+                    e.attr
+                        .owner
+                        .pod_uid()
+                        .is_some_and(|u| self.pods.contains_key(u))
+                })
+                .map(|(a, e)| (*a, e.attr.clone()))
+                .collect();
+            for (addr, attr) in waiting {
+                self.upgrade_pod_level(addr, attr);
+                changed.push(addr);
+            }
+        }
+        changed
+    }
+
+    /// Gives memcg `addr`, still attributed to container `id` without
+    /// metadata, the metadata that arrived.
+    fn complete(&mut self, addr: u64, id: &str, meta: &ContainerMeta) -> bool {
+        let Some(e) = self.by_addr.get(&addr) else {
+            return false;
+        };
+        if e.attr.owner.container_id() != Some(id) || e.attr.meta.is_some() {
+            return false;
+        }
+        let path = e.path.clone();
+        let mut attr = Attribution {
+            owner: e.attr.owner.clone(),
+            meta: Some(Box::new(meta.clone())),
+        };
+        self.share(&mut attr, &path);
+        self.learn_pod(&attr);
+        match self.by_addr.get_mut(&addr) {
+            Some(e) => {
+                e.attr = Arc::new(attr);
+                true
+            }
+            None => false,
         }
     }
 
@@ -221,12 +367,12 @@ impl Attributor {
         let freed = applied.freed.is_some();
         let path = applied.path.as_ref().filter(|p| complete(p));
         let attr = match (self.by_addr.get(&addr), path) {
-            (Some(e), Some(p)) if e.path != *p => Some(self.attribute(addr, p.clone())),
+            (Some(e), Some(p)) if e.path != *p => Some(self.attribute(addr, p.clone(), true)),
             (Some(e), _) => {
                 let attr = e.attr.clone();
                 Some(self.upgrade_pod_level(addr, attr))
             }
-            (None, Some(p)) => Some(self.attribute(addr, p.clone())),
+            (None, Some(p)) => Some(self.attribute(addr, p.clone(), true)),
             (None, None) => None,
         };
         if freed {
@@ -243,7 +389,7 @@ impl Attributor {
         }
         match self.by_addr.get(&addr) {
             Some(e) if e.path == *path => Some(e.attr.clone()),
-            _ => Some(self.attribute(addr, path.clone())),
+            _ => Some(self.attribute(addr, path.clone(), false)),
         }
     }
 
@@ -273,16 +419,23 @@ impl Attributor {
         self.by_addr.is_empty()
     }
 
-    fn attribute(&mut self, addr: u64, path: Arc<str>) -> Arc<Attribution> {
+    /// `background`: ask the worker (if any) instead of reading now.
+    fn attribute(&mut self, addr: u64, path: Arc<str>, background: bool) -> Arc<Attribution> {
         let owner = path::parse(&path);
-        let meta = match owner.container_id() {
-            Some(id) => {
+        let meta = match (owner.container_id(), self.worker.as_mut()) {
+            (Some(id), Some(w)) if background => {
+                if w.request(id, owner.runtime()) {
+                    self.pending.entry(id.into()).or_default().push(addr);
+                }
+                None
+            }
+            (Some(id), _) => {
                 self.stats.lookups += 1;
                 let m = self.lookup.lookup(id, owner.runtime());
                 self.stats.found += m.is_some() as u64;
                 m.map(Box::new)
             }
-            None => owner
+            (None, _) => owner
                 .pod_uid()
                 .and_then(|uid| self.pods.get(uid).cloned())
                 .map(Box::new),
@@ -327,7 +480,7 @@ impl Attributor {
             Owner::Pod(p) => self.strings.share(&mut p.pod_uid),
             Owner::Systemd { unit } => self.strings.share(unit),
             Owner::Path { path: p } if **p == **path => *p = path.clone(),
-            Owner::Path { .. } | Owner::Container { .. } => {}
+            Owner::Path { .. } | Owner::Container { .. } | Owner::RuntimeGroup { .. } => {}
         }
         if let Some(m) = attr.meta.as_deref_mut() {
             for s in m.strings_mut() {
@@ -354,6 +507,7 @@ impl Attributor {
                 pod_name: meta.pod_name.clone(),
                 namespace: meta.namespace.clone(),
                 pod_uid: Some(uid.clone()),
+                workload: meta.workload.clone(),
                 ..ContainerMeta::default()
             },
         );

@@ -1,7 +1,7 @@
 //! Owner of a cgroup from its path alone: Kubernetes pods and containers under
 //! the kubelet's cgroupfs and systemd drivers, plain containers (Docker,
-//! Podman, CRI runtimes outside Kubernetes), systemd units and slices, else the
-//! path. The kubepods layout is found anywhere in the path, not only at the
+//! Podman, CRI runtimes outside Kubernetes), podman pods and conmon monitors,
+//! systemd units and slices, else the path. The kubepods layout is found anywhere in the path, not only at the
 //! root (kubelet `--cgroup-root`, kind nodes, nested test parents).
 
 use std::sync::Arc;
@@ -65,6 +65,25 @@ pub struct PodPath {
     pub runtime: Option<Runtime>,
 }
 
+/// What a [`Owner::RuntimeGroup`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeRole {
+    /// A pod's cgroup, parent of its containers'.
+    Pod,
+    /// The conmon container monitors.
+    Conmon,
+}
+
+impl RuntimeRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeRole::Pod => "pod",
+            RuntimeRole::Conmon => "conmon",
+        }
+    }
+}
+
 /// Who a cgroup belongs to, as far as its path tells.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -74,6 +93,22 @@ pub enum Owner {
     Container {
         runtime: Runtime,
         container_id: Box<str>,
+        /// The podman pod it runs in (`/libpod_parent/<pod-id>/libpod-<id>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod_id: Option<Box<str>>,
+    },
+    /// A runtime's own cgroup that is no container: a podman pod's cgroup
+    /// (`/libpod_parent/<pod-id>`, `machine-libpod_pod_<pod-id>.slice`) or a
+    /// conmon monitor's (`/libpod_parent/conmon`, `libpod-conmon-<id>.scope`).
+    RuntimeGroup {
+        runtime: Runtime,
+        /// `pod` or `conmon`.
+        role: RuntimeRole,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod_id: Option<Box<str>>,
+        /// The container a per-container conmon scope watches.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container_id: Option<Box<str>>,
     },
     /// A systemd unit or slice: the innermost one in the path.
     Systemd {
@@ -98,7 +133,9 @@ impl Owner {
     pub fn runtime(&self) -> Option<Runtime> {
         match self {
             Owner::Pod(p) => p.runtime,
-            Owner::Container { runtime, .. } => Some(*runtime),
+            Owner::Container { runtime, .. } | Owner::RuntimeGroup { runtime, .. } => {
+                Some(*runtime)
+            }
             _ => None,
         }
     }
@@ -110,11 +147,22 @@ impl Owner {
         }
     }
 
-    /// `pod`, `container`, `systemd` or `path`.
+    /// The podman pod a container or runtime cgroup belongs to.
+    pub fn podman_pod_id(&self) -> Option<&str> {
+        match self {
+            Owner::Container { pod_id, .. } | Owner::RuntimeGroup { pod_id, .. } => {
+                pod_id.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// `pod`, `container`, `runtime`, `systemd` or `path`.
     pub fn kind(&self) -> &'static str {
         match self {
             Owner::Pod(_) => "pod",
             Owner::Container { .. } => "container",
+            Owner::RuntimeGroup { .. } => "runtime",
             Owner::Systemd { .. } => "systemd",
             Owner::Path { .. } => "path",
         }
@@ -127,10 +175,14 @@ pub fn parse(path: &str) -> Owner {
     if let Some(pod) = kube(&parts) {
         return Owner::Pod(pod);
     }
+    if let Some(owner) = podman(&parts) {
+        return owner;
+    }
     if let Some((runtime, container_id)) = plain_container(&parts) {
         return Owner::Container {
             runtime,
             container_id: container_id.into(),
+            pod_id: None,
         };
     }
     if let Some(unit) = parts.iter().rev().find(|p| is_unit(p)) {
@@ -291,6 +343,70 @@ fn plain_container(parts: &[&str]) -> Option<(Runtime, String)> {
         }
         if let Some(found) = scope(part) {
             return Some(found);
+        }
+    }
+    None
+}
+
+/// Podman outside Kubernetes. cgroupfs manager: `/libpod_parent/libpod-<id>`,
+/// pods `/libpod_parent/<pod-id>/libpod-<id>`, conmon monitors in
+/// `/libpod_parent/conmon` and `/libpod_parent/<pod-id>/conmon` (seen with
+/// podman 4.3). systemd manager: `machine.slice/libpod-<id>.scope`, pods
+/// `machine.slice/machine-libpod_pod_<pod-id>.slice/libpod-<id>.scope`,
+/// conmon `libpod-conmon-<id>.scope`.
+fn podman(parts: &[&str]) -> Option<Owner> {
+    let podman = Runtime::Podman;
+    let conmon = |pod_id: Option<&str>, container_id: Option<&str>| Owner::RuntimeGroup {
+        runtime: podman,
+        role: RuntimeRole::Conmon,
+        pod_id: pod_id.map(Into::into),
+        container_id: container_id.map(Into::into),
+    };
+    let container = |pod_id: Option<&str>, id: &str| Owner::Container {
+        runtime: podman,
+        container_id: id.into(),
+        pod_id: pod_id.map(Into::into),
+    };
+    let pod = |pod_id: &str| Owner::RuntimeGroup {
+        runtime: podman,
+        role: RuntimeRole::Pod,
+        pod_id: Some(pod_id.into()),
+        container_id: None,
+    };
+    // Below the pod (or libpod_parent) level: a container, a conmon, or nothing.
+    let below = |pod_id: Option<&str>, next: Option<&&str>| -> Option<Owner> {
+        let next = *next?;
+        if next == "conmon" {
+            return Some(conmon(pod_id, None));
+        }
+        let stem = next.strip_suffix(".scope").unwrap_or(next);
+        if let Some(id) = stem.strip_prefix("libpod-conmon-") {
+            return is_container_id(id).then(|| conmon(pod_id, Some(id)));
+        }
+        let id = stem.strip_prefix("libpod-")?;
+        is_container_id(id).then(|| container(pod_id, id))
+    };
+    for (i, part) in parts.iter().enumerate() {
+        if *part == "libpod_parent" {
+            let next = parts.get(i + 1).copied()?;
+            if is_container_id(next) {
+                return below(Some(next), parts.get(i + 2)).or_else(|| Some(pod(next)));
+            }
+            return below(None, parts.get(i + 1));
+        }
+        if let Some(pod_id) = part
+            .strip_prefix("machine-libpod_pod_")
+            .and_then(|p| p.strip_suffix(".slice"))
+            .filter(|p| is_container_id(p))
+        {
+            return below(Some(pod_id), parts.get(i + 1)).or_else(|| Some(pod(pod_id)));
+        }
+        if let Some(id) = part
+            .strip_prefix("libpod-conmon-")
+            .and_then(|p| p.strip_suffix(".scope"))
+            .filter(|p| is_container_id(p))
+        {
+            return Some(conmon(None, Some(id)));
         }
     }
     None

@@ -6,6 +6,7 @@ use super::*;
 const UID: &str = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
 const UID_SD: &str = "5b2ae0e6_4d1c_4c35_9b8e_2f8f3a1e9c7d";
 const CID: &str = "4c1f0e5b9d2a7c3e8f6b1a0d9e8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c";
+const POD: &str = "21510e3e287f1e72a221c403877073185dc4f3225f5b4e297df948337239599e";
 
 fn pod(qos: Qos, uid: &str, cid: Option<&str>, rt: Option<Runtime>) -> Owner {
     Owner::Pod(PodPath {
@@ -20,6 +21,24 @@ fn container(rt: Runtime, id: &str) -> Owner {
     Owner::Container {
         runtime: rt,
         container_id: id.into(),
+        pod_id: None,
+    }
+}
+
+fn podman_in_pod(pod: &str, id: &str) -> Owner {
+    Owner::Container {
+        runtime: Runtime::Podman,
+        container_id: id.into(),
+        pod_id: Some(pod.into()),
+    }
+}
+
+fn podman_group(role: RuntimeRole, pod: Option<&str>, id: Option<&str>) -> Owner {
+    Owner::RuntimeGroup {
+        runtime: Runtime::Podman,
+        role,
+        pod_id: pod.map(Into::into),
+        container_id: id.map(Into::into),
     }
 }
 
@@ -112,6 +131,53 @@ fn owners_from_real_paths() {
         (
             format!("/machine.slice/libpod-{CID}.scope/container"),
             container(Podman, CID),
+        ),
+        // Docker 20.10 systemd driver, podman 4.3 cgroupfs and systemd managers
+        (
+            format!("/system.slice/docker-{CID}.scope/init"),
+            container(Docker, CID),
+        ),
+        (
+            format!("/libpod_parent/libpod-{CID}"),
+            container(Podman, CID),
+        ),
+        (
+            format!("/libpod_parent/{POD}/libpod-{CID}"),
+            podman_in_pod(POD, CID),
+        ),
+        (
+            format!("/libpod_parent/{POD}"),
+            podman_group(RuntimeRole::Pod, Some(POD), None),
+        ),
+        (
+            format!("/libpod_parent/{POD}/conmon"),
+            podman_group(RuntimeRole::Conmon, Some(POD), None),
+        ),
+        (
+            "/libpod_parent/conmon".into(),
+            podman_group(RuntimeRole::Conmon, None, None),
+        ),
+        (
+            format!("/machine.slice/libpod-conmon-{CID}.scope"),
+            podman_group(RuntimeRole::Conmon, None, Some(CID)),
+        ),
+        (
+            format!("/machine.slice/machine-libpod_pod_{POD}.slice/libpod-{CID}.scope"),
+            podman_in_pod(POD, CID),
+        ),
+        (
+            format!("/machine.slice/machine-libpod_pod_{POD}.slice/libpod-conmon-{CID}.scope"),
+            podman_group(RuntimeRole::Conmon, Some(POD), Some(CID)),
+        ),
+        (
+            format!("/machine.slice/machine-libpod_pod_{POD}.slice"),
+            podman_group(RuntimeRole::Pod, Some(POD), None),
+        ),
+        (
+            "/libpod_parent".into(),
+            Owner::Path {
+                path: "/libpod_parent".into(),
+            },
         ),
         // systemd units and slices
         ("/system.slice/sshd.service".into(), unit("sshd.service")),

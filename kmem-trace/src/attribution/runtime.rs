@@ -1,7 +1,8 @@
 //! Container metadata from what the runtime keeps on disk while a container
 //! lives: containerd's task bundle `config.json` (CRI annotations), CRI-O's
-//! `userdata/config.json` (kubelet annotations) and Docker's `config.v2.json`
-//! (labels). Read once when a memcg is created: the files go away with the
+//! `userdata/config.json` (kubelet annotations), podman's (same layout, its
+//! names and image in the store's `containers.json`) and Docker's
+//! `config.v2.json` (labels). Read once when a memcg is created: the files go away with the
 //! container, long before a zombie memcg is found.
 
 use std::{
@@ -14,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::path::Runtime;
+use super::{path::Runtime, workload::Workload};
 
 /// Where a runtime keeps per-container state, `<root>/<id>/...`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +23,9 @@ use super::path::Runtime;
 pub enum Layout {
     /// `<root>/<id>/config.json`, OCI spec with `io.kubernetes.cri.*` annotations.
     ContainerdBundle,
-    /// `<root>/<id>/userdata/config.json`, OCI spec with `io.kubernetes.*` annotations.
+    /// `<root>/<id>/userdata/config.json`, OCI spec with `io.kubernetes.*`
+    /// annotations (CRI-O), or `io.container.manager: libpod` (podman: names
+    /// and image in `<root>/containers.json`).
     CrioUserdata,
     /// `<root>/<id>/config.v2.json`, Docker's container config with labels.
     DockerConfig,
@@ -57,6 +60,8 @@ pub const DEFAULT_ROOTS: &[&str] = &[
     "/run/containerd/io.containerd.runtime.v2.task/k8s.io",
     "/run/containers/storage/overlay-containers",
     "/var/lib/docker/containers",
+    // podman (rootful graph root)
+    "/var/lib/containers/storage/overlay-containers",
     // containerd 1.2-1.4 with the v1 linux runtime
     "/run/containerd/io.containerd.runtime.v1.linux/k8s.io",
 ];
@@ -82,6 +87,10 @@ pub struct ContainerMeta {
     /// `sandbox` for a pod's pause container, `container` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_type: Option<Arc<str>>,
+    /// The pod's owning workload, from the pod's labels (`None`: unknown,
+    /// e.g. containerd keeps no pod labels on disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
 }
 
 impl ContainerMeta {
@@ -150,10 +159,19 @@ impl RuntimeRoots {
                 let file = layout.file(root, id);
                 let Some(v) = read_json(&file) else { continue };
                 let meta = match layout {
+                    Layout::CrioUserdata if is_podman(&v) => from_podman(
+                        &v,
+                        read_json(&root.join("containers.json")).as_ref(),
+                        id,
+                        root,
+                    ),
                     Layout::ContainerdBundle | Layout::CrioUserdata => from_oci_spec(&v),
                     Layout::DockerConfig => from_docker_config(&v),
                 };
                 if let Some(mut m) = meta {
+                    if m.workload.is_none() {
+                        m.workload = sandbox_workload(layout, root, &v, &m);
+                    }
                     m.source.get_or_insert(layout.runtime());
                     return Some(m);
                 }
@@ -211,8 +229,133 @@ fn from_oci_spec(spec: &Value) -> Option<ContainerMeta> {
             .or_else(|| s(a, "io.kubernetes.cri-o.Image")),
         container_type: s(a, "io.kubernetes.cri.container-type")
             .or_else(|| s(a, "io.kubernetes.cri-o.ContainerType")),
+        workload: None,
     };
     (m.pod_name.is_some() || m.container_name.is_some() || m.image.is_some()).then_some(m)
+}
+
+/// The workload from the pod's labels, which the runtimes keep on the pod's
+/// sandbox: Docker (dockershim, cri-dockerd) as the sandbox container's labels,
+/// CRI-O in its `io.kubernetes.cri-o.Labels` annotation. An app container names
+/// its sandbox (`io.kubernetes.sandbox.id`, `io.kubernetes.cri-o.SandboxID`).
+fn sandbox_workload(layout: Layout, root: &Path, v: &Value, m: &ContainerMeta) -> Option<Workload> {
+    let pod = m.pod_name.as_deref()?;
+    let (labels, sandbox) = match layout {
+        Layout::DockerConfig => {
+            let labels = v.get("Config")?.get("Labels")?;
+            let kind = labels
+                .get("io.kubernetes.docker.type")
+                .and_then(Value::as_str);
+            let sandbox = labels
+                .get("io.kubernetes.sandbox.id")
+                .and_then(Value::as_str);
+            (kind == Some("podsandbox"))
+                .then_some(labels)
+                .map_or_else(|| (None, sandbox), |l| (Some(l.clone()), None))
+        }
+        Layout::CrioUserdata => {
+            let a = v.get("annotations")?;
+            let sandbox = a
+                .get("io.kubernetes.cri-o.SandboxID")
+                .and_then(Value::as_str);
+            let is_sandbox = a
+                .get("io.kubernetes.cri-o.ContainerType")
+                .and_then(Value::as_str)
+                == Some("sandbox");
+            if is_sandbox {
+                (crio_labels(a), None)
+            } else {
+                (None, sandbox)
+            }
+        }
+        Layout::ContainerdBundle => return None,
+    };
+    let labels = match (labels, sandbox) {
+        (Some(l), _) => l,
+        (None, Some(id)) if safe_id(id) => {
+            let sv = read_json(&layout.file(root, id))?;
+            match layout {
+                Layout::DockerConfig => sv.get("Config")?.get("Labels")?.clone(),
+                _ => crio_labels(sv.get("annotations")?)?,
+            }
+        }
+        _ => return None,
+    };
+    let map: std::collections::HashMap<String, String> = labels
+        .as_object()?
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
+    super::workload::from_labels(pod, &map)
+}
+
+/// CRI-O's `io.kubernetes.cri-o.Labels`: the labels as a JSON string.
+fn crio_labels(annotations: &Value) -> Option<Value> {
+    let text = annotations.get("io.kubernetes.cri-o.Labels")?.as_str()?;
+    serde_json::from_str(text).ok()
+}
+
+/// A podman container's OCI spec (`io.container.manager: libpod`).
+fn is_podman(spec: &Value) -> bool {
+    spec.get("annotations")
+        .and_then(|a| a.get("io.container.manager"))
+        .and_then(Value::as_str)
+        == Some("libpod")
+}
+
+/// Podman: the spec has no names; the store's `containers.json` (containers/
+/// storage) has the name and, in its `metadata` string, the image name. A
+/// container in a pod runs in the pod's cgroup (`/libpod_parent/<pod-id>/...`
+/// or `machine-libpod_pod_<pod-id>.slice`) and shares the UTS namespace of the
+/// pod's infra container (`<pod-id:12>-infra` in the store), whose hostname
+/// podman sets to the pod's name (podman 4.3; `podman pod create --hostname`
+/// would change it).
+fn from_podman(
+    spec: &Value,
+    store: Option<&Value>,
+    id: &str,
+    root: &Path,
+) -> Option<ContainerMeta> {
+    let entries = store.and_then(Value::as_array);
+    let entry = |f: &dyn Fn(&Value) -> bool| entries.and_then(|cs| cs.iter().find(|c| f(c)));
+    let name_of = |e: &Value| {
+        e.get("names")?
+            .as_array()?
+            .first()?
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(Arc::from)
+    };
+    let this = entry(&|c| c.get("id").and_then(Value::as_str) == Some(id));
+    let image = this
+        .and_then(|e| e.get("metadata")?.as_str())
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        .and_then(|m| s(&m, "image-name"));
+    let cgroup = spec
+        .get("linux")
+        .and_then(|l| l.get("cgroupsPath"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let owner = super::path::parse(cgroup.split(':').next().unwrap_or(cgroup));
+    let pod_name = owner.podman_pod_id().and_then(|pod| {
+        let short = pod.get(..12)?;
+        let infra_name = format!("{short}-infra");
+        let infra = entry(&|c| name_of(c).as_deref() == Some(infra_name.as_str()))?;
+        let infra_id = infra.get("id")?.as_str()?;
+        if !safe_id(infra_id) {
+            return None;
+        }
+        let cfg = read_json(&Layout::CrioUserdata.file(root, infra_id))?;
+        s(&cfg, "hostname")
+    });
+    Some(ContainerMeta {
+        source: Some(Runtime::Podman),
+        pod_name,
+        container_name: this.and_then(name_of),
+        image,
+        container_type: Some("container".into()),
+        ..ContainerMeta::default()
+    })
 }
 
 /// Docker's `config.v2.json`: kubelet (dockershim / cri-dockerd) labels, else
@@ -232,6 +375,7 @@ fn from_docker_config(cfg: &Value) -> Option<ContainerMeta> {
         container_name: kube_name.or(name),
         image: s(config, "Image"),
         container_type,
+        workload: None,
     })
 }
 
@@ -267,6 +411,8 @@ mod tests {
         assert_eq!(m.container_name.as_deref(), Some("nginx"));
         assert_eq!(m.image.as_deref(), Some("docker.io/library/nginx:1.25.3"));
         assert_eq!(m.container_type.as_deref(), Some("container"));
+        // containerd keeps no pod labels on disk: the workload is unknown.
+        assert_eq!(m.workload, None);
         // The pod's sandbox (pause) container: pod, no container name.
         let s = r.lookup(SANDBOX_ID, None).unwrap();
         assert_eq!(s.pod_name.as_deref(), Some("web-7d4b9c8f6-x2x9k"));
@@ -286,6 +432,11 @@ mod tests {
             m.image.as_deref(),
             Some("registry.k8s.io/coredns/coredns:v1.10.1")
         );
+        // The pod's labels are on its sandbox: a Deployment's pod.
+        assert_eq!(
+            m.workload.as_ref().map(Workload::label).as_deref(),
+            Some("Deployment/coredns")
+        );
     }
 
     #[test]
@@ -296,7 +447,13 @@ mod tests {
         assert_eq!(m.namespace.as_deref(), Some("cache"));
         assert_eq!(m.container_name.as_deref(), Some("redis"));
         assert_eq!(m.image.as_deref(), Some("redis:7.2"));
+        // dockershim keeps the pod's labels on the sandbox container.
+        assert_eq!(
+            m.workload.as_ref().map(Workload::label).as_deref(),
+            Some("StatefulSet/redis")
+        );
         let p = r.lookup(DOCKER_ID, None).unwrap();
+        assert_eq!(p.workload, None);
         assert_eq!(p.pod_name, None);
         assert_eq!(p.container_name.as_deref(), Some("build-cache"));
         assert_eq!(p.image.as_deref(), Some("alpine:3.19"));
@@ -317,6 +474,23 @@ mod tests {
         assert_eq!(r.lookup("../k8s.io", None), None);
         assert_eq!(r.lookup("", None), None);
         assert_eq!(RuntimeRoots::none().lookup(CONTAINERD_ID, None), None);
+    }
+
+    #[test]
+    fn podman_store_names_image_and_pod() {
+        const PLAIN: &str = "9595d78747846c50f62ab629edc4294adf869d18b6354ccd7a36d868f44a6f0d";
+        const IN_POD: &str = "5c97d61827e24358de6d803544737fbc28575e61ca02eab71f0c798d741d2c18";
+        let r = roots(&["docker/containers", "podman/overlay-containers"]);
+        let p = r.lookup(PLAIN, Some(Runtime::Podman)).unwrap();
+        assert_eq!(p.source, Some(Runtime::Podman));
+        assert_eq!(p.container_name.as_deref(), Some("kt-plain"));
+        assert_eq!(p.image.as_deref(), Some("localhost/kt-busybox:1"));
+        // Outside a pod the hostname is the short ID, not a pod.
+        assert_eq!(p.pod_name, None);
+        let q = r.lookup(IN_POD, None).unwrap();
+        assert_eq!(q.container_name.as_deref(), Some("kt-inpod"));
+        assert_eq!(q.pod_name.as_deref(), Some("kt-pod"));
+        assert_eq!(q.namespace, None);
     }
 
     #[test]

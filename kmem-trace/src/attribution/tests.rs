@@ -26,6 +26,7 @@ impl MetaLookup for Fake {
             container_name: Some("nginx".into()),
             image: Some("nginx:1.25".into()),
             container_type: Some("container".into()),
+            workload: None,
         })
     }
 }
@@ -205,4 +206,71 @@ fn memcgs_from_a_census_are_attributed_by_path() {
     assert!(Arc::ptr_eq(&x, &a.attribute_path(5, &path).unwrap()));
     assert!(a.attribute_path(6, &Arc::from("/?3/x")).is_none());
     assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn podman_owners_are_labelled() {
+    const CID: &str = "5c97d61827e24358de6d803544737fbc28575e61ca02eab71f0c798d741d2c18";
+    const POD: &str = "21510e3e287f1e72a221c403877073185dc4f3225f5b4e297df948337239599e";
+    let l = |p: &str| Attribution::of_path(p).label();
+    assert_eq!(
+        l(&format!("/libpod_parent/libpod-{CID}")),
+        "podman 5c97d61827e2"
+    );
+    assert_eq!(
+        l(&format!("/libpod_parent/{POD}/libpod-{CID}")),
+        "podman pod 21510e3e287f/5c97d61827e2"
+    );
+    assert_eq!(
+        l(&format!("/libpod_parent/{POD}")),
+        "podman pod 21510e3e287f"
+    );
+    assert_eq!(l("/libpod_parent/conmon"), "podman conmon");
+    let mut a = Attribution::of_path(&format!("/libpod_parent/{POD}/libpod-{CID}"));
+    a.meta = Some(Box::new(ContainerMeta {
+        source: Some(Runtime::Podman),
+        pod_name: Some("kt-pod".into()),
+        container_name: Some("kt-inpod".into()),
+        image: Some("localhost/kt-busybox:1".into()),
+        ..ContainerMeta::default()
+    }));
+    assert_eq!(a.label(), "podman kt-pod/kt-inpod");
+    let v = a.view();
+    assert_eq!(
+        (v.kind, v.pod, v.pod_uid, v.runtime),
+        ("container", Some("kt-pod"), Some(POD), Some("podman"))
+    );
+    assert_eq!(v.image, Some("localhost/kt-busybox:1"));
+}
+
+#[test]
+fn background_lookups_complete_the_attribution_later() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut a = Attributor::background(Arc::new(Fake {
+        calls: calls.clone(),
+    }));
+    let pod = format!("/kubepods/burstable/pod{UID}");
+    let path = format!("{pod}/{CID}");
+    // The event path gets the path-only owner at once; the pod-level memcg too.
+    assert_eq!(
+        a.observe(&applied(1, &pod)).unwrap().label(),
+        format!("pod {UID}")
+    );
+    let first = a.observe(&applied(2, &path)).unwrap();
+    assert!(first.meta.is_none());
+    let mut changed = a.settle();
+    changed.sort();
+    // The container's memcg and its pod-level memcg are named once it arrives.
+    assert_eq!(changed, vec![1, 2]);
+    assert_eq!(a.get(2).unwrap().label(), "shop/web-1/nginx");
+    assert_eq!(a.get(1).unwrap().label(), "shop/web-1");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!((a.stats.lookups, a.stats.found), (1, 1));
+    // Start-up attribution (census memcgs) reads synchronously.
+    let mut b = Attributor::background(Arc::new(Fake {
+        calls: calls.clone(),
+    }));
+    let got = b.attribute_path(3, &Arc::from(path.as_str())).unwrap();
+    assert_eq!(got.label(), "shop/web-1/nginx");
+    assert_eq!(b.lookups_dropped(), 0);
 }

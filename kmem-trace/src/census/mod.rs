@@ -17,6 +17,7 @@ pub mod counts;
 pub mod pin;
 pub mod recheck;
 pub mod render;
+pub mod residents;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ use kmem_trace_common::{census_flags, flags, CensusSummary, Event, EventKind};
 use serde::Serialize;
 
 pub use counts::{DyingBasis, KernelCounts};
-pub use pin::{Pin, PinCause, Residual};
+pub use pin::{OwnStats, Pin, PinCause, Residual};
 
 use crate::{
     cgroupfs::{self, CgroupVersion, MemoryHierarchy},
@@ -132,6 +133,10 @@ pub struct Census {
     /// Pin cause of each dying memcg, by address.
     #[serde(skip)]
     pub pins: HashMap<u64, Pin>,
+    /// Each memcg's own page-state counters, by address, where the census
+    /// program could read them (see `pin`).
+    #[serde(skip)]
+    pub own: HashMap<u64, OwnStats>,
     /// `(key, parent cgroup id, leaf name)` of every memcg's cgroup, for the
     /// lifecycle's cgroup tree.
     #[serde(skip)]
@@ -183,6 +188,11 @@ pub fn take(cfg: &CensusConfig) -> Result<Census, CensusError> {
             c.kernel = after;
             c.kmem_pins = pin::kmem_pins(KernelVersion::parse(&kernel::release()));
             c.pins = pins(&c, &|path| read_stat(&c.hierarchy, path));
+            for m in &mut c.memcgs {
+                if let Some(p) = c.pins.get(&m.addr) {
+                    m.set_pin(Some(*p));
+                }
+            }
             Ok(c)
         }
         Err(e) => {
@@ -218,7 +228,19 @@ pub fn seed(lc: &mut Lifecycle, census: &Census) -> usize {
     let mut n = 0;
     for m in &census.memcgs {
         if lc.get(m.addr).is_none() {
-            lc.seed_memcg(m.clone());
+            let mut m = m.clone();
+            // Dying before the tracer started: its offline was never seen, so
+            // what it holds is what the census read (the zombie lists and the
+            // history show it as the counters at offline).
+            if m.state == State::Dying
+                && m.offline_ns.is_none()
+                && m.at_offline().mem_pages.is_none()
+            {
+                if let Some(c) = m.census_counters() {
+                    m.set_at_offline(c);
+                }
+            }
+            lc.seed_memcg(m);
             n += 1;
         }
     }
@@ -234,7 +256,10 @@ pub fn seed_watch(lc: &mut Lifecycle, btf: Option<PathBuf>) {
         ..CensusConfig::default()
     };
     match take(&cfg) {
-        Ok(c) if c.source == Source::BpfIterator => {
+        Ok(mut c) if c.source == Source::BpfIterator => {
+            let max = lc.config().max_residents;
+            let mount = c.hierarchy.mount.clone();
+            residents::fill(&mut c.memcgs, &mount, max);
             let n = seed(lc, &c);
             log::info!(
                 "census: {n} pre-existing memcgs seeded ({} dying)",
@@ -283,6 +308,7 @@ fn counts_only(h: MemoryHierarchy, k: KernelCounts, reason: String) -> Census {
         counts_us: 0,
         memcgs: Vec::new(),
         pins: HashMap::new(),
+        own: HashMap::new(),
         nodes: Vec::new(),
         kmem_pins: true,
         taken_at_ns: 0,
@@ -316,7 +342,11 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
         }
     }
     let mut memcgs = Vec::with_capacity(evs.len());
+    let mut own = HashMap::new();
     for ev in &evs {
+        if let Some(o) = OwnStats::from_event(&ev.raw) {
+            own.insert(ev.raw.memcg_addr, o);
+        }
         let mut m = Memcg::new(ev.raw.memcg_addr, ev.raw.memcg_id, Origin::Census);
         if let Some(key) = ev.cgroup_key() {
             m.hierarchy_id = key.0;
@@ -370,6 +400,7 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
         counts_us: 0,
         memcgs,
         pins: HashMap::new(),
+        own,
         nodes,
         kmem_pins: true,
         taken_at_ns: summary.start_ns,
@@ -487,6 +518,15 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
     let mut residuals: HashMap<&str, Option<Residual>> = HashMap::new();
     let mut out = HashMap::new();
     for m in c.dying() {
+        let own = c.own.get(&m.addr);
+        let now = m.census_counters();
+        let off = m.offline_ns.is_some().then(|| m.at_offline());
+        if own.is_some_and(|o| o.cause(c.kmem_pins).is_some()) {
+            // Exact: no ancestor's memory.stat needed.
+            let p = pin::classify(off.as_ref(), now.as_ref(), own, None, c.kmem_pins);
+            out.insert(m.addr, p);
+            continue;
+        }
         let mut anc = parent_path(&m.path);
         while anc != "/" && !live.contains(anc) {
             anc = parent_path(anc);
@@ -499,11 +539,9 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
                 .unwrap_or_default();
             Some(own.residual(&kids))
         });
-        let now = m.census_counters();
-        let off = m.offline_ns.is_some().then(|| m.at_offline());
         out.insert(
             m.addr,
-            pin::classify(off.as_ref(), now.as_ref(), r.as_ref(), c.kmem_pins),
+            pin::classify(off.as_ref(), now.as_ref(), own, r.as_ref(), c.kmem_pins),
         );
     }
     out

@@ -1,13 +1,23 @@
 //! Why a zombie is still there: classifies a dying memcg from its page
 //! counters (at offline and now) into page cache, tmpfs/shmem, anonymous
-//! memory, kernel memory or swap. Pure.
+//! memory, kernel memory, swap or socket buffers. Pure.
 //!
-//! The per-memcg counters (`memory`, v1 `kmem`, `memsw`/`swap`) tell kernel
-//! memory and swap apart from user pages, but not page cache from tmpfs: a dying
-//! memcg has no `memory.stat` to read. Its live ancestors do, and their
-//! hierarchical stats include the dying descendants (charges and rstat counts
-//! are hierarchical), so what an ancestor holds beyond its live children is
-//! what its dying descendants hold: that split, by type, labels their user pages.
+//! Exact where the kernel allows it: the census program reads the dying
+//! memcg's own page-state counters (`memcg->vmstats->state_local[]`; on
+//! kernels without it, the hierarchical `state[]` of leaves), slots resolved from BTF
+//! (`probes::btf::stat_index`): [`OwnStats`]. The cause is then the largest of
+//! its own page cache, shmem, anon, swap, sockets (and kernel memory where it
+//! still pins, before 5.9).
+//!
+//! Approximate elsewhere (no census program: kernels before 6.1; no
+//! `memcg_vmstats` in BTF; a memcg with children on kernels without
+//! `state_local[]`): the page counters (`memory`, v1 `kmem`,
+//! `memsw`/`swap`) tell kernel memory and swap apart from user pages, but not
+//! page cache from tmpfs. Live ancestors' hierarchical `memory.stat` include
+//! their dying descendants, so what an ancestor holds beyond its live children
+//! is what its dying descendants hold together: that split labels their user
+//! pages, all alike (so a page-cache zombie beside tmpfs-pinned siblings gets
+//! theirs). [`Pin::exact`] says which way a cause was found.
 
 use std::collections::HashMap;
 
@@ -31,6 +41,8 @@ pub enum PinCause {
     KernelMemory,
     /// Swapped-out pages (they also keep the memcg ID, `mem_cgroup_id_get_many()`).
     Swap,
+    /// Socket buffers: each socket holds its memcg (`mem_cgroup_sk_alloc()`).
+    Sockets,
     /// No pages charged: references only (sockets, BPF maps, writeback in flight).
     NoCharge,
     /// No counters were read.
@@ -46,6 +58,7 @@ impl PinCause {
             PinCause::Anon => "anon (moved-out tasks)",
             PinCause::KernelMemory => "kernel memory",
             PinCause::Swap => "swap",
+            PinCause::Sockets => "sockets",
             PinCause::NoCharge => "no charge (references)",
             PinCause::Unknown => "unknown",
         }
@@ -60,6 +73,7 @@ impl PinCause {
             PinCause::Anon => "restart the processes that were moved out of the cgroup",
             PinCause::KernelMemory => "before 5.9 slab objects pin the memcg until they are freed: drain the node and reboot; boot with cgroup.memory=nokmem",
             PinCause::Swap => "swapoff/swapon, or let the swapped pages be faulted back",
+            PinCause::Sockets => "close the sockets the cgroup's processes handed out (fd passing, long-lived connections of other processes)",
             PinCause::NoCharge => "usually freed soon; if not, a kernel reference leak (drain and reboot)",
             PinCause::Unknown => "no counters: run the census with BPF (`kmem-trace census`)",
         }
@@ -76,6 +90,88 @@ pub struct Pin {
     pub swap_pages: u64,
     /// `memory` now minus at offline: negative while the kernel reclaims it.
     pub change_pages: Option<i64>,
+    /// The cause comes from the memcg's own counters ([`OwnStats`]), not
+    /// from an ancestor's split.
+    pub exact: bool,
+    /// The memcg's own counters, when the census read them.
+    pub own: Option<OwnStats>,
+}
+
+impl Pin {
+    /// Nothing known.
+    pub const UNKNOWN: Pin = Pin {
+        cause: PinCause::Unknown,
+        user_pages: 0,
+        kmem_pages: None,
+        swap_pages: 0,
+        change_pages: None,
+        exact: false,
+        own: None,
+    };
+}
+
+/// A memcg's own page-state counters, in pages, as the census program read
+/// them (`None`: no such counter on this kernel). Flushed by rstat, so at most
+/// a per-CPU batch (`MEMCG_CHARGE_BATCH` pages per CPU) behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OwnStats {
+    /// Page cache, shmem included (`NR_FILE_PAGES`).
+    pub file: Option<u64>,
+    pub shmem: Option<u64>,
+    pub anon: Option<u64>,
+    pub kmem: Option<u64>,
+    pub swap: Option<u64>,
+    pub sock: Option<u64>,
+}
+
+impl OwnStats {
+    /// From a census record, when the program read the counters.
+    pub fn from_event(ev: &kmem_trace_common::Event) -> Option<OwnStats> {
+        use kmem_trace_common::census_stat as s;
+        if ev.flags & kmem_trace_common::flags::CENSUS_STATS == 0 {
+            return None;
+        }
+        let valid = ev.census_stat(s::VALID);
+        let g = |i: usize| (valid & (1 << i) != 0).then(|| ev.census_stat(i) as u64);
+        Some(OwnStats {
+            file: g(s::FILE),
+            shmem: g(s::SHMEM),
+            anon: g(s::ANON),
+            kmem: g(s::KMEM),
+            swap: g(s::SWAP),
+            sock: g(s::SOCK),
+        })
+    }
+
+    /// The cause these counters name, `None` when they cannot tell (the
+    /// user-page counters are missing). `kmem_pins`: see [`kmem_pins`].
+    pub fn cause(&self, kmem_pins: bool) -> Option<PinCause> {
+        let file = self.file?;
+        let shmem = self.shmem?;
+        let anon = self.anon?;
+        let kmem = if kmem_pins { self.kmem.unwrap_or(0) } else { 0 };
+        // Largest first; ties go to the earlier (the more common cause).
+        let candidates = [
+            (file.saturating_sub(shmem), PinCause::PageCache),
+            (shmem.min(file), PinCause::Tmpfs),
+            (anon, PinCause::Anon),
+            (self.swap.unwrap_or(0), PinCause::Swap),
+            (kmem, PinCause::KernelMemory),
+            (self.sock.unwrap_or(0), PinCause::Sockets),
+        ];
+        let (pages, cause) = candidates
+            .iter()
+            .copied()
+            .fold(
+                (0, PinCause::NoCharge),
+                |best, c| if c.0 > best.0 { c } else { best },
+            );
+        Some(if pages == 0 {
+            PinCause::NoCharge
+        } else {
+            cause
+        })
+    }
 }
 
 /// What a live ancestor holds beyond its live children, in bytes: the pages of
@@ -118,22 +214,27 @@ pub fn kmem_pins(version: Option<KernelVersion>) -> bool {
     version.is_none_or(|v| v < KernelVersion(5, 9, 0))
 }
 
-/// Classifies one dying memcg. `now` wins over `at_offline` when both are
-/// known; `residual` is the split of its nearest live ancestor, if read;
-/// `kmem_pins` says whether kernel memory can pin a memcg on this kernel.
+/// Classifies one dying memcg. `own` (its own counters) wins when it can tell;
+/// else `now` wins over `at_offline` when both are known, and `residual` is
+/// the split of its nearest live ancestor, if read; `kmem_pins` says whether
+/// kernel memory can pin a memcg on this kernel.
 pub fn classify(
     at_offline: Option<&Counters>,
     now: Option<&Counters>,
+    own: Option<&OwnStats>,
     residual: Option<&Residual>,
     kmem_pins: bool,
 ) -> Pin {
+    let exact = own.and_then(|o| o.cause(kmem_pins));
     let Some(c) = now.or(at_offline).filter(|c| c.mem_pages.is_some()) else {
-        return Pin {
-            cause: PinCause::Unknown,
-            user_pages: 0,
-            kmem_pages: None,
-            swap_pages: 0,
-            change_pages: None,
+        return match exact {
+            Some(cause) => Pin {
+                cause,
+                exact: true,
+                own: own.copied(),
+                ..Pin::UNKNOWN
+            },
+            None => Pin::UNKNOWN,
         };
     };
     let mem = c.mem_pages.unwrap_or(0);
@@ -150,7 +251,9 @@ pub fn classify(
     };
     // Stale reparented kmem does not pin (see `kmem_pins`).
     let k = if kmem_pins { kmem.unwrap_or(0) } else { 0 };
-    let cause = if user == 0 && k == 0 && swap == 0 {
+    let cause = if let Some(cause) = exact {
+        cause
+    } else if user == 0 && k == 0 && swap == 0 {
         PinCause::NoCharge
     } else if swap > 0 && swap >= user && swap >= k {
         PinCause::Swap
@@ -167,6 +270,8 @@ pub fn classify(
         kmem_pages: kmem,
         swap_pages: swap,
         change_pages: change,
+        exact: exact.is_some(),
+        own: own.copied(),
     }
 }
 
@@ -239,25 +344,28 @@ mod tests {
 
     #[test]
     fn counters_tell_kmem_swap_and_user_pages() {
-        assert_eq!(classify(None, None, None, true).cause, PinCause::Unknown);
         assert_eq!(
-            classify(None, Some(&c(0, Some(0), Some(0))), None, true).cause,
+            classify(None, None, None, None, true).cause,
+            PinCause::Unknown
+        );
+        assert_eq!(
+            classify(None, Some(&c(0, Some(0), Some(0))), None, None, true).cause,
             PinCause::NoCharge
         );
-        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, true);
+        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, None, true);
         assert_eq!((k.cause, k.user_pages), (PinCause::KernelMemory, 2));
         // 5.9+: the same counters are stale reparented kmem plus 2 pages of cache.
-        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, false);
+        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, None, false);
         assert_eq!(k.cause, PinCause::PageCacheOrTmpfs);
-        let stale = classify(None, Some(&c(38, Some(38), None)), None, false);
+        let stale = classify(None, Some(&c(38, Some(38), None)), None, None, false);
         assert_eq!(stale.cause, PinCause::NoCharge);
         assert!(kmem_pins(Some(KernelVersion(3, 10, 0))));
         assert!(!kmem_pins(Some(KernelVersion(6, 18, 44))));
         assert_eq!(
-            classify(None, Some(&c(10, Some(1), Some(50))), None, true).cause,
+            classify(None, Some(&c(10, Some(1), Some(50))), None, None, true).cause,
             PinCause::Swap
         );
-        let u = classify(None, Some(&c(4096, Some(3), Some(0))), None, true);
+        let u = classify(None, Some(&c(4096, Some(3), Some(0))), None, None, true);
         assert_eq!(u.cause, PinCause::PageCacheOrTmpfs);
         let tmpfs = Residual {
             shmem: 16 << 20,
@@ -265,18 +373,98 @@ mod tests {
             anon: 0,
         };
         assert_eq!(
-            classify(None, Some(&c(4096, Some(3), None)), Some(&tmpfs), true).cause,
+            classify(
+                None,
+                Some(&c(4096, Some(3), None)),
+                None,
+                Some(&tmpfs),
+                true
+            )
+            .cause,
             PinCause::Tmpfs
         );
         // Offline counters are used when no census read them now, and the
         // change shows reclaim at work.
         let off = c(5000, None, None);
         let now = c(1000, None, None);
-        assert_eq!(classify(Some(&off), None, None, true).user_pages, 5000);
         assert_eq!(
-            classify(Some(&off), Some(&now), None, true).change_pages,
+            classify(Some(&off), None, None, None, true).user_pages,
+            5000
+        );
+        assert_eq!(
+            classify(Some(&off), Some(&now), None, None, true).change_pages,
             Some(-4000)
         );
+    }
+
+    #[test]
+    fn own_counters_name_the_cause_exactly() {
+        // The case: a zombie that ran `true` holds 487 pages of the
+        // busybox binary's page cache while its siblings dominate the
+        // ancestor's split with tmpfs: its own counters say page cache.
+        let own = OwnStats {
+            file: Some(487),
+            shmem: Some(0),
+            anon: Some(0),
+            kmem: Some(30),
+            swap: Some(0),
+            sock: Some(0),
+        };
+        let tmpfs = Residual {
+            shmem: 32 << 20,
+            file: 2 << 20,
+            anon: 0,
+        };
+        let p = classify(
+            None,
+            Some(&c(517, None, None)),
+            Some(&own),
+            Some(&tmpfs),
+            false,
+        );
+        assert_eq!((p.cause, p.exact), (PinCause::PageCache, true));
+        let p = classify(None, Some(&c(517, None, None)), None, Some(&tmpfs), false);
+        assert_eq!((p.cause, p.exact), (PinCause::Tmpfs, false));
+        let shm = OwnStats {
+            file: Some(4096),
+            shmem: Some(4000),
+            ..own
+        };
+        assert_eq!(shm.cause(false), Some(PinCause::Tmpfs));
+        let swap = OwnStats {
+            swap: Some(9000),
+            ..shm
+        };
+        assert_eq!(swap.cause(false), Some(PinCause::Swap));
+        let sock = OwnStats {
+            file: Some(0),
+            shmem: Some(0),
+            sock: Some(3),
+            ..own
+        };
+        assert_eq!(sock.cause(false), Some(PinCause::Sockets));
+        // Kernel memory counts only where it still pins (before 5.9).
+        assert_eq!(sock.cause(true), Some(PinCause::KernelMemory));
+        let none = OwnStats {
+            file: Some(0),
+            kmem: Some(0),
+            sock: Some(0),
+            ..sock
+        };
+        assert_eq!(none.cause(true), Some(PinCause::NoCharge));
+        // Without the user-page counters the own stats cannot tell.
+        let partial = OwnStats { file: None, ..own };
+        assert_eq!(partial.cause(true), None);
+        // A census record carries them in comm/pcomm.
+        let mut ev = kmem_trace_common::Event::ZERO;
+        ev.flags = kmem_trace_common::flags::CENSUS_STATS;
+        ev.set_census_stat(kmem_trace_common::census_stat::FILE, 487);
+        ev.set_census_stat(kmem_trace_common::census_stat::SOCK, 2);
+        ev.set_census_stat(kmem_trace_common::census_stat::VALID, 0b1_1111);
+        let got = OwnStats::from_event(&ev).unwrap();
+        assert_eq!((got.file, got.shmem, got.sock), (Some(487), Some(0), None));
+        ev.flags = 0;
+        assert_eq!(OwnStats::from_event(&ev), None);
     }
 
     #[test]

@@ -32,6 +32,13 @@ struct Entry<'a> {
     swap_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pin: Option<PinCause>,
+    /// The pin cause comes from the memcg's own counters (`own_pages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pin_exact: Option<bool>,
+    /// The memcg's own page-state counters in pages, where the kernel's
+    /// layout lets the census program read them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    own_pages: Option<&'a super::OwnStats>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +65,8 @@ fn entry<'a>(c: &'a Census, m: &'a Memcg, page: u64) -> Entry<'a> {
         kmem_bytes: k.kmem_pages.map(|p| p * page),
         swap_bytes: k.swap_pages.map(|p| p * page),
         pin: c.pins.get(&m.addr).map(|p| p.cause),
+        pin_exact: c.pins.get(&m.addr).map(|p| p.exact),
+        own_pages: c.own.get(&m.addr),
     }
 }
 
@@ -187,7 +196,12 @@ pub fn text(c: &Census, all: bool, w: &mut dyn Write) -> io::Result<()> {
     }
     causes.sort();
     if !causes.is_empty() {
-        writeln!(w, "pinned by:")?;
+        let exact = c.pins.values().filter(|p| p.exact).count();
+        writeln!(
+            w,
+            "pinned by ({exact} of {} from the memcg's own counters; the rest approximate, split by the nearest live ancestor's memory.stat):",
+            c.pins.len()
+        )?;
         for (cause, n) in causes {
             writeln!(w, "  {n:>6} {:<22} {}", cause.name(), cause.remedy())?;
         }

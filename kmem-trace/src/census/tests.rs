@@ -285,7 +285,7 @@ fn output_lists_dying_memcgs_and_says_counts_only() {
         !text.contains("/system"),
         "live memcgs only with --all: {text}"
     );
-    assert!(text.contains("pinned by:"), "{text}");
+    assert!(text.contains("pinned by ("), "{text}");
 
     let mut json = Vec::new();
     render::json(&c, &mut json).unwrap();

@@ -94,6 +94,8 @@ impl Packed {
 struct Extra {
     at_free: Counters,
     census: Option<Counters>,
+    /// What pins it, as the census classified it.
+    pin: Option<crate::census::Pin>,
 }
 
 /// Creator, residents and the last resident in one allocation of exactly
@@ -283,6 +285,17 @@ impl Memcg {
     /// no counters from its offline); `crate::census::pin` classifies them.
     pub fn census_counters(&self) -> Option<Counters> {
         self.extra.as_ref().and_then(|e| e.census)
+    }
+
+    /// What pins this dying memcg, as the census found (`crate::census::pins`).
+    pub fn pin(&self) -> Option<crate::census::Pin> {
+        self.extra.as_ref().and_then(|e| e.pin)
+    }
+
+    pub fn set_pin(&mut self, p: Option<crate::census::Pin>) {
+        if p.is_some() || self.extra.is_some() {
+            self.extra.get_or_insert_default().pin = p;
+        }
     }
 
     pub fn set_census_counters(&mut self, c: Option<Counters>) {

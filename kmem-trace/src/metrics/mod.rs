@@ -37,7 +37,7 @@ use crate::{
     decode::TraceEvent,
     lifecycle::Applied,
     outputs::{
-        aggregate::{namespace_buckets, pinned_bytes, zombies_by_namespace},
+        aggregate::{namespace_buckets, pinned_bytes, zombies_by_namespace, zombies_by_workload},
         Output, OutputError, Snapshot, Status, Summary,
     },
 };
@@ -82,6 +82,12 @@ struct NamespaceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    namespace: String,
+    workload: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     hook_family: String,
     version: String,
@@ -102,6 +108,7 @@ pub struct Metrics {
     bad_records: Counter,
     offline_to_free: Histogram,
     by_namespace: Family<NamespaceLabel, Gauge>,
+    by_workload: Family<WorkloadLabels, Gauge>,
     info: Family<InfoLabels, Gauge>,
     pinned: Gauge,
     read_faults: Counter,
@@ -127,6 +134,7 @@ impl Metrics {
         // 1 ms .. ~4.6 h: fast frees of empty memcgs up to long-lived pins.
         let offline_to_free = Histogram::new(exponential_buckets(0.001, 4.0, 13));
         let by_namespace = Family::<NamespaceLabel, Gauge>::default();
+        let by_workload = Family::<WorkloadLabels, Gauge>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let pinned = Gauge::default();
         let read_faults = Counter::default();
@@ -190,6 +198,11 @@ impl Metrics {
             by_namespace.clone(),
         );
         r.register(
+            "zombies_by_workload",
+            "Zombie memcgs by owning workload (workload=\"Deployment/web\", from the pod's labels; top workloads as for namespaces, the rest in namespace=\"other\"; \"unknown\": a pod whose labels were not seen)",
+            by_workload.clone(),
+        );
+        r.register(
             "info",
             "Tracer version and the hook family in use",
             info.clone(),
@@ -229,6 +242,7 @@ impl Metrics {
             bad_records,
             offline_to_free,
             by_namespace,
+            by_workload,
             info,
             pinned,
             read_faults,
@@ -326,6 +340,24 @@ impl MetricsOutput {
     }
 }
 
+impl MetricsOutput {
+    /// Zombies by `namespace/Kind/name` workload key (see
+    /// `aggregate::zombies_by_workload`), top N plus `other`.
+    pub fn set_workloads(&mut self, counts: &HashMap<String, u64>) {
+        self.m.by_workload.clear();
+        for (key, n) in namespace_buckets(counts, self.m.top_namespaces) {
+            let (namespace, workload) = key.split_once('/').unwrap_or((&key, &key));
+            self.m
+                .by_workload
+                .get_or_create(&WorkloadLabels {
+                    namespace: namespace.to_string(),
+                    workload: workload.to_string(),
+                })
+                .set(gauge(n));
+        }
+    }
+}
+
 impl Output for MetricsOutput {
     fn event(
         &mut self,
@@ -358,6 +390,7 @@ impl Output for MetricsOutput {
             .filter_map(pinned_bytes)
             .sum();
         self.m.pinned.set(gauge(pinned));
+        self.set_workloads(&zombies_by_workload(s));
         Ok(())
     }
 

@@ -101,6 +101,40 @@ fn namespaces_are_bounded_with_an_other_bucket() {
 }
 
 #[test]
+fn workloads_are_bounded_like_namespaces() {
+    let mut out = MetricsOutput::new(Metrics::new(2));
+    let counts: HashMap<String, u64> = HashMap::from([
+        ("shop/Deployment/web".to_string(), 5),
+        ("shop/CronJob/backup".to_string(), 3),
+        ("cache/unknown".to_string(), 1),
+        ("none/none".to_string(), 1),
+    ]);
+    out.set_workloads(&counts);
+    let t = out.metrics().encode();
+    let series: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("kmem_trace_zombies_by_workload{"))
+        .collect();
+    assert_eq!(series.len(), 3, "{series:?}");
+    assert_eq!(
+        value(
+            &t,
+            "kmem_trace_zombies_by_workload{namespace=\"shop\",workload=\"Deployment/web\"}"
+        ),
+        Some(5.0),
+        "{t}"
+    );
+    assert_eq!(
+        value(
+            &t,
+            "kmem_trace_zombies_by_workload{namespace=\"other\",workload=\"other\"}"
+        ),
+        Some(2.0),
+        "{t}"
+    );
+}
+
+#[test]
 fn only_loopback_unless_listen_any() {
     assert!(listen_addr("127.0.0.1:9464", false).is_ok());
     assert!(listen_addr("[::1]:9464", false).is_ok());

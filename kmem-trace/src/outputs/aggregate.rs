@@ -199,6 +199,31 @@ pub fn zombies_by_namespace(s: &Snapshot<'_>) -> HashMap<String, u64> {
     out
 }
 
+/// Zombies per `namespace/Kind/name` workload of the current state: pods
+/// without a known workload count as `<namespace>/unknown`, non-pods as
+/// `none/none`. Namespaces hold no `/`, so the key splits back at the first.
+pub fn zombies_by_workload(s: &Snapshot<'_>) -> HashMap<String, u64> {
+    let after = s.lifecycle.config().zombie_after_ns;
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for m in s.lifecycle.dying() {
+        if m.is_zombie(s.now_ns, after) {
+            let a = s.attribution.get(m.addr).map(|a| &**a);
+            *out.entry(workload_key(a)).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// `namespace/Kind/name` of [`zombies_by_workload`].
+pub fn workload_key(a: Option<&Attribution>) -> String {
+    let ns = namespace_of(a);
+    if ns == NS_NONE {
+        return format!("{NS_NONE}/{NS_NONE}");
+    }
+    let w = a.and_then(|a| a.view().workload);
+    format!("{ns}/{}", w.as_deref().unwrap_or(NS_UNKNOWN))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use kmem_trace_common::{Layout, ABSENT, LAYOUT_KN_ID_U32};
+use kmem_trace_common::{
+    census_stat, Layout, ABSENT, LAYOUT_KN_ID_U32, LAYOUT_STATS_HIER, LAYOUT_VMSTATS_PTR,
+};
 
 /// Errors of BTF loading and layout resolution.
 #[derive(Debug, thiserror::Error)]
@@ -318,7 +320,99 @@ impl KernelBtf {
                 }
             },
         }
+        self.vmstats(&mut layout, &mut report)?;
         Ok((layout, report))
+    }
+
+    /// Where a memcg's own page-state counters are: `mem_cgroup.vmstats`
+    /// and, inside `struct memcg_vmstats`, the slots of the counters the census
+    /// reads ([`census_stat`]). Leaves them [`ABSENT`] on kernels without that
+    /// struct or without the names; the pin cause is then
+    /// approximate (see `census::pin`).
+    fn vmstats(&self, layout: &mut Layout, report: &mut Vec<Resolved>) -> Result<(), BtfError> {
+        let Some(vm) = self.member("mem_cgroup", "vmstats")? else {
+            return Ok(());
+        };
+        // A pointer on recent kernels, an embedded struct on older ones: BTF tells.
+        let ptr = vm.size == 8 && !vm.aggregate;
+        // `state_local[]` (where the kernel has it: BTF tells) is the memcg's own
+        // share; without it only the hierarchical `state[]`, equal to it on leaves.
+        let (array, hier) = match self.array_member("memcg_vmstats", "state_local")? {
+            Some(a) => (a, false),
+            None => match self.array_member("memcg_vmstats", "state")? {
+                Some(a) => (a, true),
+                None => return Ok(()),
+            },
+        };
+        let Some(nr_stat) = self.enum_value("memcg_stat_item", "MEMCG_NR_STAT") else {
+            return Ok(());
+        };
+        let node = |name: &str| self.enum_value("node_stat_item", name);
+        let memcg = |name: &str| self.enum_value("memcg_stat_item", name);
+        let wanted: [(usize, &str, Option<i64>); census_stat::N] = [
+            (census_stat::FILE, "NR_FILE_PAGES", node("NR_FILE_PAGES")),
+            (census_stat::SHMEM, "NR_SHMEM", node("NR_SHMEM")),
+            (census_stat::ANON, "NR_ANON_MAPPED", node("NR_ANON_MAPPED")),
+            (census_stat::KMEM, "MEMCG_KMEM", memcg("MEMCG_KMEM")),
+            (census_stat::SWAP, "MEMCG_SWAP", memcg("MEMCG_SWAP")),
+            (census_stat::SOCK, "MEMCG_SOCK", memcg("MEMCG_SOCK")),
+        ];
+        let mut any = false;
+        for (slot, name, value) in wanted {
+            let index = value.and_then(|v| stat_index(name, v, nr_stat, array.len));
+            if let Some(i) = index {
+                layout.stat_off[slot] = array.offset + i * 8;
+                any = true;
+            }
+            report.push(Resolved {
+                field: "memcg_vmstats.stat",
+                found: match index {
+                    Some(i) => format!("memcg_vmstats.{}[{i}] ({name})", array.name),
+                    None => format!("absent ({name})"),
+                },
+                offset: index.map(|i| array.offset + i * 8),
+            });
+        }
+        if any {
+            layout.memcg_vmstats = vm.offset;
+            if ptr {
+                layout.layout_flags |= LAYOUT_VMSTATS_PTR;
+            }
+            if hier {
+                layout.layout_flags |= LAYOUT_STATS_HIER;
+            }
+            report.push(Resolved {
+                field: "memcg_vmstats",
+                found: format!(
+                    "mem_cgroup.vmstats ({})",
+                    if ptr { "pointer" } else { "embedded" }
+                ),
+                offset: Some(vm.offset),
+            });
+        }
+        Ok(())
+    }
+
+    /// Offset and length of the array member `strukt.name` of `long`s.
+    fn array_member(
+        &self,
+        strukt: &str,
+        name: &'static str,
+    ) -> Result<Option<ArrayInfo>, BtfError> {
+        let Some(ty) = self.find_struct(strukt)? else {
+            return Ok(None);
+        };
+        let Some((bits, mty)) = self.find_member(&ty, name)? else {
+            return Ok(None);
+        };
+        match self.strip(mty)? {
+            Type::Array(a) if a.len() > 0 => Ok(Some(ArrayInfo {
+                name,
+                offset: bits / 8,
+                len: a.len() as u32,
+            })),
+            _ => Ok(None),
+        }
     }
 
     /// Offset (bytes) and size of `strukt.a.b.c`, looking through anonymous
@@ -410,6 +504,40 @@ impl KernelBtf {
             _ => (0, false),
         })
     }
+}
+
+struct ArrayInfo {
+    name: &'static str,
+    offset: u32,
+    len: u32,
+}
+
+/// Slot of counter `name` (enum value `value`) in a `memcg_vmstats` array of
+/// `len` entries, `MEMCG_NR_STAT` being `nr_stat`. Kernel table:
+/// - `len == MEMCG_NR_STAT` (up to 6.9): indexed by the enum value itself.
+/// - shorter (6.10+, "memcg: reduce memory for the lruvec and memcg stats",
+///   Shakeel Butt): `memcg_stats_index()` maps through `memcg_node_stat_items[]`
+///   followed by `memcg_stat_items[]` (every `memcg_stat_item`, in enum order,
+///   so those sit at the array's end). The node items' table is not in BTF;
+///   its first twenty entries have not moved from 6.10 to 6.18 (checked against
+///   `memory.stat` of a memcg of known content by the census root test).
+pub(crate) fn stat_index(name: &str, value: i64, nr_stat: i64, len: u32) -> Option<u32> {
+    let len = len as i64;
+    if len == nr_stat {
+        return (0..len).contains(&value).then_some(value as u32);
+    }
+    if name.starts_with("MEMCG_") {
+        let i = len - (nr_stat - value);
+        return (0..len).contains(&i).then_some(i as u32);
+    }
+    // Positions in 6.10+'s `memcg_node_stat_items[]`.
+    let i = match name {
+        "NR_ANON_MAPPED" => 14,
+        "NR_FILE_PAGES" => 16,
+        "NR_SHMEM" => 19,
+        _ => return None,
+    };
+    (i < len).then_some(i as u32)
 }
 
 struct MemberInfo {

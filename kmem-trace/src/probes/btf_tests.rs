@@ -382,3 +382,20 @@ fn fexit_return_slot_is_the_parameter_count() {
     assert_eq!(btf.func_params("no_args"), Some(0));
     assert_eq!(btf.func_params("missing"), None);
 }
+
+#[test]
+fn memcg_stat_slots_follow_the_kernel_table() {
+    // 6.18 here: `long state_local[40]`, MEMCG_NR_STAT 58 (SWAP 51, SOCK 52, KMEM 55).
+    assert_eq!(stat_index("NR_ANON_MAPPED", 17, 58, 40), Some(14));
+    assert_eq!(stat_index("NR_FILE_PAGES", 19, 58, 40), Some(16));
+    assert_eq!(stat_index("NR_SHMEM", 22, 58, 40), Some(19));
+    assert_eq!(stat_index("MEMCG_SWAP", 51, 58, 40), Some(33));
+    assert_eq!(stat_index("MEMCG_SOCK", 52, 58, 40), Some(34));
+    assert_eq!(stat_index("MEMCG_KMEM", 55, 58, 40), Some(37));
+    // Before 6.10 the array is indexed by the enum value.
+    assert_eq!(stat_index("NR_SHMEM", 17, 46, 46), Some(17));
+    assert_eq!(stat_index("MEMCG_KMEM", 43, 46, 46), Some(43));
+    // Names outside the known prefix, and out-of-range values, are unknown.
+    assert_eq!(stat_index("NR_WRITEBACK", 21, 58, 40), None);
+    assert_eq!(stat_index("MEMCG_SWAP", 10, 58, 40), None);
+}

@@ -104,6 +104,11 @@ impl Pseudonyms {
             container_name: self.arc("container", &m.container_name),
             image: self.arc("image", &m.image),
             container_type: m.container_type.clone(),
+            // The kind (Deployment, Job) is structure; the name is identity.
+            workload: m.workload.as_ref().map(|w| crate::attribution::Workload {
+                kind: w.kind,
+                name: self.name("workload", &w.name),
+            }),
         }
     }
 
@@ -118,9 +123,22 @@ impl Pseudonyms {
             Owner::Container {
                 runtime,
                 container_id,
+                pod_id,
             } => Owner::Container {
                 runtime: *runtime,
                 container_id: self.name("cid", container_id).into(),
+                pod_id: pod_id.as_deref().map(|p| self.name("cid", p).into()),
+            },
+            Owner::RuntimeGroup {
+                runtime,
+                role,
+                pod_id,
+                container_id,
+            } => Owner::RuntimeGroup {
+                runtime: *runtime,
+                role: *role,
+                pod_id: pod_id.as_deref().map(|p| self.name("cid", p).into()),
+                container_id: container_id.as_deref().map(|c| self.name("cid", c).into()),
             },
             Owner::Systemd { unit } => Owner::Systemd {
                 unit: Arc::from(self.component(unit)),

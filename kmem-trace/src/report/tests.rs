@@ -70,6 +70,8 @@ pub(super) fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
         kmem_bytes: None,
         swap_bytes: None,
         kmem_active: true,
+        pin_cause: None,
+        pin_exact: false,
         source: "history",
     }
 }
@@ -92,6 +94,8 @@ pub(super) fn inputs(tree: &str) -> Inputs {
                     kmem_pages: None,
                     swap_pages: 0,
                     change_pages: None,
+                    exact: false,
+                    own: None,
                 },
             )
         })

@@ -27,6 +27,8 @@ pub struct HistoryConfig {
     /// `--no-history-if-busy`: another writer holding the database means
     /// no history, not an error.
     pub skip_if_busy: bool,
+    /// `--cri-socket`; empty means the defaults.
+    pub cri_sockets: Vec<PathBuf>,
 }
 
 impl HistoryConfig {
@@ -37,6 +39,7 @@ impl HistoryConfig {
             retain: a.retain,
             runtime_roots: a.runtime_root.clone(),
             skip_if_busy: a.no_history_if_busy,
+            cri_sockets: a.cri_socket.clone(),
         }
     }
 }
@@ -48,6 +51,7 @@ impl Default for HistoryConfig {
             retain: super::DEFAULT_RETAIN,
             runtime_roots: Vec::new(),
             skip_if_busy: false,
+            cri_sockets: Vec::new(),
         }
     }
 }
@@ -96,7 +100,11 @@ pub fn prepare(
     lc: &mut Lifecycle,
     clock: Clock,
 ) -> Result<(Attributor, Option<HistoryFeed>, Restored), PrepareError> {
-    let mut attributor = Attributor::new(Box::new(runtime_roots(&cfg.runtime_roots)?));
+    let mut attributor =
+        Attributor::background(std::sync::Arc::new(crate::attribution::cri::Chain {
+            cri: crate::attribution::cri::CriLookup::new(&cfg.cri_sockets),
+            files: runtime_roots(&cfg.runtime_roots)?,
+        }));
     let Some(mut store) = store else {
         return Ok((attributor, None, Restored::default()));
     };
@@ -187,6 +195,11 @@ impl HistoryFeed {
             drops: status.drops,
             hooks: status.hook_family.clone(),
         });
+    }
+
+    /// Writes memcg `addr` again at the next flush (its attribution changed).
+    pub fn touch(&mut self, addr: u64) {
+        self.dirty.insert(addr);
     }
 
     /// Notes what an event changed. A freed memcg leaves the lifecycle, so its

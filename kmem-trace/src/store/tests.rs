@@ -366,6 +366,7 @@ fn prepare_restores_history_and_records_census_memcgs() {
         retain: DEFAULT_RETAIN,
         runtime_roots: vec![d.0.clone()],
         skip_if_busy: false,
+        cri_sockets: vec![d.0.join("no.sock")],
     };
     // The census of this start found it again and one memcg the history lacks.
     let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
