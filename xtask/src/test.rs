@@ -33,6 +33,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .iter()
         .chain(TEST_PACKAGES)
         .chain(crate::vm::PACKAGES)
+        .chain(crate::runtimes::PACKAGES)
         .copied()
         .collect();
     crate::setup::apt_install(&all, false)?;

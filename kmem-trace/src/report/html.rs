@@ -117,6 +117,7 @@ pub fn render(r: &Report) -> String {
     );
     node(&mut h, r);
     owners(&mut h, r);
+    workloads(&mut h, r);
     causes(&mut h, r);
     let _ = write!(h, "<h2>Remediation</h2>");
     if r.remediation.is_empty() {
@@ -209,6 +210,25 @@ fn owners(h: &mut String, r: &Report) {
             esc(&o.kind),
             o.zombies,
             human_bytes(o.pinned_bytes)
+        );
+    }
+    h.push_str("</table>");
+}
+
+fn workloads(h: &mut String, r: &Report) {
+    if r.workloads.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Top workloads</h2><table id=\"workloads\"><tr><th>namespace</th><th>workload</th><th>zombies</th><th>pinned</th><th>zombies/h</th></tr>");
+    for t in &r.workloads {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&t.namespace),
+            esc(&t.workload),
+            t.zombies,
+            human_bytes(t.pinned_bytes),
+            t.per_hour.map(|p| format!("{p:.1}")).unwrap_or_else(|| "?".into())
         );
     }
     h.push_str("</table>");

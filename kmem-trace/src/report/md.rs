@@ -164,6 +164,23 @@ pub fn render(r: &Report) -> String {
         }
         w.push('\n');
     }
+    if !r.workloads.is_empty() {
+        let _ = writeln!(w, "## Top workloads\n\n| namespace | workload | zombies | pinned | zombies/h in the period |\n|---|---|---:|---:|---:|");
+        for t in &r.workloads {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} |",
+                cell(&t.namespace),
+                cell(&t.workload),
+                t.zombies,
+                human_bytes(t.pinned_bytes),
+                t.per_hour
+                    .map(|p| format!("{p:.1}"))
+                    .unwrap_or_else(|| "?".into())
+            );
+        }
+        w.push('\n');
+    }
     let _ = writeln!(w, "## Pin causes\n");
     for c in &r.causes {
         let _ = writeln!(

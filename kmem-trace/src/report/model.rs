@@ -115,6 +115,19 @@ pub struct OwnerTotal {
     pub pinned_bytes: u64,
 }
 
+/// Zombies of one workload, and how fast it made them.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadTotal {
+    pub namespace: String,
+    /// `Deployment/web`, or `unknown` for pods whose labels were not seen.
+    pub workload: String,
+    pub zombies: usize,
+    pub pinned_bytes: u64,
+    /// Zombies per hour removed within the report's period; `None` when no
+    /// zombie of it has a known removal time in the period.
+    pub per_hour: Option<f64>,
+}
+
 /// Zombies held by one cause.
 #[derive(Clone, Debug, Serialize)]
 pub struct CauseTotal {
@@ -171,6 +184,8 @@ pub struct Report {
     /// `samples`, `history rows (reconstructed)`, or `none`.
     pub timeline_source: String,
     pub owners: Vec<OwnerTotal>,
+    /// Pods' owning workloads (Deployment, Job, ...) by zombies, with their leak rate.
+    pub workloads: Vec<WorkloadTotal>,
     pub causes: Vec<CauseTotal>,
     /// Bytes held by dying memcgs node-wide by type (live ancestors' stats).
     pub dying_bytes_by_type: BTreeMap<String, u64>,
@@ -247,6 +262,7 @@ pub fn build(i: Inputs) -> Report {
         .collect();
     let listed: Vec<Zombie> = appendix.iter().map(|a| a.zombie.clone()).collect();
     let (owners, owner_count) = owners(&listed);
+    let workloads = workloads(&listed, (i.now - i.since).max(0) as f64 / 1e9);
     let causes = causes(&appendix, &i.pins);
     let now = now(&i, &appendix);
     let ids = ids(&i);
@@ -285,6 +301,7 @@ pub fn build(i: Inputs) -> Report {
         timeline,
         timeline_source,
         owners,
+        workloads,
         causes,
         dying_bytes_by_type,
         ids,
@@ -330,6 +347,34 @@ fn owners(zombies: &[Zombie]) -> (Vec<OwnerTotal>, usize) {
     let n = v.len();
     v.truncate(TOP_OWNERS);
     (v, n)
+}
+
+/// The top workloads; a leak rate only from zombies whose removal (age) falls
+/// in the period, so zombies of unknown age never make a rate up.
+fn workloads(zombies: &[Zombie], period_s: f64) -> Vec<WorkloadTotal> {
+    crate::zombies::top_workloads(zombies)
+        .into_iter()
+        .map(|w| {
+            let key = format!("{}/{}", w.namespace, w.workload);
+            let recent = zombies
+                .iter()
+                .filter(|z| {
+                    z.owner.as_ref().is_some_and(|a| {
+                        a.owner.kind() == "pod"
+                            && crate::outputs::aggregate::workload_key(Some(a)) == key
+                    })
+                })
+                .filter(|z| z.age_s.is_some_and(|a| a <= period_s))
+                .count();
+            WorkloadTotal {
+                namespace: w.namespace,
+                workload: w.workload,
+                zombies: w.zombies,
+                pinned_bytes: w.pinned_bytes,
+                per_hour: (recent > 0 && period_s > 0.0).then(|| recent as f64 * 3600.0 / period_s),
+            }
+        })
+        .collect()
 }
 
 fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> {

@@ -351,3 +351,34 @@ fn redaction_hides_workload_names_in_every_format() {
         "{z:#}"
     );
 }
+
+#[test]
+fn top_workloads_carry_zombies_and_a_leak_rate_from_known_ages_only() {
+    let mut i = inputs("centos7");
+    // Period: 3 h. Two zombies of Deployment/web removed in it, one of unknown age.
+    for (k, z) in i.zombies.iter_mut().enumerate() {
+        if let Some(m) = z.owner.as_mut().and_then(|a| a.meta.as_mut()) {
+            m.workload = Some(crate::attribution::Workload {
+                kind: crate::attribution::WorkloadKind::Deployment,
+                name: "web".into(),
+            });
+        }
+        if k == 2 {
+            z.age_s = None;
+        }
+    }
+    let r = build(i);
+    assert_eq!(r.workloads.len(), 1, "{:?}", r.workloads);
+    let w = &r.workloads[0];
+    assert_eq!(
+        (w.namespace.as_str(), w.workload.as_str()),
+        ("shop", "Deployment/web")
+    );
+    assert_eq!(w.zombies, 3);
+    let per_hour = w.per_hour.unwrap();
+    assert!((per_hour - 2.0 / 3.0).abs() < 1e-9, "{per_hour}");
+    let md = crate::report::md::render(&r);
+    assert!(md.contains("## Top workloads"), "{md}");
+    assert!(md.contains("| shop | Deployment/web | 3 |"), "{md}");
+    assert!(crate::report::html::render(&r).contains("id=\"workloads\""));
+}
