@@ -33,6 +33,8 @@ pub struct OwnerRow {
     pub container: String,
     /// `pod`, `container`, `systemd` or `path`.
     pub kind: &'static str,
+    /// The pod's owning workload (`Deployment/web`) from its labels; empty when unknown.
+    pub workload: String,
     pub live: u64,
     pub dying: u64,
     pub zombies: u64,
@@ -147,6 +149,7 @@ pub fn owner_rows(s: &Snapshot<'_>) -> Vec<OwnerRow> {
                 pod: k.1.clone(),
                 container: k.2.clone(),
                 kind: a.owner.kind(),
+                workload: a.view().workload.unwrap_or_default(),
                 path: m.path.to_string(),
                 ..OwnerRow::default()
             });

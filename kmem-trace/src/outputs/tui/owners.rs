@@ -113,6 +113,7 @@ pub fn row_matches(r: &OwnerRow, needle: &str) -> bool {
     needle.is_empty()
         || r.label().to_lowercase().contains(needle)
         || r.path.to_lowercase().contains(needle)
+        || r.workload.to_lowercase().contains(needle)
 }
 
 /// The parent a non-pod owner groups under: the directory of its path, not

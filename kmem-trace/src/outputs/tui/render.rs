@@ -255,8 +255,10 @@ fn draw_owners(f: &mut Frame<'_>, area: Rect, m: &Model) {
         fixed.push(("LIVE", 5));
     }
     fixed.push(("PINNED", 9));
+    // "Which workload keeps doing this" beside the owner when there is room;
+    // owners that are no pod show their kind there.
     if wide {
-        fixed.insert(0, ("KIND", 9));
+        fixed.insert(0, ("WORKLOAD/KIND", 22));
     }
     let used: u16 = fixed.iter().map(|c| c.1 + 1).sum();
     let owner_w = inner.saturating_sub(used).max(10);
@@ -281,7 +283,12 @@ fn draw_owners(f: &mut Frame<'_>, area: Rect, m: &Model) {
             };
             let mut cells = vec![Cell::from(owner_cell(l, owner_w as usize))];
             if wide {
-                cells.push(Cell::from(r.kind));
+                let what = if r.workload.is_empty() {
+                    r.kind
+                } else {
+                    &r.workload
+                };
+                cells.push(Cell::from(fit::middle(&term(what), 22)));
             }
             cells.push(Cell::from(r.zombies.to_string()));
             cells.push(Cell::from(leak));

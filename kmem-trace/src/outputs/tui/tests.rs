@@ -205,6 +205,7 @@ fn kubepods_model(names: &[&str]) -> Model {
             pod: pod.into(),
             container: c.into(),
             kind: "pod",
+            workload: format!("Deployment/{}", pod.rsplitn(3, '-').last().unwrap_or(pod)),
             zombies: 10 - i as u64,
             dying: 12,
             live: 1,
@@ -296,6 +297,22 @@ fn kubepods_fit_80x24_and_160x48() {
         "{big}"
     );
     assert!(big.contains("LEAK = net zombies/h since start"), "{big}");
+    // Which workload: a column when wide, and the filter finds owners by it.
+    assert!(
+        big.contains("WORKLOAD") && big.contains("Deployment/cart"),
+        "{big}"
+    );
+    assert!(!small.contains("WORKLOAD"), "{small}");
+    let mut f = kubepods_model(&[]);
+    for c in "/deployment/checkout".chars() {
+        f.key(Key::Char(c));
+    }
+    f.key(Key::Enter);
+    let only = screen(&f, 160, 48);
+    assert!(
+        only.contains("checkout-5f6d7c8b9-qwert") && !only.contains("x2x9q/istio"),
+        "{only}"
+    );
     assert!(big.contains("dying: now"), "{big}");
     // `r` brings the residents back.
     let mut m = m;
