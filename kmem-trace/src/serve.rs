@@ -127,6 +127,9 @@ pub fn trace(
         eprintln!("kmem-trace: metrics on http://{addr}/metrics");
     }
     announce(&probes, cfg.history.db.as_deref(), &restored, verbose);
+    if let Some(x) = &exporter {
+        x.server.health().attached(cfg.history.db.clone());
+    }
     let labels = watch::hook_labels(&probes.report);
     run(
         cfg,

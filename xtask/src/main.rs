@@ -4,6 +4,7 @@
 mod bench;
 mod census_bench;
 mod docs;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -39,6 +40,8 @@ enum Task {
     BenchCensus(census_bench::BenchCensusArgs),
     /// Shell completions (bash, zsh, fish, elvish, powershell) for kmem-trace, into DIR or target/completions.
     Completions(docs::DocsArgs),
+    /// The container image: a static binary in an OCI archive, target/image/kmem-trace.oci.tar.
+    Image(image::ImageArgs),
     /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
     Man(docs::DocsArgs),
 }
@@ -53,5 +56,6 @@ fn main() -> Result<()> {
         Task::BenchCensus(args) => census_bench::run(&args),
         Task::Completions(args) => docs::completions(&args),
         Task::Man(args) => docs::man(&args),
+        Task::Image(args) => image::run(&args),
     }
 }
