@@ -3,6 +3,7 @@
 
 mod bench;
 mod census_bench;
+mod deploy_check;
 mod docs;
 mod image;
 mod setup;
@@ -42,6 +43,8 @@ enum Task {
     Completions(docs::DocsArgs),
     /// The container image: a static binary in an OCI archive, target/image/kmem-trace.oci.tar.
     Image(image::ImageArgs),
+    /// The Kubernetes manifests: kustomize render, offline schema check, checkov, least-privilege rules.
+    DeployCheck,
     /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
     Man(docs::DocsArgs),
 }
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
         Task::Completions(args) => docs::completions(&args),
         Task::Man(args) => docs::man(&args),
         Task::Image(args) => image::run(&args),
+        Task::DeployCheck => deploy_check::run(),
     }
 }
