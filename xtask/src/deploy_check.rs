@@ -62,8 +62,12 @@ fn venv(root: &Path) -> Result<PathBuf> {
     let bin = dir.join("bin");
     if !bin.join("checkov").exists() || !bin.join("kubernetes-validate").exists() {
         sh(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
-        sh(Command::new(bin.join("pip"))
-            .args(["install", "--quiet", "kubernetes-validate", "checkov"]))?;
+        sh(Command::new(bin.join("pip")).args([
+            "install",
+            "--quiet",
+            "kubernetes-validate",
+            "checkov",
+        ]))?;
     }
     Ok(bin)
 }
@@ -76,7 +80,10 @@ fn render(root: &Path, name: &str, dir: &str) -> Result<PathBuf> {
         .output()
         .context("running kubectl (apt-get install kubernetes-client)")?;
     if !out.status.success() {
-        bail!("kubectl kustomize {dir}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kubectl kustomize {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let path = root.join(format!("target/deploy-check/{name}.yaml"));
     std::fs::write(&path, &out.stdout)?;
@@ -90,7 +97,9 @@ pub fn run() -> Result<()> {
     let bin = venv(&root)?;
     for (name, dir) in TARGETS {
         let rendered = render(&root, name, dir)?;
-        sh(Command::new(bin.join("python")).args(["-c", POLICY]).arg(&rendered))?;
+        sh(Command::new(bin.join("python"))
+            .args(["-c", POLICY])
+            .arg(&rendered))?;
         // CRDs (the PodMonitor) have no schema there: a warning, not a failure.
         sh(Command::new(bin.join("kubernetes-validate"))
             .args(["--strict", "--kubernetes-version", KUBE_VERSION])
@@ -110,14 +119,42 @@ pub fn run() -> Result<()> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use kmem_trace::metrics::Metrics;
+    use kmem_trace::{
+        decode::decode_recording,
+        lifecycle::{Lifecycle, LifecycleConfig},
+        metrics::{Metrics, MetricsOutput},
+        watch::Pipeline,
+    };
 
     use crate::util;
+
+    /// The exporter's text after a recorded kernel session (labelled families
+    /// only appear once they have a series).
+    fn exposition() -> String {
+        let path = util::root().join("kmem-trace/tests/fixtures/churn-6.18-v1.kmt");
+        let (_, events) = decode_recording(&std::fs::read(path).unwrap()).unwrap();
+        let lc = Lifecycle::new(LifecycleConfig {
+            zombie_after_ns: 1_000_000_000,
+            ..LifecycleConfig::default()
+        })
+        .unwrap();
+        let mut out = MetricsOutput::new(Metrics::new(20));
+        {
+            let mut pipe = Pipeline::new(lc, &mut out);
+            for e in &events {
+                pipe.feed_event(e).unwrap();
+            }
+            let last = events.last().unwrap().ts_ns();
+            pipe.status(3, "tracepoint", std::time::Duration::from_secs(5), last)
+                .unwrap();
+        }
+        out.metrics().encode()
+    }
 
     /// The sample names of the exporter's families (from their TYPE lines:
     /// counters end in `_total`, histograms in `_bucket`/`_sum`/`_count`).
     fn exported() -> BTreeSet<String> {
-        let text = Metrics::new(20).encode();
+        let text = exposition();
         let mut names = BTreeSet::new();
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -188,7 +225,10 @@ mod tests {
         let mut used = BTreeSet::new();
         for e in &exprs {
             for m in metric_names(e) {
-                assert!(names.contains(&m), "{m} (in {e}) is not exported; exporter: {names:?}");
+                assert!(
+                    names.contains(&m),
+                    "{m} (in {e}) is not exported; exporter: {names:?}"
+                );
                 used.insert(m);
             }
         }
