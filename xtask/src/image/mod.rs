@@ -98,9 +98,25 @@ pub fn meta(root: &Path) -> Result<oci::Meta> {
     })
 }
 
-/// True when `bin` is statically linked (no program interpreter).
+/// True when `bin` is a 64-bit ELF without a program interpreter (PT_INTERP),
+/// i.e. statically linked (glibc's static-pie still names ld-linux in its
+/// strings, so the program headers are read, not the bytes searched).
 fn is_static(bin: &[u8]) -> bool {
-    !bin.windows(b"ld-linux".len()).any(|w| w == b"ld-linux")
+    let u = |at: usize, n: usize| -> Option<u64> {
+        let b = bin.get(at..at + n)?;
+        Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
+    };
+    if !bin.starts_with(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u(0x20, 8), u(0x36, 2), u(0x38, 2)) else {
+        return false;
+    };
+    const PT_INTERP: u64 = 3;
+    (0..phnum).all(|i| {
+        let at = (phoff + i * phentsize) as usize;
+        u(at, 4).is_some_and(|t| t != PT_INTERP)
+    })
 }
 
 pub fn run(args: &ImageArgs) -> Result<()> {

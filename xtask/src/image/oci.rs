@@ -243,6 +243,16 @@ mod tests {
     }
 
     #[test]
+    fn static_binaries_are_told_from_dynamic_ones() {
+        let sh = std::fs::read("/bin/sh").unwrap();
+        assert!(!super::super::is_static(&sh), "/bin/sh is dynamic");
+        assert!(!super::super::is_static(b"not an elf"));
+        if let Ok(bb) = std::fs::read("/bin/busybox") {
+            assert!(super::super::is_static(&bb), "busybox-static is static");
+        }
+    }
+
+    #[test]
     fn dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
