@@ -47,6 +47,8 @@ for c in pod["containers"]:
     assert sc.get("allowPrivilegeEscalation") is False
     assert sc.get("readOnlyRootFilesystem") is True
     assert sc["capabilities"]["drop"] == ["ALL"], "capabilities not dropped first"
+    # The set measured in docs/DEPLOYMENT.md and run by deploy/hack/podman-run.sh.
+    assert sc["capabilities"]["add"] == ["BPF", "PERFMON", "SYSLOG", "SYS_ADMIN"], sc["capabilities"]["add"]
     for m in c.get("volumeMounts", []):
         if m["name"] in hostpaths and hostpaths[m["name"]] != "/var/lib/kmem-trace":
             assert m.get("readOnly") is True, f"host path {hostpaths[m['name']]} mounted read-write"
