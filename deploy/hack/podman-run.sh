@@ -36,6 +36,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 mount -t tmpfs -o size=64m tmpfs "$WORK/tmpfs"
 podman load -q -i "$TAR"
+# A one-file busybox image for the pinning containers (no registry).
+mkdir -p "$WORK/bb" && cp /bin/busybox "$WORK/bb/busybox"
+tar -C "$WORK/bb" -c busybox | podman import -q - localhost/kmem-bb >/dev/null
+mkdir -p "$WORK/store/overlay-containers"
 podman image inspect "$IMAGE" --format '{{json .Labels}}'
 # The DaemonSet's securityContext and mounts.
 podman run -d --name "$RUN" --pid=host --network=host --user 0 \
@@ -46,6 +50,7 @@ podman run -d --name "$RUN" --pid=host --network=host --user 0 \
   -v /sys/kernel/btf:/sys/kernel/btf:ro \
   -v /sys/kernel/tracing:/sys/kernel/tracing:ro \
   -v "$WORK/history:/var/lib/kmem-trace" \
+  -v "$WORK/store/overlay-containers:/host/run/containers/storage/overlay-containers:ro" \
   "$IMAGE" serve "--listen=[127.0.0.1]:$PORT" --listen-any --host-root=/host \
   --db=/var/lib/kmem-trace/history.db --zombie-after=1s
 ok=""
@@ -68,10 +73,20 @@ for i in $(seq 20); do
   fi
   rmdir "$CG/c$i"
 done
+# Containers as CRI-O starts them for the kubelet (the io.kubernetes.*
+# annotations land in overlay-containers/<id>/userdata/config.json), each
+# pinning a tmpfs page, then removed: attribution from inside the image.
+for i in 1 2; do
+  podman run --rm --network=none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    --annotation io.kubernetes.pod.namespace=deploy-test \
+    --annotation io.kubernetes.pod.name=pinner-$i \
+    --annotation io.kubernetes.container.name=dd \
+    -v "$WORK/tmpfs:/pin" localhost/kmem-bb /busybox dd if=/dev/zero of=/pin/ctr$i bs=64k count=1
+done
 sleep 5
 echo "--- /metrics after the churn (zombies before: $before)"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^kmem_trace_(zombies|dying_memcgs|live_memcgs|events_total|ring_drops_total|info)'
 echo "--- kmem-trace zombies on the host, from the container's history"
-"$BIN" zombies --db "$WORK/history/history.db" | grep -E "$RUN|^[A-Z]" | head -12
+"$BIN" zombies --db "$WORK/history/history.db" | grep -E "$RUN|deploy-test|libpod|^[A-Z]" | head -14
 echo "--- container log"
 podman logs "$RUN" 2>&1 | tail -4
