@@ -251,6 +251,52 @@ mod tests {
         }
     }
 
+    /// Grafana's variables replaced by what Prometheus takes.
+    fn promql(expr: &str) -> String {
+        expr.replace("$__rate_interval", "5m")
+            .replace("$node", ".*")
+    }
+
+    /// Every dashboard expression parses as PromQL: `promtool check rules` on
+    /// a rule file made of them (one recording rule each).
+    #[test]
+    fn dashboard_queries_parse() {
+        let Some(promtool) = util::which("promtool") else {
+            assert!(
+                std::env::var_os("KMEM_TRACE_REQUIRE_ROOT_TESTS").is_none(),
+                "promtool is not installed (Debian's prometheus)"
+            );
+            eprintln!("skipped: promtool is not installed");
+            return;
+        };
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, e) in dashboard_exprs().iter().enumerate() {
+            if e.starts_with("label_values(") {
+                continue; // a Grafana function, not PromQL
+            }
+            let e = serde_json::to_string(&promql(e)).unwrap();
+            rules.push_str(&format!(
+                "      - record: dashboard:q{i}\n        expr: {e}\n"
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-dashboard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dashboard.yml");
+        std::fs::write(&file, &rules).unwrap();
+        let out = std::process::Command::new(promtool)
+            .args(["check", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}\n{rules}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn metric_names_are_extracted() {
         assert_eq!(
