@@ -29,6 +29,9 @@ pub struct ImageArgs {
     /// Where to write the archive (default target/image/kmem-trace.oci.tar).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep the debug info (by default it is stripped: `strip --strip-debug`).
+    #[arg(long)]
+    pub keep_debug: bool,
     /// Then load it with podman (private store under /tmp) and run `--version`.
     #[arg(long)]
     pub verify: bool,
@@ -125,6 +128,11 @@ pub fn run(args: &ImageArgs) -> Result<()> {
         Some(b) => b.clone(),
         None => build_static(&root)?,
     };
+    let bin = if args.keep_debug {
+        bin
+    } else {
+        strip_debug(&root, &bin)?
+    };
     let binary = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
     if !is_static(&binary) {
         bail!(
@@ -150,6 +158,21 @@ pub fn run(args: &ImageArgs) -> Result<()> {
         verify(&out, &meta.reference)?;
     }
     Ok(())
+}
+
+/// A copy of `bin` without debug info (symbols kept, so backtraces still
+/// name functions), next to the archive. `strip` output depends only on its
+/// input, so the digest stays reproducible.
+fn strip_debug(root: &Path, bin: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/image");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("kmem-trace");
+    sh(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out)
+        .arg(bin))?;
+    Ok(out)
 }
 
 /// podman with a private store under `dir` and the flags this host needs
