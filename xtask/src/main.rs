@@ -7,6 +7,7 @@ mod deploy_check;
 mod docs;
 mod image;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -45,6 +46,8 @@ enum Task {
     Image(image::ImageArgs),
     /// The Kubernetes manifests: kustomize render, offline schema check, checkov, least-privilege rules.
     DeployCheck,
+    /// The image under the DaemonSet's caps and limits for N minutes of host churn (root).
+    Soak(soak::SoakArgs),
     /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
     Man(docs::DocsArgs),
 }
@@ -61,5 +64,6 @@ fn main() -> Result<()> {
         Task::Man(args) => docs::man(&args),
         Task::Image(args) => image::run(&args),
         Task::DeployCheck => deploy_check::run(),
+        Task::Soak(args) => soak::run(&args),
     }
 }
