@@ -146,6 +146,9 @@ pub fn trace(
         eprintln!("kmem-trace: metrics on http://{addr}/metrics");
     }
     announce(&probes, history_path.as_deref(), &restored, verbose);
+    if let Some(x) = &exporter {
+        x.server.health().attached(history_path.clone());
+    }
     let labels = watch::hook_labels(&probes.report);
     run(
         rt,

@@ -3,9 +3,12 @@
 
 mod bench;
 mod census_bench;
+mod deploy_check;
 mod docs;
+mod image;
 mod runtimes;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vm;
@@ -40,6 +43,12 @@ enum Task {
     BenchCensus(census_bench::BenchCensusArgs),
     /// Shell completions (bash, zsh, fish, elvish, powershell) for kmem-trace, into DIR or target/completions.
     Completions(docs::DocsArgs),
+    /// The container image: a static binary in an OCI archive, target/image/kmem-trace.oci.tar.
+    Image(image::ImageArgs),
+    /// The Kubernetes manifests: kustomize render, offline schema check, checkov, least-privilege rules.
+    DeployCheck,
+    /// The image under the DaemonSet's caps and limits for N minutes of host churn (root).
+    Soak(soak::SoakArgs),
     /// Man pages (kmem-trace.1 and one per subcommand), into DIR or target/man.
     Man(docs::DocsArgs),
 }
@@ -54,5 +63,8 @@ fn main() -> Result<()> {
         Task::BenchCensus(args) => census_bench::run(&args),
         Task::Completions(args) => docs::completions(&args),
         Task::Man(args) => docs::man(&args),
+        Task::Image(args) => image::run(&args),
+        Task::DeployCheck => deploy_check::run(),
+        Task::Soak(args) => soak::run(&args),
     }
 }

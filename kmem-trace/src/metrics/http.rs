@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 endpoint for the metrics, on the tracer's own tokio
 //! runtime: `GET /metrics` (OpenMetrics or the text format 0.0.4, by the
 //! `Accept` header: [`super::format`]), `GET /` (a pointer to it),
+//! `/healthz` and `/readyz` ([`super::health`]),
 //! 404 elsewhere, 405 for other methods. One request per connection; a
 //! request head larger than 8 KiB or slower than 5 s is dropped, so a stuck
 //! or hostile client costs one task, never the event loop.
@@ -28,6 +29,7 @@ use super::format::Format;
 pub struct Server {
     listener: std::net::TcpListener,
     registry: Arc<Registry>,
+    health: Arc<super::health::Health>,
 }
 
 impl Server {
@@ -38,7 +40,17 @@ impl Server {
         listener
             .set_nonblocking(true)
             .map_err(|source| MetricsError::Bind { addr, source })?;
-        Ok(Server { listener, registry })
+        let health = Arc::default();
+        Ok(Server {
+            listener,
+            registry,
+            health,
+        })
+    }
+
+    /// Liveness and readiness, for the tracer to say when its probes are attached.
+    pub fn health(&self) -> Arc<super::health::Health> {
+        self.health.clone()
     }
 
     /// The bound address (the port, when 0 was asked for).
@@ -70,9 +82,9 @@ impl Server {
                     continue;
                 }
             };
-            let registry = self.registry.clone();
+            let (registry, health) = (self.registry.clone(), self.health.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &registry).await {
+                if let Err(e) = handle(stream, &registry, &health).await {
                     log::debug!("metrics endpoint: {e}");
                 }
                 drop(permit);
@@ -82,7 +94,11 @@ impl Server {
 }
 
 /// Reads one request head and answers it.
-async fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn handle(
+    mut s: TcpStream,
+    registry: &Registry,
+    health: &super::health::Health,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -102,10 +118,19 @@ async fn handle(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
     })
     .await;
     let complete = matches!(head, Ok(Ok(true)));
-    let resp = if complete {
-        respond(&String::from_utf8_lossy(&buf), registry)
-    } else {
+    let resp = if !complete {
         response(400, "text/plain; charset=utf-8", "bad request\n", false)
+    } else {
+        let head = String::from_utf8_lossy(&buf);
+        let mut first = head.lines().next().unwrap_or_default().split_whitespace();
+        let (method, target) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+        let path = target.split('?').next().unwrap_or("");
+        match health.answer(path) {
+            Some((code, body)) if method == "GET" || method == "HEAD" => {
+                response(code, "text/plain; charset=utf-8", &body, method == "HEAD")
+            }
+            _ => respond(&head, registry),
+        }
     };
     s.write_all(&resp).await?;
     s.shutdown().await
@@ -154,6 +179,7 @@ fn response(code: u16, ctype: &str, body: &str, head_only: bool) -> Vec<u8> {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        503 => "Service Unavailable",
         _ => "Method Not Allowed",
     };
     let mut out = format!(

@@ -13,6 +13,7 @@
 //! `residents_capped_total`, `unconfirmed_memcgs`.
 
 pub mod format;
+pub mod health;
 pub mod http;
 
 use std::{
@@ -45,7 +46,7 @@ use crate::{
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("invalid listen address {0:?}: expected IP:PORT, e.g. 127.0.0.1:9464")]
+    #[error("invalid listen address {0:?}: expected IP:PORT or [IP]:PORT, e.g. 127.0.0.1:9464 or [::1]:9464")]
     Address(String),
     #[error("refusing to serve metrics on {0}: not a loopback address; pass --listen-any to expose them beyond this host")]
     NotLoopback(SocketAddr),
@@ -58,10 +59,7 @@ pub enum MetricsError {
 
 /// Parses `--listen`/`--metrics` and refuses a non-loopback address unless `any`.
 pub fn listen_addr(s: &str, any: bool) -> Result<SocketAddr, MetricsError> {
-    let addr: SocketAddr = s
-        .trim()
-        .parse()
-        .map_err(|_| MetricsError::Address(s.to_string()))?;
+    let addr = health::parse_listen(s).ok_or_else(|| MetricsError::Address(s.to_string()))?;
     if !addr.ip().is_loopback() && !any {
         return Err(MetricsError::NotLoopback(addr));
     }

@@ -1,0 +1,332 @@
+//! `cargo xtask soak`: the image under the DaemonSet's capabilities, mounts
+//! and limits for N minutes while the host churns about 20 memcg lifecycles a
+//! second (every 5th pinned by a tmpfs page for a minute); every 5 s it
+//! scrapes /metrics and samples the tracer's RSS, CPU, open files and history
+//! size. Pass: RSS and open files flat after warm-up (within 10%), no drops,
+//! no bad records, the container still running.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::{image, util};
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value_t = 30)]
+    pub minutes: u64,
+    /// The image archive (default: target/image/kmem-trace.oci.tar).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+}
+
+/// The DaemonSet's capabilities and limits (deploy/base/daemonset.yaml).
+const CAPS: &str = "BPF,PERFMON,SYSLOG,SYS_ADMIN";
+const MEMORY_LIMIT: &str = "512m";
+const CPU_LIMIT: &str = "0.5";
+const PORT: u16 = 19480;
+
+struct Sample {
+    at: Duration,
+    rss_kib: u64,
+    cpu_s: f64,
+    fds: usize,
+    history: u64,
+    drops: f64,
+    bad: f64,
+    zombies: f64,
+}
+
+/// Value of an unlabelled sample line.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn scrape() -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", PORT)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn sample(pid: u32, start: Instant, history: &Path) -> Result<Sample> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("the tracer is gone")?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    let history = std::fs::read_dir(history)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let text = scrape().unwrap_or_default();
+    Ok(Sample {
+        at: start.elapsed(),
+        rss_kib,
+        cpu_s: ticks / hz,
+        fds,
+        history,
+        drops: metric(&text, "kmem_trace_ring_drops_total"),
+        bad: metric(&text, "kmem_trace_bad_records_total"),
+        zombies: metric(&text, "kmem_trace_zombies"),
+    })
+}
+
+/// The churn: ~20 lifecycles a second under `parent`, every 5th pinned.
+fn churn(parent: PathBuf, pins: PathBuf, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+    let mut n = 0u64;
+    let mut pinned: Vec<(Instant, PathBuf)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        n += 1;
+        let cg = parent.join(format!("c{n}"));
+        if std::fs::create_dir(&cg).is_ok() {
+            let procs = cg.join("cgroup.procs");
+            let script = if n.is_multiple_of(5) {
+                let pin = pins.join(format!("pin{n}"));
+                pinned.push((Instant::now(), pin.clone()));
+                format!(
+                    "echo $$ > {} && exec head -c 4096 /dev/zero > {}",
+                    procs.display(),
+                    pin.display()
+                )
+            } else {
+                format!("echo $$ > {}", procs.display())
+            };
+            let _ = Command::new("sh").args(["-c", &script]).status();
+            let _ = std::fs::remove_dir(&cg);
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        // Pins older than a minute go: their zombies are freed.
+        while pinned
+            .first()
+            .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(60))
+        {
+            let _ = std::fs::remove_file(pinned.remove(0).1);
+        }
+        std::thread::sleep(Duration::from_millis(50).saturating_sub(t.elapsed()));
+    }
+}
+
+pub fn run(args: &SoakArgs) -> Result<()> {
+    let root = util::root();
+    let tar = args
+        .image
+        .clone()
+        .unwrap_or_else(|| root.join("target/image/kmem-trace.oci.tar"));
+    if !tar.exists() {
+        bail!(
+            "{} is missing; run `cargo xtask image` first",
+            tar.display()
+        );
+    }
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    if !memory.join("cgroup.procs").exists() {
+        bail!(
+            "the soak's churn needs a cgroup v1 memory hierarchy at {}",
+            memory.display()
+        );
+    }
+    let _lock = util::KernelLock::take("soak")?;
+    let name = format!("kmem-soak-{}", std::process::id());
+    let work = std::env::temp_dir().join(&name);
+    let parent = memory.join(&name);
+    let result = soak(args, &tar, &work, &parent, &name);
+    // Cleanup even on failure: the container, the pins, the cgroups, the store.
+    let _ = image::podman(&work)
+        .args(["rm", "-f", "-t", "2", &name])
+        .output();
+    let _ = Command::new("umount").arg(work.join("pins")).status();
+    if let Ok(rd) = std::fs::read_dir(&parent) {
+        for e in rd.flatten().filter(|e| e.path().is_dir()) {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&parent);
+    let _ = image::podman(&work)
+        .args(["system", "reset", "--force"])
+        .output();
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn soak(args: &SoakArgs, tar: &Path, work: &Path, parent: &Path, name: &str) -> Result<()> {
+    let (history, pins) = (work.join("history"), work.join("pins"));
+    std::fs::create_dir_all(&history)?;
+    std::fs::create_dir_all(&pins)?;
+    util::sh(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(&pins),
+    )?;
+    std::fs::create_dir(parent)?;
+    util::sh(image::podman(work).args(["load", "-q", "-i"]).arg(tar))?;
+    let reference = format!("{}:{}", image::REFERENCE, env!("CARGO_PKG_VERSION"));
+    let mut run = image::podman(work);
+    run.args([
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--pid=host",
+        "--network=host",
+        "--user",
+        "0",
+    ])
+    .args(["--cap-drop=all", &format!("--cap-add={CAPS}")])
+    .args([
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--read-only-tmpfs=false",
+    ])
+    .args(["--memory", MEMORY_LIMIT, "--cpus", CPU_LIMIT])
+    .args([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ])
+    .args([
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+    ])
+    .args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro"])
+    .arg("-v")
+    .arg(format!("{}:/var/lib/kmem-trace", history.display()))
+    .args([
+        &reference,
+        "serve",
+        &format!("--listen=[127.0.0.1]:{PORT}"),
+        "--listen-any",
+    ])
+    .args([
+        "--db=/var/lib/kmem-trace/history.db",
+        "--retain=2m",
+        "--zombie-after=30s",
+    ]);
+    util::sh(&mut run)?;
+    let pid: u32 = String::from_utf8(
+        image::podman(work)
+            .args(["inspect", "-f", "{{.State.Pid}}", name])
+            .output()?
+            .stdout,
+    )?
+    .trim()
+    .parse()
+    .context("container pid")?;
+    let start = Instant::now();
+    while scrape().is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the tracer did not answer within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let churner = {
+        let (p, s, d, pins) = (
+            parent.to_path_buf(),
+            stop.clone(),
+            done.clone(),
+            pins.clone(),
+        );
+        std::thread::spawn(move || churn(p, pins, s, d))
+    };
+    let total = Duration::from_secs(args.minutes * 60);
+    let mut samples = Vec::new();
+    println!(
+        "{:>6} {:>9} {:>7} {:>4} {:>10} {:>6} {:>8}",
+        "t(s)", "rss(KiB)", "cpu(s)", "fds", "history", "drops", "zombies"
+    );
+    let result = (|| -> Result<()> {
+        while start.elapsed() < total {
+            std::thread::sleep(Duration::from_secs(5));
+            let s = sample(pid, start, &history)?;
+            println!(
+                "{:>6} {:>9} {:>7.1} {:>4} {:>10} {:>6} {:>8}",
+                s.at.as_secs(),
+                s.rss_kib,
+                s.cpu_s,
+                s.fds,
+                s.history,
+                s.drops,
+                s.zombies
+            );
+            samples.push(s);
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::Relaxed);
+    let _ = churner.join();
+    result?;
+    verdict(&samples, done.load(Ordering::Relaxed), start.elapsed())
+}
+
+/// The pass criteria over the samples after warm-up (the first third).
+fn verdict(samples: &[Sample], lifecycles: u64, took: Duration) -> Result<()> {
+    let warm = &samples[samples.len() / 3..];
+    let (Some(first), Some(last)) = (warm.first(), samples.last()) else {
+        bail!("too few samples");
+    };
+    let max_rss = warm.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+    let max_fds = warm.iter().map(|s| s.fds).max().unwrap_or(0);
+    let cpu = (last.cpu_s - first.cpu_s) / (last.at - first.at).as_secs_f64() * 100.0;
+    println!(
+        "soak: {lifecycles} lifecycles in {:.0} s ({:.1}/s); after warm-up RSS {} -> max {} KiB, \
+         open files {} -> max {}, CPU {cpu:.1}% of one core, history {} -> {} bytes, drops {}, bad records {}",
+        took.as_secs_f64(),
+        lifecycles as f64 / took.as_secs_f64(),
+        first.rss_kib, max_rss, first.fds, max_fds, first.history, last.history, last.drops, last.bad
+    );
+    let mut fail = Vec::new();
+    if max_rss as f64 > first.rss_kib as f64 * 1.10 {
+        fail.push("RSS grew more than 10% after warm-up");
+    }
+    if max_fds as f64 > first.fds as f64 * 1.10 {
+        fail.push("open files grew more than 10% after warm-up");
+    }
+    if last.drops != 0.0 {
+        fail.push("ring-buffer drops");
+    }
+    if last.bad != 0.0 {
+        fail.push("bad records");
+    }
+    if !fail.is_empty() {
+        bail!("soak failed: {}", fail.join(", "));
+    }
+    println!("soak: pass");
+    Ok(())
+}
