@@ -226,7 +226,7 @@ fn not_root_names_the_missing_capabilities() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "kmem-trace: needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); missing: CAP_SYS_ADMIN, CAP_BPF, \
+        "kmem-trace: needs root (or CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN); missing: CAP_BPF, \
          CAP_PERFMON; run it with sudo"
     );
 }
