@@ -122,6 +122,12 @@ impl PodSession {
             container,
             &format!("head -c 16777216 /dev/zero > '{}'", pin.display()),
         )?;
+        // A pod lives longer than the few milliseconds its resident took: the
+        // tracer looks its bundle up on a worker thread (off the event path),
+        // and a bundle deleted before that lookup ran could not name anything,
+        // here as on a node. One second is far beyond the lookup's latency
+        // (one small file read) even on a loaded CI machine.
+        std::thread::sleep(std::time::Duration::from_secs(1));
         for d in dirs.iter().rev() {
             parent.rmdir(d)?;
         }
