@@ -11,7 +11,7 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, runtimes, vm).
+    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, runtimes, deploy, vm).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -20,7 +20,17 @@ pub struct TestArgs {
 /// unshare (util-linux) run the binary unprivileged and in a private mount namespace;
 /// tmux drives the live view, chromium renders the HTML report, prometheus
 /// (promtool and the server) tests the alert rules and scrapes `serve`.
-const TEST_PACKAGES: &[&str] = &["bpftool", "util-linux", "tmux", "chromium", "prometheus"];
+/// kubernetes-client (kubectl kustomize) and python3-venv (the PyPI linters'
+/// venv) check the manifests.
+const TEST_PACKAGES: &[&str] = &[
+    "bpftool",
+    "util-linux",
+    "tmux",
+    "chromium",
+    "prometheus",
+    "kubernetes-client",
+    "python3-venv",
+];
 
 pub fn run(args: &TestArgs) -> Result<()> {
     if !util::is_root() {
@@ -90,6 +100,22 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     if !skip("runtimes") {
         crate::runtimes::run(&root, &util::cargo())?;
+    }
+    if !skip("deploy") {
+        // The manifests (kustomize, schemas, checkov, policy), the image built,
+        // loaded and run by podman, and a 3-minute soak of it under the
+        // manifest's capabilities and limits.
+        crate::deploy_check::run()?;
+        crate::image::run(&crate::image::ImageArgs {
+            binary: None,
+            out: None,
+            keep_debug: false,
+            verify: true,
+        })?;
+        crate::soak::run(&crate::soak::SoakArgs {
+            minutes: 3,
+            image: None,
+        })?;
     }
     if !skip("vm") {
         // The VM kernel matrix (xtask/src/vm) and the test that a broken cell fails it.
