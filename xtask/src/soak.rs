@@ -158,6 +158,8 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         );
     }
     let _lock = util::KernelLock::take("soak")?;
+    // Dropped at return, after the container is removed below.
+    let _leftovers = image::PodmanLeftovers::take();
     let name = format!("kmem-soak-{}", std::process::id());
     let work = std::env::temp_dir().join(&name);
     let parent = memory.join(&name);

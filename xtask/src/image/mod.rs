@@ -192,9 +192,62 @@ pub fn podman(dir: &Path) -> Command {
     c
 }
 
+/// What podman's cgroupfs manager leaves on the host outside its store: the
+/// `libpod_parent` cgroups (with `conmon` below) in every v1 hierarchy, and
+/// its shm lock file. Taken before podman runs; on drop, removes those that
+/// were not there before (retrying while conmon leaves its cgroup).
+pub struct PodmanLeftovers {
+    made: Vec<PathBuf>,
+}
+
+impl PodmanLeftovers {
+    const LOCK: &'static str = "/dev/shm/libpod_lock";
+
+    fn parents() -> Vec<PathBuf> {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path().join("libpod_parent"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn take() -> PodmanLeftovers {
+        let mut made: Vec<PathBuf> = Self::parents()
+            .into_iter()
+            .filter(|p| !p.exists())
+            .collect();
+        if !Path::new(Self::LOCK).exists() {
+            made.push(PathBuf::from(Self::LOCK));
+        }
+        PodmanLeftovers { made }
+    }
+}
+
+impl Drop for PodmanLeftovers {
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for p in &self.made {
+            if p.as_os_str() == Self::LOCK {
+                let _ = std::fs::remove_file(p);
+                continue;
+            }
+            while p.exists() {
+                let _ = std::fs::remove_dir(p.join("conmon"));
+                if std::fs::remove_dir(p).is_ok() || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 /// Loads the archive into a throw-away podman store and runs `--version`.
 fn verify(archive: &Path, reference: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("kmem-trace-image-{}", std::process::id()));
+    let _leftovers = PodmanLeftovers::take();
     let result = (|| {
         sh(podman(&dir).arg("load").arg("-i").arg(archive))?;
         let out = podman(&dir)
