@@ -77,6 +77,11 @@ pub struct Zombie {
     pub path: String,
     /// Seconds since offline; `null` when the offline was not seen.
     pub age_s: Option<f64>,
+    /// Without a seen offline: it was already dying this many seconds ago
+    /// (first seen dying by the start-up census, a recheck or a restart), so
+    /// its age is at least this. `null` when nothing bounds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_at_least_s: Option<f64>,
     pub offline_at: Option<String>,
     #[serde(serialize_with = "owner_view")]
     pub owner: Option<Attribution>,
@@ -231,6 +236,10 @@ pub fn join(
                 m.path.to_string()
             },
             age_s,
+            age_at_least_s: row
+                .and_then(|r| r.wall.dying_by)
+                .filter(|_| age_s.is_none())
+                .map(|w| (now_wall - w).max(0) as f64 / 1e9),
             offline_at: offline_wall.map(|w| Clock::from_offset(0).rfc3339(w.max(0) as u64)),
             owner_label: attr.as_ref().map(Attribution::label),
             owner: attr,
@@ -384,11 +393,15 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
         "ID", "AGE", "PINNED", "OWNER"
     )?;
     for z in &r.zombies {
-        let age = z
-            .age_s
-            .map(|s| humantime::format_duration(Duration::from_secs(s as u64)).to_string())
-            .unwrap_or_else(|| "?".into());
-        let age = age.split(' ').take(2).collect::<Vec<_>>().join("");
+        let coarse = |s: f64| {
+            let t = humantime::format_duration(Duration::from_secs(s as u64)).to_string();
+            t.split(' ').take(2).collect::<Vec<_>>().join("")
+        };
+        let age = match (z.age_s, z.age_at_least_s) {
+            (Some(s), _) => coarse(s),
+            (None, Some(s)) => format!(">{}", coarse(s)),
+            (None, None) => "?".into(),
+        };
         writeln!(
             w,
             "{:<6} {:>9} {:>9}  {:<40} {}",

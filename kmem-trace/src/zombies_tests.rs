@@ -236,3 +236,34 @@ fn a_tracer_is_writing_while_it_holds_the_lock_whatever_the_meta_says() {
     assert!(!s.running && s.stopped && s.pid.is_none(), "{s:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_unseen_offline_gives_a_lower_bound_not_an_age() {
+    let clock = Clock::from_offset(OFF);
+    let mut r = row(0x10, 7, NOW);
+    r.memcg.offline_ns = Stamp::default();
+    r.wall = WallTimes {
+        dying_by: Some(NOW - 7_200_000_000_000),
+        ..WallTimes::default()
+    };
+    let z = join(&[r], None, &clock, NOW, None);
+    assert_eq!(z[0].age_s, None, "the offline was not seen");
+    assert_eq!(z[0].age_at_least_s, Some(7200.0));
+    let rep = Report {
+        kind: "zombies",
+        db: "/tmp/h.db".into(),
+        tracer: TracerStatus {
+            running: false,
+            pid: None,
+            last_heartbeat: None,
+            stopped: false,
+        },
+        count: 1,
+        top_workloads: Vec::new(),
+        zombies: z,
+    };
+    let mut buf = Vec::new();
+    render(&rep, false, &mut buf).unwrap();
+    let text = String::from_utf8(buf).unwrap();
+    assert!(text.contains(">2h"), "{text}");
+}

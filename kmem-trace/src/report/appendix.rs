@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, fmt::Write};
 
 use super::{
-    model::{age, or_unknown, AppendixRow, Report},
+    model::{age, or_unknown, zombie_age, AppendixRow, Report},
     svg::esc,
 };
 use crate::{outputs::line::human_bytes, zombies::TaskView};
@@ -142,7 +142,7 @@ fn row(h: &mut String, a: &AppendixRow, name: &str, shared_image: bool) {
         h,
         "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"mono\" title=\"{}\">{}{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"hide-s\">{}</td></tr>",
         z.id_text(),
-        age(z.age_s),
+        zombie_age(z),
         esc(&z.path),
         esc(name),
         image

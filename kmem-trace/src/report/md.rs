@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::{
-    model::{age, or_unknown, rfc3339, Report},
+    model::{or_unknown, rfc3339, zombie_age, Report},
     timeline::Point,
 };
 use crate::{
@@ -212,7 +212,7 @@ pub fn render(r: &Report) -> String {
                 w,
                 "| {} | {} | `{}` | {} | {} | {} | {} |",
                 z.id_text(),
-                age(z.age_s),
+                zombie_age(z),
                 cell(&z.path),
                 cell(z.owner_label.as_deref().unwrap_or("-")),
                 or_unknown(z.pinned_bytes.map(human_bytes)),

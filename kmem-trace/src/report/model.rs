@@ -217,6 +217,15 @@ pub fn age(s: Option<f64>) -> String {
     or_unknown(s.map(|s| forecast::human_hours(s / 3600.0)))
 }
 
+/// A zombie's age: exact, a lower bound (`>2h`: seen dying that long ago, its
+/// offline unseen), or `?`.
+pub fn zombie_age(z: &Zombie) -> String {
+    match (z.age_s, z.age_at_least_s) {
+        (None, Some(s)) => format!(">{}", age(Some(s))),
+        (a, _) => age(a),
+    }
+}
+
 impl Report {
     /// `anon 1.0MiB, page cache 0B, ...`: what dying memcgs hold node-wide.
     pub fn dying_bytes_text(&self) -> Option<String> {
@@ -415,7 +424,13 @@ fn now(i: &Inputs, listed: &[AppendixRow]) -> Now {
         .census
         .as_ref()
         .filter(|c| c.source == "bpf_iterator" && c.dying.is_some());
-    let unknown_age = listed.iter().filter(|a| a.zombie.age_s.is_none()).count() as u64;
+    // A lower bound past the zombie threshold makes a zombie as surely as an age.
+    let after = i.zombie_after_s as f64;
+    let unknown_age = listed
+        .iter()
+        .filter(|a| a.zombie.age_s.is_none())
+        .filter(|a| !a.zombie.age_at_least_s.is_some_and(|s| s >= after))
+        .count() as u64;
     let zombies = (i.history == HistoryState::Read || walked.is_some())
         .then(|| listed.len() as u64 - unknown_age);
     let (live, dying, source) = match (walked, f.dying, i.samples.last()) {

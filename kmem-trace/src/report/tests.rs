@@ -52,6 +52,7 @@ pub(super) fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
         cgroup_id: 5000 + i as u64,
         path,
         age_s: Some(3600.0 + i as f64),
+        age_at_least_s: None,
         offline_at: None,
         owner_label: Some(a.label()),
         owner: Some(a),

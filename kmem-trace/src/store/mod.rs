@@ -113,6 +113,8 @@ pub struct WallTimes {
     pub free: Option<i64>,
     pub first_seen: i64,
     pub updated: i64,
+    /// First seen already dying with no offline event: it went offline before.
+    pub dying_by: Option<i64>,
 }
 
 /// A row read back. `memcg`'s times are monotonic again (converted with the
@@ -461,7 +463,7 @@ const COLUMNS: &str = "id, state, addr, memcg_id, hierarchy_id, cgroup_id, level
     kmem_active, id_released, alloc_at, online_at, offline_at, released_at, free_at, \
     offline_mem_pages, offline_kmem_pages, offline_swap_pages, free_mem_pages, free_kmem_pages, \
     free_swap_pages, attribution, creator, residents, last_resident, residents_dropped, \
-    first_seen, updated_at";
+    first_seen, updated_at, dying_by";
 
 fn mono(wall: Option<i64>, off: i64) -> Option<u64> {
     wall.map(|w| w.saturating_sub(off).max(0) as u64)
@@ -517,6 +519,7 @@ fn read_row(r: &Row<'_>, off: i64) -> rusqlite::Result<Result<HistoryRow, StoreE
         free: r.get(15)?,
         first_seen: r.get(27)?,
         updated: r.get(28)?,
+        dying_by: r.get(29)?,
     };
     m.alloc_ns = mono(w.alloc, off).into();
     m.online_ns = mono(w.online, off).into();

@@ -75,6 +75,12 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX sample_ts ON sample (ts);
     "#,
+    // 3: the first time a memcg was seen already dying without an offline
+    // event (the start-up census, a recheck, a restart): it went offline
+    // before then, so `now - dying_by` is a true lower bound of its age.
+    r#"
+    ALTER TABLE memcg ADD COLUMN dying_by INTEGER;
+    "#,
 ];
 
 /// The schema version this binary writes.

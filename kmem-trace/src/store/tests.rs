@@ -575,3 +575,28 @@ fn a_restart_without_census_restores_unconfirmed_not_zombies() {
     assert_eq!(rows[0].state, "unconfirmed");
     assert!(s.dying(clock.offset_ns).unwrap().is_empty());
 }
+
+#[test]
+fn a_memcg_first_seen_dying_without_an_offline_keeps_when() {
+    let d = TempDir::new("dyingby");
+    let mut s = Store::open(&d.0.join("h.db")).unwrap();
+    // Found dying by the start-up census: no offline event.
+    let mut census = memcg(0xffff_8880_0000_1000, 7, 70, State::Live);
+    census.state = State::Dying;
+    // Traced through its offline.
+    let traced = memcg(0xffff_8880_0000_2000, 8, 80, State::Dying);
+    s.write(&[rec(census.clone()), rec(traced)], OFF, NOW)
+        .unwrap();
+    // A later write keeps the first time it was seen dying.
+    s.write(&[rec(census)], OFF, NOW + 1_000).unwrap();
+    let rows = s.dying(OFF).unwrap();
+    let by = |a: u64| {
+        rows.iter()
+            .find(|r| r.memcg.addr == a)
+            .unwrap()
+            .wall
+            .dying_by
+    };
+    assert_eq!(by(0xffff_8880_0000_1000), Some(NOW));
+    assert_eq!(by(0xffff_8880_0000_2000), None, "its age is known");
+}

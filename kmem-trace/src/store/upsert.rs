@@ -47,7 +47,9 @@ macro_rules! set_columns {
     runtime = COALESCE(?29, runtime), image = COALESCE(?30, image), unit = COALESCE(?31, unit),
     attribution = COALESCE(?32, attribution), creator = COALESCE(?33, creator),
     residents = COALESCE(?34, residents), last_resident = COALESCE(?35, last_resident),
-    residents_dropped = MAX(?36, residents_dropped), updated_at = ?37"
+    residents_dropped = MAX(?36, residents_dropped), updated_at = ?37,
+    dying_by = COALESCE(dying_by, CASE WHEN ?8 IN ('dying', 'unconfirmed')
+        AND COALESCE(?14, offline_at) IS NULL THEN ?37 END)"
     };
 }
 
@@ -83,10 +85,10 @@ const INSERT: &str = "INSERT INTO memcg (boot_id, addr, memcg_id, hierarchy_id, 
     released_at, free_at, offline_mem_pages, offline_kmem_pages, offline_swap_pages,
     free_mem_pages, free_kmem_pages, free_swap_pages, owner_kind, namespace, pod, pod_uid,
     container, container_id, runtime, image, unit, attribution, creator, residents,
-    last_resident, residents_dropped, first_seen, updated_at)
+    last_resident, residents_dropped, first_seen, updated_at, dying_by)
  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36,
-    ?37, ?37)";
+    ?37, ?37, CASE WHEN ?8 IN ('dying', 'unconfirmed') AND ?14 IS NULL THEN ?37 END)";
 
 fn wall(ns: Stamp, off: i64) -> Option<i64> {
     ns.get().map(|m| (m as i64).saturating_add(off))
