@@ -241,7 +241,8 @@ pub fn figures(r: &Results) -> Vec<Figure> {
             "see errors".into(),
         ));
     }
-    memory_figure(r.footprint.as_ref().unwrap_or(&null), &mut out);
+    let idle = r.startup.as_ref().and_then(|s| f(s, "idle_rss_kib"));
+    memory_figure(r.footprint.as_ref().unwrap_or(&null), idle, &mut out);
     let st = r.startup.as_ref().unwrap_or(&null);
     let ms = f(st, "median_ms");
     out.push(fig(
@@ -366,6 +367,42 @@ pub fn judge(x: &mut Figure, v: &[f64], limit: f64, margin: f64, upper: bool) {
     }
 }
 
+/// Memory with 65,535 memcgs: the RSS of the real `kmem-trace replay` of a
+/// recording of them at the end of the replay, less its own decoded copy of
+/// the recording (which `watch`, streaming from the ring buffer, never holds).
+fn memory_figure(fp: &Value, idle_kib: Option<f64>, out: &mut Vec<Figure>) {
+    let mib = |kib: f64| kib / 1024.0;
+    let rep = &fp["replay"];
+    let end = f(rep, "rss_end_kib");
+    let decoded = f(fp, "events").unwrap_or(0.0) * f(fp, "size_of_trace_event").unwrap_or(0.0);
+    let decoded_mib = decoded / 1048576.0;
+    let value = end.map(|e| mib(e) - decoded_mib);
+    out.push(fig(
+        "memory with 65,535 tracked memcgs",
+        value,
+        format!("{:.1} MiB", value.unwrap_or(0.0)),
+        Some(("≤ 64 MiB", value.unwrap_or(1e9) <= 64.0)),
+        format!(
+            "measured: VmRSS of `kmem-trace replay` at its end {:.1} MiB (VmHWM {:.1} MiB; {} samples), \
+             less its decoded copy of the recording {decoded_mib:.1} MiB ({:.0} events × {:.0} B, exact), \
+             which watch does not hold (nor does replay hold watch's ring buffer, probes or history: \
+             idle watch RSS {}); {:.0} memcgs, {:.0} dying, {:.0} residents; \
+             heap count cross-check (footprint bench) {:.1} MiB of state, {:.0} B/memcg",
+            mib(end.unwrap_or(0.0)),
+            mib(f(rep, "hwm_kib").unwrap_or(0.0)),
+            rep["samples"],
+            f(fp, "events").unwrap_or(0.0),
+            f(fp, "size_of_trace_event").unwrap_or(0.0),
+            idle_kib.map_or("not measured".into(), |k| format!("{:.1} MiB", mib(k))),
+            f(fp, "memcgs").unwrap_or(0.0),
+            f(fp, "dying").unwrap_or(0.0),
+            f(fp, "residents").unwrap_or(0.0),
+            f(fp, "heap_bytes").unwrap_or(0.0) / 1048576.0,
+            f(fp, "heap_bytes_per_memcg").unwrap_or(0.0)
+        ),
+    ));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,38 +435,4 @@ mod tests {
         assert_eq!(interval(&[1.0, 1.5, 1.2], 1), " [1.0–1.5]");
         assert_eq!(every(&[1.0, 1.25], 2), "1.00, 1.25");
     }
-}
-
-/// Memory with 65,535 memcgs: the RSS of the real `kmem-trace replay` of a
-/// recording of them at the end of the replay, less its own decoded copy of
-/// the recording (which `watch`, streaming from the ring buffer, never holds).
-fn memory_figure(fp: &Value, out: &mut Vec<Figure>) {
-    let mib = |kib: f64| kib / 1024.0;
-    let rep = &fp["replay"];
-    let end = f(rep, "rss_end_kib");
-    let decoded = f(fp, "events").unwrap_or(0.0) * f(fp, "size_of_trace_event").unwrap_or(0.0);
-    let decoded_mib = decoded / 1048576.0;
-    let value = end.map(|e| mib(e) - decoded_mib);
-    out.push(fig(
-        "memory with 65,535 tracked memcgs",
-        value,
-        format!("{:.1} MiB", value.unwrap_or(0.0)),
-        Some(("≤ 64 MiB", value.unwrap_or(1e9) <= 64.0)),
-        format!(
-            "measured: VmRSS of `kmem-trace replay` at its end {:.1} MiB (VmHWM {:.1} MiB; {} samples), \
-             less its decoded copy of the recording {decoded_mib:.1} MiB ({:.0} events × {:.0} B, exact), \
-             which watch does not hold; {:.0} memcgs, {:.0} dying, {:.0} residents; \
-             heap count cross-check (footprint bench) {:.1} MiB of state, {:.0} B/memcg",
-            mib(end.unwrap_or(0.0)),
-            mib(f(rep, "hwm_kib").unwrap_or(0.0)),
-            rep["samples"],
-            f(fp, "events").unwrap_or(0.0),
-            f(fp, "size_of_trace_event").unwrap_or(0.0),
-            f(fp, "memcgs").unwrap_or(0.0),
-            f(fp, "dying").unwrap_or(0.0),
-            f(fp, "residents").unwrap_or(0.0),
-            f(fp, "heap_bytes").unwrap_or(0.0) / 1048576.0,
-            f(fp, "heap_bytes_per_memcg").unwrap_or(0.0)
-        ),
-    ));
 }

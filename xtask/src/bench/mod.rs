@@ -251,6 +251,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }));
     }
     if !skip(args, "memory") {
+        r.load.push(("memory".into(), load1()));
         r.footprint = attempt(&mut errors, "memory", || offline::footprint(&bin));
     }
     r.errors = errors;

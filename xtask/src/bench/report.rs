@@ -177,6 +177,34 @@ pub fn table(r: &Results) -> String {
     s
 }
 
+/// The load each section started at, and whether the machine was busy
+/// (1-minute load at or above half its cores when a section started, which
+/// the bench waits out only up to a minute or two).
+pub fn load_note(r: &Results) -> String {
+    if r.load.is_empty() {
+        return String::new();
+    }
+    let l: Vec<String> = r.load.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    let cores = r.machine["cores"].as_f64().unwrap_or(2.0);
+    let busy: Vec<&str> = r
+        .load
+        .iter()
+        .filter(|(_, v)| *v >= cores * 0.5)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut s = format!("1-minute load when each section started: {}.", l.join(", "));
+    if !busy.is_empty() {
+        s.push_str(&format!(
+            " The machine was busy (load at or above half its {cores} cores) for: {}; other \
+             work (builds, VMs) ran beside the bench, so wall-time figures are slower and \
+             noisier than on a quiet machine.",
+            busy.join(", ")
+        ));
+    }
+    s.push_str("\n\n");
+    s
+}
+
 /// docs/PERFORMANCE.md.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
@@ -197,13 +225,7 @@ pub fn markdown(r: &Results) -> String {
         m["cgroup_memory"].as_str().unwrap_or("?"),
         m["bpftrace"].as_str().unwrap_or("no bpftrace")
     ));
-    if !r.load.is_empty() {
-        let l: Vec<String> = r.load.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        s.push_str(&format!(
-            "1-minute load when each section started: {}.\n\n",
-            l.join(", ")
-        ));
-    }
+    s.push_str(&load_note(r));
     s.push_str("| figure | value | target | status | note |\n|---|---|---|---|---|\n");
     for x in &r.figures {
         s.push_str(&format!(
