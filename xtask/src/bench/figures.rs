@@ -195,7 +195,8 @@ pub fn figures(r: &Results) -> Vec<Figure> {
             core_samples.len()
         ),
     );
-    judge(&mut x, &core_samples, 5.0, 0.5, false);
+    // No margin claimed: judged on the interval alone.
+    judge(&mut x, &core_samples, 5.0, f64::INFINITY, false);
     out.push(x);
     let json = eps("replay/json");
     out.push(fig(
@@ -340,8 +341,9 @@ fn minmax(v: &[f64]) -> Option<(f64, f64)> {
 
 /// Judges `x`'s target `limit` on the interval of `v` (`upper`: the target is
 /// `≤ limit`, else `≥ limit`): met only when the whole interval meets it,
-/// missed only when none of it does, otherwise unresolved; and says so when
-/// the interval is wider than `margin` (what the target claims to resolve).
+/// missed only when none of it does, otherwise unresolved — also when the
+/// interval is wider than `margin` (what the target claims to resolve), which
+/// the note then says.
 pub fn judge(x: &mut Figure, v: &[f64], limit: f64, margin: f64, upper: bool) {
     let Some((lo, hi)) = minmax(v).filter(|_| v.len() > 1) else {
         return;
@@ -351,15 +353,19 @@ pub fn judge(x: &mut Figure, v: &[f64], limit: f64, margin: f64, upper: bool) {
     } else {
         (lo >= limit, hi < limit)
     };
-    x.met = if all {
+    // A wider interval than the margin the target claims to resolve cannot
+    // say "met", even when every value is within it (a traced churn faster
+    // than the untraced one is noise); every value missing is still a miss.
+    let wide = hi - lo > margin;
+    x.met = if all && !wide {
         Some(true)
     } else if none {
         Some(false)
     } else {
         None
     };
-    x.unresolved = !all && !none;
-    if hi - lo > margin {
+    x.unresolved = x.met.is_none();
+    if wide {
         x.note.push_str(&format!(
             "; the interval ({:.3}) is wider than the target's margin ({margin}): this run cannot resolve the target",
             hi - lo
@@ -422,6 +428,9 @@ mod tests {
         let mut a = x();
         judge(&mut a, &[1.00, 1.02], 1.03, 0.03, true);
         assert_eq!((a.met, a.unresolved), (Some(true), false));
+        let mut w = x();
+        judge(&mut w, &[0.60, 1.01], 1.03, 0.03, true);
+        assert_eq!((w.met, w.unresolved), (None, true));
         let mut b = x();
         judge(&mut b, &[0.95, 1.07], 1.03, 0.03, true);
         assert_eq!((b.met, b.unresolved), (None, true));
@@ -430,7 +439,7 @@ mod tests {
         judge(&mut c, &[1.04, 1.05], 1.03, 0.03, true);
         assert_eq!((c.met, c.unresolved), (Some(false), false));
         let mut d = x();
-        judge(&mut d, &[4.0e6, 4.5e6], 5e6, 0.5e6, false);
+        judge(&mut d, &[4.0e6, 4.5e6], 5e6, f64::INFINITY, false);
         assert_eq!(d.met, Some(false));
         assert_eq!(interval(&[1.0, 1.5, 1.2], 1), " [1.0–1.5]");
         assert_eq!(every(&[1.0, 1.25], 2), "1.00, 1.25");

@@ -219,6 +219,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             r.load
                 .push(("churn".into(), quiet("churn", Duration::from_secs(120))));
             r.churn = val(attempt(&mut errors, "churn", || live::churn_overhead(&l)));
+            // The load at the start alone misses what arrived during the rounds.
+            r.load.push(("churn end".into(), load1()));
         }
         if !skip(args, "drops") {
             r.load
