@@ -3,6 +3,9 @@
 //! live (counted by a wrapping global allocator, deterministic) and the
 //! process's resident set (VmRSS/VmHWM) are printed as one JSON line that
 //! `cargo xtask bench` reads. Run: `cargo bench -p kmem-trace --bench footprint`.
+//! With `KMEM_TRACE_FOOTPRINT_RECORDING=FILE` it also writes the same node as a
+//! recording (`watch --record` format) for `kmem-trace replay FILE`, whose RSS
+//! `cargo xtask bench` measures: the real binary holding every memcg.
 
 mod common;
 
@@ -12,8 +15,11 @@ use std::{
     time::Instant,
 };
 
+use std::io::Write;
+
 use kmem_trace::{
     attribution::Attributor,
+    decode::{self, TraceEvent},
     lifecycle::{Lifecycle, LifecycleConfig},
 };
 
@@ -77,6 +83,17 @@ fn main() {
     {
         return;
     }
+    let recording = std::env::var_os("KMEM_TRACE_FOOTPRINT_RECORDING").map(|p| {
+        let mut w =
+            std::io::BufWriter::new(std::fs::File::create(&p).expect("creating the recording"));
+        decode::write_header(&mut w, 0).expect("writing the recording header");
+        common::node_events(MEMCGS, |ev| {
+            w.write_all(ev.raw.as_bytes())
+                .expect("writing the recording");
+        });
+        w.flush().expect("writing the recording");
+        std::fs::metadata(&p).map_or(0, |m| m.len())
+    });
     let (rss0, _) = rss_kib();
     // The lifecycle alone first, then lifecycle + attribution (what `watch` keeps).
     let heap0 = LIVE.load(Ordering::Relaxed);
@@ -126,6 +143,8 @@ fn main() {
             "size_of_memcg": std::mem::size_of::<kmem_trace::lifecycle::Memcg>(),
             "size_of_task": std::mem::size_of::<kmem_trace::lifecycle::Task>(),
             "size_of_attribution": std::mem::size_of::<kmem_trace::attribution::Attribution>(),
+            "size_of_trace_event": std::mem::size_of::<TraceEvent>(),
+            "recording_bytes": recording,
         })
     );
     assert_eq!(tracked as u32, MEMCGS, "every memcg is tracked");

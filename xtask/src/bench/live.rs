@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{
+    bpfstats::{self, ProgCost},
     cgroup::{self, Churn, RunParent},
     median,
     tracer::{self, Outcome},
@@ -47,6 +48,9 @@ pub struct Run {
     pub cpu_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tracer: Option<Outcome>,
+    /// kmem-trace's programs during the churn (BPF run-time statistics).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<ProgCost>,
 }
 
 /// The churn overhead figures.
@@ -62,6 +66,19 @@ pub struct ChurnResult {
     pub untraced_per_second: f64,
     /// Median over rounds of (traced time / untraced time of the same round).
     pub kmem_trace_ratio: Option<f64>,
+    /// Every round's ratio, in round order (the spread behind the median).
+    pub kmem_trace_ratios: Vec<f64>,
+    pub kmem_trace_no_history_ratios: Vec<f64>,
+    pub bpftrace_ratios: Vec<f64>,
+    /// Tracer CPU per lifecycle of every kmem-trace round, µs.
+    pub kmem_trace_cpu_us_rounds: Vec<f64>,
+    /// In-kernel cost per kmem-trace program, summed over the kmem-trace
+    /// runs (both variants) while `kernel.bpf_stats_enabled` was on.
+    pub bpf_programs: Vec<ProgCost>,
+    /// Lifecycles those runs churned (to give runs and ns per lifecycle).
+    pub bpf_lifecycles: usize,
+    /// Why there are no BPF statistics, if there are none.
+    pub bpf_stats_error: Option<String>,
     pub bpftrace_ratio: Option<f64>,
     pub kmem_trace_no_history_ratio: Option<f64>,
     /// The same with the churn's own CPU time instead of wall time: less
@@ -102,7 +119,16 @@ fn run_once(
         Variant::Bpftrace => Some(tracer::bpftrace(script.unwrap_or_default(), needle)?),
     };
     let tag = format!("r{round}-{v:?}-{}", ring.unwrap_or(0));
+    let before = running.as_ref().map(|_| bpfstats::snapshot());
     let took = cgroup::churn(&l.parent.path, &tag, churn)?;
+    let bpf = match (&before, v) {
+        (Some(b), Variant::KmemTrace | Variant::KmemTraceNoHistory) => {
+            // The offline events of the last lifecycles run a little later.
+            std::thread::sleep(Duration::from_millis(200));
+            bpfstats::delta(b, &bpfstats::snapshot())
+        }
+        _ => Vec::new(),
+    };
     let tracer = match running {
         Some(r) => {
             // Let the tracer see this run's offline events before it stops.
@@ -120,6 +146,7 @@ fn run_once(
         per_second: churn.lifecycles as f64 / seconds,
         cpu_seconds: took.cpu_s,
         tracer,
+        bpf,
     })
 }
 
@@ -167,6 +194,9 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
     if script.is_some() {
         variants.push(Variant::Bpftrace);
     }
+    // Switched on for the whole churn bench (every variant pays for it alike:
+    // two clock reads per program run, bpftrace's programs too).
+    let stats = bpfstats::StatsEnabled::on();
     let mut runs = Vec::new();
     for round in 0..l.rounds {
         let mut order = variants.clone();
@@ -185,28 +215,32 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
         }
     }
     let of = |v: Variant| runs.iter().filter(move |r| r.variant == v);
-    let ratio_by = |v: Variant, m: fn(&Run) -> f64| -> Option<f64> {
-        let r: Vec<f64> = (0..l.rounds)
+    let stats_error = stats.err().map(|e| format!("{e:#}"));
+    let rounds_by = |v: Variant, m: fn(&Run) -> f64| -> Vec<f64> {
+        (0..l.rounds)
             .filter_map(|round| {
                 let t = m(of(v).find(|r| r.round == round)?);
                 let u = m(of(Variant::Untraced).find(|r| r.round == round)?);
                 Some(t / u)
             })
-            .collect();
-        median(&r)
+            .collect()
     };
+    let ratio_by = |v: Variant, m: fn(&Run) -> f64| median(&rounds_by(v, m));
+    let ratios = |v: Variant| rounds_by(v, |r| r.seconds);
     let ratio = |v: Variant| ratio_by(v, |r| r.seconds);
     let cpu_ratio = |v: Variant| ratio_by(v, |r| r.cpu_seconds);
-    let cpu = |v: Variant| -> Option<f64> {
-        let c: Vec<f64> = of(v)
+    let cpu_rounds = |v: Variant| -> Vec<f64> {
+        of(v)
             .filter_map(|r| {
                 r.tracer
                     .as_ref()
                     .map(|t| t.cpu_s * 1e6 / r.lifecycles as f64)
             })
-            .collect();
-        median(&c)
+            .collect()
     };
+    let cpu = |v: Variant| median(&cpu_rounds(v));
+    let kmem = |r: &&Run| matches!(r.variant, Variant::KmemTrace | Variant::KmemTraceNoHistory);
+    let bpf_programs = bpfstats::total(runs.iter().filter(kmem).flat_map(|r| &r.bpf));
     let per_lc: Vec<f64> = of(Variant::KmemTrace)
         .filter_map(|r| {
             r.tracer
@@ -224,6 +258,22 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
         )
         .unwrap_or(0.0),
         kmem_trace_ratio: ratio(Variant::KmemTrace),
+        kmem_trace_ratios: ratios(Variant::KmemTrace),
+        kmem_trace_no_history_ratios: ratios(Variant::KmemTraceNoHistory),
+        bpftrace_ratios: ratios(Variant::Bpftrace),
+        kmem_trace_cpu_us_rounds: cpu_rounds(Variant::KmemTrace),
+        bpf_lifecycles: runs
+            .iter()
+            .filter(kmem)
+            .filter(|r| !r.bpf.is_empty())
+            .map(|r| r.lifecycles)
+            .sum(),
+        bpf_stats_error: stats_error.or_else(|| {
+            bpf_programs
+                .is_empty()
+                .then(|| "bpftool showed no kt_* programs with statistics".into())
+        }),
+        bpf_programs,
         bpftrace_ratio: ratio(Variant::Bpftrace),
         kmem_trace_no_history_ratio: ratio(Variant::KmemTraceNoHistory),
         kmem_trace_no_history_cpu_us: cpu(Variant::KmemTraceNoHistory),

@@ -2,14 +2,19 @@
 //! overhead against an untraced run and against bpftrace (interleaved A/B
 //! rounds, ratios), drops at the machine's full churn rate, replay throughput,
 //! census time, memory at 65,535 memcgs and start-up time. Prints a table,
-//! writes `target/bench/results.json` and regenerates `docs/PERFORMANCE.md`.
+//! writes `target/bench/results.json` and regenerates `docs/PERFORMANCE.md`
+//! and the README's performance section (between markers) from it.
 //! Targets are goals shown beside each figure, never gates: the command fails
 //! only when it cannot measure.
 
+mod bpfstats;
 pub(crate) mod cgroup;
+mod figures;
 mod live;
 mod offline;
+mod readme;
 mod report;
+mod rss;
 mod tracer;
 
 use std::{
@@ -26,8 +31,8 @@ use crate::util::{self, sh};
 #[derive(Args)]
 pub struct BenchArgs {
     /// A short run (fewer lifecycles, rounds and samples); writes
-    /// target/bench/results-quick.json and leaves docs/PERFORMANCE.md alone
-    /// unless --docs is given.
+    /// target/bench/results-quick.json and leaves docs/PERFORMANCE.md and the
+    /// README's performance section alone unless --docs is given.
     #[arg(long)]
     pub quick: bool,
     /// Memcg lifecycles per churn run (default 2000, quick 300).
@@ -41,13 +46,14 @@ pub struct BenchArgs {
     /// Skip figures by name: churn, drops, startup, census, replay, memory.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
-    /// Also regenerate docs/PERFORMANCE.md after a --quick run.
+    /// Also regenerate docs/PERFORMANCE.md and the README's table after a --quick run.
     #[arg(long)]
     pub docs: bool,
-    /// Do not touch docs/PERFORMANCE.md.
+    /// Do not touch docs/PERFORMANCE.md or README.md.
     #[arg(long, conflicts_with = "docs")]
     pub no_docs: bool,
-    /// Measure nothing: regenerate docs/PERFORMANCE.md from this results file.
+    /// Measure nothing: regenerate docs/PERFORMANCE.md and the README's
+    /// performance section from this results file.
     #[arg(long, value_name = "JSON")]
     pub from_json: Option<PathBuf>,
 }
@@ -148,9 +154,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(json) = &args.from_json {
         let s =
             std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-        let r: report::Results = serde_json::from_str(&s)?;
+        let mut r: report::Results = serde_json::from_str(&s)?;
+        // Figures are derived again, so a fix to the derivation reaches old results.
+        r.finish();
         std::fs::write(&docs, report::markdown(&r))?;
         eprintln!("bench: wrote {}", docs.display());
+        readme::write(&root, &r)?;
         return Ok(());
     }
     let (lifecycles, rounds) = if args.quick {
@@ -210,6 +219,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             r.load
                 .push(("churn".into(), quiet("churn", Duration::from_secs(120))));
             r.churn = val(attempt(&mut errors, "churn", || live::churn_overhead(&l)));
+            // The load at the start alone misses what arrived during the rounds.
+            r.load.push(("churn end".into(), load1()));
         }
         if !skip(args, "drops") {
             r.load
@@ -242,7 +253,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }));
     }
     if !skip(args, "memory") {
-        r.footprint = attempt(&mut errors, "memory", offline::footprint);
+        r.load.push(("memory".into(), load1()));
+        r.footprint = attempt(&mut errors, "memory", || offline::footprint(&bin));
     }
     r.errors = errors;
     r.finish();
@@ -261,6 +273,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         std::fs::create_dir_all(root.join("docs"))?;
         std::fs::write(&docs, report::markdown(&r))?;
         eprintln!("bench: wrote {}", docs.display());
+        readme::write(&root, &r)?;
     }
     Ok(())
 }

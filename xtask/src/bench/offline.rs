@@ -1,6 +1,7 @@
 //! Figures from benchmark programs: replay throughput (criterion,
 //! `kmem-trace/benches/replay.rs`), the memory of 65,535 tracked memcgs
-//! (`kmem-trace/benches/footprint.rs`) and the census time (the census
+//! (`kmem-trace/benches/footprint.rs`, then `kmem-trace replay` of the same
+//! memcgs, see `rss.rs`) and the census time (the census
 //! helper's `cargo xtask bench-census`, run as a child process).
 
 use std::{path::Path, process::Command};
@@ -22,10 +23,19 @@ pub struct Replay {
     pub mean_low_ns: f64,
     pub mean_high_ns: f64,
     pub events_per_second: f64,
+    /// Events/s of every criterion sample (its time per pass), in order.
+    pub samples_events_per_second: Vec<f64>,
 }
 
 fn cargo_bench(bench: &str, args: &[&str]) -> Result<String> {
+    cargo_bench_env(bench, args, None)
+}
+
+fn cargo_bench_env(bench: &str, args: &[&str], env: Option<(&str, &Path)>) -> Result<String> {
     let mut c = Command::new(util::cargo());
+    if let Some((k, v)) = env {
+        c.env(k, v);
+    }
     c.current_dir(util::root())
         .args([
             "bench",
@@ -88,6 +98,20 @@ pub fn replay(quick: bool) -> Result<Vec<Replay>> {
         let meta = read("benchmark.json")?;
         let events = meta["throughput"]["Elements"].as_u64().unwrap_or(0);
         let median_ns = est["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+        let sample = read("sample.json")?;
+        let per = |k: &str| -> Vec<f64> {
+            sample[k]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect()
+        };
+        let samples_events_per_second = per("iters")
+            .iter()
+            .zip(per("times"))
+            .map(|(iters, ns)| events as f64 * iters / (ns * 1e-9))
+            .collect();
         out.push(Replay {
             name: format!("replay/{name}"),
             events,
@@ -99,20 +123,32 @@ pub fn replay(quick: bool) -> Result<Vec<Replay>> {
                 .as_f64()
                 .unwrap_or(f64::NAN),
             events_per_second: events as f64 / (median_ns * 1e-9),
+            samples_events_per_second,
         });
     }
     Ok(out)
 }
 
-/// The footprint benchmark's JSON line.
-pub fn footprint() -> Result<Value> {
-    let out = cargo_bench("footprint", &[])?;
+/// The footprint benchmark's JSON line, and the RSS of the real binary
+/// replaying the same 65,535 memcgs (the benchmark writes the recording).
+pub fn footprint(bin: &Path) -> Result<Value> {
+    let recording = util::root().join("target/bench/footprint-65535.kmt");
+    std::fs::create_dir_all(recording.parent().context("recording directory")?)?;
+    let out = cargo_bench_env(
+        "footprint",
+        &[],
+        Some(("KMEM_TRACE_FOOTPRINT_RECORDING", &recording)),
+    )?;
     let line = out
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
         .context("the footprint benchmark printed no JSON line")?;
-    Ok(serde_json::from_str(line)?)
+    let mut v: Value = serde_json::from_str(line)?;
+    let rss = super::rss::replay_rss(bin, &recording);
+    let _ = std::fs::remove_file(&recording);
+    v["replay"] = serde_json::to_value(rss?)?;
+    Ok(v)
 }
 
 /// One census size.

@@ -7,6 +7,8 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::figures::f;
+
 /// One line of the table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Figure {
@@ -16,6 +18,9 @@ pub struct Figure {
     /// The goal, if the figure has one (never a gate).
     pub target: Option<String>,
     pub met: Option<bool>,
+    /// The figure's interval straddles its target: this run cannot tell.
+    #[serde(default)]
+    pub unresolved: bool,
     pub note: String,
 }
 
@@ -113,235 +118,13 @@ impl Results {
 
     /// Derives the table's figures from the sections.
     pub fn finish(&mut self) {
-        self.figures = figures(self);
+        self.figures = super::figures::figures(self);
     }
 }
 
-fn fig(
-    figure: &str,
-    value: Option<f64>,
-    shown: String,
-    target: Option<(&str, bool)>,
-    note: String,
-) -> Figure {
-    Figure {
-        figure: figure.into(),
-        value,
-        shown: if value.is_some() {
-            shown
-        } else {
-            "not measured".into()
-        },
-        target: target.map(|t| t.0.to_string()),
-        met: target.and(value).and(target.map(|t| t.1)),
-        note,
-    }
-}
-
-fn f(v: &Value, path: &str) -> Option<f64> {
-    path.split('.')
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_f64)
-}
-
-fn figures(r: &Results) -> Vec<Figure> {
-    let mut out = Vec::new();
-    let null = Value::Null;
-    let churn = r.churn.as_ref().unwrap_or(&null);
-    let n = f(churn, "lifecycles").unwrap_or(0.0);
-    let ratio = f(churn, "kmem_trace_ratio");
-    out.push(fig(
-        "churn time, kmem-trace / untraced",
-        ratio,
-        format!("{:.3}", ratio.unwrap_or(0.0)),
-        Some(("≤ 1.03", ratio.unwrap_or(9.0) <= 1.03)),
-        format!(
-            "{n:.0} lifecycles × {} interleaved rounds, median of per-round ratios; untraced {:.0}/s",
-            f(churn, "rounds").unwrap_or(0.0),
-            f(churn, "untraced_per_second").unwrap_or(0.0)
-        ),
-    ));
-    let nh = f(churn, "kmem_trace_no_history_ratio");
-    out.push(fig(
-        "churn time, kmem-trace --no-history / untraced",
-        nh,
-        format!("{:.3}", nh.unwrap_or(0.0)),
-        Some(("≤ 1.03", nh.unwrap_or(9.0) <= 1.03)),
-        format!(
-            "the pipeline without the SQLite history; tracer CPU {} per lifecycle",
-            f(churn, "kmem_trace_no_history_cpu_us").map_or("-".into(), |v| format!("{v:.1} µs"))
-        ),
-    ));
-    let b = f(churn, "bpftrace_ratio");
-    out.push(fig(
-        "churn time, bpftrace / untraced",
-        b,
-        format!("{:.3}", b.unwrap_or(0.0)),
-        None,
-        churn["bpftrace_skipped"]
-            .as_str()
-            .map(|s| format!("skipped: {s}"))
-            .unwrap_or_else(|| "same tracepoints as kmem-trace (baseline)".into()),
-    ));
-    let cr = f(churn, "kmem_trace_cpu_ratio");
-    out.push(fig(
-        "churn CPU (in line), kmem-trace / untraced",
-        cr,
-        format!("{:.3}", cr.unwrap_or(0.0)),
-        None,
-        format!(
-            "CPU of the churn and its children, robust to other load; bpftrace {}",
-            f(churn, "bpftrace_cpu_ratio").map_or("-".into(), |v| format!("{v:.3}"))
-        ),
-    ));
-    let kc = f(churn, "kmem_trace_cpu_us");
-    out.push(fig(
-        "tracer CPU per lifecycle, kmem-trace",
-        kc,
-        format!("{:.1} µs", kc.unwrap_or(0.0)),
-        None,
-        format!(
-            "user+system of the tracer process; bpftrace {}",
-            f(churn, "bpftrace_cpu_us").map_or("-".into(), |v| format!("{v:.1} µs"))
-        ),
-    ));
-    let drops = r.drops.as_ref().unwrap_or(&null);
-    let full = f(drops, "untraced_per_second");
-    out.push(fig(
-        "full untraced churn rate",
-        full,
-        format!("{:.0} lifecycles/s", full.unwrap_or(0.0)),
-        None,
-        format!(
-            "{} workers (one per core), {n:.0} lifecycles",
-            f(drops, "jobs").unwrap_or(0.0)
-        ),
-    ));
-    let d = f(drops, "at_full.drops");
-    let ring = f(drops, "at_full.ring_bytes").unwrap_or(0.0) / 1024.0;
-    let ring = if ring >= 1024.0 {
-        format!("{:.0} MiB", ring / 1024.0)
-    } else {
-        format!("{ring:.0} KiB")
-    };
-    out.push(fig(
-        &format!("drops at full churn rate (default {ring} ring)"),
-        d,
-        format!("{:.0}", d.unwrap_or(0.0)),
-        Some(("0", d == Some(0.0))),
-        format!(
-            "traced rate reached {:.0}/s",
-            f(drops, "at_full.per_second").unwrap_or(0.0)
-        ),
-    ));
-    let nd = f(drops, "no_drop_per_second");
-    let smallest = drops["ring_ramp"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(std::iter::once(&drops["at_full"]))
-        .filter(|x| x["drops"] == 0)
-        .filter_map(|x| x["ring_bytes"].as_u64())
-        .min();
-    out.push(fig(
-        "highest churn rate without drops",
-        nd.filter(|v| *v > 0.0),
-        format!("≥ {:.0} lifecycles/s", nd.unwrap_or(0.0)),
-        None,
-        format!(
-            "the fastest this machine churns while traced; smallest ring without drops at that rate: {}",
-            smallest.map_or("none tried".into(), |b| format!("{} KiB", b / 1024))
-        ),
-    ));
-    let replay = r
-        .replay
-        .as_ref()
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let eps = |name: &str| {
-        replay
-            .iter()
-            .find(|x| x["name"] == name)
-            .and_then(|x| f(x, "events_per_second"))
-    };
-    let core = eps("replay/core");
-    out.push(fig(
-        "replay: decode + lifecycle + attribution",
-        core,
-        format!("{:.2} M events/s", core.unwrap_or(0.0) / 1e6),
-        Some(("≥ 5 M events/s", core.unwrap_or(0.0) >= 5e6)),
-        "one core, criterion median; recorded 6.18 churn replicated".into(),
-    ));
-    let json = eps("replay/json");
-    out.push(fig(
-        "replay: the same + JSON output",
-        json,
-        format!("{:.2} M events/s", json.unwrap_or(0.0) / 1e6),
-        None,
-        "watch::Pipeline with --json formatting into a sink".into(),
-    ));
-    for c in &r.census {
-        let created = f(c, "created").unwrap_or(0.0);
-        let ms = f(c, "census_ms");
-        let target = (created >= 10_000.0).then_some(("< 100 ms", ms.unwrap_or(1e9) < 100.0));
-        out.push(fig(
-            &format!("census of {created:.0} memcgs"),
-            ms,
-            format!("{:.1} ms", ms.unwrap_or(0.0)),
-            target,
-            format!(
-                "{} memcgs seen; in-kernel walk {:.2} ms; whole process {:.0} ms",
-                f(c, "memcgs").unwrap_or(0.0),
-                f(c, "walk_ms").unwrap_or(0.0),
-                f(c, "process_ms").unwrap_or(0.0)
-            ),
-        ));
-    }
-    if r.census.is_empty() {
-        out.push(fig(
-            "census of 10000 memcgs",
-            None,
-            String::new(),
-            Some(("< 100 ms", false)),
-            "see errors".into(),
-        ));
-    }
-    let fp = r.footprint.as_ref().unwrap_or(&null);
-    let heap = f(fp, "heap_bytes");
-    let idle = r.startup.as_ref().and_then(|s| f(s, "idle_rss_kib"));
-    let total = heap.map(|h| h / 1048576.0 + idle.unwrap_or(0.0) / 1024.0);
-    out.push(fig(
-        "memory with 65,535 tracked memcgs",
-        total,
-        format!("{:.1} MiB", total.unwrap_or(0.0)),
-        Some(("≤ 64 MiB", total.unwrap_or(1e9) <= 64.0)),
-        format!(
-            "idle watch RSS {} + state {:.1} MiB (lifecycle {:.1}, attribution {:.1}; {:.0} B/memcg)",
-            idle.map_or("not measured".into(), |k| format!("{:.1} MiB", k / 1024.0)),
-            heap.unwrap_or(0.0) / 1048576.0,
-            f(fp, "heap_lifecycle_bytes").unwrap_or(0.0) / 1048576.0,
-            f(fp, "heap_attribution_bytes").unwrap_or(0.0) / 1048576.0,
-            f(fp, "heap_bytes_per_memcg").unwrap_or(0.0)
-        ),
-    ));
-    let st = r.startup.as_ref().unwrap_or(&null);
-    let ms = f(st, "median_ms");
-    out.push(fig(
-        "start-up: exec to probes attached",
-        ms,
-        format!("{:.0} ms", ms.unwrap_or(0.0)),
-        Some(("≤ 300 ms", ms.unwrap_or(1e9) <= 300.0)),
-        format!(
-            "median of {} runs",
-            st["runs_ms"].as_array().map_or(0, Vec::len)
-        ),
-    ));
-    out
-}
-
-fn status(x: &Figure) -> &'static str {
+pub fn status(x: &Figure) -> &'static str {
     match x.met {
+        _ if x.unresolved => "unresolved",
         Some(true) => "met",
         Some(false) => "MISSED",
         None if x.value.is_none() && x.target.is_some() => "-",
@@ -394,6 +177,34 @@ pub fn table(r: &Results) -> String {
     s
 }
 
+/// The load each section started at, and whether the machine was busy
+/// (1-minute load at or above half its cores when a section started, which
+/// the bench waits out only up to a minute or two).
+pub fn load_note(r: &Results) -> String {
+    if r.load.is_empty() {
+        return String::new();
+    }
+    let l: Vec<String> = r.load.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+    let cores = r.machine["cores"].as_f64().unwrap_or(2.0);
+    let busy: Vec<&str> = r
+        .load
+        .iter()
+        .filter(|(_, v)| *v >= cores * 0.5)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let mut s = format!("1-minute load when each section started: {}.", l.join(", "));
+    if !busy.is_empty() {
+        s.push_str(&format!(
+            " The machine was busy (load at or above half its {cores} cores) for: {}; other \
+             work (builds, VMs) ran beside the bench, so wall-time figures are slower and \
+             noisier than on a quiet machine.",
+            busy.join(", ")
+        ));
+    }
+    s.push_str("\n\n");
+    s
+}
+
 /// docs/PERFORMANCE.md.
 pub fn markdown(r: &Results) -> String {
     let mut s = String::new();
@@ -414,13 +225,7 @@ pub fn markdown(r: &Results) -> String {
         m["cgroup_memory"].as_str().unwrap_or("?"),
         m["bpftrace"].as_str().unwrap_or("no bpftrace")
     ));
-    if !r.load.is_empty() {
-        let l: Vec<String> = r.load.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        s.push_str(&format!(
-            "1-minute load when each section started: {}.\n\n",
-            l.join(", ")
-        ));
-    }
+    s.push_str(&load_note(r));
     s.push_str("| figure | value | target | status | note |\n|---|---|---|---|---|\n");
     for x in &r.figures {
         s.push_str(&format!(
