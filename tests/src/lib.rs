@@ -311,7 +311,10 @@ impl Tracer {
             stderr_lines: rx,
             stderr: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Start-up of the debug binary costs about 2 s of CPU (most of it
+        // parsing the kernel's BTF); on a 2-core machine also running VMs and
+        // builds it took over 30 s of wall time. The bound is for a hang.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             match t.stderr_lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(line) => {
@@ -331,7 +334,7 @@ impl Tracer {
                 }
             }
             if Instant::now() > deadline {
-                bail!("kmem-trace not ready after 30s: {}", t.stderr.join("\n"));
+                bail!("kmem-trace not ready after 120s: {}", t.stderr.join("\n"));
             }
         }
     }

@@ -216,14 +216,14 @@ fn owners(h: &mut String, r: &Report) {
 }
 
 fn workloads(h: &mut String, r: &Report) {
-    if r.workloads.is_empty() {
+    if !r.workloads_known() {
         return;
     }
-    h.push_str("<h2>Top workloads</h2><table id=\"workloads\"><tr><th>namespace</th><th>workload</th><th>zombies</th><th>pinned</th><th>zombies/h</th></tr>");
+    h.push_str("<h2>Top workloads</h2><table id=\"workloads\"><tr><th>namespace</th><th>workload</th><th>zombies</th><th class=\"hide-s\">pinned</th><th>zombies/h</th></tr>");
     for t in &r.workloads {
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n hide-s\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&t.namespace),
             esc(&t.workload),
             t.zombies,

@@ -164,7 +164,7 @@ pub fn render(r: &Report) -> String {
         }
         w.push('\n');
     }
-    if !r.workloads.is_empty() {
+    if r.workloads_known() {
         let _ = writeln!(w, "## Top workloads\n\n| namespace | workload | zombies | pinned | zombies/h in the period |\n|---|---|---:|---:|---:|");
         for t in &r.workloads {
             let _ = writeln!(

@@ -227,6 +227,11 @@ pub fn zombie_age(z: &Zombie) -> String {
 }
 
 impl Report {
+    /// Whether any pod's workload is known (else the workloads section says nothing).
+    pub fn workloads_known(&self) -> bool {
+        self.workloads.iter().any(|w| w.workload != "unknown")
+    }
+
     /// `anon 1.0MiB, page cache 0B, ...`: what dying memcgs hold node-wide.
     pub fn dying_bytes_text(&self) -> Option<String> {
         let parts: Vec<String> = self
