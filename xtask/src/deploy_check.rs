@@ -1,5 +1,6 @@
 //! `cargo xtask deploy-check`: the Kubernetes manifests under `deploy/`,
-//! rendered by `kubectl kustomize` (Debian's kubernetes-client), validated
+//! rendered by `kubectl kustomize` (Debian's kubernetes-client 1.20, unpacked
+//! from its .deb), validated
 //! offline against the Kubernetes schemas (PyPI `kubernetes-validate`),
 //! scanned by `checkov` (PyPI; every finding fixed or skipped with a reason
 //! in the manifest), and held to the least-privilege rules of
@@ -78,13 +79,40 @@ fn venv(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Debian's kubectl (package kubernetes-client, 1.20: kustomize v2.0.3), the
+/// oldest a user of this project renders with, unpacked from its .deb into
+/// target/ (`apt-get download`, nothing installed: a machine may carry another
+/// `kubectl` package that conflicts with it). The manifests must render with
+/// it; newer kubectls render them the same.
+fn debian_kubectl(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/deploy-check/kubernetes-client");
+    let bin = dir.join("usr/bin/kubectl");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    util::apt(
+        Command::new("apt-get")
+            .current_dir(&dir)
+            .args(["download", "kubernetes-client"]),
+    )?;
+    let deb = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no kubernetes-client .deb")?;
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    Ok(bin)
+}
+
 /// Renders one kustomization into target/deploy-check/NAME.yaml.
-fn render(root: &Path, name: &str, dir: &str) -> Result<PathBuf> {
-    let out = Command::new("kubectl")
+fn render(root: &Path, kubectl: &Path, name: &str, dir: &str) -> Result<PathBuf> {
+    let out = Command::new(kubectl)
         .args(["kustomize", dir])
         .current_dir(root)
         .output()
-        .context("running kubectl (apt-get install kubernetes-client)")?;
+        .with_context(|| format!("running {}", kubectl.display()))?;
     if !out.status.success() {
         bail!(
             "kubectl kustomize {dir}: {}",
@@ -101,8 +129,9 @@ pub fn run() -> Result<()> {
     let root = util::root();
     std::fs::create_dir_all(root.join("target/deploy-check"))?;
     let bin = venv(&root)?;
+    let kubectl = debian_kubectl(&root)?;
     for (name, dir) in TARGETS {
-        let rendered = render(&root, name, dir)?;
+        let rendered = render(&root, &kubectl, name, dir)?;
         sh(Command::new(bin.join("python"))
             .args(["-c", POLICY])
             .arg(&rendered))?;

@@ -20,15 +20,14 @@ pub struct TestArgs {
 /// unshare (util-linux) run the binary unprivileged and in a private mount namespace;
 /// tmux drives the live view, chromium renders the HTML report, prometheus
 /// (promtool and the server) tests the alert rules and scrapes `serve`.
-/// kubernetes-client (kubectl kustomize) and python3-venv (the PyPI linters'
-/// venv) check the manifests.
+/// python3-venv makes the PyPI linters' venv for the manifests (Debian's
+/// kubectl is unpacked from its .deb by deploy-check, not installed).
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
     "tmux",
     "chromium",
     "prometheus",
-    "kubernetes-client",
     "python3-venv",
 ];
 
