@@ -251,6 +251,11 @@ pub fn classify(
     };
     // Stale reparented kmem does not pin (see `kmem_pins`).
     let k = if kmem_pins { kmem.unwrap_or(0) } else { 0 };
+    // The memcg's own stat counters are flushed lazily (rstat, about every
+    // 2 s, `flush_memcg_stats_dwork`): right after rmdir they can still read
+    // zero while its page counter is charged. Zero against a charge is not an
+    // answer: fall back to the approximate split.
+    let exact = exact.filter(|c| !(*c == PinCause::NoCharge && (user > 0 || k > 0 || swap > 0)));
     let cause = if let Some(cause) = exact {
         cause
     } else if user == 0 && k == 0 && swap == 0 {
@@ -495,5 +500,30 @@ mod tests {
             anon: 0,
         };
         assert_eq!(mixed.cause(), PinCause::PageCacheOrTmpfs);
+    }
+}
+
+#[cfg(test)]
+mod unflushed_tests {
+    use super::*;
+
+    #[test]
+    fn own_counters_still_zero_against_a_charge_are_not_exact() {
+        let own = OwnStats {
+            file: Some(0),
+            shmem: Some(0),
+            anon: Some(0),
+            kmem: Some(0),
+            swap: Some(0),
+            sock: Some(0),
+        };
+        let now = Counters {
+            mem_pages: Some(259),
+            kmem_pages: Some(3),
+            swap_pages: Some(0),
+        };
+        let p = classify(None, Some(&now), Some(&own), None, true);
+        assert!(!p.exact, "{p:?}");
+        assert_ne!(p.cause, PinCause::NoCharge, "{p:?}");
     }
 }
