@@ -45,6 +45,11 @@ pub struct RunResult {
     pub census: Option<Value>,
     /// The swap and socket pin scenarios (cgroup v2 kernels; `status`, `scenarios`).
     pub pins: Option<Value>,
+    /// The ID exhaustion scenario (`--scenario exhaustion`): checks, figures, series.
+    pub exhaustion: Option<Value>,
+    /// Files the guest sent (`artifact` records: name, text), written beside the logs.
+    #[serde(skip)]
+    pub artifacts: Vec<(String, String)>,
     pub errors: Vec<String>,
     /// `seconds step` for every progress step, for finding slow steps.
     pub timeline: Vec<String>,
@@ -139,6 +144,18 @@ impl RunResult {
                 self.pins = Some(v);
                 return Some(Step { family: None, step });
             }
+            "exhaustion" => {
+                let step = format!("exhaustion {}", s("status"));
+                self.exhaustion = Some(v);
+                return Some(Step { family: None, step });
+            }
+            "artifact" => {
+                // Only a plain file name: the guest does not choose where it goes.
+                let name = s("name");
+                if !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.') {
+                    self.artifacts.push((name, s("text")));
+                }
+            }
             "error" => self.errors.push(s("msg")),
             "done" => self.done = v["ok"].as_bool(),
             _ => {}
@@ -169,7 +186,17 @@ impl RunResult {
         if !missing.is_empty() && self.failure.is_none() {
             self.failure = Some(format!("no result for {}", missing.join(", ")));
         }
-        if self.failure.is_none() && self.done.is_some() {
+        if let (None, Some(x)) = (&self.failure, &self.exhaustion) {
+            if x["status"] != "pass" {
+                let why: Vec<&str> = x["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                self.failure = Some(format!("exhaustion: {}", why.join("; ")));
+            }
+        } else if self.failure.is_none() && self.done.is_some() {
             match &self.census {
                 None => self.failure = Some("no census result".into()),
                 Some(c) if c["status"] == "fail" => {
