@@ -165,6 +165,14 @@ pub fn run(plan: &Plan) -> Value {
 
 fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     crate::pins::enable_swap()?;
+    // The VM's init leaves loopback down: serve's endpoint needs it.
+    let lo = Command::new("/bin/busybox")
+        .args(["ifconfig", "lo", "127.0.0.1", "up"])
+        .status()
+        .context("busybox ifconfig")?;
+    if !lo.success() {
+        bail!("bringing up lo: {lo}");
+    }
     let t = || start.elapsed().as_secs_f64();
     proto::step(None, "exhaustion: serve");
     let mut serve = Tracer::start(&[
@@ -181,13 +189,21 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     .context("starting kmem-trace serve")?;
     let serve_pid = serve.pid();
     let series: Arc<Mutex<Vec<Scrape>>> = Arc::default();
+    let scrape_errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
-        let (series, stop) = (series.clone(), stop.clone());
+        let (series, stop, errs) = (series.clone(), stop.clone(), scrape_errors.clone());
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let at = start.elapsed().as_secs_f64();
-                if let Ok(mut values) = scrape() {
+                let got = scrape();
+                if let Err(e) = &got {
+                    let mut errs = errs.lock().expect("errors");
+                    if errs.len() < 5 {
+                        errs.push(format!("at {at:.0} s: {e:#}"));
+                    }
+                }
+                if let Ok(mut values) = got {
                     if let Some((cpu, rss)) = cpu_rss(serve_pid) {
                         values.insert("serve_cpu_seconds".into(), cpu);
                         values.insert("serve_rss_bytes".into(), rss as f64);
@@ -285,7 +301,7 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     v["figures"]["memcgs_at_start"] = json!(base);
     v["figures"]["leak_rate_per_s"] = json!(leak_rate());
     v["doctor"] = doctor;
-    v["serve_stderr_tail"] = json!(serve_out.lines().rev().take(5).collect::<Vec<_>>());
+    v["serve_stdout_tail"] = json!(serve_out.lines().rev().take(5).collect::<Vec<_>>());
     v["series"] = json!(series
         .iter()
         .map(|s| json!({"t": s.t_s, "v": s.values.iter()
@@ -293,6 +309,10 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
             .collect::<serde_json::Map<_, _>>()}))
         .collect::<Vec<_>>());
     v["seconds"] = json!(start.elapsed().as_secs_f64());
+    v["scrape_errors"] = json!(*scrape_errors.lock().expect("errors"));
+    if let Ok(md) = &report_md {
+        proto::emit("artifact", json!({"name": "exhaustion-report.md", "text": md}));
+    }
     if let Ok(h) = html {
         proto::emit("artifact", json!({"name": "exhaustion-report.html", "text": h}));
     } else if let Err(e) = html {
@@ -419,12 +439,21 @@ fn judge(
         format!("leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h"),
     );
     let md = report_md.unwrap_or("");
-    let names_owner = md.contains(POD_UID) || md.contains(&POD_UID.replace('-', "_"));
-    let names_swap = md.to_lowercase().contains("swap");
+    let section = |from: &str, to: &str| -> String {
+        md.split_once(from)
+            .map(|(_, rest)| rest.split(to).next().unwrap_or(rest).trim().to_string())
+            .unwrap_or_default()
+    };
+    let owners = section("## Top owners", "## Pin causes");
+    let top_owner = owners.lines().nth(2).unwrap_or("").to_string();
+    let names_owner = top_owner.contains(POD_UID) || top_owner.contains(&POD_UID.replace('-', "_"));
+    let causes = section("## Pin causes", "## Remediation");
+    let top_cause = causes.lines().next().unwrap_or("").to_string();
+    let names_swap = top_cause.to_lowercase().contains("swap");
     check(
         "report names the leaking owner and swap",
         names_owner && names_swap,
-        format!("pod uid named: {names_owner}, swap named: {names_swap}"),
+        format!("top owner row {top_owner:?}; top pin cause {top_cause:?}"),
     );
     let last = series.last();
     let figures = json!({
