@@ -237,7 +237,10 @@ fn hostile_paths_in_findings_are_escaped() {
 fn an_exhausted_id_space_is_named_in_the_kernels_words() {
     let healthy = report("debian12-v2-healthy");
     assert!(
-        healthy.findings.iter().all(|f| f.id != "memcg-ids-exhausted"),
+        healthy
+            .findings
+            .iter()
+            .all(|f| f.id != "memcg-ids-exhausted"),
         "21 IDs in use is not exhausted"
     );
     let mut f = healthy.facts.clone();

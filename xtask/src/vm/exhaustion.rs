@@ -135,7 +135,12 @@ pub fn write_outputs(root: &Path, out: &Path, runs: &mut [RunResult]) -> Result<
         };
         let p = out.join(format!("{stem}-alerts_test.yml"));
         fs::write(&p, test)?;
-        let verdict = match Command::new("promtool").arg("test").arg("rules").arg(&p).output() {
+        let verdict = match Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .arg(&p)
+            .output()
+        {
             Err(e) => json!({"file": p, "ran": false, "why": format!("promtool: {e}")}),
             Ok(o) => {
                 let pass = o.status.success();

@@ -227,7 +227,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
 
     let exhaust = args.scenario == Scenario::Exhaustion;
     let want_host = !exhaust
-        && !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
+        && !args.no_host
+        && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
     fs::create_dir_all(&cache)?;
     // The default matrix needs four suites' lists; a named kernel may be in
@@ -318,7 +319,11 @@ pub fn run(args: &VmArgs) -> Result<()> {
     for k in &kernels {
         let initrd = work.join(format!("initramfs-{}.cpio", k.release));
         image::write_initramfs(&initrd, &base, &k.modules)?;
-        let boots: &[Boot] = if exhaust { &[Boot::Default] } else { &args.boot };
+        let boots: &[Boot] = if exhaust {
+            &[Boot::Default]
+        } else {
+            &args.boot
+        };
         for boot in boots {
             let mut append = vec![format!("kmt.families={}", families.join(","))];
             if exhaust {
@@ -336,7 +341,11 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     release: k.release.clone(),
                     boot: boot.name().into(),
                     // The exhaustion scenario has no family cells: its own checks decide.
-                    families: if exhaust { Vec::new() } else { families.clone() },
+                    families: if exhaust {
+                        Vec::new()
+                    } else {
+                        families.clone()
+                    },
                     ..RunResult::default()
                 },
                 Job::Vm(VmSpec {
@@ -368,7 +377,11 @@ pub fn run(args: &VmArgs) -> Result<()> {
     // Filling the ID space takes minutes under TCG, and the report of 65,535
     // memcgs is built without output.
     let limits = Limits {
-        timeout: Duration::from_secs(if exhaust { args.timeout.max(1500) } else { args.timeout }),
+        timeout: Duration::from_secs(if exhaust {
+            args.timeout.max(1500)
+        } else {
+            args.timeout
+        }),
         silence: Duration::from_secs(if exhaust { 400 } else { 90 }),
     };
     let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
