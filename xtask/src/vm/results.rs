@@ -12,6 +12,8 @@ pub const MARKER: &str = "@@KMT ";
 
 /// Console lines kept for the failure report.
 const TAIL: usize = 25;
+/// Characters kept of each tail line.
+const TAIL_LINE: usize = 400;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunResult {
@@ -72,7 +74,8 @@ impl RunResult {
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
-        self.tail.push_back(line.to_string());
+        // Protocol records can be large (the exhaustion scenario's report, series).
+        self.tail.push_back(line.chars().take(TAIL_LINE).collect());
         if line.contains("Kernel panic - not syncing") && self.failure.is_none() {
             self.failure = Some(format!(
                 "kernel panic: {}",

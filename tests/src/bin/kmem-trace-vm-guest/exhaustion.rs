@@ -249,7 +249,7 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     let n_fill = ID_LIMIT.saturating_sub(base + LEAK_BUDGET);
     let fill_start = t();
     for i in 0..n_fill {
-        if i % 5000 == 0 {
+        if i.is_multiple_of(5000) {
             proto::step(None, &format!("exhaustion: filler {i}/{n_fill}"));
         }
         mkdir_memcg(&filler.join(format!("f{i}")))
@@ -287,7 +287,7 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
         }
         fs::remove_dir(&cg).with_context(|| format!("rmdir {}", cg.display()))?;
         leak.leaked += 1;
-        if leak.leaked % 50 == 0 {
+        if leak.leaked.is_multiple_of(50) {
             proto::step(None, &format!("exhaustion: leaked {}", leak.leaked));
         }
         if leak.leaked > 4 * LEAK_BUDGET {
