@@ -160,6 +160,40 @@ pub fn write_outputs(root: &Path, out: &Path, runs: &mut [RunResult]) -> Result<
     Ok(())
 }
 
+/// Per run: every check as pass/FAIL with what it saw, the figures, promtool.
+pub fn text(runs: &[RunResult]) -> String {
+    let mut out = String::new();
+    for r in runs {
+        let Some(x) = &r.exhaustion else { continue };
+        out.push_str(&format!(
+            "\nID exhaustion on {} ({}):\n",
+            r.label,
+            x["status"].as_str().unwrap_or("?")
+        ));
+        for c in x["checks"].as_array().into_iter().flatten() {
+            let verdict = if c["pass"] == true { "pass" } else { "FAIL" };
+            out.push_str(&format!(
+                "  {verdict:4}  {}: {}\n",
+                c["check"].as_str().unwrap_or(""),
+                c["saw"].as_str().unwrap_or("")
+            ));
+        }
+        if let Some(p) = x.get("promtool") {
+            let verdict = match (p["ran"].as_bool(), p["pass"].as_bool()) {
+                (Some(true), Some(true)) => "pass",
+                (Some(true), _) => "FAIL",
+                _ => "not run",
+            };
+            out.push_str(&format!(
+                "  {verdict:4}  alert rules fire on the recorded series: {}\n",
+                p["file"].as_str().unwrap_or("")
+            ));
+        }
+        out.push_str(&format!("  figures: {}\n", x["figures"]));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +216,28 @@ mod tests {
         assert!(grid(&s, "kmem_trace_live_memcgs").is_none());
         let t = promtool_test(Path::new("/r.yml"), &json!({"series": s})).unwrap();
         assert!(t.contains("eval_time: 2420s"), "{t}");
+    }
+
+    #[test]
+    fn text_shows_every_check_and_promtool() {
+        let r = RunResult {
+            label: "6.12 default".into(),
+            exhaustion: Some(json!({
+                "status": "fail",
+                "checks": [{"check": "a", "pass": true, "saw": "x"},
+                           {"check": "b", "pass": false, "saw": "y"}],
+                "promtool": {"ran": true, "pass": false, "file": "f.yml"},
+                "figures": {"leaked": 300},
+            })),
+            ..RunResult::default()
+        };
+        let t = text(&[r, RunResult::default()]);
+        assert!(t.contains("pass  a: x"), "{t}");
+        assert!(t.contains("FAIL  b: y"), "{t}");
+        assert!(
+            t.contains("FAIL  alert rules fire on the recorded series: f.yml"),
+            "{t}"
+        );
+        assert_eq!(t.matches("ID exhaustion on").count(), 1);
     }
 }

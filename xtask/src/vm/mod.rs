@@ -439,8 +439,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
         fs::read_to_string(root.join("kmem-trace/src/probes/table.rs")).unwrap_or_default();
     let findings = symbols::seen_findings(&runs, &symbols::parse_seen(&table_rs));
     let symbols = symbols::symbols_text(&runs, &findings);
-    print!("\n{matrix}\n{symbols}");
-    fs::write(out.join("matrix.txt"), format!("{matrix}\n{symbols}"))?;
+    let exhausted = exhaustion::text(&runs);
+    print!("\n{matrix}\n{symbols}{exhausted}");
+    fs::write(
+        out.join("matrix.txt"),
+        format!("{matrix}\n{symbols}{exhausted}"),
+    )?;
     let ok = runs.iter().all(|r| r.ok);
     let results = json!({
         "date": today(),
