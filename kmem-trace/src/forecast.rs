@@ -163,9 +163,45 @@ fn exhaustion(ids_in_use: Option<u64>, id_limit: u32, leak: Option<f64>) -> Opti
 }
 
 /// A forecast from samples (any order); `None` with fewer than two distinct times.
+///
+/// A least-squares rate over the whole window lags a leak that began inside
+/// it: the flat stretch before it is averaged in, so a fresh leak reads slow
+/// (and its time left long) for up to the window's length. When the window
+/// shows a leak, the rate is also fitted from the ID holders' last low (where
+/// the current rise began); spanning at least [`MIN_WINDOW_S`] and faster, it
+/// is the leak as it runs now and is used (`window_s` says over how long).
 pub fn from_samples(samples: &[Sample], id_limit: u32, basis: Basis) -> Option<Forecast> {
     let mut v: Vec<Sample> = samples.to_vec();
     v.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    let full = fit(&v, id_limit, basis)?;
+    if full.hours_to_exhaustion.is_none() {
+        return Some(full);
+    }
+    let Some(rise) = since_last_low(&v).filter(|r| r.len() < v.len()) else {
+        return Some(full);
+    };
+    match fit(rise, id_limit, basis) {
+        Some(r)
+            if r.window_s >= MIN_WINDOW_S
+                && r.hours_to_exhaustion.is_some()
+                && r.ids_per_hour > full.ids_per_hour =>
+        {
+            Some(r)
+        }
+        _ => Some(full),
+    }
+}
+
+/// The samples from the last one where the ID holders stood at their
+/// window low; `None` when a holder count is unknown.
+fn since_last_low(v: &[Sample]) -> Option<&[Sample]> {
+    let low = v.iter().map(|s| s.dying_holding).min()??;
+    let at = v.iter().rposition(|s| s.dying_holding == Some(low))?;
+    Some(&v[at..])
+}
+
+/// The least-squares forecast over sorted samples.
+fn fit(v: &[Sample], id_limit: u32, basis: Basis) -> Option<Forecast> {
     let (first, last) = (*v.first()?, *v.last()?);
     let dying: Vec<(f64, f64)> = v.iter().map(|s| (s.t_s, s.dying as f64)).collect();
     let zombies_per_hour = slope(&dying)? * 3600.0;

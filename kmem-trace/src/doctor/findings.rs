@@ -90,7 +90,8 @@ pub fn judge(
     drop: Option<&DropCaches>,
     id_limit: u32,
 ) -> Vec<Finding> {
-    let mut out = Vec::new();
+    // First: the sort keeps it ahead of the other critical findings (the verdict names the first).
+    let mut out: Vec<Finding> = super::exhausted::finding(f, id_limit).into_iter().collect();
     kernel(f, &mut out);
     cgroups(f, &mut out);
     kubelet(f, &mut out);

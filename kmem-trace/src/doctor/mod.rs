@@ -6,6 +6,7 @@
 //! capabilities come from `probes::caps` as data: verified by loading the
 //! probes when it can, predicted from files otherwise.
 
+pub mod exhausted;
 pub mod findings;
 pub mod host;
 pub mod render;

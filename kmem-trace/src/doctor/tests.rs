@@ -232,3 +232,37 @@ fn hostile_paths_in_findings_are_escaped() {
     r.status = Severity::Warning;
     crate::outputs::text::assert_inert(&render::npd_line(&r));
 }
+
+#[test]
+fn an_exhausted_id_space_is_named_in_the_kernels_words() {
+    let healthy = report("debian12-v2-healthy");
+    assert!(
+        healthy
+            .findings
+            .iter()
+            .all(|f| f.id != "memcg-ids-exhausted"),
+        "21 IDs in use is not exhausted"
+    );
+    let mut f = healthy.facts.clone();
+    f.version = Some(crate::probes::kernel::KernelVersion(6, 12, 118));
+    f.ids_in_use = Some(65535);
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert_eq!(x.severity, Severity::Critical);
+    assert!(x.detail.contains("Device or resource busy"), "{}", x.detail);
+    assert!(x.detail.contains("EBUSY"));
+    assert!(x.remediation.iter().any(|r| r.contains("swapoff")));
+    // 3.10: ENOSPC, and every dying memcg holds its ID until freed.
+    f.version = Some(crate::probes::kernel::KernelVersion(3, 10, 0));
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert!(x.detail.contains("No space left on device"), "{}", x.detail);
+    assert!(x.remediation.iter().any(|r| r == findings::FIX_REBOOT));
+    // IDs in use unknown: live and dying memcgs reaching the limit may be exhaustion.
+    f.ids_in_use = None;
+    let c = f.counts.as_mut().unwrap();
+    c.num_cgroups = Some(65_600);
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert_eq!(x.severity, Severity::Warning);
+    assert!(x.title.contains("may be exhausted"));
+    f.counts.as_mut().unwrap().num_cgroups = Some(100);
+    assert!(exhausted::finding(&f, 65535).is_none());
+}

@@ -216,3 +216,26 @@ fn the_id_rules_agree_with_the_leak_table() {
         }
     }
 }
+
+#[test]
+fn a_leak_that_began_inside_the_window_is_forecast_at_its_current_rate() {
+    // 100 s flat, then +2 ID holders a second for 80 s: 300 IDs left at 2/s
+    // is 150 s. The whole-window fit would average the flat stretch in.
+    let mut v: Vec<Sample> = (0..=50).map(|i| s(i as f64 * 2.0, 65_000, 0, 0)).collect();
+    v.extend((1..=40).map(|i| s(100.0 + i as f64 * 2.0, 64_955, 4 * i, 4 * i)));
+    let whole = fit(&v, 65_535, Basis::Running).unwrap();
+    let f = from_samples(&v, 65_535, Basis::Running).unwrap();
+    assert!((f.ids_per_hour.unwrap() - 7200.0).abs() < 1.0, "{f:?}");
+    assert!(whole.ids_per_hour.unwrap() < 0.8 * 7200.0, "{whole:?}");
+    assert!((f.window_s - 80.0).abs() < 1e-9, "{f:?}");
+    let left = 65_535.0 - (64_955.0 + 160.0);
+    assert!(
+        (f.exhaustion_s() - left / 2.0).abs() < 1.0,
+        "{}",
+        f.exhaustion_s()
+    );
+    // A rise shorter than a minute keeps the whole window.
+    let short: Vec<Sample> = v.iter().copied().take(51 + 20).collect();
+    let f = from_samples(&short, 65_535, Basis::Running).unwrap();
+    assert_eq!(f.window_s, 140.0);
+}

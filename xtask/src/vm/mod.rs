@@ -4,6 +4,7 @@
 //! same scenario on this machine's kernel (the host row), and prints the matrix
 //! of lifecycle points × families × kernels; results go to `target/vm-test`.
 
+mod exhaustion;
 mod image;
 mod kernels;
 mod progress;
@@ -101,9 +102,23 @@ pub struct VmArgs {
     /// Seconds before a VM is stopped.
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub timeout: u64,
+    /// `exhaustion`: instead of the matrix, fill the memcg ID space in each VM
+    /// (4 GiB, swap disk, default boot, no host row) with live filler and a
+    /// swap-pinning leaky workload until mkdir fails, with `kmem-trace serve`
+    /// running; keeps the HTML report and a promtool test of the alert rules.
+    #[arg(long, value_enum, default_value_t = Scenario::Matrix)]
+    pub scenario: Scenario,
     /// Testing the runner: FAMILY:POINT=SYMBOL forced in every run.
     #[arg(long, hide = true, value_name = "FAMILY:POINT=SYMBOL")]
     pub force_symbol: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Lifecycle points × hook families, census and pins.
+    Matrix,
+    /// The ID space filled until mkdir fails (issue 13).
+    Exhaustion,
 }
 
 /// One matrix row to run.
@@ -210,8 +225,10 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
-    let want_host =
-        !args.no_host && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
+    let exhaust = args.scenario == Scenario::Exhaustion;
+    let want_host = !exhaust
+        && !args.no_host
+        && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
     fs::create_dir_all(&cache)?;
     // The default matrix needs four suites' lists; a named kernel may be in
@@ -302,8 +319,16 @@ pub fn run(args: &VmArgs) -> Result<()> {
     for k in &kernels {
         let initrd = work.join(format!("initramfs-{}.cpio", k.release));
         image::write_initramfs(&initrd, &base, &k.modules)?;
-        for boot in &args.boot {
+        let boots: &[Boot] = if exhaust {
+            &[Boot::Default]
+        } else {
+            &args.boot
+        };
+        for boot in boots {
             let mut append = vec![format!("kmt.families={}", families.join(","))];
+            if exhaust {
+                append.push("kmt.scenario=exhaustion".into());
+            }
             if *boot == Boot::Nokmem {
                 append.push("cgroup.memory=nokmem".into());
             }
@@ -315,7 +340,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     label: format!("{} {}", k.release, boot.name()),
                     release: k.release.clone(),
                     boot: boot.name().into(),
-                    families: families.clone(),
+                    // The exhaustion scenario has no family cells: its own checks decide.
+                    families: if exhaust {
+                        Vec::new()
+                    } else {
+                        families.clone()
+                    },
                     ..RunResult::default()
                 },
                 Job::Vm(VmSpec {
@@ -324,7 +354,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     disk: disk.clone(),
                     swap: swap.clone(),
                     append,
-                    memory_mb: 768,
+                    // 65,535 memcgs take ~2.5 GiB of guest memory.
+                    memory_mb: if exhaust { 4096 } else { 768 },
                 }),
             ));
         }
@@ -343,9 +374,15 @@ pub fn run(args: &VmArgs) -> Result<()> {
         workers,
         out.display()
     );
+    // Filling the ID space takes minutes under TCG, and the report of 65,535
+    // memcgs is built without output.
     let limits = Limits {
-        timeout: Duration::from_secs(args.timeout),
-        silence: Duration::from_secs(90),
+        timeout: Duration::from_secs(if exhaust {
+            args.timeout.max(1500)
+        } else {
+            args.timeout
+        }),
+        silence: Duration::from_secs(if exhaust { 400 } else { 90 }),
     };
     let queue = Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
     let done = Mutex::new(Vec::new());
@@ -393,7 +430,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
     progress.done();
     let mut runs = done.into_inner().expect("done");
     runs.sort_by_key(|(i, _)| *i);
-    let runs: Vec<RunResult> = runs.into_iter().map(|(_, r)| r).collect();
+    let mut runs: Vec<RunResult> = runs.into_iter().map(|(_, r)| r).collect();
+    exhaustion::write_outputs(&root, &out, &mut runs)?;
     let wall = progress.elapsed_s();
 
     let matrix = report::matrix(&runs, wall);
@@ -401,8 +439,12 @@ pub fn run(args: &VmArgs) -> Result<()> {
         fs::read_to_string(root.join("kmem-trace/src/probes/table.rs")).unwrap_or_default();
     let findings = symbols::seen_findings(&runs, &symbols::parse_seen(&table_rs));
     let symbols = symbols::symbols_text(&runs, &findings);
-    print!("\n{matrix}\n{symbols}");
-    fs::write(out.join("matrix.txt"), format!("{matrix}\n{symbols}"))?;
+    let exhausted = exhaustion::text(&runs);
+    print!("\n{matrix}\n{symbols}{exhausted}");
+    fs::write(
+        out.join("matrix.txt"),
+        format!("{matrix}\n{symbols}{exhausted}"),
+    )?;
     let ok = runs.iter().all(|r| r.ok);
     let results = json!({
         "date": today(),

@@ -12,6 +12,8 @@ pub const MARKER: &str = "@@KMT ";
 
 /// Console lines kept for the failure report.
 const TAIL: usize = 25;
+/// Characters kept of each tail line.
+const TAIL_LINE: usize = 400;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunResult {
@@ -45,6 +47,11 @@ pub struct RunResult {
     pub census: Option<Value>,
     /// The swap and socket pin scenarios (cgroup v2 kernels; `status`, `scenarios`).
     pub pins: Option<Value>,
+    /// The ID exhaustion scenario (`--scenario exhaustion`): checks, figures, series.
+    pub exhaustion: Option<Value>,
+    /// Files the guest sent (`artifact` records: name, text), written beside the logs.
+    #[serde(skip)]
+    pub artifacts: Vec<(String, String)>,
     pub errors: Vec<String>,
     /// `seconds step` for every progress step, for finding slow steps.
     pub timeline: Vec<String>,
@@ -67,7 +74,8 @@ impl RunResult {
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
-        self.tail.push_back(line.to_string());
+        // Protocol records can be large (the exhaustion scenario's report, series).
+        self.tail.push_back(line.chars().take(TAIL_LINE).collect());
         if line.contains("Kernel panic - not syncing") && self.failure.is_none() {
             self.failure = Some(format!(
                 "kernel panic: {}",
@@ -139,6 +147,18 @@ impl RunResult {
                 self.pins = Some(v);
                 return Some(Step { family: None, step });
             }
+            "exhaustion" => {
+                let step = format!("exhaustion {}", s("status"));
+                self.exhaustion = Some(v);
+                return Some(Step { family: None, step });
+            }
+            "artifact" => {
+                // Only a plain file name: the guest does not choose where it goes.
+                let name = s("name");
+                if !name.is_empty() && !name.contains(['/', '\\']) && !name.starts_with('.') {
+                    self.artifacts.push((name, s("text")));
+                }
+            }
             "error" => self.errors.push(s("msg")),
             "done" => self.done = v["ok"].as_bool(),
             _ => {}
@@ -169,7 +189,17 @@ impl RunResult {
         if !missing.is_empty() && self.failure.is_none() {
             self.failure = Some(format!("no result for {}", missing.join(", ")));
         }
-        if self.failure.is_none() && self.done.is_some() {
+        if let (None, Some(x)) = (&self.failure, &self.exhaustion) {
+            if x["status"] != "pass" {
+                let why: Vec<&str> = x["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                self.failure = Some(format!("exhaustion: {}", why.join("; ")));
+            }
+        } else if self.failure.is_none() && self.done.is_some() {
             match &self.census {
                 None => self.failure = Some("no census result".into()),
                 Some(c) if c["status"] == "fail" => {

@@ -7,6 +7,7 @@
 mod census;
 mod check;
 mod compare;
+mod exhaustion;
 mod init;
 mod pins;
 mod proto;
@@ -34,7 +35,7 @@ const FAMILIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 const USAGE: &str = "usage: kmem-trace-vm-guest run --kmem-trace BIN --data-dir DIR \
 [--family F]... [--force FAMILY:POINT=SYMBOL]... [--churn N] [--pins N] \
 [--release fadvise|drop-caches]
-As PID 1 of a VM it reads kmt.families=, kmt.force=, kmt.churn=, kmt.pins= from the kernel command line.";
+As PID 1 of a VM it reads kmt.families=, kmt.force=, kmt.churn=, kmt.pins=, kmt.scenario=matrix|exhaustion from the kernel command line.";
 
 fn main() -> ExitCode {
     if std::process::id() == 1 {
@@ -98,6 +99,7 @@ fn default_plan() -> Plan {
         kmem_trace: PathBuf::from("/bin/kmem-trace"),
         exact: true,
         wait: Duration::from_secs(20),
+        exhaustion: false,
     }
 }
 
@@ -140,6 +142,11 @@ fn vm_plan(cmdline: &str) -> Result<Plan> {
             }
             "churn" => plan.churn = val.parse().context("kmt.churn")?,
             "pins" => plan.cache_pins = val.parse().context("kmt.pins")?,
+            "scenario" => match val {
+                "matrix" => plan.exhaustion = false,
+                "exhaustion" => plan.exhaustion = true,
+                other => bail!("unknown kmt.scenario={other:?}; use matrix or exhaustion"),
+            },
             _ => bail!("unknown option kmt.{key}"),
         }
     }
@@ -221,6 +228,15 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         }),
     );
     plan.prepare_data()?;
+    if plan.exhaustion {
+        // The exhaustion scenario fills the ID space: nothing else can run after it.
+        let v = exhaustion::run(plan);
+        let ok = v["status"] == "pass";
+        proto::emit("exhaustion", v);
+        proto::emit("kernel_log", kmsg.collect());
+        proto::emit("done", json!({ "ok": ok }));
+        return Ok(ok);
+    }
     proto::step(None, "probes");
     let report = kmem_trace_json(&plan.kmem_trace, "probes")?;
     proto::emit("probes", json!({"report": report}));

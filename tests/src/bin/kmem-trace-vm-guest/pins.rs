@@ -79,7 +79,7 @@ pub fn check(plan: &Plan) -> Value {
     })
 }
 
-fn enable_swap() -> Result<()> {
+pub fn enable_swap() -> Result<()> {
     if !Path::new(SWAP_DEV).exists() {
         bail!("no {SWAP_DEV}: the VM has no swap disk");
     }

@@ -51,6 +51,8 @@ pub struct Plan {
     pub exact: bool,
     /// How long to wait for each expected event before giving up.
     pub wait: Duration,
+    /// Run the ID exhaustion scenario (`kmt.scenario=exhaustion`) instead of the matrix.
+    pub exhaustion: bool,
 }
 
 impl Plan {

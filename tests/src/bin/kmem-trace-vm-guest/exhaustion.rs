@@ -1,0 +1,594 @@
+//! The incident on a real kernel (issue 13): live filler memcgs bring the ID
+//! space near its end, then a "leaky workload" under a kubelet-style path
+//! creates a container memcg at a steady rate, pins swap in it (a tmpfs file
+//! written inside, kept outside, pushed out with `memory.reclaim`) and removes
+//! it, until `mkdir` fails. `kmem-trace serve` with its history runs
+//! throughout; its `/metrics` are scraped every [`SCRAPE_EVERY`], and the
+//! checks compare them with what the kernel did. cgroup v2 only
+//! (`memory.reclaim`).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use kmem_trace_tests::Tracer;
+use serde_json::{json, Value};
+
+use crate::{proto, scenario::Plan};
+
+/// The cgroup v2 mount of the guest (`init`).
+const ROOT: &str = "/sys/fs/cgroup/unified";
+const LISTEN: &str = "127.0.0.1:9464";
+const DB: &str = "/shm/exhaustion-history.db";
+/// IDs left free when the filler stops: the leak's budget.
+const LEAK_BUDGET: u64 = 300;
+/// Forecasts judged while at least this much time is left (see `judge`).
+const MIN_LEFT_S: f64 = 30.0;
+const SCRAPE_EVERY: Duration = Duration::from_secs(2);
+/// `MEM_CGROUP_ID_MAX`.
+const ID_LIMIT: u64 = 65535;
+/// Bytes of tmpfs written per leaked memcg (pushed out to swap).
+const LEAK_BYTES: &str = "65536";
+const POD_UID: &str = "5f1c9a2e-7b3d-4e8f-9a61-0c2d4b6e8f10";
+
+/// Leak rate per second: the leak must run well over the forecast's minute
+/// of samples before it exhausts the space (the check is "within 25% once the
+/// leak ran a minute"), so ~150 s for the budget.
+fn leak_rate() -> f64 {
+    2.0
+}
+
+/// One scrape of serve's `/metrics`: every unlabelled `kmem_trace_*` series,
+/// plus `events_total` summed over kinds, and the tracer's own CPU and RSS.
+#[derive(Clone, Debug)]
+struct Scrape {
+    t_s: f64,
+    values: BTreeMap<String, f64>,
+}
+
+fn scrape() -> Result<BTreeMap<String, f64>> {
+    let mut s = TcpStream::connect(LISTEN).context("connecting to serve's /metrics")?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("kmem_trace_")) {
+        let Some((name, val)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let v: f64 = match val {
+            "+Inf" => f64::INFINITY,
+            v => match v.parse() {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+        };
+        match name.split_once('{') {
+            None => {
+                out.insert(name.to_string(), v);
+            }
+            Some((base, _)) if base == "kmem_trace_events_total" => {
+                *out.entry(base.to_string()).or_insert(0.0) += v;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+/// utime+stime in seconds and VmRSS in bytes of a process.
+fn cpu_rss(pid: u32) -> Option<(f64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after ")": state is 0, utime 11, stime 12 (clock ticks; 100 Hz).
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, rss_kb * 1024))
+}
+
+/// memcgs the kernel counts (live and dying, the root included): memory's
+/// `num_cgroups` in `/proc/cgroups`, or (7.x lists no v2-only controller
+/// there) `nr_subsys_memory + nr_dying_subsys_memory` of the root's
+/// `cgroup.stat` (6.11+).
+fn kernel_memcgs() -> Option<u64> {
+    let t = fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    if let Some(n) = t
+        .lines()
+        .find(|l| l.starts_with("memory\t"))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse().ok())
+    {
+        return Some(n);
+    }
+    let stat = fs::read_to_string(Path::new(ROOT).join("cgroup.stat")).ok()?;
+    let get = |k: &str| -> Option<u64> {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+    };
+    Some(get("nr_subsys_memory ")? + get("nr_dying_subsys_memory ")?)
+}
+
+fn mkdir_memcg(dir: &Path) -> Result<(), std::io::Error> {
+    fs::create_dir(dir)
+}
+
+fn enable_memory(dir: &Path) -> Result<()> {
+    fs::write(dir.join("cgroup.subtree_control"), "+memory")
+        .with_context(|| format!("+memory in {}", dir.display()))
+}
+
+/// The errno's name and the words `mkdir` prints for it.
+fn errno_words(e: &std::io::Error) -> (String, String) {
+    let name = match e.raw_os_error() {
+        Some(libc::EBUSY) => "EBUSY",
+        Some(libc::ENOSPC) => "ENOSPC",
+        Some(libc::ENOMEM) => "ENOMEM",
+        _ => "other",
+    };
+    let text = e.to_string();
+    let words = text.split(" (os error").next().unwrap_or(&text).to_string();
+    (name.to_string(), words)
+}
+
+/// What the leak loop saw.
+#[derive(Default)]
+struct Leak {
+    leaked: u64,
+    start_s: f64,
+    end_s: f64,
+    errno: Option<(String, String)>,
+    failed_path: String,
+    errors: Vec<String>,
+}
+
+/// The scenario; the `exhaustion` protocol record.
+pub fn run(plan: &Plan) -> Value {
+    let start = Instant::now();
+    if !crate::sys::cgroup_v2() {
+        return json!({"status": "unsupported", "why": "cgroup v1: no memory.reclaim"});
+    }
+    match run_inner(plan, start) {
+        Ok(v) => v,
+        Err(e) => json!({"status": "fail", "errors": [format!("{e:#}")],
+                         "seconds": start.elapsed().as_secs_f64()}),
+    }
+}
+
+fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
+    crate::pins::enable_swap()?;
+    // The VM's init leaves loopback down: serve's endpoint needs it.
+    let lo = Command::new("/bin/busybox")
+        .args(["ifconfig", "lo", "127.0.0.1", "up"])
+        .status()
+        .context("busybox ifconfig")?;
+    if !lo.success() {
+        bail!("bringing up lo: {lo}");
+    }
+    let t = || start.elapsed().as_secs_f64();
+    proto::step(None, "exhaustion: serve");
+    let mut serve = Tracer::start(&[
+        "serve",
+        "--listen",
+        LISTEN,
+        "--db",
+        DB,
+        "--zombie-after",
+        "5s",
+        "--ring-buffer-size",
+        "16777216",
+    ])
+    .context("starting kmem-trace serve")?;
+    let serve_pid = serve.pid();
+    let series: Arc<Mutex<Vec<Scrape>>> = Arc::default();
+    let scrape_errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (series, stop, errs) = (series.clone(), stop.clone(), scrape_errors.clone());
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let at = start.elapsed().as_secs_f64();
+                let got = scrape();
+                if let Err(e) = &got {
+                    let mut errs = errs.lock().expect("errors");
+                    if errs.len() < 5 {
+                        errs.push(format!("at {at:.0} s: {e:#}"));
+                    }
+                }
+                if let Ok(mut values) = got {
+                    if let Some((cpu, rss)) = cpu_rss(serve_pid) {
+                        values.insert("serve_cpu_seconds".into(), cpu);
+                        values.insert("serve_rss_bytes".into(), rss as f64);
+                    }
+                    if let Some(n) = kernel_memcgs() {
+                        values.insert("kernel_memcgs".into(), n as f64);
+                    }
+                    series
+                        .lock()
+                        .expect("series")
+                        .push(Scrape { t_s: at, values });
+                }
+                thread::sleep(SCRAPE_EVERY);
+            }
+        })
+    };
+
+    // Filler: live memcgs up to LEAK_BUDGET IDs from the end.
+    let filler = PathBuf::from(ROOT).join("filler.slice");
+    fs::create_dir_all(&filler)?;
+    enable_memory(&filler)?;
+    let pods = PathBuf::from(ROOT).join("kubepods.slice/kubepods-burstable.slice");
+    let pod = pods.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        POD_UID.replace('-', "_")
+    ));
+    for d in [pods.parent().expect("parent"), &pods, &pod] {
+        fs::create_dir_all(d)?;
+        enable_memory(d)?;
+    }
+    let base = kernel_memcgs().context("counting memcgs (/proc/cgroups, cgroup.stat)")?;
+    let n_fill = ID_LIMIT.saturating_sub(base + LEAK_BUDGET);
+    let fill_start = t();
+    for i in 0..n_fill {
+        if i.is_multiple_of(5000) {
+            proto::step(None, &format!("exhaustion: filler {i}/{n_fill}"));
+        }
+        mkdir_memcg(&filler.join(format!("f{i}")))
+            .with_context(|| format!("filler memcg {i} of {n_fill}"))?;
+    }
+    let fill_s = t() - fill_start;
+
+    // The leak: one container memcg of the pod at a time, swap-pinned, removed.
+    proto::step(None, "exhaustion: leak");
+    let shm = plan.shm_dir.join("leak");
+    fs::create_dir_all(&shm)?;
+    let mut leak = Leak {
+        start_s: t(),
+        ..Leak::default()
+    };
+    let period = Duration::from_secs_f64(1.0 / leak_rate());
+    let leak_start = Instant::now();
+    loop {
+        let due = leak_start + period * leak.leaked as u32;
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let cid = format!("{:064x}", 0xc0ffee_u64 + leak.leaked);
+        let cg = pod.join(format!("cri-containerd-{cid}.scope"));
+        if let Err(e) = mkdir_memcg(&cg) {
+            leak.end_s = t();
+            leak.errno = Some(errno_words(&e));
+            leak.failed_path = cg.display().to_string();
+            break;
+        }
+        if let Err(e) = pin_swap(&cg, &shm.join(&cid)) {
+            leak.errors.push(format!("{e:#}"));
+            let _ = fs::remove_dir(&cg);
+            break;
+        }
+        fs::remove_dir(&cg).with_context(|| format!("rmdir {}", cg.display()))?;
+        leak.leaked += 1;
+        if leak.leaked.is_multiple_of(50) {
+            proto::step(None, &format!("exhaustion: leaked {}", leak.leaked));
+        }
+        if leak.leaked > 4 * LEAK_BUDGET {
+            leak.errors
+                .push(format!("mkdir still works after {} leaks", leak.leaked));
+            break;
+        }
+    }
+    // The state at exhaustion: one more scrape (the gauge after the last
+    // leak), doctor and the report, while serve still runs.
+    thread::sleep(SCRAPE_EVERY * 2);
+    let at_fail = scrape().ok();
+    proto::step(None, "exhaustion: doctor and report");
+    let doctor = crate::kmem_trace_json(&plan.kmem_trace, "doctor").unwrap_or(Value::Null);
+    let html = report(plan, "html");
+    let report_md = report(plan, "md");
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let (_, serve_out) = serve.stop().unwrap_or((None, String::new()));
+    let series = series.lock().expect("series").clone();
+
+    let mut v = judge(
+        &series,
+        at_fail.as_ref(),
+        &leak,
+        &doctor,
+        report_md.as_deref().ok(),
+    );
+    v["figures"]["fill_seconds"] = json!(fill_s);
+    v["figures"]["filler_memcgs"] = json!(n_fill);
+    v["figures"]["memcgs_at_start"] = json!(base);
+    v["figures"]["leak_rate_per_s"] = json!(leak_rate());
+    v["doctor"] = doctor;
+    v["serve_stdout_tail"] = json!(serve_out.lines().rev().take(5).collect::<Vec<_>>());
+    v["series"] = json!(series
+        .iter()
+        .map(|s| json!({"t": s.t_s, "v": s.values.iter()
+            .map(|(k, x)| (k.clone(), if x.is_finite() { json!(x) } else { json!("+Inf") }))
+            .collect::<serde_json::Map<_, _>>()}))
+        .collect::<Vec<_>>());
+    v["seconds"] = json!(start.elapsed().as_secs_f64());
+    v["scrape_errors"] = json!(*scrape_errors.lock().expect("errors"));
+    if let Ok(md) = &report_md {
+        proto::emit(
+            "artifact",
+            json!({"name": "exhaustion-report.md", "text": md}),
+        );
+    }
+    if let Ok(h) = html {
+        proto::emit(
+            "artifact",
+            json!({"name": "exhaustion-report.html", "text": h}),
+        );
+    } else if let Err(e) = html {
+        v["errors"]
+            .as_array_mut()
+            .expect("errors")
+            .push(json!(format!("report --format html: {e:#}")));
+        v["status"] = json!("fail");
+    }
+    Ok(v)
+}
+
+/// `child CG write FILE BYTES`, then `memory.reclaim` until the memcg has swap.
+fn pin_swap(cg: &Path, file: &Path) -> Result<()> {
+    crate::scenario::in_cgroup(cg, &["write", &file.to_string_lossy(), LEAK_BYTES])?;
+    for _ in 0..4 {
+        let _ = fs::write(cg.join("memory.reclaim"), "1M");
+        let swapped: u64 = fs::read_to_string(cg.join("memory.swap.current"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if swapped > 0 {
+            return Ok(());
+        }
+    }
+    bail!("memory.reclaim pushed nothing of {} to swap", cg.display())
+}
+
+fn report(plan: &Plan, format: &str) -> Result<String> {
+    let out = kmem_trace_tests::stdout_of(
+        Command::new(&plan.kmem_trace).args(["report", "--db", DB, "--format", format]),
+    )
+    .with_context(|| format!("kmem-trace report --format {format}"))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn value(s: &Scrape, k: &str) -> Option<f64> {
+    s.values.get(k).copied()
+}
+
+/// The checks of issue 13, each pass or fail with what it saw.
+fn judge(
+    series: &[Scrape],
+    at_fail: Option<&BTreeMap<String, f64>>,
+    leak: &Leak,
+    doctor: &Value,
+    report_md: Option<&str>,
+) -> Value {
+    let mut checks = Vec::new();
+    let mut check = |name: &str, pass: bool, saw: String| {
+        checks.push(json!({"check": name, "pass": pass, "saw": saw}));
+    };
+    let errno = leak.errno.clone();
+    check(
+        "mkdir fails at the end of the ID space",
+        errno.is_some(),
+        format!(
+            "{:?} after {} leaked memcgs at {}",
+            errno, leak.leaked, leak.failed_path
+        ),
+    );
+    let gauge = at_fail.and_then(|m| m.get("kmem_trace_memcg_ids_in_use").copied());
+    let doc_ids = doctor["facts"]["ids_in_use"].as_u64();
+    check(
+        "ID gauge at the limit when mkdir fails",
+        gauge.is_some_and(|g| g as u64 >= ID_LIMIT),
+        format!("metrics {gauge:?}, doctor {doc_ids:?}, limit {ID_LIMIT}"),
+    );
+    // Forecast: announced before exhaustion; once the leak ran a minute,
+    // predicted end time within 25% of the actual time left.
+    let during: Vec<&Scrape> = series
+        .iter()
+        .filter(|s| s.t_s >= leak.start_s && s.t_s < leak.end_s)
+        .collect();
+    let announced = during
+        .iter()
+        .find(|s| value(s, "kmem_trace_id_exhaustion_seconds").is_some_and(f64::is_finite));
+    check(
+        "forecast announced exhaustion before it happened",
+        announced.is_some(),
+        format!(
+            "first finite kmem_trace_id_exhaustion_seconds at {:?} s before mkdir failed",
+            announced.map(|s| leak.end_s - s.t_s)
+        ),
+    );
+    let after_minute: Vec<(f64, f64, f64)> = during
+        .iter()
+        .filter(|s| s.t_s >= leak.start_s + 60.0)
+        .filter_map(|s| {
+            let p = value(s, "kmem_trace_id_exhaustion_seconds")?;
+            Some((s.t_s, p, leak.end_s - s.t_s))
+        })
+        .collect();
+    // Near the end the time left nears zero and a second of error is a large
+    // share of it: the worst error counts while [`MIN_LEFT_S`] are left.
+    let worst = after_minute
+        .iter()
+        .filter(|(_, _, actual)| *actual >= MIN_LEFT_S)
+        .map(|(t, p, a)| (*t, *p, *a, (p - a).abs() / a))
+        .max_by(|a, b| a.3.total_cmp(&b.3));
+    let first = after_minute.first().map(|(t, p, a)| (*t, *p, *a));
+    check(
+        "forecast within 25% once the leak ran a minute",
+        first.is_some_and(|(_, p, a)| (p - a).abs() / a <= 0.25)
+            && worst.is_some_and(|w| w.3 <= 0.25),
+        format!(
+            "first after 60 s: t={:?} predicted {:?} s, actual {:?} s; worst: {:?} ({} forecasts)",
+            first.map(|f| f.0),
+            first.map(|f| f.1),
+            first.map(|f| f.2),
+            worst.map(|w| format!(
+                "t={:.0} predicted {:.0} s actual {:.0} s error {:.0}%",
+                w.0,
+                w.1,
+                w.2,
+                w.3 * 100.0
+            )),
+            after_minute.len()
+        ),
+    );
+    // Leak rate: only ID-holding memcgs; the filler (tens of thousands of
+    // live memcgs created minutes before) must not show in it.
+    let rates: Vec<f64> = during
+        .iter()
+        .filter(|s| s.t_s >= leak.start_s + 60.0)
+        .filter_map(|s| value(s, "kmem_trace_leak_rate_per_hour"))
+        .collect();
+    let want = leak_rate() * 3600.0;
+    let last_rate = rates.last().copied();
+    check(
+        "leak rate counts only ID-holding memcgs",
+        last_rate.is_some_and(|r| (r - want).abs() / want <= 0.25),
+        format!("leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h"),
+    );
+    let md = report_md.unwrap_or("");
+    let section = |from: &str, to: &str| -> String {
+        md.split_once(from)
+            .map(|(_, rest)| rest.split(to).next().unwrap_or(rest).trim().to_string())
+            .unwrap_or_default()
+    };
+    let owners = section("## Top owners", "## Pin causes");
+    let top_owner = owners.lines().nth(2).unwrap_or("").to_string();
+    // Owner tables shorten pod UIDs (`pod 5f1c9a2e-7b3`).
+    let names_owner = top_owner.contains(&POD_UID[..12]);
+    let causes = section("## Pin causes", "## Remediation");
+    let top_cause = causes.lines().next().unwrap_or("").to_string();
+    let names_swap = top_cause.to_lowercase().contains("swap");
+    check(
+        "report names the leaking owner and swap",
+        names_owner && names_swap,
+        format!("top owner row {top_owner:?}; top pin cause {top_cause:?}"),
+    );
+    let last = series.last();
+    let figures = json!({
+        "time_to_exhaustion_s": leak.end_s - leak.start_s,
+        "leaked": leak.leaked,
+        "errno": errno.as_ref().map(|e| &e.0),
+        "mkdir_words": errno.as_ref().map(|e| &e.1),
+        "forecast_first_after_minute": first.map(|f| json!({"t": f.0, "predicted_s": f.1, "actual_s": f.2})),
+        "forecast_worst_error": worst.map(|w| w.3),
+        "serve_cpu_s": last.and_then(|s| value(s, "serve_cpu_seconds")),
+        "serve_rss_bytes": last.and_then(|s| value(s, "serve_rss_bytes")),
+        "events": last.and_then(|s| value(s, "kmem_trace_events_total")),
+        "drops": last.and_then(|s| value(s, "kmem_trace_ring_drops_total")),
+        "ids_in_use_at_fail": gauge,
+        "kernel_memcgs_at_end": last.and_then(|s| value(s, "kernel_memcgs")),
+    });
+    let mut errors = leak.errors.clone();
+    errors.extend(checks.iter().filter(|c| c["pass"] == false).map(|c| {
+        format!(
+            "{}: {}",
+            c["check"].as_str().unwrap_or(""),
+            c["saw"].as_str().unwrap_or("")
+        )
+    }));
+    json!({
+        "status": if errors.is_empty() { "pass" } else { "fail" },
+        "checks": checks,
+        "figures": figures,
+        "errors": errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A leak from 100 s to 250 s at 2/s; serve's forecast from `predict(t)`.
+    fn run(predict: impl Fn(f64) -> f64, rate: f64) -> Value {
+        let leak = Leak {
+            leaked: 300,
+            start_s: 100.0,
+            end_s: 250.0,
+            errno: Some(("EBUSY".into(), "Device or resource busy".into())),
+            ..Leak::default()
+        };
+        let series: Vec<Scrape> = (0..=130)
+            .map(|i| {
+                let t = i as f64 * 2.0;
+                let mut values = BTreeMap::new();
+                values.insert("kmem_trace_id_exhaustion_seconds".into(), predict(t));
+                values.insert("kmem_trace_leak_rate_per_hour".into(), rate);
+                Scrape { t_s: t, values }
+            })
+            .collect();
+        let mut at_fail = BTreeMap::new();
+        at_fail.insert("kmem_trace_memcg_ids_in_use".into(), 65535.0);
+        let md = "## Top owners\n\n| a |\n|---|\n| unknown | pod 5f1c9a2e-7b3 | x |\n\n## Pin causes\n\n- **swap**: 300\n\n## Remediation\n";
+        judge(&series, Some(&at_fail), &leak, &Value::Null, Some(md))
+    }
+
+    #[test]
+    fn a_forecast_within_a_quarter_passes_and_a_lagging_one_fails() {
+        let good = run(
+            |t| {
+                if t < 130.0 {
+                    f64::INFINITY
+                } else {
+                    250.0 - t + 5.0
+                }
+            },
+            7200.0,
+        );
+        assert_eq!(good["status"], "pass", "{good:#}");
+        let lagging = run(
+            |t| {
+                if t < 130.0 {
+                    f64::INFINITY
+                } else {
+                    (250.0 - t) * 3.0
+                }
+            },
+            2300.0,
+        );
+        assert_eq!(lagging["status"], "fail");
+        let failed: Vec<&str> = lagging["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["pass"] == false)
+            .map(|c| c["check"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                "forecast within 25% once the leak ran a minute",
+                "leak rate counts only ID-holding memcgs"
+            ]
+        );
+        let never = run(|_| f64::INFINITY, 0.0);
+        assert!(never["checks"][2]["pass"] == false, "{never:#}");
+    }
+}
