@@ -343,13 +343,11 @@ impl Lifecycle {
             self.memcgs.insert(addr, Box::new(m));
         }
         self.learn_cgroup(addr, ev);
-        if let Some(m) = self.memcgs.get_mut(&addr) {
-            // An event about it: the kernel still has it.
-            m.unconfirmed = false;
-        }
         let cfg_id_at_offline = self.cfg.id_freed_at_offline;
         let max_residents = self.cfg.max_residents;
         let m = self.memcgs.get_mut(&addr).expect("inserted above");
+        // An event about it: the kernel still has it.
+        m.unconfirmed = false;
         let ts = ev.ts_ns();
         match ev.kind {
             EventKind::Online => {
@@ -475,7 +473,6 @@ impl Lifecycle {
         }
     }
 
-    /// Drops the indexes of a memcg that is gone.
     /// Removes a memcg the kernel no longer has, whose free no event showed
     /// (dropped from the ring buffer, or freed while no tracer ran): found
     /// by a recheck. Counted as a missed free; its time of free is unknown.
@@ -489,6 +486,7 @@ impl Lifecycle {
         Some(m)
     }
 
+    /// Drops the indexes of a memcg that is gone.
     fn forget(&mut self, m: &Memcg) {
         if self.by_id.get(m.memcg_id) == Some(m.addr) {
             self.by_id.remove(m.memcg_id);
