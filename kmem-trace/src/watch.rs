@@ -17,7 +17,6 @@ use crate::{
     cgroupfs,
     cli::{ProbeArgs, RunArgs},
     decode::{self, TraceEvent},
-    lifecycle::{Applied, State},
     lifecycle::{Lifecycle, LifecycleConfig},
     outputs::{
         Clock, Health, HookLabels, Key, Keys, Output, OutputError, Snapshot, Status, Summary,
@@ -235,31 +234,20 @@ impl<'o> Pipeline<'o> {
     }
 
     /// Applies a finished recheck: memcgs the kernel no longer has close
-    /// their history rows (freed, time unknown), changed ones are rewritten.
+    /// their history rows (freed, time unknown) and leave the attribution
+    /// cache as an observed free does; changed ones are rewritten.
     pub fn recheck(&mut self, view: recheck::View) -> Result<(), WatchError> {
         let touched = self.touched.take().unwrap_or_default();
         let out = recheck::apply(&mut self.lifecycle, view, &touched);
-        let applied = out
-            .gone
-            .into_iter()
-            .map(|m| (m.addr, m.memcg_id, m.path.clone(), State::Freed, Some(m)))
-            .chain(out.changed.iter().filter_map(|a| {
-                let m = self.lifecycle.get(*a)?;
-                Some((m.addr, m.memcg_id, m.path.clone(), m.state, None))
-            }))
-            .collect::<Vec<_>>();
-        for (addr, id, path, state, freed) in applied {
-            let a = Applied {
-                addr: Some(addr),
-                memcg_id: Some(id),
-                path: Some(path),
-                state: Some(state),
-                freed,
-                anomaly: None,
-            };
-            let owner = self.attribution.get(addr).cloned();
+        for m in out.gone {
+            let owner = self.attribution.forget(m.addr);
             if let Some(h) = self.history.as_mut() {
-                h.observe(&a, owner.as_ref());
+                h.freed(&m, owner.as_ref());
+            }
+        }
+        if let Some(h) = self.history.as_mut() {
+            for addr in out.changed {
+                h.touch(addr);
             }
         }
         self.health(&Health::Recheck(out.report))

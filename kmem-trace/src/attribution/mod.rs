@@ -398,6 +398,12 @@ impl Attributor {
         self.by_addr.get(&addr).map(|e| &e.attr)
     }
 
+    /// Drops the attribution of a memcg freed unseen (found gone by a
+    /// recheck), as [`Attributor::observe`] does for a free, and returns it.
+    pub fn forget(&mut self, addr: u64) -> Option<Arc<Attribution>> {
+        self.by_addr.remove(&addr).map(|e| e.attr)
+    }
+
     /// Restores an attribution kept in the history (after a restart).
     pub fn seed(&mut self, addr: u64, path: Arc<str>, mut attr: Attribution) {
         self.share(&mut attr, &path);

@@ -429,6 +429,8 @@ mod pipeline_tests {
         let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
         {
             let mut pipe = Pipeline::new(lc, &mut out);
+            let path: Arc<str> = Arc::from("system.slice/gone.service");
+            assert!(pipe.attribution.attribute_path(0x10, &path).is_some());
             pipe.health(&Health::Drops { new: 3, total: 3 }).unwrap();
             pipe.health(&Health::ReadFaults { new: 1, total: 1 })
                 .unwrap();
@@ -439,6 +441,8 @@ mod pipeline_tests {
             })
             .unwrap();
             assert!(pipe.lifecycle.get(0x10).is_none());
+            // Its attribution went with it, as on an observed free.
+            assert!(pipe.attribution.get(0x10).is_none());
             assert_eq!(pipe.lifecycle.counts(0).missed_frees, 2);
         }
         let text = String::from_utf8(out.into_inner()).unwrap();

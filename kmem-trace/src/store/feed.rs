@@ -206,14 +206,20 @@ impl HistoryFeed {
     /// final record is kept here until the flush.
     pub fn observe(&mut self, applied: &Applied, owner: Option<&Arc<Attribution>>) {
         if let Some(m) = &applied.freed {
-            self.dirty.remove(&m.addr);
-            self.freed.push(Record {
-                memcg: (**m).clone(),
-                attribution: owner.cloned(),
-            });
+            self.freed(m, owner);
         } else if let Some(addr) = applied.addr {
             self.dirty.insert(addr);
         }
+    }
+
+    /// Keeps the final record of memcg `m`, freed (seen, or found gone by a
+    /// recheck), for the next flush.
+    pub fn freed(&mut self, m: &Memcg, owner: Option<&Arc<Attribution>>) {
+        self.dirty.remove(&m.addr);
+        self.freed.push(Record {
+            memcg: m.clone(),
+            attribution: owner.cloned(),
+        });
     }
 
     /// Sends one batch: freed memcgs first (their addresses may already be
