@@ -6,6 +6,14 @@
 //! instance of one boot: kernel addresses and memcg IDs only mean something
 //! within the boot (and the address only while the memcg lives).
 
+/// The row states of a memcg that was, as last seen, not freed (an SQL
+/// list): the rows a restart restores and an unseen free closes.
+macro_rules! open_states {
+    () => {
+        "('live', 'dying', 'unconfirmed')"
+    };
+}
+
 pub mod feed;
 pub mod lock;
 mod paths;
@@ -356,7 +364,11 @@ impl Store {
     /// Rows of this boot whose memcg was, as last seen, not freed.
     pub fn open_rows(&self, offset_ns: i64) -> Result<Vec<HistoryRow>, StoreError> {
         self.query(
-            "WHERE boot_id = ?1 AND state IN ('live', 'dying', 'unconfirmed') ORDER BY id",
+            concat!(
+                "WHERE boot_id = ?1 AND state IN ",
+                open_states!(),
+                " ORDER BY id"
+            ),
             [&self.boot_id],
             offset_ns,
         )
@@ -400,10 +412,7 @@ impl Store {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         for id in row_ids {
-            n += tx.execute(
-                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ('live', 'dying', 'unconfirmed')",
-                rusqlite::params![id, now],
-            )?;
+            n += tx.execute(upsert::LOSE_ROW, rusqlite::params![id, now])?;
         }
         tx.commit()?;
         Ok(n)
@@ -412,7 +421,10 @@ impl Store {
     /// Rows of earlier boots that were not freed: a reboot freed them all.
     pub fn retire_other_boots(&mut self, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
-            "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ('live', 'dying', 'unconfirmed')",
+            concat!(
+                "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE boot_id != ?1 AND state IN ",
+                open_states!()
+            ),
             rusqlite::params![self.boot_id, now],
         )?)
     }

@@ -106,7 +106,11 @@ impl Store {
         offset_ns: i64,
     ) -> Result<Vec<super::HistoryRow>, StoreError> {
         self.query(
-            "WHERE updated_at >= ?1 OR state IN ('live', 'dying', 'unconfirmed') ORDER BY id",
+            concat!(
+                "WHERE updated_at >= ?1 OR state IN ",
+                open_states!(),
+                " ORDER BY id"
+            ),
             [since],
             offset_ns,
         )

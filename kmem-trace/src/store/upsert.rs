@@ -58,7 +58,9 @@ const UPDATE: &str = concat!(
     set_columns!(),
     "
  WHERE boot_id = ?1 AND addr = ?2 AND memcg_id = ?3
-   AND state IN ('live', 'dying', 'unconfirmed')
+   AND state IN ",
+    open_states!(),
+    "
    AND (cgroup_id = ?5 OR cgroup_id = 0 OR ?5 = 0)"
 );
 
@@ -67,18 +69,25 @@ const UPDATE_ROW: &str = concat!(
     set_columns!(),
     "
  WHERE id = ?38 AND memcg_id = ?3
-   AND state IN ('live', 'dying', 'unconfirmed')
+   AND state IN ",
+    open_states!(),
+    "
    AND (cgroup_id = ?5 OR cgroup_id = 0 OR ?5 = 0)"
 );
 
 /// Row ?1 was freed while nobody watched (another memcg holds its address). ?2 now.
-const LOSE_ROW: &str = "UPDATE memcg SET state = 'lost', updated_at = ?2
- WHERE id = ?1 AND state IN ('live', 'dying', 'unconfirmed')";
+pub(super) const LOSE_ROW: &str = concat!(
+    "UPDATE memcg SET state = 'lost', updated_at = ?2 WHERE id = ?1 AND state IN ",
+    open_states!()
+);
 
 /// Every open row at an address: freed while nobody watched (a memcg that
 /// exists holds the address now). ?1 boot, ?2 addr, ?3 now.
-const LOSE: &str = "UPDATE memcg SET state = 'lost', updated_at = ?3
- WHERE boot_id = ?1 AND addr = ?2 AND state IN ('live', 'dying', 'unconfirmed')";
+const LOSE: &str = concat!(
+    "UPDATE memcg SET state = 'lost', updated_at = ?3
+ WHERE boot_id = ?1 AND addr = ?2 AND state IN ",
+    open_states!()
+);
 
 const INSERT: &str = "INSERT INTO memcg (boot_id, addr, memcg_id, hierarchy_id, cgroup_id,
     level, path, state, origin, kmem_active, id_released, alloc_at, online_at, offline_at,
@@ -131,9 +140,11 @@ pub(super) struct OpenRows {
 
 impl OpenRows {
     pub(super) fn load(conn: &Connection, boot: &str) -> Result<OpenRows, StoreError> {
-        let mut st = conn.prepare_cached(
-            "SELECT id, addr FROM memcg WHERE state IN ('live', 'dying', 'unconfirmed') AND boot_id = ?1",
-        )?;
+        let mut st = conn.prepare_cached(concat!(
+            "SELECT id, addr FROM memcg WHERE state IN ",
+            open_states!(),
+            " AND boot_id = ?1"
+        ))?;
         let mut rows = st.query([boot])?;
         let mut open = OpenRows::default();
         while let Some(r) = rows.next()? {
