@@ -243,15 +243,7 @@ pub struct Attributor {
 impl Attributor {
     /// Looks metadata up synchronously (replays, tests).
     pub fn new(lookup: Box<dyn MetaLookup>) -> Attributor {
-        Attributor {
-            lookup: Arc::from(lookup),
-            worker: None,
-            pending: HashMap::new(),
-            by_addr: KeyMap::default(),
-            pods: HashMap::new(),
-            strings: SharedStrs::default(),
-            stats: AttributionStats::default(),
-        }
+        Attributor::with(Arc::from(lookup), None)
     }
 
     /// Looks metadata up for events on a worker thread ([`worker`]): the
@@ -259,13 +251,24 @@ impl Attributor {
     /// Start-up lookups ([`Attributor::attribute_path`]) stay synchronous.
     /// Falls back to synchronous lookups when the thread cannot start.
     pub fn background(lookup: Arc<dyn MetaLookup>) -> Attributor {
-        let mut a = Attributor::new(Box::new(RuntimeRoots::none()));
-        a.lookup = lookup.clone();
-        match worker::MetaWorker::spawn(lookup) {
-            Ok(w) => a.worker = Some(w),
-            Err(e) => log::warn!("container metadata worker: {e}; looking up on the event thread"),
+        let worker = worker::MetaWorker::spawn(lookup.clone())
+            .inspect_err(|e| {
+                log::warn!("container metadata worker: {e}; looking up on the event thread")
+            })
+            .ok();
+        Attributor::with(lookup, worker)
+    }
+
+    fn with(lookup: Arc<dyn MetaLookup>, worker: Option<worker::MetaWorker>) -> Attributor {
+        Attributor {
+            lookup,
+            worker,
+            pending: HashMap::new(),
+            by_addr: KeyMap::default(),
+            pods: HashMap::new(),
+            strings: SharedStrs::default(),
+            stats: AttributionStats::default(),
         }
-        a
     }
 
     /// Completes the attributions whose metadata arrived from the worker;

@@ -34,7 +34,7 @@ pub struct MetaWorker {
 
 impl MetaWorker {
     /// Starts the worker thread over `lookup`.
-    pub fn spawn(lookup: Arc<dyn MetaLookup + Sync>) -> std::io::Result<MetaWorker> {
+    pub fn spawn(lookup: Arc<dyn MetaLookup>) -> std::io::Result<MetaWorker> {
         let (req_tx, req_rx) = mpsc::sync_channel::<(Box<str>, Option<Runtime>)>(QUEUE);
         // Answers are bounded by the requests: one each.
         let (ans_tx, ans_rx) = mpsc::channel::<Answer>();
