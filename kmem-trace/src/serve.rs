@@ -149,32 +149,29 @@ pub fn trace(
     if let Some(x) = &exporter {
         x.server.health().attached(history_path.clone());
     }
-    let labels = watch::hook_labels(&probes.report);
     run(
         rt,
         signals,
         cfg,
-        probes,
-        lifecycle,
+        (probes, lifecycle),
         (attribution, feed),
-        (primary, labels),
+        primary,
         exporter,
     )
 }
 
 /// Runs the live pipeline into `primary` (and the exporter, when given) on a
 /// single-threaded runtime that also serves the metrics endpoint.
-#[allow(clippy::too_many_arguments)]
 fn run(
     rt: tokio::runtime::Runtime,
     signals: watch::Signals,
     cfg: &WatchConfig,
-    probes: Probes,
-    lifecycle: Lifecycle,
+    (probes, lifecycle): (Probes, Lifecycle),
     stages: (Attributor, Option<HistoryFeed>),
-    (primary, labels): (Primary, HookLabels),
+    primary: Primary,
     exporter: Option<Exporter>,
 ) -> Result<Summary, ServeError> {
+    let labels = watch::hook_labels(&probes.report);
     // 64 KiB between writes (flushed at every tick anyway): an 8 KiB buffer
     // made a write, and a wake-up of whoever reads, every ~13 JSON lines.
     let stdout = || BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
