@@ -80,6 +80,19 @@ impl Attribution {
     }
 
     pub fn view(&self) -> OwnerView<'_> {
+        OwnerView {
+            workload: self
+                .meta
+                .as_ref()
+                .and_then(|m| m.workload.as_ref())
+                .map(Workload::label),
+            ..self.names()
+        }
+    }
+
+    /// [`Attribution::view`] without the workload, whose label is a new
+    /// string: [`Attribution::label`] (once per printed event) needs none.
+    fn names(&self) -> OwnerView<'_> {
         let meta = self.meta.as_deref();
         let m = |f: fn(&ContainerMeta) -> &Option<Arc<str>>| meta.and_then(|m| f(m).as_deref());
         let mut v = OwnerView {
@@ -88,7 +101,6 @@ impl Attribution {
             pod: m(|m| &m.pod_name),
             container: m(|m| &m.container_name),
             image: m(|m| &m.image),
-            workload: meta.and_then(|m| m.workload.as_ref()).map(Workload::label),
             container_id: self.owner.container_id(),
             runtime: self
                 .owner
@@ -122,7 +134,7 @@ impl Attribution {
     /// Short human label: `shop/web-7d4b9/nginx`, `pod 5b2ae0e6…/4c1f0e5b9d2a`,
     /// `docker 4c1f0e5b9d2a`, `sshd.service`, or the path.
     pub fn label(&self) -> String {
-        let v = self.view();
+        let v = self.names();
         let short = |id: &str| id.chars().take(12).collect::<String>();
         match &self.owner {
             Owner::Pod(p) => {
