@@ -12,7 +12,10 @@ mod share;
 pub mod worker;
 pub mod workload;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use crate::lifecycle::KeyMap;
 
@@ -244,6 +247,9 @@ pub struct Attributor {
     pending: HashMap<Box<str>, Vec<u64>>,
     /// By memcg address (the lifecycle's fast hasher: looked up for every event).
     by_addr: KeyMap<u64, Entry>,
+    /// Pod-level memcgs attributed without their pod's metadata, to name
+    /// when a container teaches it (a superset: entries are rechecked then).
+    pod_level_waiting: HashSet<u64>,
     /// Pod UID → pod metadata learned from its containers, for the pod-level
     /// cgroup (created before any container, so it has no metadata of its own).
     pods: HashMap<Arc<str>, ContainerMeta>,
@@ -277,6 +283,7 @@ impl Attributor {
             worker,
             pending: HashMap::new(),
             by_addr: KeyMap::default(),
+            pod_level_waiting: HashSet::new(),
             pods: HashMap::new(),
             strings: SharedStrs::default(),
             stats: AttributionStats::default(),
@@ -323,20 +330,23 @@ impl Attributor {
         }
         if self.pods.len() != pods_before {
             // New pods were learned: name their pod-level memcgs now (they may
-            // see no other event before they are zombies).
-            let waiting: Vec<(u64, Arc<Attribution>)> = self
-                .by_addr
+            // see no other event before they are zombies). Only the waiting
+            // ones are looked at, not every memcg: this runs on the event thread.
+            let by_addr = &self.by_addr;
+            self.pod_level_waiting
+                .retain(|a| by_addr.get(a).is_some_and(|e| waits_for_pod(&e.attr)));
+            let ready: Vec<(u64, Arc<Attribution>)> = self
+                .pod_level_waiting
                 .iter()
-                .filter(|(_, e)| e.attr.meta.is_none() && e.attr.owner.container_id().is_none())
-                .filter(|(_, e)| {
-                    e.attr
-                        .owner
+                .filter_map(|a| Some((*a, self.by_addr.get(a)?.attr.clone())))
+                .filter(|(_, attr)| {
+                    attr.owner
                         .pod_uid()
                         .is_some_and(|u| self.pods.contains_key(u))
                 })
-                .map(|(a, e)| (*a, e.attr.clone()))
                 .collect();
-            for (addr, attr) in waiting {
+            for (addr, attr) in ready {
+                self.pod_level_waiting.remove(&addr);
                 self.upgrade_pod_level(addr, attr);
                 changed.push(addr);
             }
@@ -392,6 +402,7 @@ impl Attributor {
         };
         if freed {
             self.by_addr.remove(&addr);
+            self.pod_level_waiting.remove(&addr);
         }
         attr
     }
@@ -416,6 +427,7 @@ impl Attributor {
     /// Drops the attribution of a memcg freed unseen (found gone by a
     /// recheck), as [`Attributor::observe`] does for a free, and returns it.
     pub fn forget(&mut self, addr: u64) -> Option<Arc<Attribution>> {
+        self.pod_level_waiting.remove(&addr);
         self.by_addr.remove(&addr).map(|e| e.attr)
     }
 
@@ -423,13 +435,7 @@ impl Attributor {
     pub fn seed(&mut self, addr: u64, path: Arc<str>, mut attr: Attribution) {
         self.share(&mut attr, &path);
         self.learn_pod(&attr);
-        self.by_addr.insert(
-            addr,
-            Entry {
-                path,
-                attr: Arc::new(attr),
-            },
-        );
+        self.insert(addr, path, Arc::new(attr));
     }
 
     pub fn len(&self) -> usize {
@@ -465,14 +471,15 @@ impl Attributor {
         self.share(&mut attr, &path);
         self.learn_pod(&attr);
         let attr = Arc::new(attr);
-        self.by_addr.insert(
-            addr,
-            Entry {
-                path,
-                attr: attr.clone(),
-            },
-        );
+        self.insert(addr, path, attr.clone());
         attr
+    }
+
+    fn insert(&mut self, addr: u64, path: Arc<str>, attr: Arc<Attribution>) {
+        if waits_for_pod(&attr) {
+            self.pod_level_waiting.insert(addr);
+        }
+        self.by_addr.insert(addr, Entry { path, attr });
     }
 
     /// A pod-level memcg attributed before any container of its pod: take the
@@ -560,6 +567,11 @@ impl Attributor {
             pods_with_dying: dying_pods.len() as u64,
         }
     }
+}
+
+/// A pod-level memcg (no container) still without its pod's metadata.
+fn waits_for_pod(attr: &Attribution) -> bool {
+    attr.meta.is_none() && attr.owner.container_id().is_none() && attr.owner.pod_uid().is_some()
 }
 
 /// Paths with unknown ancestors (`?<id>`) are not attributed yet.
