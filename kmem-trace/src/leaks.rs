@@ -173,6 +173,18 @@ pub fn lookup(cause: Cause, version: KernelVersion) -> Option<&'static Row> {
         .find(|r| r.cause == cause && r.since <= version && version < r.until)
 }
 
+/// The first kernel whose rows give a dying memcg's ID back before it is
+/// freed (at offline, or when its swap entries go): before it every dying
+/// memcg holds its ID (the forecast's ID model, `forecast::dying_hold`).
+pub fn ids_released_before_free_since() -> KernelVersion {
+    TABLE
+        .iter()
+        .filter(|r| r.id_release != IdRelease::Free)
+        .map(|r| r.since)
+        .min()
+        .unwrap_or(ANY)
+}
+
 /// What keeps memcgs dying on kernel `version`, in words, from the table:
 /// "page cache and tmpfs no longer pin here; swap and sockets still do".
 pub fn describe(version: KernelVersion) -> String {
