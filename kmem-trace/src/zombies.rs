@@ -388,8 +388,8 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
                 "  {:>5}  {:>9}  {}/{}",
                 t.zombies,
                 human_bytes(t.pinned_bytes),
-                t.namespace.escape_debug(),
-                t.workload.escape_debug()
+                Term(&t.namespace),
+                Term(&t.workload)
             )?;
         }
     }

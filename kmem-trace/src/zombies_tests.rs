@@ -207,12 +207,18 @@ fn hostile_names_reach_the_table_escaped() {
             },
             count: 1,
             zombies: join(&[r], None, &clock, NOW, None),
-            top_workloads: Vec::new(),
+            top_workloads: vec![WorkloadCount {
+                namespace: name.to_string(),
+                workload: format!("Deployment/{name}"),
+                zombies: 1,
+                pinned_bytes: 0,
+            }],
         };
         let mut buf = Vec::new();
         render(&rep, false, &mut buf).unwrap();
         let text = String::from_utf8(buf).unwrap();
         crate::outputs::text::assert_inert(&text);
+        assert!(text.contains("/Deployment/"), "{text}");
         assert!(text.contains("/jobs/"), "{text}");
     }
 }
