@@ -368,7 +368,10 @@ fn owners(zombies: &[Zombie]) -> (Vec<OwnerTotal>, usize) {
 fn workloads(zombies: &[Zombie], period_s: f64) -> Vec<WorkloadTotal> {
     // Zombies of the period per workload, in one pass.
     let mut recent: HashMap<String, u64> = HashMap::new();
-    for z in zombies.iter().filter(|z| z.age_s.is_some_and(|a| a <= period_s)) {
+    for z in zombies
+        .iter()
+        .filter(|z| z.age_s.is_some_and(|a| a <= period_s))
+    {
         if let Some(key) = crate::zombies::workload_of(z) {
             *recent.entry(key).or_default() += 1;
         }
