@@ -185,6 +185,18 @@ pub fn ids_released_before_free_since() -> KernelVersion {
         .unwrap_or(ANY)
 }
 
+/// The first kernel on which `cause` no longer keeps removed memcgs dying
+/// (its first row with `stays_dying` false); [`KernelVersion::MAX`] when it
+/// always does. Slab: 5.9, when objects moved to the reparented obj_cgroup.
+pub fn stops_pinning_since(cause: Cause) -> KernelVersion {
+    TABLE
+        .iter()
+        .filter(|r| r.cause == cause && !r.stays_dying)
+        .map(|r| r.since)
+        .min()
+        .unwrap_or(ANY)
+}
+
 /// What keeps memcgs dying on kernel `version`, in words, from the table:
 /// "page cache and tmpfs no longer pin here; swap and sockets still do".
 pub fn describe(version: KernelVersion) -> String {
@@ -294,6 +306,8 @@ mod tests {
         assert!(lookup(Tmpfs, KernelVersion(7, 0, 10)).is_none());
         assert!(!lookup(Slab, KernelVersion(5, 10, 0)).unwrap().stays_dying);
         assert!(lookup(Slab, KernelVersion(4, 19, 0)).unwrap().stays_dying);
+        assert_eq!(stops_pinning_since(Slab), KernelVersion(5, 9, 0));
+        assert_eq!(ids_released_before_free_since(), KernelVersion(4, 7, 0));
     }
 
     #[test]
