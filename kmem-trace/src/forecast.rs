@@ -1,6 +1,6 @@
 //! Forecast: the one model of memcg ID use and its leak, for every view
 //! (`watch`, `doctor`, `report`, metrics, the NPD line). Which memcgs hold an
-//! ID depends on the kernel ([`ID_RULES`]); the leak rate is the net growth of
+//! ID depends on the kernel ([`dying_hold`], from `leaks::TABLE`); the leak rate is the net growth of
 //! the dying memcgs that hold one, and a time to exhaustion comes only from a
 //! positive leak. Pure: fed with samples from the running state (`watch`),
 //! the history, or one reading and the uptime (`doctor`).
@@ -33,32 +33,18 @@ pub enum DyingHold {
     SwapHeld,
 }
 
-/// One row of the kernel table: from `since` on, dying memcgs hold IDs as `hold`.
-#[derive(Clone, Copy, Debug)]
-pub struct IdRule {
-    pub since: KernelVersion,
-    pub hold: DyingHold,
-    pub cite: &'static str,
-}
-
-/// Newest last. A backport moves the rule's kernel; the table is the one place to change.
-pub const ID_RULES: &[IdRule] = &[
-    IdRule {
-        since: KernelVersion::MIN,
-        hold: DyingHold::Every,
-        cite: "the memcg ID is the css ID, kept until css free",
-    },
-    IdRule {
-        since: KernelVersion(4, 7, 0),
-        hold: DyingHold::SwapHeld,
-        cite: "73f576c04b94 (mm: memcontrol: fix cgroup creation failure after many small jobs, 4.7; leaks::TABLE)",
-    },
-];
-
-/// The rule of a kernel; `None` when the version is unknown.
+/// Which dying memcgs hold an ID on kernel `version`, read from the leak
+/// table ([`crate::leaks::TABLE`], the one kernel table): before the first
+/// kernel whose rows release the ID before free (73f576c04b94, 4.7) every
+/// dying memcg holds one; from it on, only those swap entries reference.
+/// `None` when the version is unknown. A backport moves that table's rows.
 pub fn dying_hold(version: Option<KernelVersion>) -> Option<DyingHold> {
     let v = version?;
-    ID_RULES.iter().rev().find(|r| v >= r.since).map(|r| r.hold)
+    Some(if v < crate::leaks::ids_released_before_free_since() {
+        DyingHold::Every
+    } else {
+        DyingHold::SwapHeld
+    })
 }
 
 /// What is known about swap held by dying memcgs.

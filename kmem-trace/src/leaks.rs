@@ -173,6 +173,30 @@ pub fn lookup(cause: Cause, version: KernelVersion) -> Option<&'static Row> {
         .find(|r| r.cause == cause && r.since <= version && version < r.until)
 }
 
+/// The first kernel whose rows give a dying memcg's ID back before it is
+/// freed (at offline, or when its swap entries go): before it every dying
+/// memcg holds its ID (the forecast's ID model, `forecast::dying_hold`).
+pub fn ids_released_before_free_since() -> KernelVersion {
+    TABLE
+        .iter()
+        .filter(|r| r.id_release != IdRelease::Free)
+        .map(|r| r.since)
+        .min()
+        .unwrap_or(ANY)
+}
+
+/// The first kernel on which `cause` no longer keeps removed memcgs dying
+/// (its first row with `stays_dying` false); [`KernelVersion::MAX`] when it
+/// always does. Slab: 5.9, when objects moved to the reparented obj_cgroup.
+pub fn stops_pinning_since(cause: Cause) -> KernelVersion {
+    TABLE
+        .iter()
+        .filter(|r| r.cause == cause && !r.stays_dying)
+        .map(|r| r.since)
+        .min()
+        .unwrap_or(ANY)
+}
+
 /// What keeps memcgs dying on kernel `version`, in words, from the table:
 /// "page cache and tmpfs no longer pin here; swap and sockets still do".
 pub fn describe(version: KernelVersion) -> String {
@@ -282,6 +306,8 @@ mod tests {
         assert!(lookup(Tmpfs, KernelVersion(7, 0, 10)).is_none());
         assert!(!lookup(Slab, KernelVersion(5, 10, 0)).unwrap().stays_dying);
         assert!(lookup(Slab, KernelVersion(4, 19, 0)).unwrap().stays_dying);
+        assert_eq!(stops_pinning_since(Slab), KernelVersion(5, 9, 0));
+        assert_eq!(ids_released_before_free_since(), KernelVersion(4, 7, 0));
     }
 
     #[test]

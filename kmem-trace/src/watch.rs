@@ -382,7 +382,7 @@ pub fn start(cfg: &WatchConfig) -> Result<(Probes, Lifecycle), WatchError> {
     let probes = Probes::start(&cfg.probe)?;
     // If a hook sees id_release, trust it instead of inferring at offline;
     // inferred only where the kernel gives the ID back at offline
-    // (forecast::ID_RULES, the one ID model), held until free before 4.6.
+    // (forecast::dying_hold, the one ID model), held until free before 4.7.
     let no_id_hook = probes
         .report
         .points

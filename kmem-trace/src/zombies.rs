@@ -146,6 +146,13 @@ pub struct WorkloadCount {
     pub pinned_bytes: u64,
 }
 
+/// `namespace/Kind/name` of a pod zombie's workload (the key of
+/// [`top_workloads`]); `None` for zombies of no pod.
+pub fn workload_of(z: &Zombie) -> Option<String> {
+    let a = z.owner.as_ref().filter(|a| a.owner.kind() == "pod")?;
+    Some(crate::outputs::aggregate::workload_key(Some(a)))
+}
+
 /// Most workloads listed in [`Report::top_workloads`].
 const TOP_WORKLOADS: usize = 10;
 
@@ -153,10 +160,9 @@ const TOP_WORKLOADS: usize = 10;
 pub fn top_workloads(zombies: &[Zombie]) -> Vec<WorkloadCount> {
     let mut by: std::collections::HashMap<String, WorkloadCount> = Default::default();
     for z in zombies {
-        let Some(a) = z.owner.as_ref().filter(|a| a.owner.kind() == "pod") else {
+        let Some(key) = workload_of(z) else {
             continue;
         };
-        let key = crate::outputs::aggregate::workload_key(Some(a));
         let (ns, w) = key.split_once('/').unwrap_or((&key, ""));
         let e = by.entry(key.clone()).or_insert_with(|| WorkloadCount {
             namespace: ns.to_string(),
@@ -382,8 +388,8 @@ pub fn render(r: &Report, json: bool, w: &mut dyn Write) -> Result<(), ZombiesEr
                 "  {:>5}  {:>9}  {}/{}",
                 t.zombies,
                 human_bytes(t.pinned_bytes),
-                t.namespace.escape_debug(),
-                t.workload.escape_debug()
+                Term(&t.namespace),
+                Term(&t.workload)
             )?;
         }
     }

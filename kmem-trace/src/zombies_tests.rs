@@ -122,14 +122,11 @@ fn a_census_is_joined_with_the_history() {
     );
 }
 
-#[test]
-fn renders_json_and_a_table() {
-    let clock = Clock::from_offset(OFF);
-    let rows = vec![row(0x10, 1, NOW - 3_600_000_000_000)];
-    let zombies = join(&rows, None, &clock, NOW, None);
-    let r = Report {
+/// A one-zombie report of `db` with no tracer running.
+fn listing(db: &str, top_workloads: Vec<WorkloadCount>, zombies: Vec<Zombie>) -> Report {
+    Report {
         kind: "zombies",
-        db: "/tmp/h.db".into(),
+        db: db.into(),
         tracer: TracerStatus {
             running: false,
             pid: None,
@@ -137,12 +134,24 @@ fn renders_json_and_a_table() {
             stopped: false,
         },
         count: 1,
-        top_workloads: top_workloads(&zombies),
         zombies,
-    };
+        top_workloads,
+    }
+}
+
+fn rendered(r: &Report, json: bool) -> String {
     let mut buf = Vec::new();
-    render(&r, true, &mut buf).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    render(r, json, &mut buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+#[test]
+fn renders_json_and_a_table() {
+    let clock = Clock::from_offset(OFF);
+    let rows = vec![row(0x10, 1, NOW - 3_600_000_000_000)];
+    let zombies = join(&rows, None, &clock, NOW, None);
+    let r = listing("/tmp/h.db", top_workloads(&zombies), zombies);
+    let v: serde_json::Value = serde_json::from_str(&rendered(&r, true)).unwrap();
     let z = &v["zombies"][0];
     assert_eq!(z["owner"]["namespace"], "shop");
     assert_eq!(z["owner"]["pod"], "web-1");
@@ -154,9 +163,7 @@ fn renders_json_and_a_table() {
     assert_eq!(v["top_workloads"][0]["workload"], "Deployment/web");
     assert_eq!(v["top_workloads"][0]["namespace"], "shop");
     assert_eq!(v["top_workloads"][0]["zombies"], 1);
-    let mut buf = Vec::new();
-    render(&r, false, &mut buf).unwrap();
-    let text = String::from_utf8(buf).unwrap();
+    let text = rendered(&r, false);
     assert!(text.contains("no tracer is writing"), "{text}");
     assert!(text.contains("shop/web-1/nginx"), "{text}");
     assert!(text.contains("residents sh (11), head (12)"), "{text}");
@@ -196,23 +203,20 @@ fn hostile_names_reach_the_table_escaped() {
         r.attribution = Some(crate::attribution::Attribution::of_path(&format!(
             "/jobs/{name}"
         )));
-        let rep = Report {
-            kind: "zombies",
-            db: format!("/tmp/{name}.db"),
-            tracer: TracerStatus {
-                running: false,
-                pid: None,
-                last_heartbeat: None,
-                stopped: false,
-            },
-            count: 1,
-            zombies: join(&[r], None, &clock, NOW, None),
-            top_workloads: Vec::new(),
-        };
-        let mut buf = Vec::new();
-        render(&rep, false, &mut buf).unwrap();
-        let text = String::from_utf8(buf).unwrap();
+        let top = vec![WorkloadCount {
+            namespace: name.to_string(),
+            workload: format!("Deployment/{name}"),
+            zombies: 1,
+            pinned_bytes: 0,
+        }];
+        let rep = listing(
+            &format!("/tmp/{name}.db"),
+            top,
+            join(&[r], None, &clock, NOW, None),
+        );
+        let text = rendered(&rep, false);
         crate::outputs::text::assert_inert(&text);
+        assert!(text.contains("/Deployment/"), "{text}");
         assert!(text.contains("/jobs/"), "{text}");
     }
 }
@@ -249,21 +253,6 @@ fn an_unseen_offline_gives_a_lower_bound_not_an_age() {
     let z = join(&[r], None, &clock, NOW, None);
     assert_eq!(z[0].age_s, None, "the offline was not seen");
     assert_eq!(z[0].age_at_least_s, Some(7200.0));
-    let rep = Report {
-        kind: "zombies",
-        db: "/tmp/h.db".into(),
-        tracer: TracerStatus {
-            running: false,
-            pid: None,
-            last_heartbeat: None,
-            stopped: false,
-        },
-        count: 1,
-        top_workloads: Vec::new(),
-        zombies: z,
-    };
-    let mut buf = Vec::new();
-    render(&rep, false, &mut buf).unwrap();
-    let text = String::from_utf8(buf).unwrap();
+    let text = rendered(&listing("/tmp/h.db", Vec::new(), z), false);
     assert!(text.contains(">2h"), "{text}");
 }

@@ -5,8 +5,11 @@ use serde::Serialize;
 
 use super::host::{Driver, Facts};
 use crate::{
-    census::counts::DyingBasis, cgroupfs::CgroupVersion, forecast::Forecast,
-    outputs::line::human_bytes, probes::kernel::KernelVersion,
+    census::counts::DyingBasis,
+    cgroupfs::CgroupVersion,
+    forecast::Forecast,
+    leaks::{stops_pinning_since, Cause},
+    outputs::line::human_bytes,
 };
 
 /// How bad a finding is. Ordered: `Ok < Info < Warning < Critical`; `Unknown`
@@ -168,7 +171,8 @@ fn kernel(f: &Facts, out: &mut Vec<Finding>) {
             .fix(&[FIX_REBOOT]),
         );
     }
-    if v < KernelVersion(5, 9, 0) {
+    // Slab objects pin memcgs until 5.9 (obj_cgroup): from the leak table.
+    if v < stops_pinning_since(Cause::Slab) {
         let pins = kmem_active == Some(true) && !f.nokmem;
         out.push(
             finding(
@@ -269,7 +273,9 @@ fn kubelet(f: &Facts, out: &mut Vec<Finding>) {
     out.push(finding("kubelet", Severity::Info, title));
     if let Some(km) = &f.kmem {
         let sev = match (km.active, f.version) {
-            (Some(true), Some(v)) if v < KernelVersion(5, 9, 0) && !f.nokmem => Severity::Warning,
+            (Some(true), Some(v)) if v < stops_pinning_since(Cause::Slab) && !f.nokmem => {
+                Severity::Warning
+            }
             (None, _) => Severity::Unknown,
             _ => Severity::Info,
         };

@@ -86,7 +86,7 @@ pub struct Facts {
     pub memory: Option<MemoryHierarchy>,
     pub counts: Option<KernelCounts>,
     pub dying: Option<(u64, DyingBasis)>,
-    /// Dying memcgs holding an ID ([`crate::forecast::ID_RULES`]); `None`: unknown.
+    /// Dying memcgs holding an ID ([`crate::forecast::dying_hold`]); `None`: unknown.
     pub dying_holding: Option<u64>,
     /// memcgs holding an ID: the live ones plus `dying_holding`; `None`: unknown.
     pub ids_in_use: Option<u64>,

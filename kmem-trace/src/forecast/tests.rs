@@ -13,26 +13,15 @@ fn hourly(f: impl Fn(u64) -> Sample) -> Vec<Sample> {
 
 #[test]
 fn the_kernel_table_decides_which_dying_memcgs_hold_ids() {
-    assert_eq!(
-        dying_hold(Some(KernelVersion(3, 10, 0))),
-        Some(DyingHold::Every)
-    );
-    assert_eq!(
-        dying_hold(Some(KernelVersion(4, 5, 7))),
-        Some(DyingHold::Every)
-    );
-    assert_eq!(
-        dying_hold(Some(KernelVersion(4, 6, 0))),
-        Some(DyingHold::Every)
-    );
-    assert_eq!(
-        dying_hold(Some(KernelVersion(4, 7, 0))),
-        Some(DyingHold::SwapHeld)
-    );
-    assert_eq!(
-        dying_hold(Some(KernelVersion(6, 18, 0))),
-        Some(DyingHold::SwapHeld)
-    );
+    for (v, hold) in [
+        (KernelVersion(3, 10, 0), DyingHold::Every),
+        (KernelVersion(4, 5, 7), DyingHold::Every),
+        (KernelVersion(4, 6, 0), DyingHold::Every),
+        (KernelVersion(4, 7, 0), DyingHold::SwapHeld),
+        (KernelVersion(6, 18, 0), DyingHold::SwapHeld),
+    ] {
+        assert_eq!(dying_hold(Some(v)), Some(hold), "{v}");
+    }
     assert_eq!(dying_hold(None), None);
     let every = Some(DyingHold::Every);
     let swap = Some(DyingHold::SwapHeld);

@@ -48,11 +48,17 @@ pub struct OwnerRow {
 impl OwnerRow {
     /// `namespace/pod/container`, or the owner alone for non-pod owners.
     pub fn label(&self) -> String {
-        if self.pod.is_empty() {
-            self.container.clone()
-        } else {
-            format!("{}/{}/{}", self.namespace, self.pod, self.container)
-        }
+        owner_label(&self.namespace, &self.pod, &self.container)
+    }
+}
+
+/// `namespace/pod/container` of [`owner_columns`], or the owner alone
+/// (`container`) for owners that are no pod (empty `pod`).
+pub fn owner_label(namespace: &str, pod: &str, container: &str) -> String {
+    if pod.is_empty() {
+        container.to_string()
+    } else {
+        format!("{namespace}/{pod}/{container}")
     }
 }
 

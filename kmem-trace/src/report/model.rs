@@ -366,20 +366,23 @@ fn owners(zombies: &[Zombie]) -> (Vec<OwnerTotal>, usize) {
 /// The top workloads; a leak rate only from zombies whose removal (age) falls
 /// in the period, so zombies of unknown age never make a rate up.
 fn workloads(zombies: &[Zombie], period_s: f64) -> Vec<WorkloadTotal> {
+    // Zombies of the period per workload, in one pass.
+    let mut recent: HashMap<String, u64> = HashMap::new();
+    for z in zombies
+        .iter()
+        .filter(|z| z.age_s.is_some_and(|a| a <= period_s))
+    {
+        if let Some(key) = crate::zombies::workload_of(z) {
+            *recent.entry(key).or_default() += 1;
+        }
+    }
     crate::zombies::top_workloads(zombies)
         .into_iter()
         .map(|w| {
-            let key = format!("{}/{}", w.namespace, w.workload);
-            let recent = zombies
-                .iter()
-                .filter(|z| {
-                    z.owner.as_ref().is_some_and(|a| {
-                        a.owner.kind() == "pod"
-                            && crate::outputs::aggregate::workload_key(Some(a)) == key
-                    })
-                })
-                .filter(|z| z.age_s.is_some_and(|a| a <= period_s))
-                .count();
+            let recent = recent
+                .get(&format!("{}/{}", w.namespace, w.workload))
+                .copied()
+                .unwrap_or(0);
             WorkloadTotal {
                 namespace: w.namespace,
                 workload: w.workload,

@@ -18,7 +18,7 @@ use super::{
     fit,
     model::Model,
     owners::{LineKind, OwnerLine},
-    tail::TailLine,
+    tail::{fit_owner, TailLine},
 };
 use crate::outputs::{line::human_bytes, text::term};
 
@@ -238,11 +238,9 @@ fn owner_cell(l: &OwnerLine, w: usize) -> String {
             let name = r.path.rsplit('/').next().unwrap_or(&r.path);
             format!("  {}", fit::middle(&term(name), w.saturating_sub(2)))
         }
-        LineKind::Owner if !r.pod.is_empty() => {
-            fit::owner(&term(&r.namespace), &term(&r.pod), &term(&r.container), w)
-        }
+        // Path owners are no pod (their pod column is empty).
         LineKind::Owner if r.kind == "path" => fit::path(&term(&r.container), w),
-        LineKind::Owner => fit::middle(&term(&r.container), w),
+        LineKind::Owner => fit_owner(&r.namespace, &r.pod, &r.container, w),
     }
 }
 

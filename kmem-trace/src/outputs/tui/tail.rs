@@ -15,8 +15,11 @@ use crate::{
     decode::TraceEvent,
     lifecycle::Applied,
     outputs::{
-        aggregate::owner_columns, id_and_path, line::human_bytes, text::term, Clock, HookLabels,
-        LineId,
+        aggregate::{owner_columns, owner_label},
+        id_and_path,
+        line::human_bytes,
+        text::term,
+        Clock, HookLabels, LineId,
     },
 };
 use kmem_trace_common::EventKind;
@@ -36,25 +39,23 @@ pub struct OwnerName {
 impl OwnerName {
     /// `namespace/pod/container` (the container alone for non-pods), raw.
     pub fn label(&self) -> String {
-        if self.pod.is_empty() {
-            self.container.clone()
-        } else {
-            format!("{}/{}/{}", self.namespace, self.pod, self.container)
-        }
+        owner_label(&self.namespace, &self.pod, &self.container)
     }
 
     /// Escaped and fitted into `w` characters.
     pub fn fit(&self, w: usize) -> String {
-        if self.pod.is_empty() {
-            fit::middle(&term(&self.container), w)
-        } else {
-            fit::owner(
-                &term(&self.namespace),
-                &term(&self.pod),
-                &term(&self.container),
-                w,
-            )
-        }
+        fit_owner(&self.namespace, &self.pod, &self.container, w)
+    }
+}
+
+/// An owner's columns escaped and fitted into `w` characters, as the tail and
+/// the owner table show them: `namespace/pod/container` ([`fit::owner`]), or
+/// for owners that are no pod (empty `pod`) the owner alone, cut in its middle.
+pub fn fit_owner(namespace: &str, pod: &str, container: &str, w: usize) -> String {
+    if pod.is_empty() {
+        fit::middle(&term(container), w)
+    } else {
+        fit::owner(&term(namespace), &term(pod), &term(container), w)
     }
 }
 
