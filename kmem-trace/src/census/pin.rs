@@ -93,8 +93,6 @@ pub struct Pin {
     /// The cause comes from the memcg's own counters ([`OwnStats`]), not
     /// from an ancestor's split.
     pub exact: bool,
-    /// The memcg's own counters, when the census read them.
-    pub own: Option<OwnStats>,
 }
 
 impl Pin {
@@ -106,7 +104,6 @@ impl Pin {
         swap_pages: 0,
         change_pages: None,
         exact: false,
-        own: None,
     };
 }
 
@@ -234,7 +231,6 @@ pub fn classify(
             Some(cause) => Pin {
                 cause,
                 exact: true,
-                own: own.copied(),
                 ..Pin::UNKNOWN
             },
             None => Pin::UNKNOWN,
@@ -275,7 +271,6 @@ pub fn classify(
         swap_pages: swap,
         change_pages: change,
         exact: exact.is_some(),
-        own: own.copied(),
     }
 }
 
