@@ -336,10 +336,9 @@ pub static SEEN: &[Seen] = &[
 ];
 
 /// The context slot where the fexit programs read the traced function's return
-/// value (`kmem-trace-ebpf/src/fentry.rs`): after one parameter. A fixed offset,
-/// as the verifier refuses a variable context access; rows whose function has
+/// value (shared with `kmem-trace-ebpf/src/fentry.rs`): rows whose function has
 /// another parameter count in BTF are refused instead of misread.
-pub const FEXIT_RET_SLOT: u32 = 1;
+const FEXIT_RET_SLOT: u32 = kmem_trace_common::FEXIT_RET_SLOT as u32;
 
 /// The rows for one point that a mode allows, in order of preference.
 pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
