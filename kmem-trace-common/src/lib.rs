@@ -22,6 +22,12 @@ pub const MEMCG_ID_MAX: u32 = 65535;
 /// Marks a [`Layout`] member the running kernel does not have.
 pub const ABSENT: u32 = u32::MAX;
 
+/// The context slot where the fexit programs read the traced function's
+/// return value: after one parameter (`btf_ctx_access()` allows slot `nr_args`).
+/// A fixed slot, as the verifier refuses a variable context access; userspace
+/// refuses a function whose BTF prototype has another parameter count.
+pub const FEXIT_RET_SLOT: usize = 1;
+
 /// Numbered event kinds. The numbers are ABI: never reuse or renumber one.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

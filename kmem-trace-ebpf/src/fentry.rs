@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use kmem_trace_common::{hook, EventKind};
+use kmem_trace_common::{hook, EventKind, FEXIT_RET_SLOT};
 
 use crate::{
     emit::{emit, emit_online, Subject},
@@ -16,17 +16,18 @@ use crate::{
 
 /// The traced function's return value: the trampoline's context holds the
 /// arguments, then the return value (`btf_ctx_access()` allows reading slot
-/// `nr_args` from fexit programs since 5.5). Not aya's `FExitContext::ret`:
+/// `nr_args` from fexit programs since 5.5), at [`FEXIT_RET_SLOT`] for every
+/// function hooked here (one parameter). Not aya's `FExitContext::ret`:
 /// that calls `bpf_get_func_ret`, a 5.17 helper, and the load fails with
 /// EINVAL on 5.5–5.16 kernels (seen on Debian 5.10.0-46).
-fn ret_after<T: aya_ebpf::Argument>(ctx: &FExitContext, nr_args: usize) -> T {
-    ctx.arg::<T>(nr_args)
+fn return_value<T: aya_ebpf::Argument>(ctx: &FExitContext) -> T {
+    ctx.arg::<T>(FEXIT_RET_SLOT)
 }
 
 /// `struct cgroup_subsys_state *mem_cgroup_css_alloc(struct cgroup_subsys_state *parent_css)`.
 #[fexit(function = "mem_cgroup_css_alloc")]
 pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
-    let css: u64 = ret_after(&ctx, 1);
+    let css: u64 = return_value(&ctx);
     if !bad_ptr(css) {
         let subj = Subject::new(memcg_from_css(css), 0);
         emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
@@ -40,7 +41,7 @@ pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
 pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
     // int mem_cgroup_css_online(struct cgroup_subsys_state *css)
     let css: u64 = ctx.arg::<u64>(0);
-    let ret: i32 = ret_after(&ctx, 1);
+    let ret: i32 = return_value(&ctx);
     if css == 0 || ret != 0 {
         return 0;
     }
@@ -87,7 +88,7 @@ pub fn kt_fentry_id_put_many(ctx: FEntryContext) -> i32 {
 pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
     // int memcg_online_kmem(struct mem_cgroup *memcg)
     let memcg: u64 = ctx.arg::<u64>(0);
-    let ret: i32 = ret_after(&ctx, 1);
+    let ret: i32 = return_value(&ctx);
     if ret == 0 {
         on_kmem_online(hook::FENTRY_KMEM_ONLINE, memcg);
     }

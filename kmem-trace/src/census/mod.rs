@@ -521,9 +521,9 @@ pub fn pins(c: &Census, read: &dyn Fn(&str) -> Option<pin::MemStat>) -> HashMap<
         let own = c.own.get(&m.addr);
         let now = m.census_counters();
         let off = m.offline_ns.is_some().then(|| m.at_offline());
-        if own.is_some_and(|o| o.cause(c.kmem_pins).is_some()) {
-            // Exact: no ancestor's memory.stat needed.
-            let p = pin::classify(off.as_ref(), now.as_ref(), own, None, c.kmem_pins);
+        let p = pin::classify(off.as_ref(), now.as_ref(), own, None, c.kmem_pins);
+        if p.exact {
+            // Its own counters told: no ancestor's memory.stat needed.
             out.insert(m.addr, p);
             continue;
         }

@@ -93,8 +93,6 @@ pub struct Pin {
     /// The cause comes from the memcg's own counters ([`OwnStats`]), not
     /// from an ancestor's split.
     pub exact: bool,
-    /// The memcg's own counters, when the census read them.
-    pub own: Option<OwnStats>,
 }
 
 impl Pin {
@@ -106,7 +104,6 @@ impl Pin {
         swap_pages: 0,
         change_pages: None,
         exact: false,
-        own: None,
     };
 }
 
@@ -143,9 +140,13 @@ impl OwnStats {
         })
     }
 
-    /// The cause these counters name, `None` when they cannot tell (the
-    /// user-page counters are missing). `kmem_pins`: see [`kmem_pins`].
-    pub fn cause(&self, kmem_pins: bool) -> Option<PinCause> {
+    /// The cause these counters name, `None` when they cannot tell: the
+    /// user-page counters are missing, or they all read zero while the page
+    /// counters show a charge (`charged`). They are flushed lazily (rstat,
+    /// about every 2 s, `flush_memcg_stats_dwork`), so right after rmdir they
+    /// can still be zero: zero against a charge is not an answer.
+    /// `kmem_pins`: see [`kmem_pins`].
+    pub fn cause(&self, kmem_pins: bool, charged: bool) -> Option<PinCause> {
         let file = self.file?;
         let shmem = self.shmem?;
         let anon = self.anon?;
@@ -166,11 +167,11 @@ impl OwnStats {
                 (0, PinCause::NoCharge),
                 |best, c| if c.0 > best.0 { c } else { best },
             );
-        Some(if pages == 0 {
-            PinCause::NoCharge
-        } else {
-            cause
-        })
+        match pages {
+            0 if charged => None,
+            0 => Some(PinCause::NoCharge),
+            _ => Some(cause),
+        }
     }
 }
 
@@ -225,13 +226,11 @@ pub fn classify(
     residual: Option<&Residual>,
     kmem_pins: bool,
 ) -> Pin {
-    let exact = own.and_then(|o| o.cause(kmem_pins));
     let Some(c) = now.or(at_offline).filter(|c| c.mem_pages.is_some()) else {
-        return match exact {
+        return match own.and_then(|o| o.cause(kmem_pins, false)) {
             Some(cause) => Pin {
                 cause,
                 exact: true,
-                own: own.copied(),
                 ..Pin::UNKNOWN
             },
             None => Pin::UNKNOWN,
@@ -251,11 +250,7 @@ pub fn classify(
     };
     // Stale reparented kmem does not pin (see `kmem_pins`).
     let k = if kmem_pins { kmem.unwrap_or(0) } else { 0 };
-    // The memcg's own stat counters are flushed lazily (rstat, about every
-    // 2 s, `flush_memcg_stats_dwork`): right after rmdir they can still read
-    // zero while its page counter is charged. Zero against a charge is not an
-    // answer: fall back to the approximate split.
-    let exact = exact.filter(|c| !(*c == PinCause::NoCharge && (user > 0 || k > 0 || swap > 0)));
+    let exact = own.and_then(|o| o.cause(kmem_pins, user > 0 || k > 0 || swap > 0));
     let cause = if let Some(cause) = exact {
         cause
     } else if user == 0 && k == 0 && swap == 0 {
@@ -276,7 +271,6 @@ pub fn classify(
         swap_pages: swap,
         change_pages: change,
         exact: exact.is_some(),
-        own: own.copied(),
     }
 }
 
@@ -435,31 +429,33 @@ mod tests {
             shmem: Some(4000),
             ..own
         };
-        assert_eq!(shm.cause(false), Some(PinCause::Tmpfs));
+        assert_eq!(shm.cause(false, true), Some(PinCause::Tmpfs));
         let swap = OwnStats {
             swap: Some(9000),
             ..shm
         };
-        assert_eq!(swap.cause(false), Some(PinCause::Swap));
+        assert_eq!(swap.cause(false, true), Some(PinCause::Swap));
         let sock = OwnStats {
             file: Some(0),
             shmem: Some(0),
             sock: Some(3),
             ..own
         };
-        assert_eq!(sock.cause(false), Some(PinCause::Sockets));
+        assert_eq!(sock.cause(false, true), Some(PinCause::Sockets));
         // Kernel memory counts only where it still pins (before 5.9).
-        assert_eq!(sock.cause(true), Some(PinCause::KernelMemory));
+        assert_eq!(sock.cause(true, true), Some(PinCause::KernelMemory));
         let none = OwnStats {
             file: Some(0),
             kmem: Some(0),
             sock: Some(0),
             ..sock
         };
-        assert_eq!(none.cause(true), Some(PinCause::NoCharge));
+        assert_eq!(none.cause(true, false), Some(PinCause::NoCharge));
+        // All zero while the page counters show a charge: not yet flushed.
+        assert_eq!(none.cause(true, true), None);
         // Without the user-page counters the own stats cannot tell.
         let partial = OwnStats { file: None, ..own };
-        assert_eq!(partial.cause(true), None);
+        assert_eq!(partial.cause(true, false), None);
         // A census record carries them in comm/pcomm.
         let mut ev = kmem_trace_common::Event::ZERO;
         ev.flags = kmem_trace_common::flags::CENSUS_STATS;
@@ -501,11 +497,6 @@ mod tests {
         };
         assert_eq!(mixed.cause(), PinCause::PageCacheOrTmpfs);
     }
-}
-
-#[cfg(test)]
-mod unflushed_tests {
-    use super::*;
 
     #[test]
     fn own_counters_still_zero_against_a_charge_are_not_exact() {

@@ -221,6 +221,33 @@ fn pins_use_the_nearest_live_ancestors_stats() {
 }
 
 #[test]
+fn unflushed_own_counters_fall_back_to_the_ancestors_split() {
+    let mut c = from_raw(hierarchy(CgroupVersion::V1), &records(), &summary(5, 3, 2));
+    c.kmem_pins = false;
+    // c1's own counters read zero right after rmdir (rstat not yet flushed)
+    // while its page counter holds 4096 pages: the ancestor's split decides.
+    c.own.insert(
+        0x4000,
+        OwnStats {
+            file: Some(0),
+            shmem: Some(0),
+            anon: Some(0),
+            ..OwnStats::default()
+        },
+    );
+    let read = |path: &str| -> Option<pin::MemStat> {
+        (path == "/kubepods").then(|| {
+            pin::MemStat::parse(
+                "cache 0\nrss 0\nshmem 0\ntotal_cache 16777216\ntotal_rss 0\ntotal_shmem 16777216\n",
+                CgroupVersion::V1,
+            )
+        })
+    };
+    let p = pins(&c, &read)[&0x4000];
+    assert_eq!((p.cause, p.exact), (PinCause::Tmpfs, false), "{p:?}");
+}
+
+#[test]
 fn seeding_gives_watch_the_pre_existing_zombies() {
     let c = from_raw(hierarchy(CgroupVersion::V1), &records(), &summary(5, 3, 2));
     let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();

@@ -347,19 +347,12 @@ impl KernelBtf {
         let Some(nr_stat) = self.enum_value("memcg_stat_item", "MEMCG_NR_STAT") else {
             return Ok(());
         };
-        let node = |name: &str| self.enum_value("node_stat_item", name);
-        let memcg = |name: &str| self.enum_value("memcg_stat_item", name);
-        let wanted: [(usize, &str, Option<i64>); census_stat::N] = [
-            (census_stat::FILE, "NR_FILE_PAGES", node("NR_FILE_PAGES")),
-            (census_stat::SHMEM, "NR_SHMEM", node("NR_SHMEM")),
-            (census_stat::ANON, "NR_ANON_MAPPED", node("NR_ANON_MAPPED")),
-            (census_stat::KMEM, "MEMCG_KMEM", memcg("MEMCG_KMEM")),
-            (census_stat::SWAP, "MEMCG_SWAP", memcg("MEMCG_SWAP")),
-            (census_stat::SOCK, "MEMCG_SOCK", memcg("MEMCG_SOCK")),
-        ];
         let mut any = false;
-        for (slot, name, value) in wanted {
-            let index = value.and_then(|v| stat_index(name, v, nr_stat, array.len));
+        for stat in &STATS {
+            let (slot, name) = (stat.slot, stat.name);
+            let index = self
+                .enum_value(stat.item.enum_name(), name)
+                .and_then(|v| stat_index(name, v, nr_stat, array.len));
             if let Some(i) = index {
                 layout.stat_off[slot] = array.offset + i * 8;
                 any = true;
@@ -512,32 +505,65 @@ struct ArrayInfo {
     len: u32,
 }
 
-/// Slot of counter `name` (enum value `value`) in a `memcg_vmstats` array of
-/// `len` entries, `MEMCG_NR_STAT` being `nr_stat`. Kernel table:
+/// Which enum a counter is a member of, and so where 6.10+ keeps it.
+#[derive(Clone, Copy)]
+enum StatItem {
+    /// `enum node_stat_item`; the position in 6.10+'s `memcg_node_stat_items[]`.
+    Node(u32),
+    /// `enum memcg_stat_item`.
+    Memcg,
+}
+
+impl StatItem {
+    fn enum_name(self) -> &'static str {
+        match self {
+            StatItem::Node(_) => "node_stat_item",
+            StatItem::Memcg => "memcg_stat_item",
+        }
+    }
+}
+
+struct Stat {
+    /// Index in [`census_stat`] (and `Layout::stat_off`).
+    slot: usize,
+    name: &'static str,
+    item: StatItem,
+}
+
+/// The counters the census reads. The node items' positions in
+/// `memcg_node_stat_items[]` are not in BTF; its first twenty entries have not
+/// moved from 6.10 to 6.18 (checked against `memory.stat` of a memcg of known
+/// content by the census root test).
+#[rustfmt::skip]
+const STATS: [Stat; census_stat::N] = [
+    Stat { slot: census_stat::FILE, name: "NR_FILE_PAGES", item: StatItem::Node(16) },
+    Stat { slot: census_stat::SHMEM, name: "NR_SHMEM", item: StatItem::Node(19) },
+    Stat { slot: census_stat::ANON, name: "NR_ANON_MAPPED", item: StatItem::Node(14) },
+    Stat { slot: census_stat::KMEM, name: "MEMCG_KMEM", item: StatItem::Memcg },
+    Stat { slot: census_stat::SWAP, name: "MEMCG_SWAP", item: StatItem::Memcg },
+    Stat { slot: census_stat::SOCK, name: "MEMCG_SOCK", item: StatItem::Memcg },
+];
+
+/// Slot of counter `name` of [`STATS`] (enum value `value`) in a
+/// `memcg_vmstats` array of `len` entries, `MEMCG_NR_STAT` being `nr_stat`;
+/// `None` for a name not in [`STATS`]. Kernel table:
 /// - `len == MEMCG_NR_STAT` (up to 6.9): indexed by the enum value itself.
 /// - shorter (6.10+, "memcg: reduce memory for the lruvec and memcg stats",
 ///   Shakeel Butt): `memcg_stats_index()` maps through `memcg_node_stat_items[]`
 ///   followed by `memcg_stat_items[]` (every `memcg_stat_item`, in enum order,
-///   so those sit at the array's end). The node items' table is not in BTF;
-///   its first twenty entries have not moved from 6.10 to 6.18 (checked against
-///   `memory.stat` of a memcg of known content by the census root test).
+///   so those sit at the array's end).
 pub(crate) fn stat_index(name: &str, value: i64, nr_stat: i64, len: u32) -> Option<u32> {
+    let item = STATS.iter().find(|s| s.name == name)?.item;
     let len = len as i64;
-    if len == nr_stat {
-        return (0..len).contains(&value).then_some(value as u32);
-    }
-    if name.starts_with("MEMCG_") {
-        let i = len - (nr_stat - value);
-        return (0..len).contains(&i).then_some(i as u32);
-    }
-    // Positions in 6.10+'s `memcg_node_stat_items[]`.
-    let i = match name {
-        "NR_ANON_MAPPED" => 14,
-        "NR_FILE_PAGES" => 16,
-        "NR_SHMEM" => 19,
-        _ => return None,
+    let i = if len == nr_stat {
+        value
+    } else {
+        match item {
+            StatItem::Node(i) => i as i64,
+            StatItem::Memcg => len - (nr_stat - value),
+        }
     };
-    (i < len).then_some(i as u32)
+    (0..len).contains(&i).then_some(i as u32)
 }
 
 struct MemberInfo {

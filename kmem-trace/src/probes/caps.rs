@@ -106,6 +106,10 @@ impl KernelFacts for RootFacts {
     fn has_kallsyms_addr(&self, symbol: &str) -> bool {
         self.kallsyms.addr(symbol).is_some()
     }
+
+    fn fexit_params(&self, symbol: &str) -> Option<u32> {
+        self.btf.as_ref()?.func_params(symbol)
+    }
 }
 
 /// The kernel release under `root`: `proc/sys/kernel/osrelease`, else `uname`

@@ -336,10 +336,9 @@ pub static SEEN: &[Seen] = &[
 ];
 
 /// The context slot where the fexit programs read the traced function's return
-/// value (`kmem-trace-ebpf/src/fentry.rs`): after one parameter. A fixed offset,
-/// as the verifier refuses a variable context access; rows whose function has
+/// value (shared with `kmem-trace-ebpf/src/fentry.rs`): rows whose function has
 /// another parameter count in BTF are refused instead of misread.
-pub const FEXIT_RET_SLOT: u32 = 1;
+const FEXIT_RET_SLOT: u32 = kmem_trace_common::FEXIT_RET_SLOT as u32;
 
 /// The rows for one point that a mode allows, in order of preference.
 pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
@@ -361,20 +360,7 @@ pub trait KernelFacts {
     fn has_symbol(&self, attach: Attach, symbol: &str) -> bool;
     fn has_kallsyms_addr(&self, symbol: &str) -> bool;
     /// Parameters of the function's BTF prototype, where known.
-    fn fexit_params(&self, _symbol: &str) -> Option<u32> {
-        None
-    }
-}
-
-/// An fexit row's symbol must take [`FEXIT_RET_SLOT`] parameters, or the
-/// program would read an argument as the return value.
-fn fexit_slot(row: &Row, facts: &dyn KernelFacts, sym: String) -> Result<String, String> {
-    match facts.fexit_params(&sym) {
-        Some(n) if row.attach == Attach::Fexit && n != FEXIT_RET_SLOT => Err(format!(
-            "{sym} takes {n} parameters in BTF; the fexit program reads the return value after {FEXIT_RET_SLOT}"
-        )),
-        _ => Ok(sym),
-    }
+    fn fexit_params(&self, symbol: &str) -> Option<u32>;
 }
 
 /// Static check of one row: the symbol to use, or why the row cannot work.
@@ -402,31 +388,38 @@ pub fn check(
             return Err(format!("{sym} has no address in /proc/kallsyms"));
         }
     }
-    if let Some(sym) = forced_symbol {
-        return if facts.has_symbol(row.attach, sym) {
-            fexit_slot(row, facts, sym.to_string())
-        } else {
-            Err(format!(
+    let sym = match forced_symbol {
+        Some(sym) if facts.has_symbol(row.attach, sym) => sym,
+        Some(sym) => {
+            return Err(format!(
                 "forced symbol {sym} not found for {}",
                 row.attach.name()
             ))
-        };
-    }
-    let found = row
-        .symbols
-        .iter()
-        .find(|s| facts.has_symbol(row.attach, s))
-        .map(|s| s.to_string());
-    if let Some(sym) = found {
-        return fexit_slot(row, facts, sym);
-    }
-    let place = match row.attach {
-        Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
-        Attach::Fentry | Attach::Fexit => "as a BTF function",
-        Attach::TpBtf => "as a BTF tracepoint",
-        Attach::RawTp => "as a tracepoint",
+        }
+        None => row
+            .symbols
+            .iter()
+            .find(|s| facts.has_symbol(row.attach, s))
+            .ok_or_else(|| {
+                let place = match row.attach {
+                    Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
+                    Attach::Fentry | Attach::Fexit => "as a BTF function",
+                    Attach::TpBtf => "as a BTF tracepoint",
+                    Attach::RawTp => "as a tracepoint",
+                };
+                format!("none of {} exists {place}", row.symbols.join(", "))
+            })?,
     };
-    Err(format!("none of {} exists {place}", row.symbols.join(", ")))
+    // An fexit program reads the return value at a fixed slot: a function
+    // with another parameter count would have an argument misread as it.
+    if row.attach == Attach::Fexit {
+        if let Some(n) = facts.fexit_params(sym).filter(|&n| n != FEXIT_RET_SLOT) {
+            return Err(format!(
+                "{sym} takes {n} parameters in BTF; the fexit program reads the return value after {FEXIT_RET_SLOT}"
+            ));
+        }
+    }
+    Ok(sym.to_string())
 }
 
 #[cfg(test)]

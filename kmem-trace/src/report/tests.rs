@@ -96,7 +96,6 @@ pub(super) fn inputs(tree: &str) -> Inputs {
                     swap_pages: 0,
                     change_pages: None,
                     exact: false,
-                    own: None,
                 },
             )
         })
