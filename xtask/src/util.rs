@@ -70,16 +70,23 @@ pub fn apt_get() -> Command {
     c
 }
 
-/// Runs an [`apt_get`] command holding [`APT_LOCK`]: `apt-get update` does not
+/// [`APT_LOCK`], held until the file is dropped: `apt-get update` does not
 /// wait for its lists lock the way dpkg's lock waits, so two of this suite's
-/// apt calls never run at once.
-pub fn apt(cmd: &mut Command) -> Result<()> {
-    let f = File::options()
-        .create(true)
-        .append(true)
-        .open(APT_LOCK)
+/// apt calls (the machine's, the private states' of the VM matrix) never run
+/// at once.
+pub fn apt_lock() -> Result<File> {
+    // flock needs no write access: a lock file another user (root) made opens
+    // read-only.
+    let f = File::open(APT_LOCK)
+        .or_else(|_| File::create(APT_LOCK))
         .with_context(|| format!("opening {APT_LOCK}"))?;
     f.lock().with_context(|| format!("locking {APT_LOCK}"))?;
+    Ok(f)
+}
+
+/// Runs an [`apt_get`] command holding [`apt_lock`].
+pub fn apt(cmd: &mut Command) -> Result<()> {
+    let _lock = apt_lock()?;
     sh(cmd)
 }
 
