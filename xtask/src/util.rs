@@ -1,9 +1,8 @@
-//! Small helpers for running commands and locating the workspace, and the
-//! kernel lock.
+//! Small helpers for running commands and locating the workspace, the
+//! kernel lock and the apt lock.
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -28,33 +27,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The kernel lock every helper holds while touching this machine's kernel.
-pub const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
-
-/// [`KERNEL_LOCK`], held (`flock`) until dropped.
-pub struct KernelLock {
-    _file: File,
-}
-
-impl KernelLock {
-    /// Takes the lock, saying as `who` when it has to wait for another helper.
-    pub fn take(who: &str) -> Result<KernelLock> {
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(KERNEL_LOCK)
-            .with_context(|| format!("opening {KERNEL_LOCK}"))?;
-        // SAFETY: flock on an fd we own; non-blocking first to say we wait.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("{who}: waiting for {KERNEL_LOCK} (another helper is using the kernel)");
-            // SAFETY: as above, blocking.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());
-            }
-        }
-        Ok(KernelLock { _file: f })
-    }
-}
+/// The kernel lock ([`KERNEL_LOCK`]) as the root tests take it: held for
+/// the holder's life unless an ancestor (`flock LOCK cargo xtask test`)
+/// already holds it, where waiting would wait forever.
+#[path = "../../tests/src/lock.rs"]
+mod kernel_lock;
+pub use kernel_lock::{held_by_an_ancestor, KernelLock, KERNEL_LOCK};
 
 /// Serialises this suite's apt calls (the test steps run some at once).
 pub const APT_LOCK: &str = "/tmp/kmem-apt.lock";

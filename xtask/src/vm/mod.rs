@@ -164,33 +164,11 @@ fn host_boot() -> Boot {
     }
 }
 
-/// True when a process above this one is `flock ... /tmp/kmem-trace-kernel.lock`
-/// (`flock LOCK cargo xtask test`): it holds the lock for us, and a second
-/// flock would wait for it forever.
+/// True when a process above this one holds the kernel lock (`flock LOCK
+/// cargo xtask test`): it holds it for us, and a second flock would wait for
+/// it forever.
 fn lock_held_by_ancestor() -> bool {
-    let mut pid = std::process::id();
-    for _ in 0..32 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        if ppid <= 1 {
-            return false;
-        }
-        let cmdline = fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_flock = args.first().is_some_and(|a| a.ends_with(b"flock"));
-        if is_flock && args.iter().any(|a| *a == KERNEL_LOCK.as_bytes()) {
-            return true;
-        }
-        pid = ppid;
-    }
-    false
+    fs::File::open(KERNEL_LOCK).is_ok_and(|f| util::held_by_an_ancestor(&f))
 }
 
 /// `YYYY-MM-DD` (UTC) for the README, without a date crate.
