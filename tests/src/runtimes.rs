@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::wait_for;
+
 /// The runtime tests run when `cargo xtask test` asks for them (its
 /// `runtimes` step sets this), else they say why they are skipped.
 pub fn wanted(test: &str) -> bool {
@@ -66,18 +68,6 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
         .arg(&tar)
         .arg("."))?;
     Ok(tar)
-}
-
-/// Waits for `f`, up to `timeout`.
-fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 /// Whether a process runs whose command line contains `needle`.
@@ -152,7 +142,7 @@ impl Dockerd {
             dir,
             child: Some(child),
         };
-        if !until(Duration::from_secs(60), || {
+        if !wait_for(Duration::from_secs(60), || {
             d.cmd()
                 .arg("info")
                 .output()
@@ -265,7 +255,7 @@ impl Drop for Podman {
         // conmon runs `podman ... container cleanup` when a container exits:
         // wait for those (they name our root) before removing what they use.
         let ours = self.dir.display().to_string();
-        until(Duration::from_secs(20), || !running_with(&ours));
+        wait_for(Duration::from_secs(20), || !running_with(&ours));
         let _ = fs::remove_dir_all(&self.dir);
         if !self.made_parents.is_empty() {
             // conmon processes leave their cgroup a moment after `rm`.
@@ -277,7 +267,7 @@ impl Drop for Podman {
                     })
                 })
             };
-            until(Duration::from_secs(20), || !busy());
+            wait_for(Duration::from_secs(20), || !busy());
             for p in &self.made_parents {
                 crate::remove_tree(p);
             }
