@@ -228,6 +228,19 @@ pub fn stdout_of(cmd: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// `kmem-trace census --json`, parsed; fails the test when the census fell
+/// back to counts (no BPF iterator listing).
+pub fn census_json() -> Value {
+    let out = stdout_of(kmem_trace_cmd().unwrap().args(["census", "--json"])).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["source"], "bpf_iterator",
+        "the census fell back to counts: {}",
+        v["fallback"]
+    );
+    v
+}
+
 /// `kmem-trace zombies --json --db DB`, parsed.
 pub fn zombies_json(db: &Path) -> Result<Value> {
     let out = stdout_of(

@@ -1,10 +1,15 @@
 //! The host-kernel lock (`flock /tmp/kmem-trace-kernel.lock`) for root tests
-//! that change the cgroup tree or load BPF programs.
+//! that change the cgroup tree or load BPF programs. xtask compiles this file
+//! too (`#[path]` in xtask/src/util.rs: it cannot depend on this crate) for
+//! its own kernel-touching tasks.
 
 use std::{
     fs::{self, File},
     os::fd::AsRawFd,
 };
+
+/// The lock file every helper and test takes while it touches the kernel.
+pub const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
 
 /// `flock /tmp/kmem-trace-kernel.lock` for the test's lifetime, unless a
 /// parent process already holds it (`flock /tmp/kmem-trace-kernel.lock cargo
@@ -18,7 +23,7 @@ impl KernelLock {
         let f = File::options()
             .create(true)
             .append(true)
-            .open("/tmp/kmem-trace-kernel.lock")
+            .open(KERNEL_LOCK)
             .expect("opening the kernel lock");
         // SAFETY: flock on an fd we own; released when the file is closed.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -36,7 +41,7 @@ impl KernelLock {
 }
 
 /// Whether a granted lock on `f`'s inode in /proc/locks belongs to one of our ancestors.
-fn held_by_an_ancestor(f: &File) -> bool {
+pub fn held_by_an_ancestor(f: &File) -> bool {
     use std::os::unix::fs::MetadataExt;
     let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
     let locks = fs::read_to_string("/proc/locks").unwrap_or_default();

@@ -14,6 +14,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::wait_for;
+
 /// The runtime tests run when `cargo xtask test` asks for them (its
 /// `runtimes` step sets this), else they say why they are skipped.
 pub fn wanted(test: &str) -> bool {
@@ -66,18 +68,6 @@ pub fn busybox_rootfs(dir: &Path) -> Result<PathBuf> {
         .arg(&tar)
         .arg("."))?;
     Ok(tar)
-}
-
-/// Waits for `f`, up to `timeout`.
-fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 /// Whether a process runs whose command line contains `needle`.
@@ -152,7 +142,7 @@ impl Dockerd {
             dir,
             child: Some(child),
         };
-        if !until(Duration::from_secs(60), || {
+        if !wait_for(Duration::from_secs(60), || {
             d.cmd()
                 .arg("info")
                 .output()
@@ -202,11 +192,23 @@ impl Drop for Dockerd {
 /// lock file.
 pub struct Podman {
     dir: PathBuf,
-    made_parent: bool,
+    /// The `libpod_parent` cgroups this store's containers made.
+    made_parents: Vec<PathBuf>,
     made_lock: bool,
 }
 
-const LIBPOD_PARENT: &str = "/sys/fs/cgroup/memory/libpod_parent";
+/// Where podman's cgroupfs manager puts containers: `libpod_parent` in every
+/// hierarchy (each v1 controller, the named systemd one, the unified one), not
+/// only the memory controller's.
+fn libpod_parents() -> Vec<PathBuf> {
+    fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("libpod_parent"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 const LIBPOD_LOCK: &str = "/dev/shm/libpod_lock";
 
 impl Podman {
@@ -220,7 +222,10 @@ impl Podman {
         )?;
         Ok(Podman {
             dir,
-            made_parent: !Path::new(LIBPOD_PARENT).exists(),
+            made_parents: libpod_parents()
+                .into_iter()
+                .filter(|p| !p.exists())
+                .collect(),
             made_lock: !Path::new(LIBPOD_LOCK).exists(),
         })
     }
@@ -250,20 +255,22 @@ impl Drop for Podman {
         // conmon runs `podman ... container cleanup` when a container exits:
         // wait for those (they name our root) before removing what they use.
         let ours = self.dir.display().to_string();
-        until(Duration::from_secs(20), || !running_with(&ours));
+        wait_for(Duration::from_secs(20), || !running_with(&ours));
         let _ = fs::remove_dir_all(&self.dir);
-        if self.made_parent {
+        if !self.made_parents.is_empty() {
             // conmon processes leave their cgroup a moment after `rm`.
             let busy = || {
-                let mut procs = String::new();
-                for d in ["", "conmon"] {
-                    let f = Path::new(LIBPOD_PARENT).join(d).join("cgroup.procs");
-                    procs.push_str(&fs::read_to_string(f).unwrap_or_default());
-                }
-                !procs.trim().is_empty()
+                self.made_parents.iter().any(|p| {
+                    ["", "conmon"].iter().any(|d| {
+                        let f = p.join(d).join("cgroup.procs");
+                        !fs::read_to_string(f).unwrap_or_default().trim().is_empty()
+                    })
+                })
             };
-            until(Duration::from_secs(20), || !busy());
-            crate::remove_tree(Path::new(LIBPOD_PARENT));
+            wait_for(Duration::from_secs(20), || !busy());
+            for p in &self.made_parents {
+                crate::remove_tree(p);
+            }
         }
         if self.made_lock {
             let _ = fs::remove_file(LIBPOD_LOCK);

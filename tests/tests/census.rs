@@ -13,7 +13,7 @@ use std::{
 };
 
 use kmem_trace_tests::{
-    kmem_trace_cmd, lock::KernelLock, memory_root, require_root, stdout_of, wait_for, TestParent,
+    census_json, lock::KernelLock, memory_root, require_root, wait_for, TestParent,
 };
 use serde_json::Value;
 
@@ -54,24 +54,13 @@ fn dirs(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn census() -> Value {
-    let out = stdout_of(kmem_trace_cmd().unwrap().args(["census", "--json"])).unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(
-        v["source"], "bpf_iterator",
-        "the census fell back to counts: {}",
-        v["fallback"]
-    );
-    v
-}
-
 /// A census taken while the kernel's dying count stayed the same around it;
 /// returns (census, kernel dying count). The machine's own tooling creates
 /// cgroups now and then, so a census that raced one is taken again.
 fn quiet_census(root: &Path) -> (Value, u64) {
     for _ in 0..20 {
         let before = kernel_counts(root);
-        let c = census();
+        let c = census_json();
         let after = kernel_counts(root);
         if before == after {
             return (c, after.0 - after.1);
@@ -142,7 +131,7 @@ fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
     };
     eprintln!("zombies made at {:?}", t.elapsed());
     // The unpinned ones are freed asynchronously; wait until only the pinned remain.
-    let settled = wait_for(Duration::from_secs(30), || ours(&census()).len() == 3);
+    let settled = wait_for(Duration::from_secs(30), || ours(&census_json()).len() == 3);
     let (c, kernel) = quiet_census(&root);
     let mine = ours(&c);
     assert!(settled, "our dying memcgs: {mine:#?}");
@@ -169,7 +158,7 @@ fn census_dying_count_equals_the_kernels_also_with_tmpfs_pinned_zombies() {
         fs::remove_file(shm.join(format!("f{i}"))).unwrap();
     }
     assert!(
-        wait_for(Duration::from_secs(30), || ours(&census()).is_empty()),
+        wait_for(Duration::from_secs(30), || ours(&census_json()).is_empty()),
         "zombies stayed after their tmpfs files were deleted"
     );
     let (c, kernel) = quiet_census(&root);

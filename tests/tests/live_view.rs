@@ -115,6 +115,28 @@ fn assert_terminal_restored(t: &Tmux, stty: &Path) {
     }
 }
 
+/// Runs `program` (shell words) in a new tmux session of `cols`×`rows`; when it
+/// exits the shell prints `EXITED <code>`, writes the terminal modes (`stty
+/// -a`) to the returned file, and stays so the pane can be read.
+fn run_in_tmux(name: &str, cols: u16, rows: u16, program: &str) -> (Tmux, PathBuf) {
+    let pid = std::process::id();
+    let stty = std::env::temp_dir().join(format!("kmem-trace-{name}-stty-{pid}"));
+    let script = format!(
+        "{program}; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
+        stty.display()
+    );
+    let t = Tmux::start(format!("kmem-trace-test-{name}-{pid}"), cols, rows, &script);
+    (t, stty)
+}
+
+/// `kmem-trace watch` as [`run_in_tmux`] runs it.
+fn watch_program() -> String {
+    format!(
+        "'{}' watch --no-history --zombie-after 1s",
+        kmem_trace_bin().unwrap().display()
+    )
+}
+
 fn wait_screen(t: &Tmux, what: &str, secs: u64) -> String {
     let mut last = String::new();
     let found = wait_for(Duration::from_secs(secs), || {
@@ -133,21 +155,7 @@ fn watch_in_a_terminal_shows_the_live_view_and_restores_the_terminal() {
         return;
     }
     let parent = TestParent::new("tui").unwrap();
-    let stty: PathBuf = std::env::temp_dir().join(format!("{}-stty", parent.name));
-    let bin = kmem_trace_bin().unwrap();
-    // After kmem-trace exits the shell records its exit code and the terminal
-    // mode, then stays so the pane can be read.
-    let script = format!(
-        "'{}' watch --no-history --zombie-after 1s; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
-        bin.display(),
-        stty.display()
-    );
-    let t = Tmux::start(
-        format!("kmem-trace-test-{}", std::process::id()),
-        160,
-        48,
-        &script,
-    );
+    let (t, stty) = run_in_tmux("tui", 160, 48, &watch_program());
 
     let s = wait_screen(&t, "owners by zombies", 60);
     for want in [
@@ -199,19 +207,7 @@ const HOSTILE: &str = "\x1b]0;pwn\x07";
 fn fits_the_terminal(cols: u16, rows: u16) {
     let tag = format!("tui{cols}");
     let mut parent = TestParent::new(&tag).unwrap();
-    let stty: PathBuf = std::env::temp_dir().join(format!("{}-stty", parent.name));
-    let bin = kmem_trace_bin().unwrap();
-    let script = format!(
-        "'{}' watch --no-history --zombie-after 1s; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
-        bin.display(),
-        stty.display()
-    );
-    let t = Tmux::start(
-        format!("kmem-trace-test-{cols}-{}", std::process::id()),
-        cols,
-        rows,
-        &script,
-    );
+    let (t, stty) = run_in_tmux(&tag, cols, rows, &watch_program());
     wait_screen(&t, "owners by zombies", 60);
 
     let uid = "5b2ae0e6-4d1c-4c35-9b8e-2f8f3a1e9c7d";
@@ -344,18 +340,8 @@ fn a_panic_in_the_live_view_restores_the_terminal() {
     if !has_tmux() {
         return;
     }
-    let stty = std::env::temp_dir().join(format!("kmem-trace-panic-stty-{}", std::process::id()));
-    let script = format!(
-        "'{}'; echo \"EXITED $?\"; stty -a > '{}'; sleep 600",
-        env!("CARGO_BIN_EXE_kmem-trace-tui-panic"),
-        stty.display()
-    );
-    let t = Tmux::start(
-        format!("kmem-trace-test-panic-{}", std::process::id()),
-        120,
-        40,
-        &script,
-    );
+    let program = format!("'{}'", env!("CARGO_BIN_EXE_kmem-trace-tui-panic"));
+    let (t, stty) = run_in_tmux("panic", 120, 40, &program);
     wait_screen(&t, "kmem-trace watch · hooks test", 20);
     assert_eq!(t.format("#{alternate_on}"), "1");
     let s = wait_screen(&t, "EXITED 101", 20);

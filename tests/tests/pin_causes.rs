@@ -8,9 +8,7 @@
 
 use std::{fs, path::PathBuf, time::Duration};
 
-use kmem_trace_tests::{
-    kmem_trace_cmd, lock::KernelLock, require_root, stdout_of, wait_for, TestParent,
-};
+use kmem_trace_tests::{census_json, lock::KernelLock, require_root, wait_for, TestParent};
 use serde_json::Value;
 
 const PAGE: u64 = 4096;
@@ -18,17 +16,6 @@ const PAGE: u64 = 4096;
 fn slack() -> u64 {
     let cpus = std::thread::available_parallelism().map_or(64, |n| n.get() as u64);
     64 * cpus.max(1) * PAGE
-}
-
-fn census() -> Value {
-    let out = stdout_of(kmem_trace_cmd().unwrap().args(["census", "--json"])).unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(
-        v["source"], "bpf_iterator",
-        "census fell back: {}",
-        v["fallback"]
-    );
-    v
 }
 
 fn memcg<'a>(c: &'a Value, path: &str) -> Option<&'a Value> {
@@ -61,7 +48,7 @@ fn each_zombie_gets_its_own_pin_cause() {
     let _lock = KernelLock::take();
     let mut parent = TestParent::new("pins").unwrap();
     let prefix = format!("/{}", parent.name);
-    if memcg(&census(), &prefix).is_some_and(|m| m["own_pages"].is_null()) {
+    if memcg(&census_json(), &prefix).is_some_and(|m| m["own_pages"].is_null()) {
         eprintln!("skipped: this kernel's memcg_vmstats layout gives no own counters (approximate causes only)");
         return;
     }
@@ -85,7 +72,7 @@ fn each_zombie_gets_its_own_pin_cause() {
     let mut ok = false;
     let mut last = String::new();
     for _ in 0..10 {
-        let c = census();
+        let c = census_json();
         ok = kids.iter().all(|(cg, name, _)| {
             let text = fs::read_to_string(cg.join("memory.stat")).unwrap_or_default();
             let m = memcg(&c, &format!("{prefix}/{name}")).unwrap();
@@ -106,7 +93,7 @@ fn each_zombie_gets_its_own_pin_cause() {
     for (cg, _, _) in &kids {
         parent.rmdir(cg).unwrap();
     }
-    let c = census();
+    let c = census_json();
     for (_, name, bytes) in &kids {
         let m = memcg(&c, &format!("{prefix}/{name}")).unwrap_or_else(|| panic!("{name} gone"));
         assert_eq!(m["state"], "dying", "{m}");
@@ -129,7 +116,7 @@ fn each_zombie_gets_its_own_pin_cause() {
     }
     let mut last = Value::Null;
     let settled = wait_for(Duration::from_secs(30), || {
-        last = census();
+        last = census_json();
         kids.iter().all(
             |(_, name, _)| match memcg(&last, &format!("{prefix}/{name}")) {
                 None => true,

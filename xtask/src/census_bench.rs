@@ -55,7 +55,7 @@ pub fn run(args: &BenchCensusArgs) -> Result<()> {
             util::root().join("target/release/kmem-trace")
         }
     };
-    let lock = util::KernelLock::take("bench-census")?;
+    let lock = util::KernelLock::take();
     let parent = RunParent::new(&memory_root()?, "census")?;
     let v2 = parent.path.join("cgroup.subtree_control").exists();
     let mut created = 0;

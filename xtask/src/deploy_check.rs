@@ -92,11 +92,17 @@ fn debian_kubectl(root: &Path) -> Result<PathBuf> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    util::apt(
-        Command::new("apt-get")
+    {
+        let _apt = util::apt_lock()?;
+        // No package lists (an image that removed them; nothing installed this
+        // run, so no `apt-get update` ran): fetch them first.
+        if !util::ok(Command::new("apt-cache").args(["show", "kubernetes-client"])) {
+            sh(util::apt_get().args(["update", "-qq"]))?;
+        }
+        sh(Command::new("apt-get")
             .current_dir(&dir)
-            .args(["download", "kubernetes-client"]),
-    )?;
+            .args(["download", "kubernetes-client"]))?;
+    }
     let deb = std::fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())

@@ -6,7 +6,6 @@ mod census_bench;
 mod deploy_check;
 mod docs;
 mod image;
-mod runtimes;
 mod setup;
 mod soak;
 mod test;

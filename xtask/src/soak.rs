@@ -157,7 +157,7 @@ pub fn run(args: &SoakArgs) -> Result<()> {
             memory.display()
         );
     }
-    let _lock = util::KernelLock::take("soak")?;
+    let _lock = util::KernelLock::take();
     // Dropped at return, after the container is removed below.
     let _leftovers = image::PodmanLeftovers::take();
     let name = format!("kmem-soak-{}", std::process::id());

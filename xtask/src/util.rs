@@ -1,9 +1,8 @@
-//! Small helpers for running commands and locating the workspace, and the
-//! kernel lock.
+//! Small helpers for running commands and locating the workspace, the
+//! kernel lock and the apt lock.
 
 use std::{
     fs::File,
-    os::fd::AsRawFd,
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -28,33 +27,12 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The kernel lock every helper holds while touching this machine's kernel.
-pub const KERNEL_LOCK: &str = "/tmp/kmem-trace-kernel.lock";
-
-/// [`KERNEL_LOCK`], held (`flock`) until dropped.
-pub struct KernelLock {
-    _file: File,
-}
-
-impl KernelLock {
-    /// Takes the lock, saying as `who` when it has to wait for another helper.
-    pub fn take(who: &str) -> Result<KernelLock> {
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(KERNEL_LOCK)
-            .with_context(|| format!("opening {KERNEL_LOCK}"))?;
-        // SAFETY: flock on an fd we own; non-blocking first to say we wait.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("{who}: waiting for {KERNEL_LOCK} (another helper is using the kernel)");
-            // SAFETY: as above, blocking.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("flock {KERNEL_LOCK}: {}", std::io::Error::last_os_error());
-            }
-        }
-        Ok(KernelLock { _file: f })
-    }
-}
+/// The kernel lock ([`KERNEL_LOCK`]) as the root tests take it: held for
+/// the holder's life unless an ancestor (`flock LOCK cargo xtask test`)
+/// already holds it, where waiting would wait forever.
+#[path = "../../tests/src/lock.rs"]
+mod kernel_lock;
+pub use kernel_lock::{held_by_an_ancestor, KernelLock, KERNEL_LOCK};
 
 /// Serialises this suite's apt calls (the test steps run some at once).
 pub const APT_LOCK: &str = "/tmp/kmem-apt.lock";
@@ -70,16 +48,23 @@ pub fn apt_get() -> Command {
     c
 }
 
-/// Runs an [`apt_get`] command holding [`APT_LOCK`]: `apt-get update` does not
+/// [`APT_LOCK`], held until the file is dropped: `apt-get update` does not
 /// wait for its lists lock the way dpkg's lock waits, so two of this suite's
-/// apt calls never run at once.
-pub fn apt(cmd: &mut Command) -> Result<()> {
-    let f = File::options()
-        .create(true)
-        .append(true)
-        .open(APT_LOCK)
+/// apt calls (the machine's, the private states' of the VM matrix) never run
+/// at once.
+pub fn apt_lock() -> Result<File> {
+    // flock needs no write access: a lock file another user (root) made opens
+    // read-only.
+    let f = File::open(APT_LOCK)
+        .or_else(|_| File::create(APT_LOCK))
         .with_context(|| format!("opening {APT_LOCK}"))?;
     f.lock().with_context(|| format!("locking {APT_LOCK}"))?;
+    Ok(f)
+}
+
+/// Runs an [`apt_get`] command holding [`apt_lock`].
+pub fn apt(cmd: &mut Command) -> Result<()> {
+    let _lock = apt_lock()?;
     sh(cmd)
 }
 
@@ -128,4 +113,36 @@ pub fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// RFC 3339 UTC of `epoch` (civil-from-days, Howard Hinnant's algorithm).
+pub fn rfc3339(epoch: u64) -> String {
+    let (days, secs) = ((epoch / 86400) as i64, epoch % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_780_000_000), "2026-05-28T20:26:40Z");
+    }
 }

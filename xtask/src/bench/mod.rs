@@ -194,7 +194,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     if is_root && live_wanted {
         // Held while the bench creates cgroups and loads BPF.
-        let lock = util::KernelLock::take("bench")?;
+        let lock = util::KernelLock::take();
         let _tracefs = Tracefs::ensure();
         let bpftrace = util::which("bpftrace").is_some();
         let baseline = cgroup::kernel_memcgs().unwrap_or(0);

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::util;
+
 /// Where the binary sits in the image (the Containerfile's COPY target).
 pub const BINARY_PATH: &str = "kmem-trace";
 /// The binary's mode in the image.
@@ -103,30 +105,10 @@ pub fn tar(files: &[(&str, u32, &[u8])], epoch: u64) -> Vec<u8> {
     out
 }
 
-/// RFC 3339 UTC of `epoch` (civil-from-days, Howard Hinnant's algorithm).
-pub fn rfc3339(epoch: u64) -> String {
-    let (days, secs) = ((epoch / 86400) as i64, epoch % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// The image config for a layer whose uncompressed digest is `diff_id`.
 pub fn config(meta: &Meta, diff_id: &str) -> Value {
     json!({
-        "created": rfc3339(meta.epoch),
+        "created": util::rfc3339(meta.epoch),
         "architecture": "amd64",
         "os": "linux",
         "config": {
@@ -135,7 +117,7 @@ pub fn config(meta: &Meta, diff_id: &str) -> Value {
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [{
-            "created": rfc3339(meta.epoch),
+            "created": util::rfc3339(meta.epoch),
             "created_by": "cargo xtask image",
         }],
     })
@@ -250,12 +232,5 @@ mod tests {
         if let Ok(bb) = std::fs::read("/bin/busybox") {
             assert!(super::super::is_static(&bb), "busybox-static is static");
         }
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_780_000_000), "2026-05-28T20:26:40Z");
     }
 }

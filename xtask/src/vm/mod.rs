@@ -164,52 +164,19 @@ fn host_boot() -> Boot {
     }
 }
 
-/// True when a process above this one is `flock ... /tmp/kmem-trace-kernel.lock`
-/// (`flock LOCK cargo xtask test`): it holds the lock for us, and a second
-/// flock would wait for it forever.
+/// True when a process above this one holds the kernel lock (`flock LOCK
+/// cargo xtask test`): it holds it for us, and a second flock would wait for
+/// it forever.
 fn lock_held_by_ancestor() -> bool {
-    let mut pid = std::process::id();
-    for _ in 0..32 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
-        let Some(ppid) = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        if ppid <= 1 {
-            return false;
-        }
-        let cmdline = fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_flock = args.first().is_some_and(|a| a.ends_with(b"flock"));
-        if is_flock && args.iter().any(|a| *a == KERNEL_LOCK.as_bytes()) {
-            return true;
-        }
-        pid = ppid;
-    }
-    false
+    fs::File::open(KERNEL_LOCK).is_ok_and(|f| util::held_by_an_ancestor(&f))
 }
 
-/// `YYYY-MM-DD` (UTC) for the README, without a date crate.
+/// `YYYY-MM-DD` (UTC) for the README.
 fn today() -> String {
-    let days = SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86400)
-        .unwrap_or(0) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+        .map_or(0, |d| d.as_secs());
+    util::rfc3339(now)[..10].to_string()
 }
 
 pub fn run(args: &VmArgs) -> Result<()> {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::util::{apt_get, sh};
+use crate::util::{apt, apt_get};
 
 /// A Debian suite: its name and whether it has a `-security` suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +105,9 @@ impl Suite {
         }
         // The matrix and the runner test resolve kernels at the same time; apt
         // does not wait for its lists lock, it fails ("Could not get lock").
+        // This lock keeps the lists while they are read; the apt calls also
+        // take `util::APT_LOCK` (two suites' updates at once would be two apt
+        // calls at once).
         let lock = fs::File::create(self.dir.join(".lock"))?;
         lock.lock()
             .with_context(|| format!("locking {}", self.dir.display()))?;
@@ -120,7 +123,7 @@ impl Suite {
                 .is_some_and(|age| age < LISTS_MAX_AGE);
         if !fresh {
             fs::write(self.dir.join("sources.list"), sources)?;
-            sh(apt_get().args(self.options()).args(["update", "-qq"]))
+            apt(apt_get().args(self.options()).args(["update", "-qq"]))
                 .with_context(|| format!("fetching Debian {}'s package lists", self.name()))?;
             fs::write(&stamp, "")?;
         }
@@ -158,7 +161,7 @@ impl Suite {
     /// `apt-get download PKG` into `dir` from this suite.
     pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
         let _lock = self.update()?;
-        sh(apt_get()
+        apt(apt_get()
             .current_dir(dir)
             .args(self.options())
             .args(["download", "-q", pkg]))
