@@ -206,6 +206,7 @@ impl Worker {
             .name("kmem-trace-recheck".into())
             .spawn(move || {
                 let _ = tx.send(read_view(&cfg));
+                release_arena();
             });
         match spawned {
             Ok(_) => {
@@ -229,6 +230,19 @@ impl Worker {
         };
         self.rx = None;
         Some(r)
+    }
+}
+
+/// Gives the recheck thread's freed memory back to the kernel. glibc serves
+/// each new thread from an arena of its own and keeps what it freed there:
+/// a census (aya parsing the kernel's BTF to load its program) left about
+/// 20 MiB resident for good after the first recheck (the 30-minute soak's
+/// RSS went from 14 to 37 MiB at its 600th second, then stayed).
+fn release_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own arenas; no pointer is passed.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
