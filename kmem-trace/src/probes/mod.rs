@@ -1,6 +1,8 @@
 //! The only module that talks to aya and the kernel's BPF interface: resolves the
 //! kernel layout, picks a hook per lifecycle point from the probe table, loads
-//! and attaches the programs, and hands out the ring buffer and drop counters.
+//! and attaches the programs of the object the kernel's features allow (ring
+//! buffer or perf buffers, `transport`), and hands out the event channel and
+//! drop counters.
 
 pub mod audit;
 pub mod btf;
@@ -11,14 +13,20 @@ pub mod kernel;
 pub mod report;
 pub mod ring;
 pub mod table;
+pub mod tracefs;
+pub mod transport;
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerfEventArray, RingBuf},
     programs::{Program, ProgramError},
     Ebpf, EbpfLoader,
 };
@@ -26,8 +34,11 @@ use kmem_trace_common::{stat, Layout, MAX_HOOKS};
 
 pub use report::{Attempt, Outcome, PointReport, ProbeReport};
 pub use table::{Attach, Family, HookMode, Point, Row};
+pub use transport::{Transport, TransportMode};
 
-use self::{btf::KernelBtf, kernel::Kallsyms, table::KernelFacts};
+use self::{
+    btf::KernelBtf, kernel::Kallsyms, ring::EventSource, table::KernelFacts, transport::Choice,
+};
 
 /// Default event ring buffer: 1 MiB, 3,971 records. The reader empties it
 /// every 5 ms under load (`watch::BATCH_PAUSE`); a 64 KiB ring dropped nothing
@@ -39,6 +50,10 @@ pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
 
 /// The eBPF object built by `build.rs`, embedded in the binary.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf.o"));
+
+/// The old-kernel object (`kmem-trace-ebpf` with feature `perf`), embedded too.
+static PERF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf-perf.o"));
 
 /// Errors of loading and attaching probes.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +78,11 @@ pub enum ProbeError {
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
     pub mode: HookMode,
+    /// Which object carries the events (`--transport`).
+    pub transport: TransportMode,
     pub btf: Option<PathBuf>,
-    /// Ring-buffer size in bytes (a power of two, at least one page).
+    /// Ring-buffer size in bytes (a power of two, at least one page); with
+    /// perf buffers, the size of each CPU's buffer.
     pub ring_bytes: u32,
     /// Test hook for the VM matrix: force a symbol for a point.
     pub forced_symbols: Vec<(Point, String)>,
@@ -81,6 +99,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             mode: HookMode::Auto,
+            transport: TransportMode::Auto,
             btf: None,
             ring_bytes: DEFAULT_RING_BYTES,
             forced_symbols: Vec::new(),
@@ -151,7 +170,8 @@ impl KernelFacts for HostFacts {
             Attach::Fentry | Attach::Fexit => self.kernel_btf && self.btf.has_func(symbol),
             Attach::TpBtf => self.kernel_btf && self.btf.has_tracepoint(symbol),
             // Every raw tracepoint has a `__bpf_trace_<name>` stub (4.17+).
-            Attach::RawTp => {
+            Attach::RawTp | Attach::Tracepoint => {
+                let symbol = table::tracepoint_name(symbol);
                 self.btf.has_tracepoint(symbol)
                     || self.kallsyms.has(&format!("__bpf_trace_{symbol}"))
             }
@@ -166,8 +186,10 @@ impl KernelFacts for HostFacts {
 /// Loaded and attached probes.
 pub struct Probes {
     bpf: Option<Ebpf>,
-    ring: Option<RingBuf<MapData>>,
+    events: Option<EventSource>,
     stats: PerCpuArray<MapData, u64>,
+    /// Samples the kernel reported lost from the perf buffers.
+    lost: Arc<AtomicU64>,
     pub report: ProbeReport,
     pub layout: Layout,
 }
@@ -179,6 +201,11 @@ impl Probes {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
+        let choice = transport::choose(
+            cfg.transport,
+            transport::Features::probe(),
+            !PERF_OBJECT.is_empty(),
+        );
         // Reading /proc/kallsyms (in gather) and aya's parse of the kernel BTF
         // take about as long each: side by side on two threads (start-up,
         // docs/PERFORMANCE.md).
@@ -187,27 +214,25 @@ impl Probes {
             let facts = HostFacts::gather(cfg);
             (facts, aya_btf.join().ok().flatten())
         });
-        Self::start_with(cfg, facts?, aya_btf)
+        Self::start_with(cfg, facts?, aya_btf, choice)
     }
 
     fn start_with(
         cfg: &ProbeConfig,
         facts: HostFacts,
         aya_btf: Option<aya::Btf>,
+        choice: Choice,
     ) -> Result<Probes, ProbeError> {
         let (mut layout, resolved) = facts.btf.layout()?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
 
-        let mut bpf = EbpfLoader::new()
-            .btf(aya_btf.as_ref())
-            .override_global("LAYOUT", &layout, true)
-            .map_max_entries("EVENTS", cfg.ring_bytes)
-            .load(OBJECT)
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        let ring = RingBuf::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
-            .map_err(|_| ProbeError::Map("EVENTS"))?;
+        let lost = Arc::new(AtomicU64::new(0));
+        let (mut bpf, events) = match choice.transport {
+            Transport::Ringbuf => load_ringbuf(cfg, &layout, aya_btf.as_ref())?,
+            Transport::Perf => load_perf(cfg, &layout, aya_btf.as_ref(), &lost)?,
+        };
         let stats = PerCpuArray::try_from(bpf.take_map("STATS").ok_or(ProbeError::Map("STATS"))?)
             .map_err(|_| ProbeError::Map("STATS"))?;
         let mut emit: Array<MapData, u32> =
@@ -231,6 +256,12 @@ impl Probes {
             for row in table::candidates(point, cfg.mode) {
                 if pr.chosen.is_some() && !cfg.try_all {
                     pr.tried.push(Attempt::new(row, None, Outcome::NotTried));
+                    continue;
+                }
+                if !table::in_object(row, choice.transport) {
+                    let why = "not in the old-kernel (perf) object: needs kernel BTF";
+                    pr.tried
+                        .push(Attempt::new(row, None, Outcome::Rejected(why.into())));
                     continue;
                 }
                 let symbol = match table::check(row, &facts, forced) {
@@ -266,6 +297,7 @@ impl Probes {
             points.push(pr);
         }
         let mut report = ProbeReport::new(cfg.mode, &facts, resolved, points);
+        report.transport = Some(choice);
         if report.points.iter().all(|p| p.chosen.is_none()) {
             return Err(ProbeError::NothingAttached {
                 mode: format!("{:?}", cfg.mode).to_lowercase(),
@@ -276,16 +308,17 @@ impl Probes {
         report.extras = attacher.attach_extras(&mut emit, &facts)?;
         Ok(Probes {
             bpf: Some(bpf),
-            ring: Some(ring),
+            events: Some(events),
             stats,
+            lost,
             report,
             layout,
         })
     }
 
-    /// The event ring buffer; `None` after [`Probes::take_ring`].
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// The event channel; `None` after [`Probes::take_events`].
+    pub fn take_events(&mut self) -> Option<EventSource> {
+        self.events.take()
     }
 
     /// Sum over CPUs of one `STATS` counter.
@@ -297,9 +330,10 @@ impl Probes {
         Ok(values.iter().sum())
     }
 
-    /// Events lost to a full ring buffer.
+    /// Events lost to a full ring buffer, or to full perf buffers (counted
+    /// by the kernel, `PERF_RECORD_LOST`, as the reader drains them).
     pub fn drops(&self) -> u64 {
-        self.stat(stat::DROPS).unwrap_or(0)
+        self.stat(stat::DROPS).unwrap_or(0) + self.lost.load(Ordering::Relaxed)
     }
 
     /// Detaches and unloads every program; the ring buffer and counters stay
@@ -311,6 +345,70 @@ impl Probes {
     pub fn attached(&self) -> bool {
         self.bpf.is_some()
     }
+}
+
+/// Loads the ring-buffer object: the layout in its `LAYOUT` global.
+fn load_ringbuf(
+    cfg: &ProbeConfig,
+    layout: &Layout,
+    btf: Option<&aya::Btf>,
+) -> Result<(Ebpf, EventSource), ProbeError> {
+    let mut bpf = EbpfLoader::new()
+        .btf(btf)
+        .override_global("LAYOUT", layout, true)
+        .map_max_entries("EVENTS", cfg.ring_bytes)
+        .load(OBJECT)
+        .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+    let ring = RingBuf::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
+        .map_err(|_| ProbeError::Map("EVENTS"))?;
+    Ok((bpf, EventSource::Ring(ring)))
+}
+
+/// Loads the old-kernel object: the layout goes into entry 0 of its `LAYOUT`
+/// array map before anything attaches, and one perf buffer of
+/// `cfg.ring_bytes` is opened per online CPU.
+fn load_perf(
+    cfg: &ProbeConfig,
+    layout: &Layout,
+    btf: Option<&aya::Btf>,
+    lost: &Arc<AtomicU64>,
+) -> Result<(Ebpf, EventSource), ProbeError> {
+    if PERF_OBJECT.is_empty() {
+        return Err(ProbeError::NoObject);
+    }
+    let mut bpf = EbpfLoader::new()
+        .btf(btf)
+        .load(PERF_OBJECT)
+        .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+    let map_err = |name: &'static str, e: &dyn std::error::Error| ProbeError::MapRead {
+        name,
+        reason: error_chain(e),
+    };
+    let mut lay: Array<&mut MapData, Layout> =
+        Array::try_from(bpf.map_mut("LAYOUT").ok_or(ProbeError::Map("LAYOUT"))?)
+            .map_err(|_| ProbeError::Map("LAYOUT"))?;
+    lay.set(0, *layout, 0).map_err(|e| map_err("LAYOUT", &e))?;
+    let mut perf = PerfEventArray::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
+        .map_err(|_| ProbeError::Map("EVENTS"))?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let pages = (cfg.ring_bytes as usize / page).max(1);
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::MapRead {
+        name: "EVENTS",
+        reason: format!("{what}: {e}"),
+    })?;
+    let mut buffers = Vec::with_capacity(cpus.len());
+    for cpu in cpus {
+        buffers.push(
+            perf.open(cpu, Some(pages.next_power_of_two()))
+                .map_err(|e| map_err("EVENTS", &e))?,
+        );
+    }
+    let source = EventSource::Perf {
+        buffers,
+        lost: Arc::clone(lost),
+    };
+    Ok((bpf, source))
 }
 
 /// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
@@ -430,6 +528,12 @@ impl Attacher<'_> {
                 load_once(p.fd().is_ok(), || p.load())?;
                 p.attach(symbol).map(drop)
             }
+            (Attach::Tracepoint, Program::TracePoint(p)) => {
+                let (category, name) = symbol.split_once('/').unwrap_or(("", symbol));
+                tracefs::check_format(category, name).map_err(other)?;
+                load_once(p.fd().is_ok(), || p.load())?;
+                p.attach(category, name).map(drop)
+            }
             _ => Err(other(format!(
                 "program {program} is not a {} program",
                 attach.name()
@@ -504,6 +608,16 @@ pub fn has_object() -> bool {
 /// The embedded eBPF object (for the read-only instruction check and `--dump-object`).
 pub fn object() -> &'static [u8] {
     OBJECT
+}
+
+/// Whether this binary carries the old-kernel object.
+pub fn has_perf_object() -> bool {
+    !PERF_OBJECT.is_empty()
+}
+
+/// The embedded old-kernel object (empty in a build without the eBPF toolchain).
+pub fn perf_object() -> &'static [u8] {
+    PERF_OBJECT
 }
 
 /// Facts for `probes`/`doctor` without loading anything.

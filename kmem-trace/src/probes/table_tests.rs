@@ -150,16 +150,19 @@ fn reasons_say_what_is_wrong() {
 }
 
 #[test]
-fn old_kernels_use_memcg_activate_kmem() {
+fn no_row_claims_a_kernel_below_the_floor() {
+    // No object loads below 4.18 (the old-kernel object's audited floor):
+    // 3.10 and 4.x kernels before it get doctor, not a hook family.
+    for r in TABLE {
+        assert!(r.since >= FLOOR, "{} claims {}", r.program, r.since);
+    }
     let mut k = debian_61();
     k.symbols.insert("memcg_activate_kmem");
-    // 3.10 to 4.5 activate kmem in memcg_activate_kmem() (a kmem limit write).
-    for version in [KernelVersion(3, 10, 0), KernelVersion(4, 4, 0)] {
+    for version in [KernelVersion(3, 10, 0), KernelVersion(4, 4, 0), KernelVersion(4, 17, 0)] {
         k.version = version;
-        assert_eq!(
-            first(Point::KmemActivate, HookMode::Kprobe, &k).as_deref(),
-            Some("kt_kretprobe_kmem_online@memcg_activate_kmem")
-        );
+        for point in Point::ALL {
+            assert_eq!(first(point, HookMode::Auto, &k), None, "{point:?} on {version}");
+        }
     }
     // 4.19 without memcg_online_kmem in kallsyms (inlined): inferred at online.
     k.version = KernelVersion(4, 19, 0);
