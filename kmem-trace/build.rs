@@ -64,12 +64,24 @@ fn main() -> anyhow::Result<()> {
         Err(why) => return stub(&[&dest, &perf_dest], &why),
     };
     // BTF (func info) is required by the verifier for bpf-to-bpf calls.
-    let built = build(&root, &toolchain, "bpf", &[], "-C debuginfo=2 -C link-arg=--btf")?;
+    let built = build(
+        &root,
+        &toolchain,
+        "bpf",
+        &[],
+        "-C debuginfo=2 -C link-arg=--btf",
+    )?;
     embed(&built, &dest)?;
     // The old-kernel object: no BTF of its own (4.18 cannot load func info;
     // it has no bpf-to-bpf calls), its own target directory so the two
     // builds' flags do not rebuild each other's `core`.
-    let built = build(&root, &toolchain, "bpf-perf", &["--features", "perf"], "-C debuginfo=2")?;
+    let built = build(
+        &root,
+        &toolchain,
+        "bpf-perf",
+        &["--features", "perf"],
+        "-C debuginfo=2",
+    )?;
     embed(&built, &perf_dest)?;
     Ok(())
 }

@@ -146,8 +146,10 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
 }
 
 /// Fills the per-CPU scratch record and copies it into this CPU's perf
-/// buffer; a failed output (buffer full: the kernel counts the sample lost)
-/// is counted as a drop, the same counter as the ring buffer's.
+/// buffer. A full buffer is counted by the kernel and reported to the reader
+/// as `PERF_RECORD_LOST` (userspace adds it to the drop counter; before 5.4
+/// the helper does not even return the error); any other failure (no buffer
+/// open for this CPU) is counted here, in the same counter.
 #[cfg(feature = "perf")]
 #[inline(always)]
 fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
@@ -178,7 +180,8 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
             core::mem::size_of::<Event>() as u64,
         )
     };
-    if ret != 0 {
+    const ENOSPC: i64 = 28;
+    if ret != 0 && ret != -ENOSPC {
         count(stat::DROPS);
     }
 }

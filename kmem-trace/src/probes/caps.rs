@@ -314,4 +314,46 @@ mod tests {
         assert_eq!(caps.blind_points.len(), Point::ALL.len());
         assert!(caps.notes[0].contains("cannot run"), "{:?}", caps.notes);
     }
+
+    /// Ubuntu 20.04's 5.4 (or RHEL 8's 4.18): the probes say no ring buffer,
+    /// so the hook family is what the old-kernel object can attach (kprobes),
+    /// not fentry or tp_btf, which only the ring-buffer object has.
+    #[test]
+    fn without_a_ring_buffer_doctor_names_the_old_kernel_objects_hooks() {
+        let dir = std::env::temp_dir().join(format!("kmem-trace-caps54-{}", std::process::id()));
+        fs::create_dir_all(dir.join("proc/sys/kernel")).unwrap();
+        fs::create_dir_all(dir.join("sys/bus/event_source/devices/kprobe")).unwrap();
+        fs::create_dir_all(dir.join("sys/kernel/btf")).unwrap();
+        fs::write(dir.join("proc/sys/kernel/osrelease"), "5.4.0-150-generic\n").unwrap();
+        let syms: String = [
+            "mem_cgroup_css_alloc",
+            "mem_cgroup_css_online",
+            "mem_cgroup_css_offline",
+            "mem_cgroup_css_released",
+            "mem_cgroup_css_free",
+            "mem_cgroup_id_put_many",
+        ]
+        .iter()
+        .map(|s| format!("ffffffff81000000 t {s}\n"))
+        .collect();
+        fs::write(dir.join("proc/kallsyms"), syms).unwrap();
+        let probed = Features {
+            ringbuf: Some(false),
+            probe_read_kernel: Some(false),
+            error: None,
+        };
+        let caps = predict_with(&dir, probed);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(caps.ring_buffer.available, Some(false));
+        if crate::probes::has_perf_object() {
+            assert!(caps.transport.starts_with("perf"), "{}", caps.transport);
+            assert_eq!(caps.hook_family, "kprobe");
+        } else {
+            assert!(
+                caps.transport.contains("no old-kernel object"),
+                "{}",
+                caps.transport
+            );
+        }
+    }
 }

@@ -388,8 +388,9 @@ fn load_perf(
         Array::try_from(bpf.map_mut("LAYOUT").ok_or(ProbeError::Map("LAYOUT"))?)
             .map_err(|_| ProbeError::Map("LAYOUT"))?;
     lay.set(0, *layout, 0).map_err(|e| map_err("LAYOUT", &e))?;
-    let mut perf = PerfEventArray::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
-        .map_err(|_| ProbeError::Map("EVENTS"))?;
+    let mut perf =
+        PerfEventArray::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
+            .map_err(|_| ProbeError::Map("EVENTS"))?;
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     let pages = (cfg.ring_bytes as usize / page).max(1);

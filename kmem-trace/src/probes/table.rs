@@ -364,7 +364,9 @@ const FEXIT_RET_SLOT: u32 = kmem_trace_common::FEXIT_RET_SLOT as u32;
 pub fn in_object(row: &Row, transport: super::Transport) -> bool {
     match transport {
         super::Transport::Ringbuf => true,
-        super::Transport::Perf => !matches!(row.attach, Attach::Fentry | Attach::Fexit | Attach::TpBtf),
+        super::Transport::Perf => {
+            !matches!(row.attach, Attach::Fentry | Attach::Fexit | Attach::TpBtf)
+        }
     }
 }
 

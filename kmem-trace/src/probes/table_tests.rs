@@ -84,7 +84,8 @@ fn every_point_has_rows_and_auto_prefers_fentry() {
 #[test]
 fn tracepoint_family_cannot_see_id_release() {
     assert!(candidates(Point::IdRelease, HookMode::Tracepoint).is_empty());
-    assert_eq!(candidates(Point::Free, HookMode::Tracepoint).len(), 3);
+    // Workqueue (tp_btf, raw, classic), then cgroup_release (tp_btf, raw).
+    assert_eq!(candidates(Point::Free, HookMode::Tracepoint).len(), 5);
 }
 
 #[test]
@@ -158,10 +159,18 @@ fn no_row_claims_a_kernel_below_the_floor() {
     }
     let mut k = debian_61();
     k.symbols.insert("memcg_activate_kmem");
-    for version in [KernelVersion(3, 10, 0), KernelVersion(4, 4, 0), KernelVersion(4, 17, 0)] {
+    for version in [
+        KernelVersion(3, 10, 0),
+        KernelVersion(4, 4, 0),
+        KernelVersion(4, 17, 0),
+    ] {
         k.version = version;
         for point in Point::ALL {
-            assert_eq!(first(point, HookMode::Auto, &k), None, "{point:?} on {version}");
+            assert_eq!(
+                first(point, HookMode::Auto, &k),
+                None,
+                "{point:?} on {version}"
+            );
         }
     }
     // 4.19 without memcg_online_kmem in kallsyms (inlined): inferred at online.
@@ -188,7 +197,8 @@ fn every_symbol_has_a_seen_entry_and_only_those() {
     let named: HashSet<&str> = TABLE
         .iter()
         .flat_map(|r| r.symbols.iter().chain(r.needs_kallsyms))
-        .copied()
+        // A classic tracepoint's `category/name` is the same tracepoint.
+        .map(|s| tracepoint_name(s))
         .collect();
     let seen: HashSet<&str> = SEEN.iter().map(|s| s.symbol).collect();
     assert_eq!(seen.len(), SEEN.len(), "a symbol listed twice in SEEN");

@@ -23,7 +23,14 @@ pub fn check_format(category: &str, name: &str) -> Result<(), String> {
     let text = TRACEFS
         .iter()
         .find_map(|root| {
-            fs::read_to_string(Path::new(root).join("events").join(category).join(name).join("format")).ok()
+            fs::read_to_string(
+                Path::new(root)
+                    .join("events")
+                    .join(category)
+                    .join(name)
+                    .join("format"),
+            )
+            .ok()
         })
         .ok_or_else(|| {
             "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".to_string()
@@ -34,7 +41,9 @@ pub fn check_format(category: &str, name: &str) -> Result<(), String> {
 /// Checks `format` text: every wanted field at its offset and size.
 fn check_fields(text: &str, want: &[(&str, usize, usize)]) -> Result<(), String> {
     for &(field, off, size) in want {
-        let found = text.lines().find_map(|l| parse_field(l).filter(|f| f.0 == field));
+        let found = text
+            .lines()
+            .find_map(|l| parse_field(l).filter(|f| f.0 == field));
         match found {
             Some((_, o, s)) if o == off && s == size => {}
             Some((_, o, s)) => {
