@@ -240,7 +240,7 @@ const FLOOR: KernelVersion = v(4, 18);
 
 /// fentry needs BTF trampolines (5.5) and tp_btf 5.5, both only in the
 /// ring-buffer object; kprobe, raw_tp (4.17) and classic tracepoint rows are
-/// in both objects, from [`FLOOR`]. The cgroup_mkdir/rmdir/release
+/// in both objects, from the 4.18 floor. The cgroup_mkdir/rmdir/release
 /// tracepoints are 4.13 (commit ed1777fd9c2f).
 #[rustfmt::skip]
 pub static TABLE: &[Row] = &[
