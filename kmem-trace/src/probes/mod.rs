@@ -74,6 +74,20 @@ pub enum ProbeError {
     MapRead { name: &'static str, reason: String },
 }
 
+impl ProbeError {
+    /// The object itself failed to load or attach (another object may not):
+    /// not privileges, kernel facts or BTF layout, which every object needs.
+    fn object_failed(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Load(_)
+                | ProbeError::NothingAttached { .. }
+                | ProbeError::Map(_)
+                | ProbeError::MapRead { .. }
+        )
+    }
+}
+
 /// How to start the probes.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -214,13 +228,32 @@ impl Probes {
             let facts = HostFacts::gather(cfg);
             (facts, aya_btf.join().ok().flatten())
         });
-        Self::start_with(cfg, facts?, aya_btf, choice)
+        let facts = facts?;
+        let err = match Self::start_with(cfg, &facts, aya_btf.as_ref(), choice.clone()) {
+            Ok(probes) => return Ok(probes),
+            Err(e) => e,
+        };
+        if !err.object_failed() {
+            return Err(err);
+        }
+        let Some(perf) =
+            transport::fallback(cfg.transport, &choice, has_perf_object(), &err.to_string())
+        else {
+            return Err(err);
+        };
+        log::warn!("transport perf: {}", perf.reason);
+        // When perf fails too, the ring buffer's error is the one auto stood
+        // by; the perf one is logged beside it.
+        Self::start_with(cfg, &facts, aya_btf.as_ref(), perf).map_err(|perf_err| {
+            log::warn!("the perf fallback failed too: {perf_err}");
+            err
+        })
     }
 
     fn start_with(
         cfg: &ProbeConfig,
-        facts: HostFacts,
-        aya_btf: Option<aya::Btf>,
+        facts: &HostFacts,
+        aya_btf: Option<&aya::Btf>,
         choice: Choice,
     ) -> Result<Probes, ProbeError> {
         let (mut layout, resolved) = facts.btf.layout()?;
@@ -230,8 +263,8 @@ impl Probes {
 
         let lost = Arc::new(AtomicU64::new(0));
         let (mut bpf, events) = match choice.transport {
-            Transport::Ringbuf => load_ringbuf(cfg, &layout, aya_btf.as_ref())?,
-            Transport::Perf => load_perf(cfg, &layout, aya_btf.as_ref(), &lost)?,
+            Transport::Ringbuf => load_ringbuf(cfg, &layout, aya_btf)?,
+            Transport::Perf => load_perf(cfg, &layout, aya_btf, &lost)?,
         };
         let stats = PerCpuArray::try_from(bpf.take_map("STATS").ok_or(ProbeError::Map("STATS"))?)
             .map_err(|_| ProbeError::Map("STATS"))?;
@@ -241,7 +274,7 @@ impl Probes {
 
         let mut attacher = Attacher {
             bpf: &mut bpf,
-            btf: aya_btf.as_ref(),
+            btf: aya_btf,
             done: HashMap::new(),
             emit_masks: [0; MAX_HOOKS],
         };
@@ -264,7 +297,7 @@ impl Probes {
                         .push(Attempt::new(row, None, Outcome::Rejected(why.into())));
                     continue;
                 }
-                let symbol = match table::check(row, &facts, forced) {
+                let symbol = match table::check(row, facts, forced) {
                     Ok(s) => s,
                     Err(reason) => {
                         pr.tried
@@ -296,7 +329,7 @@ impl Probes {
             }
             points.push(pr);
         }
-        let mut report = ProbeReport::new(cfg.mode, &facts, resolved, points);
+        let mut report = ProbeReport::new(cfg.mode, facts, resolved, points);
         report.transport = Some(choice);
         if report.points.iter().all(|p| p.chosen.is_none()) {
             return Err(ProbeError::NothingAttached {
@@ -305,7 +338,7 @@ impl Probes {
             });
         }
         // Residents: extra hooks, never fatal.
-        report.extras = attacher.attach_extras(&mut emit, &facts)?;
+        report.extras = attacher.attach_extras(&mut emit, facts)?;
         Ok(Probes {
             bpf: Some(bpf),
             events: Some(events),

@@ -129,6 +129,33 @@ fn auto(f: &Features, perf_object: bool) -> (Transport, String) {
     (Transport::Perf, format!("{missing}: perf buffers"))
 }
 
+/// The choice after the ring-buffer object failed to load or attach (`why`:
+/// its error): the old-kernel object, when `auto` chose the ring buffer and
+/// this binary has it. A feature probe can say yes while the object still
+/// fails (a backport without everything the object uses, a verifier that
+/// rejects it), and the perf object may work there. `None`: the error stands
+/// (forced with `--transport ringbuf`, already perf, or no perf object).
+pub fn fallback(
+    mode: TransportMode,
+    failed: &Choice,
+    perf_object: bool,
+    why: &str,
+) -> Option<Choice> {
+    if mode != TransportMode::Auto || failed.transport != Transport::Ringbuf || !perf_object {
+        return None;
+    }
+    // The first line only: `NothingAttached` lists every rejection below it.
+    let why = why.lines().next().unwrap_or(why).trim_end_matches(':');
+    Some(Choice {
+        transport: Transport::Perf,
+        reason: format!(
+            "the ring-buffer object failed ({why}), so perf buffers; \
+             `--transport ringbuf` shows that failure in full"
+        ),
+        features: failed.features.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +202,23 @@ mod tests {
         let c = choose(TransportMode::Auto, feats(Some(false), Some(false)), false);
         assert_eq!(c.transport, Transport::Ringbuf);
         assert!(c.reason.contains("no old-kernel object"), "{}", c.reason);
+    }
+
+    #[test]
+    fn a_failed_ring_buffer_falls_back_only_under_auto() {
+        let auto = choose(TransportMode::Auto, feats(Some(true), Some(true)), true);
+        let why = "no lifecycle point could be attached with --hooks auto:\n  alloc: EINVAL";
+        let c = fallback(TransportMode::Auto, &auto, true, why).expect("falls back");
+        assert_eq!(c.transport, Transport::Perf);
+        assert!(c.reason.contains("ring-buffer object failed (no lifecycle point could be attached with --hooks auto)"), "{}", c.reason);
+        assert!(!c.reason.contains("EINVAL"), "{}", c.reason);
+        assert_eq!(c.features, auto.features);
+        // Forced: the ring buffer's own error stands.
+        let forced = choose(TransportMode::Ringbuf, feats(Some(true), Some(true)), true);
+        assert_eq!(fallback(TransportMode::Ringbuf, &forced, true, "x"), None);
+        // No old-kernel object in this binary, or perf already failed.
+        assert_eq!(fallback(TransportMode::Auto, &auto, false, "x"), None);
+        let perf = choose(TransportMode::Auto, feats(Some(false), Some(true)), true);
+        assert_eq!(fallback(TransportMode::Auto, &perf, true, "x"), None);
     }
 }
