@@ -10,6 +10,7 @@ pub mod caps;
 pub mod census;
 pub mod extras;
 pub mod kernel;
+mod objects;
 pub mod report;
 pub mod ring;
 pub mod table;
@@ -26,12 +27,13 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, PerfEventArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray},
     programs::{Program, ProgramError},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use kmem_trace_common::{stat, Layout, MAX_HOOKS};
 
+pub use objects::{has_object, has_perf_object, object, perf_object};
 pub use report::{Attempt, Outcome, PointReport, ProbeReport};
 pub use table::{Attach, Family, HookMode, Point, Row};
 pub use transport::{Transport, TransportMode};
@@ -47,13 +49,6 @@ use self::{
 /// twice into the reader (the kernel's wrap-around trick): 4 MiB cost 8 MiB
 /// of resident memory.
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
-
-/// The eBPF object built by `build.rs`, embedded in the binary.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf.o"));
-
-/// The old-kernel object (`kmem-trace-ebpf` with feature `perf`), embedded too.
-static PERF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf-perf.o"));
 
 /// Errors of loading and attaching probes.
 #[derive(Debug, thiserror::Error)]
@@ -212,13 +207,13 @@ impl Probes {
     /// Gathers kernel facts, loads the object and attaches one hook per point.
     pub fn start(cfg: &ProbeConfig) -> Result<Probes, ProbeError> {
         kernel::check_own_privileges()?;
-        if OBJECT.is_empty() {
+        if !has_object() {
             return Err(ProbeError::NoObject);
         }
         let choice = transport::choose(
             cfg.transport,
             transport::Features::probe(),
-            !PERF_OBJECT.is_empty(),
+            has_perf_object(),
         );
         // Reading /proc/kallsyms (in gather) and aya's parse of the kernel BTF
         // take about as long each: side by side on two threads (start-up,
@@ -236,8 +231,15 @@ impl Probes {
         if !err.object_failed() {
             return Err(err);
         }
-        let Some(perf) =
-            transport::fallback(cfg.transport, &choice, has_perf_object(), &err.to_string())
+        // The perf object can only help where it has rows for these hooks
+        // (`--hooks fentry` has none).
+        let perf_usable = has_perf_object()
+            && Point::ALL.into_iter().any(|p| {
+                table::candidates(p, cfg.mode)
+                    .into_iter()
+                    .any(|r| table::in_object(r, Transport::Perf))
+            });
+        let Some(perf) = transport::fallback(cfg.transport, &choice, perf_usable, &err.to_string())
         else {
             return Err(err);
         };
@@ -263,8 +265,8 @@ impl Probes {
 
         let lost = Arc::new(AtomicU64::new(0));
         let (mut bpf, events) = match choice.transport {
-            Transport::Ringbuf => load_ringbuf(cfg, &layout, aya_btf)?,
-            Transport::Perf => load_perf(cfg, &layout, aya_btf, &lost)?,
+            Transport::Ringbuf => objects::load_ringbuf(cfg, &layout, aya_btf)?,
+            Transport::Perf => objects::load_perf(cfg, &layout, aya_btf, &lost)?,
         };
         let stats = PerCpuArray::try_from(bpf.take_map("STATS").ok_or(ProbeError::Map("STATS"))?)
             .map_err(|_| ProbeError::Map("STATS"))?;
@@ -378,71 +380,6 @@ impl Probes {
     pub fn attached(&self) -> bool {
         self.bpf.is_some()
     }
-}
-
-/// Loads the ring-buffer object: the layout in its `LAYOUT` global.
-fn load_ringbuf(
-    cfg: &ProbeConfig,
-    layout: &Layout,
-    btf: Option<&aya::Btf>,
-) -> Result<(Ebpf, EventSource), ProbeError> {
-    let mut bpf = EbpfLoader::new()
-        .btf(btf)
-        .override_global("LAYOUT", layout, true)
-        .map_max_entries("EVENTS", cfg.ring_bytes)
-        .load(OBJECT)
-        .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-    let ring = RingBuf::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
-        .map_err(|_| ProbeError::Map("EVENTS"))?;
-    Ok((bpf, EventSource::Ring(ring)))
-}
-
-/// Loads the old-kernel object: the layout goes into entry 0 of its `LAYOUT`
-/// array map before anything attaches, and one perf buffer of
-/// `cfg.ring_bytes` is opened per online CPU.
-fn load_perf(
-    cfg: &ProbeConfig,
-    layout: &Layout,
-    btf: Option<&aya::Btf>,
-    lost: &Arc<AtomicU64>,
-) -> Result<(Ebpf, EventSource), ProbeError> {
-    if PERF_OBJECT.is_empty() {
-        return Err(ProbeError::NoObject);
-    }
-    let mut bpf = EbpfLoader::new()
-        .btf(btf)
-        .load(PERF_OBJECT)
-        .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-    let map_err = |name: &'static str, e: &dyn std::error::Error| ProbeError::MapRead {
-        name,
-        reason: error_chain(e),
-    };
-    let mut lay: Array<&mut MapData, Layout> =
-        Array::try_from(bpf.map_mut("LAYOUT").ok_or(ProbeError::Map("LAYOUT"))?)
-            .map_err(|_| ProbeError::Map("LAYOUT"))?;
-    lay.set(0, *layout, 0).map_err(|e| map_err("LAYOUT", &e))?;
-    let mut perf =
-        PerfEventArray::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
-            .map_err(|_| ProbeError::Map("EVENTS"))?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    let pages = (cfg.ring_bytes as usize / page).max(1);
-    let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::MapRead {
-        name: "EVENTS",
-        reason: format!("{what}: {e}"),
-    })?;
-    let mut buffers = Vec::with_capacity(cpus.len());
-    for cpu in cpus {
-        buffers.push(
-            perf.open(cpu, Some(pages.next_power_of_two()))
-                .map_err(|e| map_err("EVENTS", &e))?,
-        );
-    }
-    let source = EventSource::Perf {
-        buffers,
-        lost: Arc::clone(lost),
-    };
-    Ok((bpf, source))
 }
 
 /// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
@@ -632,26 +569,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
-}
-
-/// Whether this binary carries the eBPF programs.
-pub fn has_object() -> bool {
-    !OBJECT.is_empty()
-}
-
-/// The embedded eBPF object (for the read-only instruction check and `--dump-object`).
-pub fn object() -> &'static [u8] {
-    OBJECT
-}
-
-/// Whether this binary carries the old-kernel object.
-pub fn has_perf_object() -> bool {
-    !PERF_OBJECT.is_empty()
-}
-
-/// The embedded old-kernel object (empty in a build without the eBPF toolchain).
-pub fn perf_object() -> &'static [u8] {
-    PERF_OBJECT
 }
 
 /// Facts for `probes`/`doctor` without loading anything.

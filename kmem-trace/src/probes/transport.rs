@@ -131,7 +131,7 @@ fn auto(f: &Features, perf_object: bool) -> (Transport, String) {
 
 /// The choice after the ring-buffer object failed to load or attach (`why`:
 /// its error): the old-kernel object, when `auto` chose the ring buffer and
-/// this binary has it. A feature probe can say yes while the object still
+/// this binary has it with rows for the hook mode (`perf_object`). A feature probe can say yes while the object still
 /// fails (a backport without everything the object uses, a verifier that
 /// rejects it), and the perf object may work there. `None`: the error stands
 /// (forced with `--transport ringbuf`, already perf, or no perf object).
