@@ -178,8 +178,8 @@ pub fn on_id_put(ctx: *mut c_void, hook_id: u16, memcg: u64, n: u32) {
     }
 }
 
-/// Direct kmem activation (`memcg_online_kmem(memcg)` 4.x-6.0,
-/// `memcg_activate_kmem(memcg, limit)` on 3.10): stash the memcg...
+/// Direct kmem activation (`memcg_online_kmem(memcg)`, 4.x to 6.0; 3.10's
+/// `memcg_activate_kmem` has no row: no object loads there): stash the memcg...
 #[kprobe]
 pub fn kt_kprobe_kmem_online(ctx: ProbeContext) -> u32 {
     let memcg: u64 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -203,7 +203,7 @@ pub fn kt_kretprobe_kmem_online(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// After a successful `memcg_online_kmem()`/`memcg_activate_kmem()`: a direct
+/// After a successful `memcg_online_kmem()`: a direct
 /// kmem activation when it left accounting active, with its `kmemcg_id`
 /// (shared by the kretprobe and fexit hooks). The state is read once and the
 /// record's fill reuses it.
