@@ -1,5 +1,6 @@
-//! Builds the eBPF object (`kmem-trace-ebpf`) and leaves it in `OUT_DIR` for
-//! `include_bytes!`. The eBPF build needs Debian's rustc (it ships the library
+//! Builds the eBPF objects (`kmem-trace-ebpf`: the ring-buffer object, and
+//! with its feature `perf` the old-kernel object) and leaves them in `OUT_DIR`
+//! for `include_bytes!`. The eBPF build needs Debian's rustc (it ships the library
 //! source `-Z build-std=core` compiles) and bpf-linker; `cargo xtask setup`
 //! installs both. Without them the userspace crate still builds (check, clippy,
 //! unit tests) around an empty object, and the binary says how to fix that.
@@ -11,15 +12,18 @@ use std::{
 };
 
 const OBJECT: &str = "kmem-trace-ebpf.o";
+const PERF_OBJECT: &str = "kmem-trace-ebpf-perf.o";
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let dest = out_dir.join(OBJECT);
+    let perf_dest = out_dir.join(PERF_OBJECT);
 
     for var in [
         "KMEM_TRACE_EBPF_OBJECT",
+        "KMEM_TRACE_EBPF_PERF_OBJECT",
         "KMEM_TRACE_BPF_RUSTC",
         "KMEM_TRACE_SKIP_EBPF",
         "PATH",
@@ -37,10 +41,14 @@ fn main() -> anyhow::Result<()> {
 
     if let Ok(prebuilt) = env::var("KMEM_TRACE_EBPF_OBJECT") {
         fs::copy(&prebuilt, &dest)?;
+        match env::var("KMEM_TRACE_EBPF_PERF_OBJECT") {
+            Ok(perf) => fs::copy(&perf, &perf_dest).map(drop)?,
+            Err(_) => fs::write(&perf_dest, [])?,
+        }
         return Ok(());
     }
     if env::var_os("KMEM_TRACE_SKIP_EBPF").is_some() {
-        return stub(&dest, "KMEM_TRACE_SKIP_EBPF is set");
+        return stub(&[&dest, &perf_dest], "KMEM_TRACE_SKIP_EBPF is set");
     }
     // A missing path makes cargo rerun this script every build, so installing
     // the toolchain later (`cargo xtask setup`) is picked up without a clean.
@@ -53,13 +61,45 @@ fn main() -> anyhow::Result<()> {
     }
     let toolchain = match Toolchain::find() {
         Ok(t) => t,
-        Err(why) => return stub(&dest, &why),
+        Err(why) => return stub(&[&dest, &perf_dest], &why),
     };
-    let target_dir = root.join("target").join("bpf");
+    // BTF (func info) is required by the verifier for bpf-to-bpf calls.
+    let built = build(
+        &root,
+        &toolchain,
+        "bpf",
+        &[],
+        "-C debuginfo=2 -C link-arg=--btf",
+    )?;
+    embed(&built, &dest)?;
+    // The old-kernel object: no BTF of its own (4.18 cannot load func info;
+    // it has no bpf-to-bpf calls), its own target directory so the two
+    // builds' flags do not rebuild each other's `core`.
+    let built = build(
+        &root,
+        &toolchain,
+        "bpf-perf",
+        &["--features", "perf"],
+        "-C debuginfo=2",
+    )?;
+    embed(&built, &perf_dest)?;
+    Ok(())
+}
+
+/// One nested build of the eBPF crate into `target/<dir>`; the object's path.
+fn build(
+    root: &Path,
+    toolchain: &Toolchain,
+    dir: &str,
+    args: &[&str],
+    rustflags: &str,
+) -> anyhow::Result<PathBuf> {
+    let target_dir = root.join("target").join(dir);
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
+    cmd.current_dir(root)
         .args(["build", "--package", "kmem-trace-ebpf", "--release"])
+        .args(args)
         .args(["-Z", "build-std=core", "--target", "bpfel-unknown-none"])
         .arg("--target-dir")
         .arg(&target_dir);
@@ -78,20 +118,15 @@ fn main() -> anyhow::Result<()> {
     cmd.env("RUSTC", &toolchain.rustc)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &toolchain.linker)
-        // BTF (func info) is required by the verifier for bpf-to-bpf calls.
-        .env(
-            "CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS",
-            "-C debuginfo=2 -C link-arg=--btf",
-        );
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", rustflags);
     let status = cmd.status()?;
     if !status.success() {
         anyhow::bail!(
-            "building the eBPF programs failed ({status}); see the compiler output above"
+            "building the eBPF programs ({}) failed ({status}); see the compiler output above",
+            args.join(" ")
         );
     }
-    let built = target_dir.join("bpfel-unknown-none/release/kmem-trace-ebpf");
-    embed(&built, &dest)?;
-    Ok(())
+    Ok(target_dir.join("bpfel-unknown-none/release/kmem-trace-ebpf"))
 }
 
 /// Copies the object without its DWARF (`llvm-objcopy --strip-debug`) when
@@ -122,11 +157,13 @@ fn embed(built: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Leaves an empty object; the binary reports it at start.
-fn stub(dest: &Path, why: &str) -> anyhow::Result<()> {
+/// Leaves empty objects; the binary reports it at start.
+fn stub(dests: &[&Path], why: &str) -> anyhow::Result<()> {
     println!("cargo:warning=building kmem-trace without its eBPF programs ({why}); run `cargo xtask setup` to install the eBPF toolchain");
     println!("cargo:rustc-cfg=kmem_trace_no_ebpf");
-    fs::write(dest, [])?;
+    for dest in dests {
+        fs::write(dest, [])?;
+    }
     Ok(())
 }
 

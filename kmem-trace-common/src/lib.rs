@@ -277,6 +277,13 @@ pub mod hook {
     pub const RAW_CGROUP_RMDIR: u16 = 9;
     pub const RAW_CGROUP_RELEASE: u16 = 10;
     pub const TP_PROCESS_EXEC: u16 = 11;
+    /// `workqueue_execute_start` as a raw tracepoint (4.17+, no kernel BTF).
+    pub const RAW_CSS_RELEASE_WORK: u16 = 12;
+    pub const RAW_CSS_FREE_WORK: u16 = 13;
+    /// `workqueue_execute_start` as a classic tracepoint (tracefs; the
+    /// record carries the work function).
+    pub const TPC_CSS_RELEASE_WORK: u16 = 14;
+    pub const TPC_CSS_FREE_WORK: u16 = 15;
 
     pub const KPROBE_CSS_ALLOC: u16 = 20;
     pub const KPROBE_CSS_ONLINE: u16 = 21;
@@ -507,7 +514,7 @@ pub mod census_flags {
 
 /// Index into the `STATS` per-CPU array map.
 pub mod stat {
-    /// Failed ring-buffer reservations: events lost.
+    /// Failed ring-buffer reservations or perf-buffer outputs: events lost.
     pub const DROPS: u32 = 0;
     /// Kernel reads that faulted.
     pub const READ_FAULTS: u32 = 1;

@@ -240,7 +240,8 @@ fn visit(w: &mut Walk, leaf: bool) {
         ev.flags |= flags::DYING;
     }
     let memcg = memcg_from_css(css);
-    fill_memcg(ev, &Subject::new(memcg, 0), true);
+    // No context: census records go to their own ring buffer.
+    fill_memcg(ev, &Subject::new(core::ptr::null_mut(), memcg, 0), true);
     // `memcg->id.ref`: 0 once the ID went back to the kernel (4.6+).
     if let Some(r) = rd::<i32>(memcg, lay!(memcg_id_ref)) {
         ev.aux = r as u32 as u64;

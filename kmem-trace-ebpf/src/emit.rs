@@ -1,12 +1,17 @@
-//! Filling and submitting ring-buffer events: one place that knows which kernel
-//! fields make up an [`Event`], shared by every hook family. Each kernel read
-//! is a helper call (`bpf_probe_read_kernel`), the bulk of a program's cost,
+//! Filling and submitting events (ring buffer, or perf buffer in the old-kernel
+//! object): one place that knows which kernel fields make up an [`Event`],
+//! shared by every hook family. Each kernel read is a helper call
+//! (`bpf_probe_read_kernel`), the bulk of a program's cost,
 //! so what a hook already read travels in [`Subject`] instead of being read
 //! again, and one record stands for every lifecycle point a hook sees at once.
 
+use core::ffi::c_void;
+
+#[cfg(not(feature = "perf"))]
+use aya_ebpf::helpers::bpf_probe_read_kernel_str_bytes as read_kernel_str_bytes;
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-    bpf_probe_read_kernel_str_bytes, generated::bpf_get_current_comm,
+    generated::bpf_get_current_comm,
 };
 use kmem_trace_common::{flags, stat, Event, EventKind, ABSENT, COMM_LEN, LAYOUT_KN_ID_U32};
 
@@ -26,6 +31,10 @@ pub fn enabled(hook: u16, kind: EventKind) -> bool {
 
 /// What a hook knows when it fires, and what it already read.
 pub struct Subject {
+    /// The program's context (`bpf_perf_event_output` needs it; the ring
+    /// buffer does not).
+    #[cfg_attr(not(feature = "perf"), allow(dead_code))]
+    pub ctx: *mut c_void,
     /// `struct mem_cgroup *` (0 if unknown).
     pub memcg: u64,
     /// `struct cgroup *` (0 if unknown).
@@ -40,8 +49,9 @@ pub struct Subject {
 
 impl Subject {
     #[inline(always)]
-    pub fn new(memcg: u64, cgrp: u64) -> Subject {
+    pub fn new(ctx: *mut c_void, memcg: u64, cgrp: u64) -> Subject {
         Subject {
+            ctx,
             memcg,
             cgrp,
             root: 0,
@@ -52,8 +62,8 @@ impl Subject {
 
     /// From a memcg css pointer; the cgroup comes from `css->cgroup` (NULL at css_alloc).
     #[inline(always)]
-    pub fn from_css(css: u64) -> Subject {
-        Subject::new(memcg_from_css(css), rd_ptr(css, lay!(css_cgroup)))
+    pub fn from_css(ctx: *mut c_void, css: u64) -> Subject {
+        Subject::new(ctx, memcg_from_css(css), rd_ptr(css, lay!(css_cgroup)))
     }
 }
 
@@ -112,6 +122,7 @@ pub fn emit_online(hook: u16, subj: &mut Subject, with_alloc: bool) {
 }
 
 /// Reserves, fills and submits one record (the caller checked `enabled`).
+#[cfg(not(feature = "perf"))]
 #[inline(always)]
 fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -122,7 +133,70 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
     zero(ev);
     // SAFETY: `ev` points to reserved ring-buffer memory of Event's size,
     // zeroed above (all-zero bits are a valid Event).
-    let ev = unsafe { &mut *ev };
+    fill(
+        unsafe { &mut *ev },
+        hook,
+        kind,
+        extra_flags,
+        subj,
+        aux,
+        task,
+    );
+    entry.submit(0);
+}
+
+/// Fills the per-CPU scratch record and copies it into this CPU's perf
+/// buffer. A full buffer is counted by the kernel and reported to the reader
+/// as `PERF_RECORD_LOST` (userspace adds it to the drop counter; before 5.4
+/// the helper does not even return the error); any other failure (no buffer
+/// open for this CPU) is counted here, in the same counter.
+#[cfg(feature = "perf")]
+#[inline(always)]
+fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
+    use aya_ebpf::{bindings::BPF_F_CURRENT_CPU, helpers::generated::bpf_perf_event_output};
+
+    let Some(ev) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+        count(stat::DROPS);
+        return;
+    };
+    zero(ev);
+    // SAFETY: `ev` is this CPU's scratch value of Event's size, zeroed above.
+    fill(
+        unsafe { &mut *ev },
+        hook,
+        kind,
+        extra_flags,
+        subj,
+        aux,
+        task,
+    );
+    // SAFETY: `subj.ctx` is the program's context, `ev` Event's size of map memory.
+    let ret = unsafe {
+        bpf_perf_event_output(
+            subj.ctx,
+            (&raw const EVENTS).cast_mut().cast(),
+            BPF_F_CURRENT_CPU,
+            ev.cast(),
+            core::mem::size_of::<Event>() as u64,
+        )
+    };
+    const ENOSPC: i64 = 28;
+    if ret != 0 && ret != -ENOSPC {
+        count(stat::DROPS);
+    }
+}
+
+/// Every field of one record but the ones `zero` left zero.
+#[inline(always)]
+fn fill(
+    ev: &mut Event,
+    hook: u16,
+    kind: EventKind,
+    extra_flags: u32,
+    subj: &Subject,
+    aux: u64,
+    task: u64,
+) {
     ev.kind = kind as u32;
     ev.hook = hook;
     ev.flags = extra_flags;
@@ -146,7 +220,6 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
     } else {
         ev.flags |= flags::NO_CGROUP;
     }
-    entry.submit(0);
 }
 
 /// Zeroes a reserved record with 33 eight-byte stores. `write(Event::ZERO)`
@@ -320,10 +393,31 @@ pub fn fill_cgroup(ev: &mut Event, cgrp: u64, root: u64) {
     }
     let name = rd_ptr(kn, lay!(kn_name));
     if name != 0 {
-        if let Ok(s) = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.name) } {
+        if let Ok(s) = unsafe { read_kernel_str_bytes(name as *const u8, &mut ev.name) } {
             ev.name_len = s.len() as u16;
         } else {
             ev.flags |= flags::READ_FAULT;
         }
     }
+}
+
+/// `bpf_probe_read_str` (4.11) into `dest`: the bytes before the NUL, as
+/// aya's `bpf_probe_read_kernel_str_bytes` returns them (that helper is 5.5+).
+#[cfg(feature = "perf")]
+#[inline(always)]
+unsafe fn read_kernel_str_bytes(src: *const u8, dest: &mut [u8]) -> Result<&[u8], i32> {
+    // SAFETY: `dest` is `dest.len()` writable bytes.
+    let len = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_str(
+            dest.as_mut_ptr().cast(),
+            dest.len() as u32,
+            src.cast(),
+        )
+    };
+    // The count includes the NUL (0 for an empty string); the bound check
+    // shows the verifier the slice stays inside `dest`.
+    if len < 0 || len > dest.len() as i64 {
+        return Err(-1);
+    }
+    dest.get(..(len as usize).saturating_sub(1)).ok_or(-1)
 }

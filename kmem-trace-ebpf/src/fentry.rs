@@ -5,6 +5,7 @@
 use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
+    EbpfContext,
 };
 use kmem_trace_common::{hook, EventKind, FEXIT_RET_SLOT};
 
@@ -29,7 +30,7 @@ fn return_value<T: aya_ebpf::Argument>(ctx: &FExitContext) -> T {
 pub fn kt_fexit_css_alloc(ctx: FExitContext) -> i32 {
     let css: u64 = return_value(&ctx);
     if !bad_ptr(css) {
-        let subj = Subject::new(memcg_from_css(css), 0);
+        let subj = Subject::new(ctx.as_ptr(), memcg_from_css(css), 0);
         emit(hook::FENTRY_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
     }
     0
@@ -45,13 +46,18 @@ pub fn kt_fexit_css_online(ctx: FExitContext) -> i32 {
     if css == 0 || ret != 0 {
         return 0;
     }
-    emit_online(hook::FENTRY_CSS_ONLINE, &mut Subject::from_css(css), false);
+    emit_online(
+        hook::FENTRY_CSS_ONLINE,
+        &mut Subject::from_css(ctx.as_ptr(), css),
+        false,
+    );
     0
 }
 
 #[fentry(function = "mem_cgroup_css_offline")]
 pub fn kt_fentry_css_offline(ctx: FEntryContext) -> i32 {
     on_css(
+        ctx.as_ptr(),
         hook::FENTRY_CSS_OFFLINE,
         EventKind::Offline,
         ctx.arg::<u64>(0),
@@ -62,6 +68,7 @@ pub fn kt_fentry_css_offline(ctx: FEntryContext) -> i32 {
 #[fentry(function = "mem_cgroup_css_released")]
 pub fn kt_fentry_css_released(ctx: FEntryContext) -> i32 {
     on_css(
+        ctx.as_ptr(),
         hook::FENTRY_CSS_RELEASED,
         EventKind::Released,
         ctx.arg::<u64>(0),
@@ -71,7 +78,12 @@ pub fn kt_fentry_css_released(ctx: FEntryContext) -> i32 {
 
 #[fentry(function = "mem_cgroup_css_free")]
 pub fn kt_fentry_css_free(ctx: FEntryContext) -> i32 {
-    on_css(hook::FENTRY_CSS_FREE, EventKind::Free, ctx.arg::<u64>(0));
+    on_css(
+        ctx.as_ptr(),
+        hook::FENTRY_CSS_FREE,
+        EventKind::Free,
+        ctx.arg::<u64>(0),
+    );
     0
 }
 
@@ -79,7 +91,7 @@ pub fn kt_fentry_css_free(ctx: FEntryContext) -> i32 {
 pub fn kt_fentry_id_put_many(ctx: FEntryContext) -> i32 {
     let memcg: u64 = ctx.arg::<u64>(0);
     let n: u32 = ctx.arg::<u32>(1);
-    on_id_put(hook::FENTRY_ID_PUT, memcg, n);
+    on_id_put(ctx.as_ptr(), hook::FENTRY_ID_PUT, memcg, n);
     0
 }
 
@@ -90,7 +102,7 @@ pub fn kt_fexit_kmem_online(ctx: FExitContext) -> i32 {
     let memcg: u64 = ctx.arg::<u64>(0);
     let ret: i32 = return_value(&ctx);
     if ret == 0 {
-        on_kmem_online(hook::FENTRY_KMEM_ONLINE, memcg);
+        on_kmem_online(ctx.as_ptr(), hook::FENTRY_KMEM_ONLINE, memcg);
     }
     0
 }

@@ -2,10 +2,13 @@
 //! attaches each program to the symbol the probe table chose (alternatives such as
 //! `memcg_offline_kmem.part.0` included), so names here are only defaults.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use kmem_trace_common::{hook, EventKind};
 
@@ -27,7 +30,7 @@ pub fn bad_ptr(p: u64) -> bool {
 pub fn kt_kretprobe_css_alloc(ctx: RetProbeContext) -> u32 {
     let css: u64 = ctx.ret::<u64>();
     if !bad_ptr(css) {
-        let subj = Subject::new(memcg_from_css(css), 0);
+        let subj = Subject::new(ctx.as_ptr(), memcg_from_css(css), 0);
         emit(hook::KPROBE_CSS_ALLOC, EventKind::Alloc, 0, &subj, 0);
     }
     0
@@ -55,13 +58,18 @@ pub fn kt_kretprobe_css_online(ctx: RetProbeContext) -> u32 {
     if ret != 0 || css == 0 {
         return 0;
     }
-    emit_online(hook::KPROBE_CSS_ONLINE, &mut Subject::from_css(css), false);
+    emit_online(
+        hook::KPROBE_CSS_ONLINE,
+        &mut Subject::from_css(ctx.as_ptr(), css),
+        false,
+    );
     0
 }
 
 #[kprobe]
 pub fn kt_kprobe_css_offline(ctx: ProbeContext) -> u32 {
     on_css(
+        ctx.as_ptr(),
         hook::KPROBE_CSS_OFFLINE,
         EventKind::Offline,
         ctx.arg::<u64>(0).unwrap_or(0),
@@ -72,6 +80,7 @@ pub fn kt_kprobe_css_offline(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kt_kprobe_css_released(ctx: ProbeContext) -> u32 {
     on_css(
+        ctx.as_ptr(),
         hook::KPROBE_CSS_RELEASED,
         EventKind::Released,
         ctx.arg::<u64>(0).unwrap_or(0),
@@ -82,6 +91,7 @@ pub fn kt_kprobe_css_released(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn kt_kprobe_css_free(ctx: ProbeContext) -> u32 {
     on_css(
+        ctx.as_ptr(),
         hook::KPROBE_CSS_FREE,
         EventKind::Free,
         ctx.arg::<u64>(0).unwrap_or(0),
@@ -92,13 +102,13 @@ pub fn kt_kprobe_css_free(ctx: ProbeContext) -> u32 {
 /// One record of `kind` for the memcg css `css` (NULL: none), shared by the
 /// kprobe and fentry hooks on the css callbacks that take the css first.
 #[inline(always)]
-pub fn on_css(hook_id: u16, kind: EventKind, css: u64) {
+pub fn on_css(ctx: *mut c_void, hook_id: u16, kind: EventKind, css: u64) {
     if css != 0 {
         if matches!(kind, EventKind::Free) {
             // A later memcg at this address may release its ID again.
             let _ = ID_CLAIMED.remove(&memcg_from_css(css));
         }
-        emit(hook_id, kind, 0, &Subject::from_css(css), 0);
+        emit(hook_id, kind, 0, &Subject::from_css(ctx, css), 0);
     }
 }
 
@@ -123,7 +133,7 @@ pub fn kt_kprobe_id_put_many(ctx: ProbeContext) -> u32 {
 /// puts that all return after the removal, the first to claim the memcg in
 /// `ID_CLAIMED` reports it, so the release is reported exactly once.
 #[kretprobe]
-pub fn kt_kretprobe_id_put_many(_ctx: RetProbeContext) -> u32 {
+pub fn kt_kretprobe_id_put_many(ctx: RetProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid() ^ ID_PUT_TAG;
     let memcg = match unsafe { STASH.get(&key) } {
         Some(v) => *v,
@@ -133,9 +143,13 @@ pub fn kt_kretprobe_id_put_many(_ctx: RetProbeContext) -> u32 {
     if memcg == 0 || rd::<i32>(memcg, lay!(memcg_id)) != Some(0) {
         return 0;
     }
-    // BPF_NOEXIST: only the first put to get here inserts.
-    if ID_CLAIMED.insert(&memcg, &1, 1).is_ok() {
+    // BPF_NOEXIST: only the first put to get here inserts. The value is
+    // never read; a non-constant one stays on the stack, where `&1` was a
+    // `.rodata` constant (global data, 5.2+) the old-kernel object cannot load.
+    let claimed = memcg as u8 | 1;
+    if ID_CLAIMED.insert(&memcg, &claimed, 1).is_ok() {
         let subj = Subject::new(
+            ctx.as_ptr(),
             memcg,
             crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
         );
@@ -144,8 +158,10 @@ pub fn kt_kretprobe_id_put_many(_ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The fentry family's ID release (the count before the put equals `n`).
+#[cfg(not(feature = "perf"))]
 #[inline(always)]
-pub fn on_id_put(hook_id: u16, memcg: u64, n: u32) {
+pub fn on_id_put(ctx: *mut c_void, hook_id: u16, memcg: u64, n: u32) {
     if memcg == 0 {
         return;
     }
@@ -154,6 +170,7 @@ pub fn on_id_put(hook_id: u16, memcg: u64, n: u32) {
     };
     if refs as u32 == n {
         let subj = Subject::new(
+            ctx,
             memcg,
             crate::read::rd_ptr(memcg + lay!(memcg_css) as u64, lay!(css_cgroup)),
         );
@@ -161,8 +178,8 @@ pub fn on_id_put(hook_id: u16, memcg: u64, n: u32) {
     }
 }
 
-/// Direct kmem activation (`memcg_online_kmem(memcg)` 4.x-6.0,
-/// `memcg_activate_kmem(memcg, limit)` on 3.10): stash the memcg...
+/// Direct kmem activation (`memcg_online_kmem(memcg)`, 4.x to 6.0; 3.10's
+/// `memcg_activate_kmem` has no row: no object loads there): stash the memcg...
 #[kprobe]
 pub fn kt_kprobe_kmem_online(ctx: ProbeContext) -> u32 {
     let memcg: u64 = ctx.arg::<u64>(0).unwrap_or(0);
@@ -181,17 +198,17 @@ pub fn kt_kretprobe_kmem_online(ctx: RetProbeContext) -> u32 {
     };
     let _ = STASH.remove(&key);
     if ctx.ret::<i32>() == 0 {
-        on_kmem_online(hook::KPROBE_KMEM_ONLINE, memcg);
+        on_kmem_online(ctx.as_ptr(), hook::KPROBE_KMEM_ONLINE, memcg);
     }
     0
 }
 
-/// After a successful `memcg_online_kmem()`/`memcg_activate_kmem()`: a direct
+/// After a successful `memcg_online_kmem()`: a direct
 /// kmem activation when it left accounting active, with its `kmemcg_id`
 /// (shared by the kretprobe and fexit hooks). The state is read once and the
 /// record's fill reuses it.
 #[inline(always)]
-pub fn on_kmem_online(hook_id: u16, memcg: u64) {
+pub fn on_kmem_online(ctx: *mut c_void, hook_id: u16, memcg: u64) {
     if memcg == 0 {
         return;
     }
@@ -199,7 +216,7 @@ pub fn on_kmem_online(hook_id: u16, memcg: u64) {
     if !active {
         return;
     }
-    let mut subj = Subject::from_css(memcg + lay!(memcg_css) as u64);
+    let mut subj = Subject::from_css(ctx, memcg + lay!(memcg_css) as u64);
     subj.kmem = Some(true);
     emit(
         hook_id,

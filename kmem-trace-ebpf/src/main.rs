@@ -1,20 +1,28 @@
 //! kmem-trace's eBPF programs: one small program per kernel hook, all feeding one
-//! ring buffer with [`kmem_trace_common::Event`] records. Kernel struct layouts come
-//! from userspace (resolved from BTF) through the read-only `LAYOUT` global.
+//! event channel with [`kmem_trace_common::Event`] records. Kernel struct layouts
+//! come from userspace (resolved from BTF).
+//!
+//! Built twice (`kmem-trace/build.rs`): the default object for 5.8+ (BPF ring
+//! buffer, the layout in the read-only `LAYOUT` global, `bpf_probe_read_kernel`,
+//! fentry, BTF tracepoints, the census iterator), and with feature `perf` the
+//! old-kernel object for the 4.18 floor: events through a
+//! `BPF_MAP_TYPE_PERF_EVENT_ARRAY`, the layout in an ordinary array map (global
+//! data needs 5.2), `bpf_probe_read` (the `_kernel` variant is 5.5), and only
+//! kprobe, raw tracepoint and classic tracepoint programs (no kernel BTF).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "perf")))]
 mod census;
 #[cfg(target_arch = "bpf")]
 mod emit;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "perf")))]
 mod fentry;
 #[cfg(target_arch = "bpf")]
 mod kprobes;
 #[cfg(target_arch = "bpf")]
 mod read;
-#[cfg(target_arch = "bpf")]
+#[cfg(all(target_arch = "bpf", not(feature = "perf")))]
 mod residents;
 #[cfg(target_arch = "bpf")]
 mod tracepoints;
@@ -23,22 +31,56 @@ mod tracepoints;
 mod maps {
     use aya_ebpf::{
         macros::map,
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray},
     };
-    use kmem_trace_common::{stat, Layout, MAX_HOOKS};
+    use kmem_trace_common::{stat, MAX_HOOKS};
 
-    /// Kernel layout; userspace overwrites it before load (`EbpfLoader::set_global`).
-    #[unsafe(no_mangle)]
-    pub static LAYOUT: Layout = Layout::EMPTY;
+    #[cfg(not(feature = "perf"))]
+    pub use ring::*;
+    #[cfg(not(feature = "perf"))]
+    mod ring {
+        use aya_ebpf::{macros::map, maps::RingBuf};
+        use kmem_trace_common::Layout;
+
+        /// Kernel layout; userspace overwrites it before load (`EbpfLoader::set_global`).
+        #[unsafe(no_mangle)]
+        pub static LAYOUT: Layout = Layout::EMPTY;
+
+        /// Lifecycle events. Userspace resizes it (`--ring-buffer-size`).
+        #[map]
+        pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+    }
+
+    #[cfg(feature = "perf")]
+    pub use perf::*;
+    #[cfg(feature = "perf")]
+    mod perf {
+        use aya_ebpf::{
+            macros::map,
+            maps::{Array, PerCpuArray, PerfEventArray},
+        };
+        use kmem_trace_common::{Event, Layout};
+
+        /// Kernel layout in entry 0, written by userspace before it attaches
+        /// anything (global data needs 5.2). Until then every member reads
+        /// as absent.
+        #[map]
+        pub static LAYOUT: Array<Layout> = Array::with_max_entries(1, 0);
+
+        /// Lifecycle events, one perf buffer per CPU (the ring buffer is 5.8+).
+        #[map]
+        pub static EVENTS: PerfEventArray<Event> = PerfEventArray::new(0);
+
+        /// The record being filled: 264 bytes do not fit beside the rest on
+        /// the 512-byte stack; `bpf_perf_event_output` copies it out.
+        #[map]
+        pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+    }
 
     /// Which kinds each hook may emit (see `MAX_HOOKS`); userspace fills it from
     /// the probe-table choice before attaching each program.
     #[map]
     pub static EMIT: Array<u32> = Array::with_max_entries(MAX_HOOKS as u32, 0);
-
-    /// Lifecycle events. Userspace resizes it (`--ring-buffer-size`).
-    #[map]
-    pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 
     /// Per-CPU counters, indexed by `kmem_trace_common::stat`.
     #[map]

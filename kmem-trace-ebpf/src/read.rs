@@ -1,19 +1,60 @@
 //! Kernel memory reads through BTF-resolved offsets: every read goes through
-//! `bpf_probe_read_kernel`, so a stale pointer yields an error, never a fault.
+//! `bpf_probe_read_kernel` (`bpf_probe_read` in the old-kernel object: the
+//! `_kernel` variant is 5.5+), so a stale pointer yields an error, never a fault.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+#[cfg(feature = "perf")]
+use aya_ebpf::helpers::{bpf_probe_read as read_kernel, bpf_probe_read_buf as read_kernel_buf};
+#[cfg(not(feature = "perf"))]
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel as read_kernel, bpf_probe_read_kernel_buf as read_kernel_buf,
+};
 use kmem_trace_common::{stat, ABSENT};
 
-use crate::maps::{LAYOUT, STATS};
+use crate::maps::STATS;
 
 /// Reads one `Layout` member. `read_volatile` keeps LLVM from folding the
 /// compile-time default; the kernel sees the value userspace wrote into `.rodata`.
+#[cfg(not(feature = "perf"))]
 macro_rules! lay {
     ($field:ident) => {
         unsafe { core::ptr::read_volatile(&raw const crate::maps::LAYOUT.$field) }
     };
 }
+
+/// Reads one `Layout` member from entry 0 of the `LAYOUT` array map (the
+/// old-kernel object has no global data); absent when the lookup fails.
+#[cfg(feature = "perf")]
+macro_rules! lay {
+    ($field:ident) => {
+        match crate::maps::LAYOUT.get_ptr(0) {
+            // SAFETY: a non-NULL array map value of Layout's size.
+            Some(p) => unsafe { core::ptr::read_volatile(&raw const (*p).$field) },
+            None => crate::read::Absent::absent(),
+        }
+    };
+}
 pub(crate) use lay;
+
+/// The value of a `Layout` member the programs cannot read ([`ABSENT`]
+/// offsets, 0 for addresses).
+#[cfg(feature = "perf")]
+pub trait Absent {
+    fn absent() -> Self;
+}
+#[cfg(feature = "perf")]
+impl Absent for u32 {
+    #[inline(always)]
+    fn absent() -> u32 {
+        ABSENT
+    }
+}
+#[cfg(feature = "perf")]
+impl Absent for u64 {
+    #[inline(always)]
+    fn absent() -> u64 {
+        0
+    }
+}
 
 /// Reads a `T` at `base + off`, or `None` when the member is absent on this kernel,
 /// the base is NULL, or the read faults.
@@ -22,7 +63,7 @@ pub fn rd<T>(base: u64, off: u32) -> Option<T> {
     if base == 0 || off == ABSENT {
         return None;
     }
-    match unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) } {
+    match unsafe { read_kernel((base + off as u64) as *const T) } {
         Ok(v) => Some(v),
         Err(_) => {
             count(stat::READ_FAULTS);
@@ -43,7 +84,7 @@ pub fn rd_buf(base: u64, off: u32, dst: &mut [u8]) -> bool {
     if base == 0 || off == ABSENT {
         return false;
     }
-    unsafe { bpf_probe_read_kernel_buf((base + off as u64) as *const u8, dst).is_ok() }
+    unsafe { read_kernel_buf((base + off as u64) as *const u8, dst).is_ok() }
 }
 
 /// Adds one to a per-CPU counter.
@@ -93,7 +134,7 @@ pub fn memcg_of_cgroup(cgrp: u64) -> u64 {
 /// The `struct mem_cgroup` address from its embedded css.
 #[inline(always)]
 pub fn memcg_from_css(css: u64) -> u64 {
-    let off = unsafe { core::ptr::read_volatile(&raw const LAYOUT.memcg_css) };
+    let off = lay!(memcg_css);
     if css == 0 || off == ABSENT {
         return css;
     }

@@ -6,11 +6,14 @@
 //! reported, after that at most one per second per memcg (so the last resident
 //! before offline stays known) and the rest only counted.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::LruHashMap,
     programs::BtfTracePointContext,
+    EbpfContext,
 };
 use kmem_trace_common::{flags, hook, stat, EventKind, ABSENT};
 
@@ -95,11 +98,11 @@ fn admit(memcg: u64, id: u32) -> Option<u32> {
 /// Reports `task` as a resident of the memcg css `css` (skipping the root memcg,
 /// where every host process lives). `root` is the cgroup root if the hook read it.
 #[inline(always)]
-fn report(hook_id: u16, kind_flags: u32, css: u64, task: u64, root: u64) {
+fn report(ctx: *mut c_void, hook_id: u16, kind_flags: u32, css: u64, task: u64, root: u64) {
     if css == 0 || rd_ptr(css, lay!(css_parent)) == 0 {
         return;
     }
-    let mut subj = Subject::from_css(css);
+    let mut subj = Subject::from_css(ctx, css);
     // The ID keys the limiter and goes into the record: read it once.
     let id = memcg_id(subj.memcg).unwrap_or(0);
     subj.memcg_id = Some(id);
@@ -135,6 +138,7 @@ pub fn kt_tp_cgroup_attach_task(ctx: BtfTracePointContext) -> i32 {
     // The task's css_set already points into `dst`: its memcg is dst's, on
     // the same root.
     report(
+        ctx.as_ptr(),
         hook::TP_CGROUP_ATTACH,
         flags::ATTACH,
         task_memcg_css(task),
@@ -159,6 +163,7 @@ pub fn kt_tp_process_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     report(
+        ctx.as_ptr(),
         hook::TP_PROCESS_FORK,
         flags::FORK,
         task_memcg_css(child),
@@ -177,6 +182,7 @@ pub fn kt_tp_process_exec(ctx: BtfTracePointContext) -> i32 {
     }
     let task = ctx.arg::<*const u8>(0) as u64;
     report(
+        ctx.as_ptr(),
         hook::TP_PROCESS_EXEC,
         flags::EXEC,
         task_memcg_css(task),

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::probes::{HookMode, Point};
+use crate::probes::{HookMode, Point, TransportMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +51,11 @@ pub struct ProbeArgs {
     /// Hook family: auto picks per lifecycle point what the kernel supports.
     #[arg(long, value_enum, default_value_t = HookMode::Auto)]
     pub hooks: HookMode,
+    /// Event transport: auto probes the kernel's features (BPF ring buffer,
+    /// bpf_probe_read_kernel); perf loads the old-kernel object (4.18+: perf
+    /// buffers, kprobes and tracepoints; --ring-buffer-size is then per CPU).
+    #[arg(long, value_enum, default_value_t = TransportMode::Auto)]
+    pub transport: TransportMode,
     /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -64,6 +69,7 @@ impl ProbeArgs {
     pub fn config(&self) -> crate::probes::ProbeConfig {
         crate::probes::ProbeConfig {
             mode: self.hooks,
+            transport: self.transport,
             btf: self.btf.clone(),
             forced_symbols: self.force_symbol.clone(),
             ..crate::probes::ProbeConfig::default()

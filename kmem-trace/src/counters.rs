@@ -35,8 +35,9 @@ impl KernelCounters {
     ) -> Result<bool, WatchError> {
         use kmem_trace_common::stat;
         let read = |i| probes.stat(i).unwrap_or(0);
+        // Drops: the programs' counter plus the perf buffers' lost samples.
         let (drops, faults, capped) = (
-            read(stat::DROPS),
+            probes.drops(),
             read(stat::READ_FAULTS),
             read(stat::RESIDENTS_CAPPED),
         );

@@ -466,10 +466,10 @@ pub async fn run_interactive(
     } = signals;
     let clock = Clock::measure();
     let family = probes.report.family_in_use();
-    let ring = probes
-        .take_ring()
+    let events = probes
+        .take_events()
         .ok_or(probes::ProbeError::Map("EVENTS"))?;
-    let mut stream = EventStream::new(ring)?;
+    let mut stream = EventStream::new(events)?;
     let mut pipe = Pipeline::new(lifecycle, out).with_stages(stages.0, stages.1);
     if let Some(path) = &cfg.record {
         pipe.record_to(path, clock)?;

@@ -177,7 +177,7 @@ impl Metrics {
         );
         r.register(
             "ring_drops",
-            "Events lost because the BPF ring buffer was full",
+            "Events lost because the event buffer was full (the BPF ring buffer, or a CPU's perf buffer)",
             drops.clone(),
         );
         r.register(

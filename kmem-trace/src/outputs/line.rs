@@ -204,7 +204,7 @@ impl<W: Write> Output for LineOutput<W> {
         if s.status.drops > 0 {
             writeln!(
                 self.w,
-                "WARNING: {} events were dropped (ring buffer full); raise --ring-buffer-size",
+                "WARNING: {} events were dropped (event buffer full); raise --ring-buffer-size (per CPU with perf buffers)",
                 s.status.drops
             )?;
         }

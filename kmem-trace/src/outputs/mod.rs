@@ -63,7 +63,8 @@ pub struct Latency {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Health {
-    /// Events lost because the ring buffer was full.
+    /// Events lost because the event buffer was full: the ring buffer, or a
+    /// CPU's perf buffer with the old-kernel object (`--transport`).
     Drops { new: u64, total: u64 },
     /// Kernel reads in the eBPF programs that faulted (those events carry
     /// unknown fields).
@@ -78,7 +79,7 @@ impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Health::Drops { new, total } => {
-                write!(f, "{new} events dropped (ring buffer full); total {total}")
+                write!(f, "{new} events dropped (event buffer full); total {total}")
             }
             Health::ReadFaults { new, total } => write!(
                 f,

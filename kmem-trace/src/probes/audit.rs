@@ -97,6 +97,118 @@ pub fn audit(elf: &[u8]) -> Result<Vec<SectionAudit>, AuditError> {
     Ok(out)
 }
 
+/// The last helper 4.18 has: `bpf_get_current_cgroup_id` (80) in the
+/// append-only `__BPF_FUNC_MAPPER` of `include/uapi/linux/bpf.h`;
+/// `bpf_get_local_storage` (81) came with 4.19, `bpf_probe_read_kernel` (113) 5.5.
+pub const MAX_HELPER_4_18: i32 = 80;
+/// 4.18's verifier limit on the instructions of one program (1M from 5.2).
+pub const MAX_INSNS_4_18: usize = 4096;
+/// Program section prefixes 4.18 can load without kernel BTF.
+const OLD_KERNEL_SECTIONS: &[&str] = &[
+    "kprobe",
+    "kretprobe",
+    "tracepoint/",
+    "raw_tp/",
+    "raw_tracepoint/",
+];
+
+/// One program of the old-kernel object.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramAudit {
+    pub program: String,
+    pub section: String,
+    pub instructions: usize,
+    pub helpers: Vec<i32>,
+}
+
+/// Checks the old-kernel object against the 4.18 floor: every helper within
+/// 4.18's set, no global data (`.data`, `.rodata`, `.bss`: 5.2), fewer than
+/// 4,096 instructions per program, and only program types that need no
+/// kernel BTF. Returns every program, or every violation found.
+pub fn audit_old_kernel(elf: &[u8]) -> Result<Vec<ProgramAudit>, Vec<String>> {
+    use object::ObjectSymbol;
+    let file = object::File::parse(elf).map_err(|e| vec![format!("not an ELF file: {e}")])?;
+    let mut bad = Vec::new();
+    let mut out = Vec::new();
+    for section in file.sections() {
+        let name = section.name().unwrap_or("?").to_string();
+        if [".data", ".rodata", ".bss"]
+            .iter()
+            .any(|g| name == *g || name.starts_with(&format!("{g}.")))
+        {
+            bad.push(format!("section {name} is global data (5.2+)"));
+        }
+        if section.kind() != SectionKind::Text || name == ".text" {
+            continue;
+        }
+        if !OLD_KERNEL_SECTIONS.iter().any(|p| name.starts_with(p)) {
+            bad.push(format!(
+                "section {name}: this program type needs kernel BTF or a newer kernel"
+            ));
+        }
+    }
+    for sym in file.symbols() {
+        let Some(idx) = sym.section_index() else {
+            continue;
+        };
+        let Ok(section) = file.section_by_index(idx) else {
+            continue;
+        };
+        let sname = section.name().unwrap_or("?").to_string();
+        if sym.kind() != object::SymbolKind::Text
+            || section.kind() != SectionKind::Text
+            || sname == ".text"
+        {
+            continue;
+        }
+        let data = section.data().map_err(|e| vec![e.to_string()])?;
+        let (start, len) = (sym.address() as usize, sym.size() as usize);
+        let Some(code) = data.get(start..start + len) else {
+            bad.push(format!(
+                "program {} lies outside its section",
+                sym.name().unwrap_or("?")
+            ));
+            continue;
+        };
+        let program = sym.name().unwrap_or("?").to_string();
+        let mut helpers = Vec::new();
+        for insn in code.chunks_exact(8) {
+            let imm = i32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+            match (insn[0], insn[1] >> 4) {
+                (0x85, 0) if !helpers.contains(&imm) => helpers.push(imm),
+                (0x85, 2) => bad.push(format!("{program} calls a kfunc (5.13+)")),
+                _ => {}
+            }
+        }
+        helpers.sort();
+        for h in helpers.iter().filter(|&&h| h > MAX_HELPER_4_18 || h <= 0) {
+            bad.push(format!(
+                "{program} calls helper {h}, which 4.18 does not have (last: {MAX_HELPER_4_18})"
+            ));
+        }
+        let instructions = code.len() / 8;
+        if instructions >= MAX_INSNS_4_18 {
+            bad.push(format!(
+                "{program} has {instructions} instructions; 4.18 loads fewer than {MAX_INSNS_4_18}"
+            ));
+        }
+        out.push(ProgramAudit {
+            program,
+            section: sname,
+            instructions,
+            helpers,
+        });
+    }
+    if out.is_empty() {
+        bad.push("no programs found".into());
+    }
+    if bad.is_empty() {
+        Ok(out)
+    } else {
+        Err(bad)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +267,82 @@ mod tests {
         patched[at..at + 4].copy_from_slice(&36i32.to_le_bytes());
         let err = audit(&patched).unwrap_err().to_string();
         assert!(err.contains("bpf_probe_write_user"), "{err}");
+    }
+
+    /// The old-kernel object, or `None` as [`object_or_skip`].
+    fn perf_object_or_skip() -> Option<&'static [u8]> {
+        object_or_skip()?;
+        let obj = crate::probes::perf_object();
+        // A prebuilt main object without a perf one (KMEM_TRACE_EBPF_OBJECT).
+        (!obj.is_empty()).then_some(obj)
+    }
+
+    /// Needs: the eBPF toolchain at build time. The static floor check: no
+    /// kernel older than 5.10 boots here, so this is what keeps the old-kernel
+    /// object loadable on 4.18 (RHEL 8) and 5.4.
+    #[test]
+    fn old_kernel_object_fits_4_18() {
+        let Some(obj) = perf_object_or_skip() else {
+            return;
+        };
+        let progs = audit_old_kernel(obj).unwrap_or_else(|bad| panic!("{}", bad.join("\n")));
+        for p in &progs {
+            eprintln!(
+                "{:<28} {:<46} {:>5} insns helpers {:?}",
+                p.program, p.section, p.instructions, p.helpers
+            );
+        }
+        for name in [
+            "kt_raw_cgroup_mkdir",
+            "kt_tpc_workqueue_start",
+            "kt_kprobe_css_offline",
+            "kt_kretprobe_css_alloc",
+        ] {
+            assert!(progs.iter().any(|p| p.program == name), "{name} missing");
+        }
+        // bpf_perf_event_output (25) and bpf_probe_read (4), not the ring buffer.
+        assert!(progs.iter().any(|p| p.helpers.contains(&25)));
+        assert!(progs.iter().all(|p| !p.helpers.contains(&131)));
+    }
+
+    /// The ring-buffer object fails the floor check (it is meant to: tp_btf,
+    /// fentry, the census iterator, `bpf_probe_read_kernel`, `.rodata`).
+    #[test]
+    fn the_ring_buffer_object_is_not_for_old_kernels() {
+        let Some(obj) = object_or_skip() else {
+            return;
+        };
+        let bad = audit_old_kernel(obj).unwrap_err().join("\n");
+        assert!(bad.contains("helper 113"), "{bad}");
+        assert!(bad.contains(".rodata is global data"), "{bad}");
+        assert!(bad.contains("tp_btf/cgroup_mkdir"), "{bad}");
+    }
+
+    /// A 5.5+ helper patched into the old-kernel object is caught.
+    #[test]
+    fn a_newer_helper_in_the_old_kernel_object_is_caught() {
+        let Some(obj) = perf_object_or_skip() else {
+            return;
+        };
+        let file = object::File::parse(obj).unwrap();
+        let text = file
+            .sections()
+            .find(|s| s.name() == Ok("raw_tp/cgroup_mkdir"))
+            .unwrap();
+        let (start, len) = text.file_range().unwrap();
+        let (start, len) = (start as usize, len as usize);
+        let mut patched = obj.to_vec();
+        let pos = patched[start..start + len]
+            .chunks_exact(8)
+            .position(|i| i[0] == 0x85 && i[1] >> 4 == 0 && i[4] == 4)
+            .expect("a bpf_probe_read call");
+        let at = start + pos * 8 + 4;
+        patched[at..at + 4].copy_from_slice(&113i32.to_le_bytes());
+        let bad = audit_old_kernel(&patched).unwrap_err().join("\n");
+        assert!(
+            bad.contains("kt_raw_cgroup_mkdir calls helper 113"),
+            "{bad}"
+        );
     }
 
     #[test]

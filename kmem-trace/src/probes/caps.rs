@@ -15,6 +15,7 @@ use super::{
     btf::KernelBtf,
     kernel::{self, Kallsyms, KernelVersion},
     table::{self, Attach, Family, HookMode, KernelFacts, Point},
+    transport::{self, Features, TransportMode},
 };
 
 /// One capability.
@@ -54,6 +55,8 @@ pub struct BpfCapabilities {
     pub fentry: Cap,
     pub tracepoints: Cap,
     pub ring_buffer: Cap,
+    /// The object `watch` would load (`ringbuf` or `perf`) and why.
+    pub transport: String,
     /// The cgroup iterator the census needs (6.1+).
     pub iterators: Cap,
     /// The family per lifecycle point `watch --hooks auto` would use, joined
@@ -96,7 +99,8 @@ impl KernelFacts for RootFacts {
             Attach::Kprobe | Attach::Kretprobe => self.kallsyms.has(symbol),
             Attach::Fentry | Attach::Fexit => btf.is_some_and(|b| b.has_func(symbol)),
             Attach::TpBtf => btf.is_some_and(|b| b.has_tracepoint(symbol)),
-            Attach::RawTp => {
+            Attach::RawTp | Attach::Tracepoint => {
+                let symbol = table::tracepoint_name(symbol);
                 btf.is_some_and(|b| b.has_tracepoint(symbol))
                     || self.kallsyms.has(&format!("__bpf_trace_{symbol}"))
             }
@@ -122,8 +126,25 @@ pub fn release(root: &Path) -> Option<String> {
     }
 }
 
-/// Predicts the capabilities from files under `root` (no BPF syscalls).
+/// Predicts the capabilities from files under `root`, with the loader's own
+/// feature probes ([`Features::probe`]) when `root` shows the running kernel
+/// (the host, or a host root mounted in a container); a tree of another
+/// kernel (a fixture) is judged by its version, said so.
 pub fn predict(root: &Path) -> BpfCapabilities {
+    let running = release(root).is_some_and(|r| r == kernel::release());
+    let features = if running {
+        Features::probe()
+    } else {
+        Features {
+            error: Some("not the running kernel: not probed".into()),
+            ..Features::default()
+        }
+    };
+    predict_with(root, features)
+}
+
+/// [`predict`] with given feature-probe answers.
+pub fn predict_with(root: &Path, features: Features) -> BpfCapabilities {
     let version = release(root).and_then(|r| KernelVersion::parse(&r));
     let btf_path: PathBuf = root.join("sys/kernel/btf/vmlinux");
     let btf = btf_path
@@ -137,12 +158,25 @@ pub fn predict(root: &Path) -> BpfCapabilities {
         btf,
     };
     let at_least = |maj, min| version.map(|v| v >= KernelVersion(maj, min, 0));
+    // Unprobed: the version is all there is (a RHEL kernel may have more).
+    let by_version = features.ringbuf.is_none() && features.probe_read_kernel.is_none();
+    let judged = if by_version {
+        Features {
+            ringbuf: at_least(5, 8),
+            probe_read_kernel: at_least(5, 5),
+            error: features.error.clone(),
+        }
+    } else {
+        features.clone()
+    };
+    let choice = transport::choose(TransportMode::Auto, judged, super::has_perf_object());
     let mut notes = Vec::new();
     let mut chosen = Vec::new();
     let mut blind = Vec::new();
     for point in Point::ALL {
         let fam = table::candidates(point, HookMode::Auto)
             .into_iter()
+            .filter(|row| table::in_object(row, choice.transport))
             .find(|row| table::check(row, &facts, None).is_ok())
             .map(|row| row.family);
         match fam {
@@ -163,7 +197,7 @@ pub fn predict(root: &Path) -> BpfCapabilities {
     };
     if version.is_some_and(|v| v < KernelVersion(4, 18, 0)) {
         notes.push(
-            "this kernel predates BTF-era BPF: `watch` cannot run here; `doctor` and `census --counts-only` work".into(),
+            "this kernel predates the old-kernel object's floor (4.18): `watch` cannot run here; `doctor` and `census --counts-only` work".into(),
         );
     }
     let btf = match &facts.btf {
@@ -189,11 +223,19 @@ pub fn predict(root: &Path) -> BpfCapabilities {
         Some(false) => Cap::no("raw tracepoints need 4.17+"),
         None => Cap::unknown("kernel version unknown"),
     };
-    let ring_buffer = match at_least(5, 8) {
-        Some(true) => Cap::yes("BPF ring buffer (5.8+)"),
-        Some(false) => Cap::no("the BPF ring buffer needs 5.8+"),
+    let how = if by_version {
+        "from the kernel version, not probed"
+    } else {
+        "probed"
+    };
+    let ring_buffer = match choice.features.ringbuf {
+        Some(true) => Cap::yes(format!("BPF ring buffer ({how})")),
+        Some(false) => Cap::no(format!(
+            "no BPF ring buffer ({how}): `watch` uses perf buffers (the old-kernel object)"
+        )),
         None => Cap::unknown("kernel version unknown"),
     };
+    let transport = format!("{} ({})", choice.transport.name(), choice.reason);
     let iterators = match &facts.btf {
         Some(b) if b.has_func(super::census::ITER_FUNC) => {
             Cap::yes("cgroup iterator (6.1+): the census reads every memcg")
@@ -207,6 +249,7 @@ pub fn predict(root: &Path) -> BpfCapabilities {
         fentry,
         tracepoints,
         ring_buffer,
+        transport,
         iterators,
         hook_family,
         blind_points: blind,
@@ -270,5 +313,47 @@ mod tests {
         assert_eq!(caps.iterators.available, Some(false));
         assert_eq!(caps.blind_points.len(), Point::ALL.len());
         assert!(caps.notes[0].contains("cannot run"), "{:?}", caps.notes);
+    }
+
+    /// Ubuntu 20.04's 5.4 (or RHEL 8's 4.18): the probes say no ring buffer,
+    /// so the hook family is what the old-kernel object can attach (kprobes),
+    /// not fentry or tp_btf, which only the ring-buffer object has.
+    #[test]
+    fn without_a_ring_buffer_doctor_names_the_old_kernel_objects_hooks() {
+        let dir = std::env::temp_dir().join(format!("kmem-trace-caps54-{}", std::process::id()));
+        fs::create_dir_all(dir.join("proc/sys/kernel")).unwrap();
+        fs::create_dir_all(dir.join("sys/bus/event_source/devices/kprobe")).unwrap();
+        fs::create_dir_all(dir.join("sys/kernel/btf")).unwrap();
+        fs::write(dir.join("proc/sys/kernel/osrelease"), "5.4.0-150-generic\n").unwrap();
+        let syms: String = [
+            "mem_cgroup_css_alloc",
+            "mem_cgroup_css_online",
+            "mem_cgroup_css_offline",
+            "mem_cgroup_css_released",
+            "mem_cgroup_css_free",
+            "mem_cgroup_id_put_many",
+        ]
+        .iter()
+        .map(|s| format!("ffffffff81000000 t {s}\n"))
+        .collect();
+        fs::write(dir.join("proc/kallsyms"), syms).unwrap();
+        let probed = Features {
+            ringbuf: Some(false),
+            probe_read_kernel: Some(false),
+            error: None,
+        };
+        let caps = predict_with(&dir, probed);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(caps.ring_buffer.available, Some(false));
+        if crate::probes::has_perf_object() {
+            assert!(caps.transport.starts_with("perf"), "{}", caps.transport);
+            assert_eq!(caps.hook_family, "kprobe");
+        } else {
+            assert!(
+                caps.transport.contains("no old-kernel object"),
+                "{}",
+                caps.transport
+            );
+        }
     }
 }

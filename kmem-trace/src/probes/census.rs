@@ -27,7 +27,7 @@ use kmem_trace_common::{
     census_flags, CensusSummary, Event, CENSUS_MAGIC, CENSUS_SUMMARY_SIZE, EVENT_SIZE,
 };
 
-use super::{btf::KernelBtf, kernel, OBJECT};
+use super::{btf::KernelBtf, kernel, objects::OBJECT};
 
 /// Errors of running the census iterator. Every one means "fall back to counts".
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! The only module that talks to aya and the kernel's BPF interface: resolves the
 //! kernel layout, picks a hook per lifecycle point from the probe table, loads
-//! and attaches the programs, and hands out the ring buffer and drop counters.
+//! and attaches the programs of the object the kernel's features allow (ring
+//! buffer or perf buffers, `transport`), and hands out the event channel and
+//! drop counters.
 
 pub mod audit;
 pub mod btf;
@@ -8,26 +10,37 @@ pub mod caps;
 pub mod census;
 pub mod extras;
 pub mod kernel;
+mod objects;
 pub mod report;
 pub mod ring;
 pub mod table;
+pub mod tracefs;
+pub mod transport;
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray},
     programs::{Program, ProgramError},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use kmem_trace_common::{stat, Layout, MAX_HOOKS};
 
+pub use objects::{has_object, has_perf_object, object, perf_object};
 pub use report::{Attempt, Outcome, PointReport, ProbeReport};
 pub use table::{Attach, Family, HookMode, Point, Row};
+pub use transport::{Transport, TransportMode};
 
-use self::{btf::KernelBtf, kernel::Kallsyms, table::KernelFacts};
+use self::{
+    btf::KernelBtf, kernel::Kallsyms, ring::EventSource, table::KernelFacts, transport::Choice,
+};
 
 /// Default event ring buffer: 1 MiB, 3,971 records. The reader empties it
 /// every 5 ms under load (`watch::BATCH_PAUSE`); a 64 KiB ring dropped nothing
@@ -36,9 +49,6 @@ use self::{btf::KernelBtf, kernel::Kallsyms, table::KernelFacts};
 /// twice into the reader (the kernel's wrap-around trick): 4 MiB cost 8 MiB
 /// of resident memory.
 pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
-
-/// The eBPF object built by `build.rs`, embedded in the binary.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kmem-trace-ebpf.o"));
 
 /// Errors of loading and attaching probes.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +69,29 @@ pub enum ProbeError {
     MapRead { name: &'static str, reason: String },
 }
 
+impl ProbeError {
+    /// The object itself failed to load or attach (another object may not):
+    /// not privileges, kernel facts or BTF layout, which every object needs.
+    fn object_failed(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Load(_)
+                | ProbeError::NothingAttached { .. }
+                | ProbeError::Map(_)
+                | ProbeError::MapRead { .. }
+        )
+    }
+}
+
 /// How to start the probes.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
     pub mode: HookMode,
+    /// Which object carries the events (`--transport`).
+    pub transport: TransportMode,
     pub btf: Option<PathBuf>,
-    /// Ring-buffer size in bytes (a power of two, at least one page).
+    /// Ring-buffer size in bytes (a power of two, at least one page); with
+    /// perf buffers, the size of each CPU's buffer.
     pub ring_bytes: u32,
     /// Test hook for the VM matrix: force a symbol for a point.
     pub forced_symbols: Vec<(Point, String)>,
@@ -81,6 +108,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             mode: HookMode::Auto,
+            transport: TransportMode::Auto,
             btf: None,
             ring_bytes: DEFAULT_RING_BYTES,
             forced_symbols: Vec::new(),
@@ -151,7 +179,8 @@ impl KernelFacts for HostFacts {
             Attach::Fentry | Attach::Fexit => self.kernel_btf && self.btf.has_func(symbol),
             Attach::TpBtf => self.kernel_btf && self.btf.has_tracepoint(symbol),
             // Every raw tracepoint has a `__bpf_trace_<name>` stub (4.17+).
-            Attach::RawTp => {
+            Attach::RawTp | Attach::Tracepoint => {
+                let symbol = table::tracepoint_name(symbol);
                 self.btf.has_tracepoint(symbol)
                     || self.kallsyms.has(&format!("__bpf_trace_{symbol}"))
             }
@@ -166,8 +195,10 @@ impl KernelFacts for HostFacts {
 /// Loaded and attached probes.
 pub struct Probes {
     bpf: Option<Ebpf>,
-    ring: Option<RingBuf<MapData>>,
+    events: Option<EventSource>,
     stats: PerCpuArray<MapData, u64>,
+    /// Samples the kernel reported lost from the perf buffers.
+    lost: Arc<AtomicU64>,
     pub report: ProbeReport,
     pub layout: Layout,
 }
@@ -176,9 +207,14 @@ impl Probes {
     /// Gathers kernel facts, loads the object and attaches one hook per point.
     pub fn start(cfg: &ProbeConfig) -> Result<Probes, ProbeError> {
         kernel::check_own_privileges()?;
-        if OBJECT.is_empty() {
+        if !has_object() {
             return Err(ProbeError::NoObject);
         }
+        let choice = transport::choose(
+            cfg.transport,
+            transport::Features::probe(),
+            has_perf_object(),
+        );
         // Reading /proc/kallsyms (in gather) and aya's parse of the kernel BTF
         // take about as long each: side by side on two threads (start-up,
         // docs/PERFORMANCE.md).
@@ -187,27 +223,51 @@ impl Probes {
             let facts = HostFacts::gather(cfg);
             (facts, aya_btf.join().ok().flatten())
         });
-        Self::start_with(cfg, facts?, aya_btf)
+        let facts = facts?;
+        let err = match Self::start_with(cfg, &facts, aya_btf.as_ref(), choice.clone()) {
+            Ok(probes) => return Ok(probes),
+            Err(e) => e,
+        };
+        if !err.object_failed() {
+            return Err(err);
+        }
+        // The perf object can only help where it has rows for these hooks
+        // (`--hooks fentry` has none).
+        let perf_usable = has_perf_object()
+            && Point::ALL.into_iter().any(|p| {
+                table::candidates(p, cfg.mode)
+                    .into_iter()
+                    .any(|r| table::in_object(r, Transport::Perf))
+            });
+        let Some(perf) = transport::fallback(cfg.transport, &choice, perf_usable, &err.to_string())
+        else {
+            return Err(err);
+        };
+        log::warn!("transport perf: {}", perf.reason);
+        // When perf fails too, the ring buffer's error is the one auto stood
+        // by; the perf one is logged beside it.
+        Self::start_with(cfg, &facts, aya_btf.as_ref(), perf).map_err(|perf_err| {
+            log::warn!("the perf fallback failed too: {perf_err}");
+            err
+        })
     }
 
     fn start_with(
         cfg: &ProbeConfig,
-        facts: HostFacts,
-        aya_btf: Option<aya::Btf>,
+        facts: &HostFacts,
+        aya_btf: Option<&aya::Btf>,
+        choice: Choice,
     ) -> Result<Probes, ProbeError> {
         let (mut layout, resolved) = facts.btf.layout()?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
 
-        let mut bpf = EbpfLoader::new()
-            .btf(aya_btf.as_ref())
-            .override_global("LAYOUT", &layout, true)
-            .map_max_entries("EVENTS", cfg.ring_bytes)
-            .load(OBJECT)
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        let ring = RingBuf::try_from(bpf.take_map("EVENTS").ok_or(ProbeError::Map("EVENTS"))?)
-            .map_err(|_| ProbeError::Map("EVENTS"))?;
+        let lost = Arc::new(AtomicU64::new(0));
+        let (mut bpf, events) = match choice.transport {
+            Transport::Ringbuf => objects::load_ringbuf(cfg, &layout, aya_btf)?,
+            Transport::Perf => objects::load_perf(cfg, &layout, aya_btf, &lost)?,
+        };
         let stats = PerCpuArray::try_from(bpf.take_map("STATS").ok_or(ProbeError::Map("STATS"))?)
             .map_err(|_| ProbeError::Map("STATS"))?;
         let mut emit: Array<MapData, u32> =
@@ -216,7 +276,7 @@ impl Probes {
 
         let mut attacher = Attacher {
             bpf: &mut bpf,
-            btf: aya_btf.as_ref(),
+            btf: aya_btf,
             done: HashMap::new(),
             emit_masks: [0; MAX_HOOKS],
         };
@@ -233,7 +293,13 @@ impl Probes {
                     pr.tried.push(Attempt::new(row, None, Outcome::NotTried));
                     continue;
                 }
-                let symbol = match table::check(row, &facts, forced) {
+                if !table::in_object(row, choice.transport) {
+                    let why = "not in the old-kernel (perf) object: needs kernel BTF";
+                    pr.tried
+                        .push(Attempt::new(row, None, Outcome::Rejected(why.into())));
+                    continue;
+                }
+                let symbol = match table::check(row, facts, forced) {
                     Ok(s) => s,
                     Err(reason) => {
                         pr.tried
@@ -265,7 +331,8 @@ impl Probes {
             }
             points.push(pr);
         }
-        let mut report = ProbeReport::new(cfg.mode, &facts, resolved, points);
+        let mut report = ProbeReport::new(cfg.mode, facts, resolved, points);
+        report.transport = Some(choice);
         if report.points.iter().all(|p| p.chosen.is_none()) {
             return Err(ProbeError::NothingAttached {
                 mode: format!("{:?}", cfg.mode).to_lowercase(),
@@ -273,19 +340,20 @@ impl Probes {
             });
         }
         // Residents: extra hooks, never fatal.
-        report.extras = attacher.attach_extras(&mut emit, &facts)?;
+        report.extras = attacher.attach_extras(&mut emit, facts)?;
         Ok(Probes {
             bpf: Some(bpf),
-            ring: Some(ring),
+            events: Some(events),
             stats,
+            lost,
             report,
             layout,
         })
     }
 
-    /// The event ring buffer; `None` after [`Probes::take_ring`].
-    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.ring.take()
+    /// The event channel; `None` after [`Probes::take_events`].
+    pub fn take_events(&mut self) -> Option<EventSource> {
+        self.events.take()
     }
 
     /// Sum over CPUs of one `STATS` counter.
@@ -297,9 +365,10 @@ impl Probes {
         Ok(values.iter().sum())
     }
 
-    /// Events lost to a full ring buffer.
+    /// Events lost to a full ring buffer, or to full perf buffers (counted
+    /// by the kernel, `PERF_RECORD_LOST`, as the reader drains them).
     pub fn drops(&self) -> u64 {
-        self.stat(stat::DROPS).unwrap_or(0)
+        self.stat(stat::DROPS).unwrap_or(0) + self.lost.load(Ordering::Relaxed)
     }
 
     /// Detaches and unloads every program; the ring buffer and counters stay
@@ -430,6 +499,12 @@ impl Attacher<'_> {
                 load_once(p.fd().is_ok(), || p.load())?;
                 p.attach(symbol).map(drop)
             }
+            (Attach::Tracepoint, Program::TracePoint(p)) => {
+                let (category, name) = symbol.split_once('/').unwrap_or(("", symbol));
+                tracefs::check_format(category, name).map_err(other)?;
+                load_once(p.fd().is_ok(), || p.load())?;
+                p.attach(category, name).map(drop)
+            }
             _ => Err(other(format!(
                 "program {program} is not a {} program",
                 attach.name()
@@ -494,16 +569,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = cause.source();
     }
     s
-}
-
-/// Whether this binary carries the eBPF programs.
-pub fn has_object() -> bool {
-    !OBJECT.is_empty()
-}
-
-/// The embedded eBPF object (for the read-only instruction check and `--dump-object`).
-pub fn object() -> &'static [u8] {
-    OBJECT
 }
 
 /// Facts for `probes`/`doctor` without loading anything.

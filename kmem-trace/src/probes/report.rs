@@ -97,6 +97,8 @@ pub struct ProbeReport {
     pub layout: Vec<Resolved>,
     /// Hooks beside the lifecycle points (residents).
     pub extras: Vec<super::extras::ExtraReport>,
+    /// The object in use (ring buffer or perf buffers) and why.
+    pub transport: Option<super::transport::Choice>,
 }
 
 impl ProbeReport {
@@ -117,6 +119,7 @@ impl ProbeReport {
             points,
             layout,
             extras: Vec::new(),
+            transport: None,
         }
     }
 
@@ -174,6 +177,9 @@ impl ProbeReport {
             self.family_in_use()
         );
         let _ = writeln!(s, "btf {}  kprobes: {}", self.btf, self.kprobes);
+        if let Some(t) = &self.transport {
+            let _ = writeln!(s, "transport {} ({})", t.transport.name(), t.reason);
+        }
         for p in &self.points {
             match p.chosen() {
                 Some(a) => {

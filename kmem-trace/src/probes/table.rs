@@ -113,6 +113,8 @@ pub enum Attach {
     TpBtf,
     /// Raw tracepoint; the symbol is the tracepoint name.
     RawTp,
+    /// Classic (tracefs) tracepoint; the symbol is `category/name`.
+    Tracepoint,
 }
 
 impl Attach {
@@ -124,6 +126,7 @@ impl Attach {
             Attach::Kretprobe => "kretprobe",
             Attach::TpBtf => "tp_btf",
             Attach::RawTp => "raw_tp",
+            Attach::Tracepoint => "tracepoint",
         }
     }
 }
@@ -216,47 +219,66 @@ const ID_PUT: &[&str] = &["mem_cgroup_id_put_many"];
 /// check; only the `.part.0` clone is in kallsyms (6.1 to 6.18).
 const KMEM_OFFLINE: &[&str] = &["memcg_offline_kmem", "memcg_offline_kmem.part.0"];
 const KMEM_ONLINE: &[&str] = &["memcg_online_kmem", "memcg_online_kmem.part.0"];
-const KMEM_ACTIVATE_310: &[&str] = &["memcg_activate_kmem", "memcg_activate_kmem.part.0"];
 const MKDIR: &[&str] = &["cgroup_mkdir"];
 const RMDIR: &[&str] = &["cgroup_rmdir"];
 const RELEASE: &[&str] = &["cgroup_release"];
 const WQ_START: &[&str] = &["workqueue_execute_start"];
+const WQ_START_TP: &[&str] = &["workqueue/workqueue_execute_start"];
 
-/// fentry needs BTF trampolines (5.5); BPF kprobes 4.1; tp_btf 5.5; raw_tp 4.17;
-/// the cgroup_mkdir/rmdir/release tracepoints 4.13 (commit ed1777fd9c2f).
+/// The tracepoint name of a symbol (`workqueue/workqueue_execute_start` for
+/// a classic tracepoint: its category comes first).
+pub fn tracepoint_name(symbol: &str) -> &str {
+    symbol.rsplit_once('/').map_or(symbol, |(_, n)| n)
+}
+
+/// The oldest kernel an object can load on: the old-kernel object's floor
+/// (perf buffers, `bpf_probe_read`, no global data; its helpers are audited
+/// against 4.18's set, `probes::audit`). Rows for older kernels (3.10's
+/// `memcg_activate_kmem`, 4.1 kprobes, 4.17 raw tracepoints) were claims no
+/// object could keep; `doctor` still judges those kernels from procfs.
+const FLOOR: KernelVersion = v(4, 18);
+
+/// fentry needs BTF trampolines (5.5) and tp_btf 5.5, both only in the
+/// ring-buffer object; kprobe, raw_tp (4.17) and classic tracepoint rows are
+/// in both objects, from the 4.18 floor. The cgroup_mkdir/rmdir/release
+/// tracepoints are 4.13 (commit ed1777fd9c2f).
 #[rustfmt::skip]
 pub static TABLE: &[Row] = &[
     // alloc
     row(Alloc, FE, Fexit, "kt_fexit_css_alloc", hook::FENTRY_CSS_ALLOC, CSS_ALLOC, v(5, 5), "returns the css with memcg->id assigned by mem_cgroup_alloc()"),
     // No entry kprobe: the return value alone is the new css (an empty entry
     // name made every kprobe-family run blind to alloc).
-    row(Alloc, KP, Kretprobe, "kt_kretprobe_css_alloc", hook::KPROBE_CSS_ALLOC, CSS_ALLOC, v(4, 1), "return value is the new css"),
+    row(Alloc, KP, Kretprobe, "kt_kretprobe_css_alloc", hook::KPROBE_CSS_ALLOC, CSS_ALLOC, FLOOR, "return value is the new css"),
     row(Alloc, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "cgroup_create() allocated the memcg css before the tracepoint"),
-    row(Alloc, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    row(Alloc, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, FLOOR, "as tp_btf, without BTF typing"),
     // online
     row(Online, FE, Fexit, "kt_fexit_css_online", hook::FENTRY_CSS_ONLINE, CSS_ONLINE, v(5, 5), "after mem_cgroup_css_online() returned 0"),
-    ret(row(Online, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, v(4, 1), "entry kprobe stashes the css"), "kt_kprobe_css_online"),
+    ret(row(Online, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, FLOOR, "entry kprobe stashes the css"), "kt_kprobe_css_online"),
     row(Online, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "online_css() ran inside cgroup_mkdir()"),
-    row(Online, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    row(Online, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, FLOOR, "as tp_btf, without BTF typing"),
     // offline
     row(Offline, FE, Fentry, "kt_fentry_css_offline", hook::FENTRY_CSS_OFFLINE, CSS_OFFLINE, v(5, 5), "page counters read at entry"),
-    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, CSS_OFFLINE, v(4, 1), "page counters read at entry"),
+    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, CSS_OFFLINE, FLOOR, "page counters read at entry"),
     // Fallback inside mem_cgroup_css_offline(): its first argument is the memcg, whose
     // css sits at offset 0, so the same program reads it. Fires only with kmem
     // accounting on (not with cgroup.memory=nokmem) and never for the root.
-    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, KMEM_OFFLINE, v(4, 6), "memcg_offline_kmem(): kmem accounting on only"),
+    row(Offline, KP, Kprobe, "kt_kprobe_css_offline", hook::KPROBE_CSS_OFFLINE, KMEM_OFFLINE, FLOOR, "memcg_offline_kmem(): kmem accounting on only"),
     row(Offline, TP, TpBtf, "kt_tp_cgroup_rmdir", hook::TP_CGROUP_RMDIR, RMDIR, v(5, 5), "rmdir; offline_css() follows from a work item"),
-    row(Offline, TP, RawTp, "kt_raw_cgroup_rmdir", hook::RAW_CGROUP_RMDIR, RMDIR, v(4, 17), "as tp_btf, without BTF typing"),
+    row(Offline, TP, RawTp, "kt_raw_cgroup_rmdir", hook::RAW_CGROUP_RMDIR, RMDIR, FLOOR, "as tp_btf, without BTF typing"),
     // released
     row(Released, FE, Fentry, "kt_fentry_css_released", hook::FENTRY_CSS_RELEASED, CSS_RELEASED, v(5, 5), "last css reference dropped"),
-    row(Released, KP, Kprobe, "kt_kprobe_css_released", hook::KPROBE_CSS_RELEASED, CSS_RELEASED, v(4, 1), "last css reference dropped"),
+    row(Released, KP, Kprobe, "kt_kprobe_css_released", hook::KPROBE_CSS_RELEASED, CSS_RELEASED, FLOOR, "last css reference dropped"),
     needs(row(Released, TP, TpBtf, "kt_tp_workqueue_start", hook::TP_CSS_RELEASE_WORK, WQ_START, v(5, 5), "css_release_work_fn work item of a memory css"), &["css_release_work_fn"]),
+    needs(row(Released, TP, RawTp, "kt_raw_workqueue_start", hook::RAW_CSS_RELEASE_WORK, WQ_START, FLOOR, "as tp_btf, without BTF typing"), &["css_release_work_fn"]),
+    needs(row(Released, TP, Tracepoint, "kt_tpc_workqueue_start", hook::TPC_CSS_RELEASE_WORK, WQ_START_TP, FLOOR, "as tp_btf; the record carries the work function (needs tracefs)"), &["css_release_work_fn"]),
     // free
     row(Free, FE, Fentry, "kt_fentry_css_free", hook::FENTRY_CSS_FREE, CSS_FREE, v(5, 5), "memcg freed"),
-    row(Free, KP, Kprobe, "kt_kprobe_css_free", hook::KPROBE_CSS_FREE, CSS_FREE, v(4, 1), "memcg freed"),
+    row(Free, KP, Kprobe, "kt_kprobe_css_free", hook::KPROBE_CSS_FREE, CSS_FREE, FLOOR, "memcg freed"),
     needs(row(Free, TP, TpBtf, "kt_tp_workqueue_start", hook::TP_CSS_FREE_WORK, WQ_START, v(5, 5), "css_free_rwork_fn work item of a memory css (calls mem_cgroup_css_free)"), &["css_free_rwork_fn"]),
+    needs(row(Free, TP, RawTp, "kt_raw_workqueue_start", hook::RAW_CSS_FREE_WORK, WQ_START, FLOOR, "as tp_btf, without BTF typing"), &["css_free_rwork_fn"]),
+    needs(row(Free, TP, Tracepoint, "kt_tpc_workqueue_start", hook::TPC_CSS_FREE_WORK, WQ_START_TP, FLOOR, "as tp_btf; the record carries the work function (needs tracefs)"), &["css_free_rwork_fn"]),
     row(Free, TP, TpBtf, "kt_tp_cgroup_release", hook::TP_CGROUP_RELEASE, RELEASE, v(5, 5), "the cgroup's own release, after its memcg was freed"),
-    row(Free, TP, RawTp, "kt_raw_cgroup_release", hook::RAW_CGROUP_RELEASE, RELEASE, v(4, 17), "as tp_btf, without BTF typing"),
+    row(Free, TP, RawTp, "kt_raw_cgroup_release", hook::RAW_CGROUP_RELEASE, RELEASE, FLOOR, "as tp_btf, without BTF typing"),
     // id_release: no tracepoint sees mem_cgroup_id_remove(). By 7.2 the private
     // ID's put is the inline mem_cgroup_private_id_put() (memcg IDs renamed
     // "private"; the xarray is mem_cgroup_private_ids): no symbol to hook, so no
@@ -267,15 +289,14 @@ pub static TABLE: &[Row] = &[
     until(row(IdRelease, FE, Fentry, "kt_fentry_id_put_many", hook::FENTRY_ID_PUT, ID_PUT, v(5, 5), "reference count before the put equals n"), v(7, 2)),
     // kprobe: the count read before the put misses concurrent puts; the return
     // probe sees id.id zeroed by mem_cgroup_id_remove() and claims it once.
-    until(ret(row(IdRelease, KP, Kretprobe, "kt_kretprobe_id_put_many", hook::KPROBE_ID_PUT, ID_PUT, v(4, 7), "id.id is 0 after the put; one report per memcg"), "kt_kprobe_id_put_many"), v(7, 2)),
+    until(ret(row(IdRelease, KP, Kretprobe, "kt_kretprobe_id_put_many", hook::KPROBE_ID_PUT, ID_PUT, FLOOR, "id.id is 0 after the put; one report per memcg"), "kt_kprobe_id_put_many"), v(7, 2)),
     // kmem_activate: direct where the kernel has a function, else inferred at online
     until(row(KmemActivate, FE, Fexit, "kt_fexit_kmem_online", hook::FENTRY_KMEM_ONLINE, KMEM_ONLINE, v(5, 5), "memcg_online_kmem() returned 0"), v(6, 1)),
     inferred(row(KmemActivate, FE, Fexit, "kt_fexit_css_online", hook::FENTRY_CSS_ONLINE, CSS_ONLINE, v(5, 5), "kmemcg_id/objcg set after online")),
-    until(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_kmem_online", hook::KPROBE_KMEM_ONLINE, KMEM_ACTIVATE_310, v(3, 10), "3.10: writing memory.kmem.limit_in_bytes"), "kt_kprobe_kmem_online"), v(4, 6)),
-    until(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_kmem_online", hook::KPROBE_KMEM_ONLINE, KMEM_ONLINE, v(4, 6), "memcg_online_kmem() returned 0"), "kt_kprobe_kmem_online"), v(6, 1)),
-    inferred(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, v(4, 1), "kmemcg_id/objcg set after online"), "kt_kprobe_css_online")),
+    until(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_kmem_online", hook::KPROBE_KMEM_ONLINE, KMEM_ONLINE, FLOOR, "memcg_online_kmem() returned 0"), "kt_kprobe_kmem_online"), v(6, 1)),
+    inferred(ret(row(KmemActivate, KP, Kretprobe, "kt_kretprobe_css_online", hook::KPROBE_CSS_ONLINE, CSS_ONLINE, FLOOR, "kmemcg_id/objcg set after online"), "kt_kprobe_css_online")),
     inferred(row(KmemActivate, TP, TpBtf, "kt_tp_cgroup_mkdir", hook::TP_CGROUP_MKDIR, MKDIR, v(5, 5), "kmemcg_id/objcg set at mkdir")),
-    inferred(row(KmemActivate, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, v(4, 17), "kmemcg_id/objcg set at mkdir")),
+    inferred(row(KmemActivate, TP, RawTp, "kt_raw_cgroup_mkdir", hook::RAW_CGROUP_MKDIR, MKDIR, FLOOR, "kmemcg_id/objcg set at mkdir")),
 ];
 
 /// Where the VM kernel matrix (`cargo xtask vm-test`) found a symbol the table
@@ -325,8 +346,6 @@ pub static SEEN: &[Seen] = &[
     never("memcg_offline_kmem", "only its .part.0 clone is a symbol on 5.10 to 6.18"),
     never("memcg_online_kmem", "inlined into mem_cgroup_css_online() on 5.10 to 6.18"),
     never("memcg_online_kmem.part.0", "no clone on 5.10 to 6.18"),
-    never("memcg_activate_kmem", "3.10 to 4.5 only; no such kernel is in the matrix"),
-    never("memcg_activate_kmem.part.0", "3.10 to 4.5 only; no such kernel is in the matrix"),
     seen("css_release_work_fn", v(5, 10), v(7, 3), "kallsyms address for the workqueue hook"),
     seen("css_free_rwork_fn", v(5, 10), v(7, 3), "kallsyms address for the workqueue hook"),
     seen("cgroup_mkdir", v(5, 10), v(7, 3), "tracepoint"),
@@ -339,6 +358,17 @@ pub static SEEN: &[Seen] = &[
 /// value (shared with `kmem-trace-ebpf/src/fentry.rs`): rows whose function has
 /// another parameter count in BTF are refused instead of misread.
 const FEXIT_RET_SLOT: u32 = kmem_trace_common::FEXIT_RET_SLOT as u32;
+
+/// Whether the object of `transport` has the row's program: the old-kernel
+/// object has no fentry/fexit or BTF tracepoint programs (they need kernel BTF).
+pub fn in_object(row: &Row, transport: super::Transport) -> bool {
+    match transport {
+        super::Transport::Ringbuf => true,
+        super::Transport::Perf => {
+            !matches!(row.attach, Attach::Fentry | Attach::Fexit | Attach::TpBtf)
+        }
+    }
+}
 
 /// The rows for one point that a mode allows, in order of preference.
 pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
@@ -405,7 +435,7 @@ pub fn check(
                     Attach::Kprobe | Attach::Kretprobe => "in /proc/kallsyms",
                     Attach::Fentry | Attach::Fexit => "as a BTF function",
                     Attach::TpBtf => "as a BTF tracepoint",
-                    Attach::RawTp => "as a tracepoint",
+                    Attach::RawTp | Attach::Tracepoint => "as a tracepoint",
                 };
                 format!("none of {} exists {place}", row.symbols.join(", "))
             })?,

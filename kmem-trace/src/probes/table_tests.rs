@@ -84,7 +84,8 @@ fn every_point_has_rows_and_auto_prefers_fentry() {
 #[test]
 fn tracepoint_family_cannot_see_id_release() {
     assert!(candidates(Point::IdRelease, HookMode::Tracepoint).is_empty());
-    assert_eq!(candidates(Point::Free, HookMode::Tracepoint).len(), 3);
+    // Workqueue (tp_btf, raw, classic), then cgroup_release (tp_btf, raw).
+    assert_eq!(candidates(Point::Free, HookMode::Tracepoint).len(), 5);
 }
 
 #[test]
@@ -150,16 +151,27 @@ fn reasons_say_what_is_wrong() {
 }
 
 #[test]
-fn old_kernels_use_memcg_activate_kmem() {
+fn no_row_claims_a_kernel_below_the_floor() {
+    // No object loads below 4.18 (the old-kernel object's audited floor):
+    // 3.10 and 4.x kernels before it get doctor, not a hook family.
+    for r in TABLE {
+        assert!(r.since >= FLOOR, "{} claims {}", r.program, r.since);
+    }
     let mut k = debian_61();
     k.symbols.insert("memcg_activate_kmem");
-    // 3.10 to 4.5 activate kmem in memcg_activate_kmem() (a kmem limit write).
-    for version in [KernelVersion(3, 10, 0), KernelVersion(4, 4, 0)] {
+    for version in [
+        KernelVersion(3, 10, 0),
+        KernelVersion(4, 4, 0),
+        KernelVersion(4, 17, 0),
+    ] {
         k.version = version;
-        assert_eq!(
-            first(Point::KmemActivate, HookMode::Kprobe, &k).as_deref(),
-            Some("kt_kretprobe_kmem_online@memcg_activate_kmem")
-        );
+        for point in Point::ALL {
+            assert_eq!(
+                first(point, HookMode::Auto, &k),
+                None,
+                "{point:?} on {version}"
+            );
+        }
     }
     // 4.19 without memcg_online_kmem in kallsyms (inlined): inferred at online.
     k.version = KernelVersion(4, 19, 0);
@@ -185,7 +197,8 @@ fn every_symbol_has_a_seen_entry_and_only_those() {
     let named: HashSet<&str> = TABLE
         .iter()
         .flat_map(|r| r.symbols.iter().chain(r.needs_kallsyms))
-        .copied()
+        // A classic tracepoint's `category/name` is the same tracepoint.
+        .map(|s| tracepoint_name(s))
         .collect();
     let seen: HashSet<&str> = SEEN.iter().map(|s| s.symbol).collect();
     assert_eq!(seen.len(), SEEN.len(), "a symbol listed twice in SEEN");

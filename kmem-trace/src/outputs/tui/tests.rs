@@ -99,7 +99,7 @@ fn churn_model() -> Model {
             pipe.feed_event(e).unwrap();
         }
         let last = events.last().unwrap().ts_ns();
-        pipe.note("2 events dropped (ring buffer full); total 2")
+        pipe.note("2 events dropped (event buffer full); total 2")
             .unwrap();
         pipe.status(2, "tracepoint", Duration::from_secs(2), last)
             .unwrap();
