@@ -4,7 +4,8 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{mpsc, Arc, Mutex},
@@ -417,4 +418,17 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// `GET path` on 127.0.0.1:port with extra header lines (HTTP/1.0: the body
+/// ends with the connection): (status, head, body), or None if nothing answers.
+pub fn http_get(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    Some((code, head.to_string(), body.to_string()))
 }

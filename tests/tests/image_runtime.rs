@@ -8,16 +8,11 @@
 //! Run by `cargo xtask test`'s runtimes step (which builds the image first);
 //! holds the kernel lock.
 
-use std::{
-    fs,
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    time::Duration,
-};
+use std::{fs, path::Path, time::Duration};
 
 use kmem_trace_tests::{
     cri::{self, Containerd},
+    http_get,
     lock::KernelLock,
     runtimes::{busybox_rootfs, run, wanted, Podman},
     wait_for, zombie_ending, zombies_json, Scratch, TestParent,
@@ -28,20 +23,6 @@ const CAPS: &str = "BPF,PERFMON,SYSLOG,SYS_ADMIN";
 /// Where the manifest mounts containerd's k8s.io task bundles.
 const BUNDLES_IN_IMAGE: &str = "/host/run/containerd/io.containerd.runtime.v2.task/k8s.io";
 const PORT: u16 = 19481;
-
-/// HTTP status of `GET path` on the container's port, if it answers.
-fn status(path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", PORT)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
-}
 
 /// `podman run -d` of the image as the manifest runs it.
 fn run_image(podman: &Podman, reference: &str, bundles: &Path, history: &Path) {
@@ -118,7 +99,9 @@ fn the_image_names_a_cri_pod_through_host_root() {
         .to_string();
     run_image(&podman, &reference, &containerd.bundles(), &history);
     // Ready: probes attached and the history writable (`/readyz`).
-    let ready = wait_for(Duration::from_secs(120), || status("/readyz") == Some(200));
+    let ready = wait_for(Duration::from_secs(120), || {
+        http_get(PORT, "/readyz", "").map(|r| r.0) == Some(200)
+    });
     let logs = || run(podman.cmd().args(["logs", "kt-image"])).unwrap_or_default();
     assert!(ready, "the image never became ready: {}", logs());
 

@@ -7,14 +7,13 @@
 
 use std::{
     fs,
-    io::{Read, Write},
-    net::TcpStream,
+    io::Write,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use kmem_trace_tests::{require_root, wait_for, Scratch, TestParent, Tracer};
+use kmem_trace_tests::{http_get, require_root, wait_for, Scratch, TestParent, Tracer};
 use serde_json::Value;
 
 /// A child process killed by PID and reaped when dropped.
@@ -37,19 +36,7 @@ fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port (HTTP/1.0: the body ends with the connection).
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    get_as(port, path, "").map(|(code, _, body)| (code, body))
-}
-
-/// `GET path` with extra header lines; (status, head, body).
-fn get_as(port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    Some((code, head.to_string(), body.to_string()))
+    http_get(port, path, "").map(|(code, _, body)| (code, body))
 }
 
 /// `promtool check metrics` on `text`: (success, what it said).
@@ -135,7 +122,7 @@ fn prometheus_scrapes_serve_and_answers_with_its_metrics() {
     assert!(ok, "promtool check metrics: {said}\n{text}");
     assert!(text.contains("kmem_trace_pinned_bytes "), "{text}");
     // Prometheus's own Accept header gets OpenMetrics.
-    let (code, head, om) = get_as(
+    let (code, head, om) = http_get(
         metrics_port,
         "/metrics",
         "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
