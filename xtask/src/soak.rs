@@ -314,7 +314,7 @@ fn soak(args: &SoakArgs, tar: &Path, work: &Path, parent: &Path, name: &str) -> 
 /// deleted for a whole period (2 retentions and the writer's prune interval
 /// after the start), and its largest size after that: (when, size, max).
 fn history_growth(samples: &[Sample], retain: Duration) -> Option<(Duration, u64, u64)> {
-    let settled = retain * 2 + (retain / 4).max(Duration::from_secs(5));
+    let settled = retain * 2 + kmem_trace::store::writer::prune_interval(retain);
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
     // Too few samples after it says nothing.
     if after.len() < 4 {

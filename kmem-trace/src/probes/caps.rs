@@ -174,9 +174,7 @@ pub fn predict_with(root: &Path, features: Features) -> BpfCapabilities {
     let mut chosen = Vec::new();
     let mut blind = Vec::new();
     for point in Point::ALL {
-        let fam = table::candidates(point, HookMode::Auto)
-            .into_iter()
-            .filter(|row| table::in_object(row, choice.transport))
+        let fam = table::loadable(point, HookMode::Auto, choice.transport)
             .find(|row| table::check(row, &facts, None).is_ok())
             .map(|row| row.family);
         match fam {

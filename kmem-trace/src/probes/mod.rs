@@ -235,9 +235,9 @@ impl Probes {
         // (`--hooks fentry` has none).
         let perf_usable = has_perf_object()
             && Point::ALL.into_iter().any(|p| {
-                table::candidates(p, cfg.mode)
-                    .into_iter()
-                    .any(|r| table::in_object(r, Transport::Perf))
+                table::loadable(p, cfg.mode, Transport::Perf)
+                    .next()
+                    .is_some()
             });
         let Some(perf) = transport::fallback(cfg.transport, &choice, perf_usable, &err.to_string())
         else {

@@ -381,6 +381,18 @@ pub fn candidates(point: Point, mode: HookMode) -> Vec<&'static Row> {
     rows
 }
 
+/// The rows for one point that a mode allows and the transport's object
+/// carries, in order of preference.
+pub fn loadable(
+    point: Point,
+    mode: HookMode,
+    transport: super::Transport,
+) -> impl Iterator<Item = &'static Row> {
+    candidates(point, mode)
+        .into_iter()
+        .filter(move |r| in_object(r, transport))
+}
+
 /// What static checks need to know about the kernel.
 pub trait KernelFacts {
     fn version(&self) -> Option<KernelVersion>;
