@@ -9,6 +9,7 @@ mod check;
 mod compare;
 mod exhaustion;
 mod init;
+mod pin_census;
 mod pins;
 mod proto;
 mod rows;
