@@ -45,22 +45,20 @@ pub fn errors(cause: Cause, entry: Option<&Value>, swapped: Option<u64>, page: u
             }
         }
         Cause::Socket => {
-            want(
-                !LRU.contains(&pin),
-                format!("cause {pin:?} for a socket pin (sockets hold no LRU pages)"),
-            );
             // Socket buffers charged: the census must say sockets; none
-            // charged: the memcg is held by a reference only.
+            // charged: the memcg is held by a reference only. Never an LRU cause.
             let sock = own("sock").unwrap_or(0);
-            let ok = if sock > 0 {
-                pin == "sockets"
+            let (ok, why) = if LRU.contains(&pin) {
+                (false, "sockets hold no LRU pages".to_string())
+            } else if sock > 0 {
+                (pin == "sockets", format!("{sock} socket bytes charged"))
             } else {
-                pin == "sockets" || pin == "no_charge"
+                (
+                    pin == "sockets" || pin == "no_charge",
+                    "no socket bytes".to_string(),
+                )
             };
-            want(
-                ok,
-                format!("cause {pin:?} with {sock} socket bytes charged"),
-            );
+            want(ok, format!("cause {pin:?} for a socket pin ({why})"));
         }
         Cause::Writeback => {
             // The inode's cgroup writeback context holds a css reference; its
