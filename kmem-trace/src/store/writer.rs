@@ -18,8 +18,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// the writer prune in a loop).
 const PRUNE_MIN: Duration = Duration::from_secs(5);
 
-/// How often the writer prunes: a quarter of the retention, between
-/// [`PRUNE_MIN`] and [`PRUNE_EVERY`], so the history stays within about 1.25
+/// How often the writer prunes: a quarter of the retention, between 5 s
+/// (`PRUNE_MIN`) and an hour (`PRUNE_EVERY`), so the history stays within about 1.25
 /// retention periods. An hourly prune alone let a `--retain 2m` history grow
 /// for an hour.
 pub fn prune_interval(retain: Duration) -> Duration {
