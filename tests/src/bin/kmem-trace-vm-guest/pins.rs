@@ -2,9 +2,9 @@
 //! cgroup v2 (`memory.reclaim`, sockets charged to the memcg): a tmpfs file
 //! written in the memcg and pushed out to swap on the second virtio disk, and
 //! UDP, TCP and UNIX sockets created in the memcg and passed out with
-//! SCM_RIGHTS, and a file written and fsynced in the memcg on the ext4 scratch
-//! disk, kept past sync and `drop_caches` by the inode's cgroup writeback
-//! association. For each: whether the kernel keeps the memcg dying, when the
+//! SCM_RIGHTS, and a file written in the memcg on the ext4 scratch disk and
+//! still dirty when it goes offline, kept past sync and `drop_caches` by the
+//! inode's cgroup writeback association. For each: whether the kernel keeps the memcg dying, when the
 //! trace saw its ID released, what `kmem-trace census` names as its cause, all
 //! against the leak table (`kmem_trace::leaks`); a kernel that differs from its
 //! row is a finding, not a failure; a census naming the wrong cause of a pin
@@ -123,13 +123,15 @@ struct Outcome {
     /// When the trace saw the ID released: "offline", "release" or "not seen".
     id_release: String,
     errors: Vec<String>,
+    /// Kernel behaviour the scenario saw beyond the leak table's row.
+    findings: Vec<String>,
 }
 
 impl Outcome {
     fn json(&self, name: &str, cause: Cause) -> Value {
         let row =
             KernelVersion::parse(&crate::sys::release()).and_then(|v| leaks::lookup(cause, v));
-        let mut findings = Vec::new();
+        let mut findings = self.findings.clone();
         let mut errors = self.errors.clone();
         let release = crate::sys::release();
         if let (Some(row), Some(dying)) = (row, self.kernel_dying) {
@@ -219,16 +221,29 @@ fn run_one(plan: &Plan, name: &str, cause: Cause, out: &mut Outcome) -> Result<(
                 crate::init::SCRATCH
             );
         }
+        // Written, not fsynced: the inode must still be dirty when the memcg
+        // goes offline. The last VM run fsynced it first, and 6.12 and 7.3
+        // freed the memcg at rmdir: `cleanup_offline_cgwbs_workfn()` (run
+        // from `wb_memcg_offline()`, c22d70a162d3 "writeback, cgroup: release
+        // dying cgwbs by switching attached inodes", 5.15) moves the clean
+        // inodes of an offline memcg's writeback context to the parent's, but
+        // skips a context with dirty IO (`wb_has_dirty_io()`) and does not
+        // come back to it until another memcg goes offline; the inode then
+        // keeps the context, and it the memcg's css, past sync.
         let file = Path::new(crate::init::SCRATCH).join(name);
         let bytes = plan.pin_bytes.to_string();
-        in_cgroup(&cg, &["write-sync", &file.to_string_lossy(), &bytes])?;
+        in_cgroup(&cg, &["write", &file.to_string_lossy(), &bytes])?;
     } else {
         let kind = name.trim_start_matches("socket-");
         held.push(socket_from(&cg, kind)?);
     }
     parent.rmdir(&cg)?;
     if cause == Cause::Writeback {
-        // The pages are clean and go with drop_caches; the inode stays.
+        // Offline runs after an RCU grace period (css_killed_work_fn()): let
+        // it see the dirty inode before sync writes it (dirty pages expire
+        // after 30 s, dirty_expire_centisecs). Then the pages are clean and
+        // go with drop_caches; the inode stays.
+        thread::sleep(Duration::from_millis(500));
         // SAFETY: sync(2) has no arguments.
         unsafe { libc::sync() };
         fs::write("/proc/sys/vm/drop_caches", "1").context("writing drop_caches")?;
@@ -275,10 +290,18 @@ fn run_one(plan: &Plan, name: &str, cause: Cause, out: &mut Outcome) -> Result<(
     }
     let gone = kmem_trace_tests::wait_for(plan.wait, settled);
     if !gone {
-        out.errors.push(format!(
-            "still dying {:?} after its pin was released",
-            plan.wait
-        ));
+        let what = format!("still dying {:?} after its pin was released", plan.wait);
+        if cause == Cause::Writeback {
+            // What frees a writeback-pinned memcg is the kernel's business
+            // (the leak table does not say): 7.3.4 kept it past inode eviction
+            // and the file's deletion, with the file's pages still charged.
+            out.findings.push(format!(
+                "{}: {what} (inode evicted, file deleted)",
+                cause.name()
+            ));
+        } else {
+            out.errors.push(what);
+        }
     }
     thread::sleep(Duration::from_millis(300));
     let (_, text) = w.stop().context("stopping kmem-trace watch")?;

@@ -37,12 +37,19 @@ fn sees_toggles(report: &Value, family: &str, point: &str) -> bool {
 }
 
 /// What one family must show for the two memcgs, from the report: events
-/// per point for `toggled` and `known`, and the points blind to toggles.
+/// per point for `toggled` and `known`, the points blind to toggles, and the
+/// points of `toggled` that may show one event or none.
 #[derive(Debug, PartialEq)]
 pub struct Want {
     pub toggled: Vec<(&'static str, usize)>,
     pub known: Vec<(&'static str, usize)>,
     pub blind: Vec<&'static str>,
+    /// Points of `toggled` whose hook sees toggles while the family missed its
+    /// alloc: whether its event can be told apart depends on what the tracer
+    /// resolves at that hook (the 6.12 and 7.3 VM runs showed the tracepoint
+    /// family's `released,free` for it), so one event or none are both
+    /// right. Never required.
+    pub may_toggled: Vec<&'static str>,
 }
 
 pub fn want(report: &Value, family: &str) -> Want {
@@ -70,10 +77,16 @@ pub fn want(report: &Value, family: &str) -> Want {
         .copied()
         .filter(|&p| seen(p) && !toggles(p))
         .collect();
+    let may_toggled = POINTS
+        .iter()
+        .copied()
+        .filter(|&p| !toggled_known && toggles(p))
+        .collect();
     Want {
         toggled,
         known,
         blind,
+        may_toggled,
     }
 }
 
@@ -91,7 +104,8 @@ pub fn judge(evs: &[Ev], parent: &str, w: &Want) -> Vec<String> {
         for &(kind, n) in want {
             let got = count(rel, kind);
             // Blind points may still show an event (never required).
-            if got != n && !(n == 0 && w.blind.contains(&kind)) {
+            let may = rel == "t1/toggled" && w.may_toggled.contains(&kind);
+            if got != n && !(n == 0 && (w.blind.contains(&kind) || (may && got <= 1))) {
                 errors.push(format!("{rel}: {got} {kind} events, want {n}"));
             }
         }
@@ -251,6 +265,7 @@ mod tests {
         let w = want(&r, "tracepoint");
         assert_eq!(w.blind, ["alloc", "online", "offline"]);
         assert_eq!(w.toggled.iter().map(|t| t.1).sum::<usize>(), 0);
+        assert_eq!(w.may_toggled, ["free"]);
         let known = vec![
             ev("alloc", "0x2", "/p/t2/known"),
             ev("online", "0x2", "/p/t2/known"),
@@ -261,6 +276,20 @@ mod tests {
         assert_eq!(
             judge(&known[..2], "p", &w),
             vec!["t2/known: 0 free events, want 1"]
+        );
+        // 6.12/7.3 VM runs: the free hook named the toggled memcg it never saw
+        // allocated ("released,free"): allowed, once.
+        let mut both = known.clone();
+        both.push(ev("free", "0x1", "/p/t1/toggled"));
+        assert!(
+            judge(&both, "p", &w).is_empty(),
+            "{:?}",
+            judge(&both, "p", &w)
+        );
+        both.push(ev("free", "0x3", "/p/t1/toggled"));
+        assert_eq!(
+            judge(&both, "p", &w),
+            vec!["t1/toggled: 2 free events, want 0"]
         );
         // A report that does not say blind makes the missing offline a failure.
         let r = report("tracepoint", &POINTS.map(|p| (p, true)));
