@@ -61,6 +61,11 @@ pub struct Dir {
     /// Relative to the hierarchy root, `/` for the root.
     pub path: String,
     pub level: u32,
+    /// The cgroup has a memcg: always on v1; on v2 the root and the
+    /// directories whose parent enables `+memory` in `cgroup.subtree_control`
+    /// (they have a `memory.current`). A v2 directory without it is
+    /// memcg-less: its memcg, if it had one, went with a `-memory` toggle.
+    pub memory: bool,
 }
 
 fn io(path: &Path, source: std::io::Error) -> CgroupfsError {
@@ -179,6 +184,11 @@ pub fn preferred_memory_hierarchy(root: &Path) -> Result<MemoryHierarchy, Cgroup
     Ok(all.swap_remove(0))
 }
 
+/// Whether a (non-root) cgroup directory has a memcg (see [`Dir::memory`]).
+pub fn has_memcg(version: CgroupVersion, dir: &Path) -> bool {
+    version == CgroupVersion::V1 || dir.join("memory.current").exists()
+}
+
 /// Every directory of a hierarchy, parents before children. Directories that
 /// vanish during the walk are skipped.
 pub fn scan(h: &MemoryHierarchy) -> Result<Vec<Dir>, CgroupfsError> {
@@ -189,6 +199,7 @@ pub fn scan(h: &MemoryHierarchy) -> Result<Vec<Dir>, CgroupfsError> {
         name: String::new(),
         path: "/".into(),
         level: 0,
+        memory: true,
     }];
     let mut stack = vec![(h.mount.clone(), root_meta.ino(), String::new(), 0u32)];
     while let Some((dir, ino, rel, level)) = stack.pop() {
@@ -209,6 +220,7 @@ pub fn scan(h: &MemoryHierarchy) -> Result<Vec<Dir>, CgroupfsError> {
                 name: name.clone(),
                 path: path.clone(),
                 level: level + 1,
+                memory: has_memcg(h.version, &e.path()),
             });
             stack.push((e.path(), meta.ino(), path, level + 1));
         }
@@ -276,5 +288,28 @@ mod tests {
         );
         assert_eq!(dirs[3].parent, dirs[2].key.1);
         assert_eq!(dirs[3].level, 3);
+        assert!(
+            dirs.iter().all(|d| d.memory),
+            "v1: every cgroup has a memcg"
+        );
+    }
+
+    #[test]
+    fn v2_directories_without_the_memory_controller_are_memcg_less() {
+        let dir = std::env::temp_dir().join(format!("kmem-trace-scan2-{}", std::process::id()));
+        fs::create_dir_all(dir.join("with/without")).unwrap();
+        fs::write(dir.join("with/memory.current"), "0").unwrap();
+        let h = MemoryHierarchy {
+            version: CgroupVersion::V2,
+            mount: dir.clone(),
+            hierarchy_id: 0,
+        };
+        let dirs = scan(&h).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let memory: Vec<(&str, bool)> = dirs.iter().map(|d| (d.path.as_str(), d.memory)).collect();
+        assert_eq!(
+            memory,
+            [("/", true), ("/with", true), ("/with/without", false)]
+        );
     }
 }

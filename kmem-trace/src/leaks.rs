@@ -162,6 +162,10 @@ pub static TABLE: &[Row] = &[
     row(Slab, v(7, 2), ANY, false, AtOffline, PRIVATE_PUT, SLAB_REPARENT, ""),
     // An inode written from the memcg keeps its cgroup writeback context (cgroup
     // v2), which holds the memcg's css; seen surviving sync and drop_caches.
+    // Only an inode still dirty at offline: cleanup_offline_cgwbs_workfn()
+    // (c22d70a162d3, 5.15) moves clean inodes to the parent's context but skips
+    // a context with dirty IO (wb_has_dirty_io()) until the next memcg offline;
+    // a file fsynced before rmdir was freed at rmdir on 6.12.118 and 7.3.4.
     row(Writeback, v(6, 12), v(6, 19), true, AtOffline, PUT_MANY, ID_AT_OFFLINE, "6.12.118 (by hand, cgroup v2)"),
     row(Writeback, v(7, 2), ANY, true, AtOffline, PRIVATE_PUT, ID_AT_OFFLINE, "7.3.4 (by hand, cgroup v2)"),
 ];

@@ -167,7 +167,7 @@ pub fn count_visible(h: &MemoryHierarchy) -> u64 {
                 continue;
             }
             let p = e.path();
-            if h.version == CgroupVersion::V1 || p.join("memory.current").exists() {
+            if crate::cgroupfs::has_memcg(h.version, &p) {
                 n += 1;
             }
             stack.push(p);

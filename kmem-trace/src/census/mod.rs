@@ -345,7 +345,10 @@ pub fn from_raw(h: MemoryHierarchy, records: &[Event], summary: &CensusSummary) 
     let mut own = HashMap::new();
     for ev in &evs {
         if let Some(o) = OwnStats::from_event(&ev.raw) {
-            own.insert(ev.raw.memcg_addr, o);
+            own.insert(
+                ev.raw.memcg_addr,
+                o.with_swap_counter(ev.counters().swap_pages),
+            );
         }
         let mut m = Memcg::new(ev.raw.memcg_addr, ev.raw.memcg_id, Origin::Census);
         if let Some(key) = ev.cgroup_key() {

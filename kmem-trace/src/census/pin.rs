@@ -45,7 +45,10 @@ pub enum PinCause {
     Sockets,
     /// No pages charged: references only (sockets, BPF maps, writeback in flight).
     NoCharge,
-    /// No counters were read.
+    /// No counters were read, or they do not show what holds the memcg: a
+    /// charge that is none of the types `memory.stat` counts (an idle
+    /// socket's reference with stale reparented kernel memory, or stats not
+    /// yet flushed). Never guessed as page cache.
     Unknown,
 }
 
@@ -75,7 +78,7 @@ impl PinCause {
             PinCause::Swap => "swapoff/swapon, or let the swapped pages be faulted back",
             PinCause::Sockets => "close the sockets the cgroup's processes handed out (fd passing, long-lived connections of other processes)",
             PinCause::NoCharge => "usually freed soon; if not, a kernel reference leak (drain and reboot)",
-            PinCause::Unknown => "no counters: run the census with BPF (`kmem-trace census`)",
+            PinCause::Unknown => "the counters do not show it: run the census with BPF (`kmem-trace census`) for the memcg's own counters; references without pages (idle sockets passed to other processes, BPF maps) show as unknown",
         }
     }
 }
@@ -117,11 +120,26 @@ pub struct OwnStats {
     pub shmem: Option<u64>,
     pub anon: Option<u64>,
     pub kmem: Option<u64>,
+    /// Swapped-out pages: the swap page counter where the census read it
+    /// ([`OwnStats::with_swap_counter`]), else `MEMCG_SWAP`.
     pub swap: Option<u64>,
     pub sock: Option<u64>,
 }
 
 impl OwnStats {
+    /// Takes the memcg's swap from its page counter (`memcg->swap` on v2,
+    /// `memsw` minus `memory` on v1; `Counters::swap_pages`) when read: it is
+    /// charged at swap-out (`__mem_cgroup_try_charge_swap()`) and never lags,
+    /// while `MEMCG_SWAP` is an rstat counter seen only after a flush (the
+    /// 6.12 VM read 0 of it for a memcg with 256 pages swapped out, its
+    /// `memory.swap.current`).
+    pub fn with_swap_counter(mut self, swap_pages: Option<u64>) -> OwnStats {
+        if swap_pages.is_some() {
+            self.swap = swap_pages;
+        }
+        self
+    }
+
     /// From a census record, when the program read the counters.
     pub fn from_event(ev: &kmem_trace_common::Event) -> Option<OwnStats> {
         use kmem_trace_common::census_stat as s;
@@ -140,17 +158,34 @@ impl OwnStats {
         })
     }
 
+    /// Whether these counters are behind the exact `memory` page counter
+    /// (`mem_pages`): their user pages and socket buffers exceed it, so pages
+    /// were uncharged since the last rstat flush. The 6.12 VM: a writeback
+    /// pin's memcg with `file` 266 pages after `drop_caches` against `memory`
+    /// 31 (its stale kernel memory); a socket's with `anon` 16 against 1.
+    pub fn stale(&self, mem_pages: u64) -> bool {
+        let user = self.file.unwrap_or(0) + self.anon.unwrap_or(0) + self.sock.unwrap_or(0);
+        user > mem_pages
+    }
+
     /// The cause these counters name, `None` when they cannot tell: the
-    /// user-page counters are missing, or they all read zero while the page
-    /// counters show a charge (`charged`). They are flushed lazily (rstat,
-    /// about every 2 s, `flush_memcg_stats_dwork`), so right after rmdir they
-    /// can still be zero: zero against a charge is not an answer.
-    /// `kmem_pins`: see [`kmem_pins`].
+    /// user-page counters are missing, or the rstat ones all read zero while
+    /// the page counters show a charge (`charged`: memory, or kernel memory
+    /// where it pins). They are flushed lazily (rstat, about every 2 s,
+    /// `flush_memcg_stats_dwork`), so right after rmdir they can still be
+    /// zero: zero against a charge is not an answer; the page counters then
+    /// decide ([`classify`]; swap from the page counter,
+    /// [`OwnStats::with_swap_counter`], does not lag). `kmem_pins`: see
+    /// [`kmem_pins`].
     pub fn cause(&self, kmem_pins: bool, charged: bool) -> Option<PinCause> {
         let file = self.file?;
         let shmem = self.shmem?;
         let anon = self.anon?;
         let kmem = if kmem_pins { self.kmem.unwrap_or(0) } else { 0 };
+        let sock = self.sock.unwrap_or(0);
+        if charged && file == 0 && anon == 0 && kmem == 0 && sock == 0 {
+            return None;
+        }
         // Largest first; ties go to the earlier (the more common cause).
         let candidates = [
             (file.saturating_sub(shmem), PinCause::PageCache),
@@ -158,7 +193,7 @@ impl OwnStats {
             (anon, PinCause::Anon),
             (self.swap.unwrap_or(0), PinCause::Swap),
             (kmem, PinCause::KernelMemory),
-            (self.sock.unwrap_or(0), PinCause::Sockets),
+            (sock, PinCause::Sockets),
         ];
         let (pages, cause) = candidates
             .iter()
@@ -183,14 +218,20 @@ pub struct Residual {
     /// Page cache other than shmem.
     pub file: u64,
     pub anon: u64,
+    /// Socket buffers (v2 `sock`, `MEMCG_SOCK`; 0 on v1, which has no line).
+    pub sock: u64,
 }
 
 impl Residual {
-    /// The user-page cause these shares point at (80 % or more of one type).
+    /// The cause these shares point at (80 % or more of one type). Nothing
+    /// left over is [`PinCause::Unknown`], not page cache: the dying
+    /// descendants' charge is none of the types `memory.stat` counts (the 6.12
+    /// and 7.3 VMs: an idle socket's memcg, 1 to 17 pages of stale reparented
+    /// kernel memory in its `memory` counter, `memcg_reparent_objcgs()`).
     pub fn cause(&self) -> PinCause {
-        let total = self.shmem + self.file + self.anon;
+        let total = self.shmem + self.file + self.anon + self.sock;
         if total == 0 {
-            return PinCause::PageCacheOrTmpfs;
+            return PinCause::Unknown;
         }
         let share = |v: u64| v as f64 / total as f64;
         if share(self.shmem) >= 0.8 {
@@ -199,6 +240,11 @@ impl Residual {
             PinCause::PageCache
         } else if share(self.anon) >= 0.8 {
             PinCause::Anon
+        } else if share(self.sock) >= 0.8 {
+            PinCause::Sockets
+        } else if self.sock * 2 > total {
+            // Mostly socket buffers, with some page cache: no single answer.
+            PinCause::Unknown
         } else {
             PinCause::PageCacheOrTmpfs
         }
@@ -250,7 +296,13 @@ pub fn classify(
     };
     // Stale reparented kmem does not pin (see `kmem_pins`).
     let k = if kmem_pins { kmem.unwrap_or(0) } else { 0 };
-    let exact = own.and_then(|o| o.cause(kmem_pins, user > 0 || k > 0 || swap > 0));
+    // Own counters above the page counter are stale: pages were uncharged
+    // (dropped, reclaimed, freed) since the last rstat flush. Neither they nor
+    // an ancestor's `memory.stat` (the same lagging stats) can name the rest.
+    let stale = own.is_some_and(|o| o.stale(mem));
+    let exact = own
+        .filter(|_| !stale)
+        .and_then(|o| o.cause(kmem_pins, user > 0 || k > 0 || swap > 0));
     let cause = if let Some(cause) = exact {
         cause
     } else if user == 0 && k == 0 && swap == 0 {
@@ -259,6 +311,8 @@ pub fn classify(
         PinCause::Swap
     } else if k > 0 && k >= user {
         PinCause::KernelMemory
+    } else if stale {
+        PinCause::Unknown
     } else {
         residual
             .map(Residual::cause)
@@ -281,6 +335,8 @@ pub struct MemStat {
     pub shmem: u64,
     pub cache: u64,
     pub anon: u64,
+    /// Socket buffers (v2 `sock`; v1 has none: 0).
+    pub sock: u64,
     /// This cgroup alone (v1 only; v2 has no local values).
     pub local: Option<(u64, u64, u64)>,
 }
@@ -288,7 +344,8 @@ pub struct MemStat {
 impl MemStat {
     /// v1: `total_shmem`, `total_cache` (page cache including shmem),
     /// `total_rss`, and their local values; v2 (always hierarchical): `shmem`,
-    /// `file` (including shmem), `anon`. 3.10 has no shmem line: counted as 0.
+    /// `file` (including shmem), `anon`, `sock`. 3.10 has no shmem line:
+    /// counted as 0.
     pub fn parse(text: &str, version: CgroupVersion) -> MemStat {
         let kv: HashMap<&str, u64> = text
             .lines()
@@ -303,12 +360,14 @@ impl MemStat {
                 shmem: g("total_shmem"),
                 cache: g("total_cache"),
                 anon: g("total_rss"),
+                sock: 0,
                 local: Some((g("shmem"), g("cache"), g("rss"))),
             },
             CgroupVersion::V2 => MemStat {
                 shmem: g("shmem"),
                 cache: g("file"),
                 anon: g("anon"),
+                sock: g("sock"),
                 local: None,
             },
         }
@@ -321,200 +380,16 @@ impl MemStat {
         let shmem = self.shmem.saturating_sub(ls + sum(|m| m.shmem));
         let cache = self.cache.saturating_sub(lc + sum(|m| m.cache));
         let anon = self.anon.saturating_sub(la + sum(|m| m.anon));
+        let sock = self.sock.saturating_sub(sum(|m| m.sock));
         Residual {
             shmem: shmem.min(cache),
             file: cache.saturating_sub(shmem),
             anon,
+            sock,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(mem: u64, kmem: Option<u64>, swap: Option<u64>) -> Counters {
-        Counters {
-            mem_pages: Some(mem),
-            kmem_pages: kmem,
-            swap_pages: swap,
-        }
-    }
-
-    #[test]
-    fn counters_tell_kmem_swap_and_user_pages() {
-        assert_eq!(
-            classify(None, None, None, None, true).cause,
-            PinCause::Unknown
-        );
-        assert_eq!(
-            classify(None, Some(&c(0, Some(0), Some(0))), None, None, true).cause,
-            PinCause::NoCharge
-        );
-        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, None, true);
-        assert_eq!((k.cause, k.user_pages), (PinCause::KernelMemory, 2));
-        // 5.9+: the same counters are stale reparented kmem plus 2 pages of cache.
-        let k = classify(None, Some(&c(40, Some(38), Some(0))), None, None, false);
-        assert_eq!(k.cause, PinCause::PageCacheOrTmpfs);
-        let stale = classify(None, Some(&c(38, Some(38), None)), None, None, false);
-        assert_eq!(stale.cause, PinCause::NoCharge);
-        assert!(kmem_pins(Some(KernelVersion(3, 10, 0))));
-        assert!(!kmem_pins(Some(KernelVersion(6, 18, 44))));
-        assert_eq!(
-            classify(None, Some(&c(10, Some(1), Some(50))), None, None, true).cause,
-            PinCause::Swap
-        );
-        let u = classify(None, Some(&c(4096, Some(3), Some(0))), None, None, true);
-        assert_eq!(u.cause, PinCause::PageCacheOrTmpfs);
-        let tmpfs = Residual {
-            shmem: 16 << 20,
-            file: 0,
-            anon: 0,
-        };
-        assert_eq!(
-            classify(
-                None,
-                Some(&c(4096, Some(3), None)),
-                None,
-                Some(&tmpfs),
-                true
-            )
-            .cause,
-            PinCause::Tmpfs
-        );
-        // Offline counters are used when no census read them now, and the
-        // change shows reclaim at work.
-        let off = c(5000, None, None);
-        let now = c(1000, None, None);
-        assert_eq!(
-            classify(Some(&off), None, None, None, true).user_pages,
-            5000
-        );
-        assert_eq!(
-            classify(Some(&off), Some(&now), None, None, true).change_pages,
-            Some(-4000)
-        );
-    }
-
-    #[test]
-    fn own_counters_name_the_cause_exactly() {
-        // The case: a zombie that ran `true` holds 487 pages of the
-        // busybox binary's page cache while its siblings dominate the
-        // ancestor's split with tmpfs: its own counters say page cache.
-        let own = OwnStats {
-            file: Some(487),
-            shmem: Some(0),
-            anon: Some(0),
-            kmem: Some(30),
-            swap: Some(0),
-            sock: Some(0),
-        };
-        let tmpfs = Residual {
-            shmem: 32 << 20,
-            file: 2 << 20,
-            anon: 0,
-        };
-        let p = classify(
-            None,
-            Some(&c(517, None, None)),
-            Some(&own),
-            Some(&tmpfs),
-            false,
-        );
-        assert_eq!((p.cause, p.exact), (PinCause::PageCache, true));
-        let p = classify(None, Some(&c(517, None, None)), None, Some(&tmpfs), false);
-        assert_eq!((p.cause, p.exact), (PinCause::Tmpfs, false));
-        let shm = OwnStats {
-            file: Some(4096),
-            shmem: Some(4000),
-            ..own
-        };
-        assert_eq!(shm.cause(false, true), Some(PinCause::Tmpfs));
-        let swap = OwnStats {
-            swap: Some(9000),
-            ..shm
-        };
-        assert_eq!(swap.cause(false, true), Some(PinCause::Swap));
-        let sock = OwnStats {
-            file: Some(0),
-            shmem: Some(0),
-            sock: Some(3),
-            ..own
-        };
-        assert_eq!(sock.cause(false, true), Some(PinCause::Sockets));
-        // Kernel memory counts only where it still pins (before 5.9).
-        assert_eq!(sock.cause(true, true), Some(PinCause::KernelMemory));
-        let none = OwnStats {
-            file: Some(0),
-            kmem: Some(0),
-            sock: Some(0),
-            ..sock
-        };
-        assert_eq!(none.cause(true, false), Some(PinCause::NoCharge));
-        // All zero while the page counters show a charge: not yet flushed.
-        assert_eq!(none.cause(true, true), None);
-        // Without the user-page counters the own stats cannot tell.
-        let partial = OwnStats { file: None, ..own };
-        assert_eq!(partial.cause(true, false), None);
-        // A census record carries them in comm/pcomm.
-        let mut ev = kmem_trace_common::Event::ZERO;
-        ev.flags = kmem_trace_common::flags::CENSUS_STATS;
-        ev.set_census_stat(kmem_trace_common::census_stat::FILE, 487);
-        ev.set_census_stat(kmem_trace_common::census_stat::SOCK, 2);
-        ev.set_census_stat(kmem_trace_common::census_stat::VALID, 0b1_1111);
-        let got = OwnStats::from_event(&ev).unwrap();
-        assert_eq!((got.file, got.shmem, got.sock), (Some(487), Some(0), None));
-        ev.flags = 0;
-        assert_eq!(OwnStats::from_event(&ev), None);
-    }
-
-    #[test]
-    fn residuals_split_by_type() {
-        let v1 =
-            "cache 0\nrss 0\nshmem 0\ntotal_cache 20971520\ntotal_rss 4096\ntotal_shmem 16777216\n";
-        let parent = MemStat::parse(v1, CgroupVersion::V1);
-        let child = MemStat::parse(
-            "cache 0\nrss 0\nshmem 0\ntotal_cache 4194304\ntotal_rss 4096\ntotal_shmem 0\n",
-            CgroupVersion::V1,
-        );
-        let r = parent.residual(&[child]);
-        assert_eq!(
-            r,
-            Residual {
-                shmem: 16 << 20,
-                file: 0,
-                anon: 0
-            }
-        );
-        assert_eq!(r.cause(), PinCause::Tmpfs);
-        let v2 = MemStat::parse("anon 0\nfile 8388608\nshmem 0\n", CgroupVersion::V2);
-        assert_eq!(v2.residual(&[]).cause(), PinCause::PageCache);
-        assert_eq!(Residual::default().cause(), PinCause::PageCacheOrTmpfs);
-        let mixed = Residual {
-            shmem: 5,
-            file: 5,
-            anon: 0,
-        };
-        assert_eq!(mixed.cause(), PinCause::PageCacheOrTmpfs);
-    }
-
-    #[test]
-    fn own_counters_still_zero_against_a_charge_are_not_exact() {
-        let own = OwnStats {
-            file: Some(0),
-            shmem: Some(0),
-            anon: Some(0),
-            kmem: Some(0),
-            swap: Some(0),
-            sock: Some(0),
-        };
-        let now = Counters {
-            mem_pages: Some(259),
-            kmem_pages: Some(3),
-            swap_pages: Some(0),
-        };
-        let p = classify(None, Some(&now), Some(&own), None, true);
-        assert!(!p.exact, "{p:?}");
-        assert_ne!(p.cause, PinCause::NoCharge, "{p:?}");
-    }
-}
+#[path = "pin_tests.rs"]
+mod tests;

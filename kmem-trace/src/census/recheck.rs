@@ -44,7 +44,8 @@ pub enum View {
         memcgs: Vec<Memcg>,
         nodes: Vec<(CgroupKey, u64, String)>,
     },
-    /// The cgroup directories that exist and the kernel's count of dying memcgs.
+    /// The cgroup directories that exist with a memcg ([`cgroupfs::Dir::memory`])
+    /// and the kernel's count of dying memcgs.
     Counts {
         dirs: HashSet<CgroupKey>,
         dying: Option<u64>,
@@ -265,7 +266,10 @@ fn read_view(cfg: &CensusConfig) -> Result<View, String> {
     let mut dirs = HashSet::new();
     for h in cgroupfs::memory_hierarchies(&cfg.host_root).map_err(|e| e.to_string())? {
         let scanned = cgroupfs::scan(&h).map_err(|e| e.to_string())?;
-        dirs.extend(scanned.into_iter().map(|d| d.key));
+        // A v2 directory without the memory controller has no memcg: a live
+        // memcg of it went with a `-memory` toggle, which no cgroup_rmdir
+        // shows (the tracepoint family's offline).
+        dirs.extend(scanned.into_iter().filter(|d| d.memory).map(|d| d.key));
     }
     Ok(View::Counts {
         dirs,

@@ -33,6 +33,8 @@ pub struct Attempt {
     pub candidates: &'static [&'static str],
     pub kernels: String,
     pub inferred: bool,
+    /// Sees memcgs made or killed by a v2 `+memory` toggle ([`Row::sees_toggles`]).
+    pub sees_toggles: bool,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -51,6 +53,7 @@ impl Attempt {
                 format!("{}..{}", row.since, row.until)
             },
             inferred: row.inferred,
+            sees_toggles: row.sees_toggles(),
             outcome,
         }
     }
@@ -138,6 +141,16 @@ impl ProbeReport {
         fams.iter().map(|f| f.name()).collect::<Vec<_>>().join("+")
     }
 
+    /// Points whose hook in use does not see memcgs that a cgroup v2
+    /// `+memory` toggle in `cgroup.subtree_control` makes or kills.
+    pub fn toggle_blind(&self) -> Vec<Point> {
+        self.points
+            .iter()
+            .filter(|p| p.chosen().is_some_and(|a| !a.sees_toggles))
+            .map(|p| p.point)
+            .collect()
+    }
+
     /// Points nothing could attach to.
     pub fn blind_points(&self) -> Vec<Point> {
         self.points
@@ -219,6 +232,16 @@ impl ProbeReport {
                     why
                 );
             }
+        }
+        let blind = self.toggle_blind();
+        if !blind.is_empty() {
+            let names: Vec<&str> = blind.iter().map(|p| p.name()).collect();
+            let _ = writeln!(
+                s,
+                "not seen for memcgs made or killed by toggling +memory in a cgroup v2 \
+                 cgroup.subtree_control (no cgroup_mkdir/cgroup_rmdir): {}",
+                names.join(", ")
+            );
         }
         for x in &self.extras {
             let _ = match &x.outcome {

@@ -155,6 +155,19 @@ pub struct Row {
     pub note: &'static str,
 }
 
+impl Row {
+    /// Whether the hook sees memcgs that cgroup v2 creates or kills without a
+    /// directory operation: writing `+memory`/`-memory` to a parent's
+    /// `cgroup.subtree_control` runs `cgroup_apply_control_enable()` (css
+    /// alloc and online) or `cgroup_apply_control_disable()` (`kill_css()`,
+    /// offline), never `cgroup_mkdir()`/`cgroup_rmdir()`. The memcg's own
+    /// functions and the css work items see them; the mkdir/rmdir tracepoints
+    /// do not (the tracepoint family is blind to toggles there).
+    pub fn sees_toggles(&self) -> bool {
+        !(self.symbols == MKDIR || self.symbols == RMDIR)
+    }
+}
+
 const fn v(major: u32, minor: u32) -> KernelVersion {
     KernelVersion(major, minor, 0)
 }

@@ -244,3 +244,21 @@ fn an_fexit_function_with_another_prototype_is_refused_not_misread() {
     k.params = Some(1);
     assert!(check(alloc[0], &k, None).is_ok());
 }
+
+#[test]
+fn only_the_tracepoint_family_is_blind_to_memory_toggles() {
+    // A +memory toggle in cgroup.subtree_control runs no cgroup_mkdir/rmdir:
+    // the tracepoint family misses alloc, online and offline of such memcgs
+    // and still sees their release and free (the css work items).
+    for r in TABLE {
+        let blind = !r.sees_toggles();
+        let want = r.family == Family::Tracepoint
+            && matches!(
+                r.point,
+                Point::Alloc | Point::Online | Point::Offline | Point::KmemActivate
+            );
+        assert_eq!(blind, want, "{r:?}");
+    }
+    let free_tp = candidates(Point::Free, HookMode::Tracepoint)[0];
+    assert!(free_tp.sees_toggles(), "{free_tp:?}");
+}

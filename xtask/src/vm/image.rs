@@ -1,7 +1,8 @@
 //! What a test VM boots with: an uncompressed initramfs (written here as a
 //! `newc` cpio: busybox, the guest scenario as `/init`, kmem-trace, and the
 //! kernel's modules appended as a second archive, which the kernel unpacks on
-//! top) and a read-only ext4 data disk holding the files of the page-cache pins.
+//! top), a read-only ext4 data disk holding the files of the page-cache pins and an
+//! empty ext4 scratch disk the guest writes to.
 
 use std::{
     fs,
@@ -112,7 +113,7 @@ fn stripped(bin: &Path, scratch: &Path) -> Result<Vec<u8>> {
 pub fn base_archive(p: &Payload, scratch: &Path) -> Result<Vec<u8>> {
     let mut c = Cpio::default();
     for d in [
-        "bin", "sbin", "dev", "proc", "sys", "tmp", "modules", "disk", "shm",
+        "bin", "sbin", "dev", "proc", "sys", "tmp", "modules", "disk", "shm", "scratch",
     ] {
         c.dir(d);
     }
@@ -209,6 +210,35 @@ pub fn swap_disk(cache: &Path) -> Result<PathBuf> {
         let f = fs::File::create(&img).with_context(|| format!("creating {}", img.display()))?;
         f.set_len(SWAP_BYTES)?;
     }
+    Ok(img)
+}
+
+/// Size of the scratch disk (the writeback pin writes 1 MiB).
+const SCRATCH_MIB: u64 = 16;
+
+/// The scratch disk: an empty ext4 filesystem (no journal, no metadata
+/// checksums, as the data disk) the guest mounts read-write at `/scratch`.
+/// Attached with `snapshot=on` like the swap disk, so every VM writes to a
+/// private copy and the image stays empty.
+pub fn scratch_disk(cache: &Path) -> Result<PathBuf> {
+    let img = cache.join(format!("scratch-{SCRATCH_MIB}M.ext4"));
+    if img.exists() {
+        return Ok(img);
+    }
+    let tmp = cache.join(".scratch.ext4.tmp");
+    let _ = fs::remove_file(&tmp);
+    sh(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-O",
+            "^metadata_csum,^has_journal",
+            "-L",
+            "kmtscratch",
+        ])
+        .arg(&tmp)
+        .arg(format!("{SCRATCH_MIB}M")))?;
+    fs::rename(&tmp, &img)?;
     Ok(img)
 }
 

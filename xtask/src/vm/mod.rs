@@ -235,6 +235,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     }
     let disk = image::data_disk(&cache)?;
     let swap = image::swap_disk(&cache)?;
+    let scratch = image::scratch_disk(&cache)?;
     drop(lock);
     let base = image::base_archive(
         &image::Payload {
@@ -320,6 +321,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
                     initrd: initrd.clone(),
                     disk: disk.clone(),
                     swap: swap.clone(),
+                    scratch: scratch.clone(),
                     append,
                     // 65,535 memcgs take ~2.5 GiB of guest memory.
                     memory_mb: if exhaust { 4096 } else { 768 },

@@ -22,6 +22,9 @@ pub struct VmSpec {
     pub disk: PathBuf,
     /// The swap disk (`/dev/vdb`), attached copy-on-write.
     pub swap: PathBuf,
+    /// An empty ext4 image (`/dev/vdc`), attached copy-on-write: the guest's
+    /// writable disk filesystem (the writeback pin).
+    pub scratch: PathBuf,
     /// Extra kernel command-line options (`cgroup.memory=nokmem`, `kmt.*`).
     pub append: Vec<String>,
     pub memory_mb: u32,
@@ -59,6 +62,11 @@ impl VmSpec {
             .arg(format!(
                 "file={},format=raw,if=virtio,snapshot=on",
                 self.swap.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                self.scratch.display()
             ))
             .arg("-append")
             .arg(append.join(" "));

@@ -128,6 +128,10 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
             head(&mut s);
             let _ = writeln!(s, "{:<11} {}", "(pins)", pins_text(p));
         }
+        if let Some(t) = &r.toggle {
+            head(&mut s);
+            let _ = writeln!(s, "{:<11} {}", "(toggle)", toggle_text(t));
+        }
         if let Some(f) = &r.failure {
             head(&mut s);
             let _ = writeln!(s, "FAILED: {f}");
@@ -253,6 +257,39 @@ pub fn pins_text(p: &Value) -> String {
         "FAIL"
     };
     format!("{}  {verdict}", parts.join("; "))
+}
+
+/// One line on the v2 `+memory` toggle: per family pass or FAIL, and the
+/// points its hooks are blind to (the documented limitation).
+pub fn toggle_text(t: &Value) -> String {
+    if t["status"] == "unsupported" {
+        return format!("not run: {}", t["why"].as_str().unwrap_or("?"));
+    }
+    let parts: Vec<String> = t["families"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let blind: Vec<&str> = f["blind"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let verdict = if f["status"] == "pass" {
+                "pass"
+            } else {
+                "FAIL"
+            };
+            let blind = if blind.is_empty() {
+                String::new()
+            } else {
+                format!(" (blind to toggles: {})", blind.join(", "))
+            };
+            format!("{} {verdict}{blind}", f["family"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    parts.join("; ")
 }
 
 fn failure_details(runs: &[RunResult]) -> String {

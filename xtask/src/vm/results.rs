@@ -47,6 +47,8 @@ pub struct RunResult {
     pub census: Option<Value>,
     /// The swap and socket pin scenarios (cgroup v2 kernels; `status`, `scenarios`).
     pub pins: Option<Value>,
+    /// The cgroup v2 `+memory` toggle, per family (`status`, `families`).
+    pub toggle: Option<Value>,
     /// The ID exhaustion scenario (`--scenario exhaustion`): checks, figures, series.
     pub exhaustion: Option<Value>,
     /// Files the guest sent (`artifact` records: name, text), written beside the logs.
@@ -147,6 +149,11 @@ impl RunResult {
                 self.pins = Some(v);
                 return Some(Step { family: None, step });
             }
+            "toggle" => {
+                let step = format!("toggle {}", s("status"));
+                self.toggle = Some(v);
+                return Some(Step { family: None, step });
+            }
             "exhaustion" => {
                 let step = format!("exhaustion {}", s("status"));
                 self.exhaustion = Some(v);
@@ -217,6 +224,26 @@ impl RunResult {
         if let (None, Some(p)) = (&self.failure, &self.pins) {
             if p["status"] == "fail" {
                 self.failure = Some(format!("pin scenarios: {}", pins_errors(p).join("; ")));
+            }
+        }
+        if let (None, Some(t)) = (&self.failure, &self.toggle) {
+            if t["status"] == "fail" {
+                let why: Vec<String> = t["families"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|f| {
+                        let fam = f["family"].as_str().unwrap_or("?").to_string();
+                        f["errors"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(move |e| format!("{fam}: {e}"))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                self.failure = Some(format!("memory toggle: {}", why.join("; ")));
             }
         }
         let cells_ok = self

@@ -1,5 +1,6 @@
 //! PID 1 of a test VM: mounts the pseudo filesystems, loads the kernel modules
-//! the initramfs carries (`/modules/order`), mounts the data disk read-only and
+//! the initramfs carries (`/modules/order`), mounts the data disk read-only, the
+//! scratch disk read-write, and
 //! the memory controller — cgroup v1 where the kernel has it, else cgroup v2
 //! with `+memory` (Debian's 6.12 is built without CONFIG_MEMCG_V1) — and in the
 //! end powers the VM off.
@@ -17,6 +18,9 @@ use anyhow::{bail, Context, Result};
 
 /// Where the data disk (`/dev/vda`, ext4, prepared by the host) is mounted.
 pub const DISK: &str = "/disk";
+/// Where the scratch disk (`/dev/vdc`, an empty ext4 the host made, attached
+/// copy-on-write) is mounted read-write: the writeback pin's files.
+pub const SCRATCH: &str = "/scratch";
 /// A tmpfs for the tmpfs pin.
 pub const SHM: &str = "/shm";
 
@@ -84,15 +88,29 @@ fn load_modules() -> Result<()> {
     Ok(())
 }
 
-fn mount_disk() -> Result<()> {
+/// Waits up to `limit` for a device node to appear.
+fn wait_dev(dev: &str, limit: Duration) -> bool {
     let start = Instant::now();
-    while !Path::new("/dev/vda").exists() {
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("no /dev/vda after 10s: is virtio_blk loaded and the disk attached?");
+    while !Path::new(dev).exists() {
+        if start.elapsed() > limit {
+            return false;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    mount("/dev/vda", DISK, "ext4", libc::MS_RDONLY, "")
+    true
+}
+
+fn mount_disk() -> Result<()> {
+    if !wait_dev("/dev/vda", Duration::from_secs(10)) {
+        bail!("no /dev/vda after 10s: is virtio_blk loaded and the disk attached?");
+    }
+    mount("/dev/vda", DISK, "ext4", libc::MS_RDONLY, "")?;
+    // The scratch disk is optional (a VM started without it runs every
+    // scenario but the writeback pin, which reports it missing).
+    if wait_dev("/dev/vdc", Duration::from_secs(2)) {
+        mount("/dev/vdc", SCRATCH, "ext4", 0, "")?;
+    }
+    Ok(())
 }
 
 fn mount_memory_controller() -> Result<()> {

@@ -9,11 +9,13 @@ mod check;
 mod compare;
 mod exhaustion;
 mod init;
+mod pin_census;
 mod pins;
 mod proto;
 mod rows;
 mod scenario;
 mod sys;
+mod toggle;
 mod visibility;
 
 use std::{
@@ -250,6 +252,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let exp = plan.expect(kmem);
     let mut ok = true;
     let mut runs = Vec::new();
+    let mut ran = Vec::new();
     for family in families {
         let supported = check::POINTS
             .iter()
@@ -275,11 +278,17 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         ok &= cell["status"] == "pass";
         proto::emit("cell", cell);
         runs.push(obs);
+        ran.push(family);
     }
     let refs: Vec<&check::Observation> = runs.iter().collect();
     let cmp = compare::compare(&refs, &exp, &report);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
+    if vm {
+        let t = toggle::check(plan, &ran, &report);
+        ok &= t["status"] != "fail";
+        proto::emit("toggle", t);
+    }
     proto::step(None, "census");
     let census = census::check(plan);
     ok &= census["status"] != "fail";

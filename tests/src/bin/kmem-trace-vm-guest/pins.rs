@@ -2,10 +2,13 @@
 //! cgroup v2 (`memory.reclaim`, sockets charged to the memcg): a tmpfs file
 //! written in the memcg and pushed out to swap on the second virtio disk, and
 //! UDP, TCP and UNIX sockets created in the memcg and passed out with
-//! SCM_RIGHTS. For each: whether the kernel keeps the memcg dying, when the
+//! SCM_RIGHTS, and a file written in the memcg on the ext4 scratch disk and
+//! still dirty when it goes offline, kept past sync and `drop_caches` by the
+//! inode's cgroup writeback association. For each: whether the kernel keeps the memcg dying, when the
 //! trace saw its ID released, what `kmem-trace census` names as its cause, all
 //! against the leak table (`kmem_trace::leaks`); a kernel that differs from its
-//! row is a finding, not a failure.
+//! row is a finding, not a failure; a census naming the wrong cause of a pin
+//! that holds is a failure (`pin_census`).
 
 use std::{
     fs,
@@ -56,6 +59,7 @@ pub fn check(plan: &Plan) -> Value {
         Ok(()) => names.insert(0, ("swap".into(), Cause::Swap)),
         Err(e) => scenarios.push(json!({"name": "swap", "errors": [format!("{e:#}")]})),
     }
+    names.push(("writeback-ext4".into(), Cause::Writeback));
     for (name, cause) in names {
         crate::proto::step(None, &format!("pin {name}"));
         let mut r = Outcome::default();
@@ -112,16 +116,23 @@ struct Outcome {
     /// Swapped-out bytes before rmdir (swap only).
     swapped: Option<u64>,
     census: Value,
+    /// The census entry of the pinned memcg, when listed.
+    entry: Option<Value>,
+    /// What finally freed the memcg (writeback only).
+    freed_by: Option<&'static str>,
     /// When the trace saw the ID released: "offline", "release" or "not seen".
     id_release: String,
     errors: Vec<String>,
+    /// Kernel behaviour the scenario saw beyond the leak table's row.
+    findings: Vec<String>,
 }
 
 impl Outcome {
     fn json(&self, name: &str, cause: Cause) -> Value {
         let row =
             KernelVersion::parse(&crate::sys::release()).and_then(|v| leaks::lookup(cause, v));
-        let mut findings = Vec::new();
+        let mut findings = self.findings.clone();
+        let mut errors = self.errors.clone();
         let release = crate::sys::release();
         if let (Some(row), Some(dying)) = (row, self.kernel_dying) {
             if row.stays_dying != dying {
@@ -135,6 +146,16 @@ impl Outcome {
                 IdRelease::Offline => "offline",
                 IdRelease::SwapIn | IdRelease::Free => "release",
             };
+            // Where the pin holds, the census must name it (a tracer check).
+            if row.stays_dying && dying {
+                let page = kmem_trace::outputs::page_size();
+                errors.extend(crate::pin_census::errors(
+                    cause,
+                    self.entry.as_ref(),
+                    self.swapped,
+                    page,
+                ));
+            }
             if dying && self.id_release != "not seen" && self.id_release != want {
                 findings.push(format!(
                     "{} on {release}: ID released at {} (table: {})",
@@ -152,8 +173,9 @@ impl Outcome {
             "swapped_bytes": self.swapped,
             "census": self.census,
             "id_release": self.id_release,
+            "freed_by": self.freed_by,
             "findings": findings,
-            "errors": self.errors,
+            "errors": errors,
         })
     }
 }
@@ -192,24 +214,59 @@ fn run_one(plan: &Plan, name: &str, cause: Cause, out: &mut Outcome) -> Result<(
                 plan.pin_bytes
             );
         }
+    } else if cause == Cause::Writeback {
+        if !is_mount(Path::new(crate::init::SCRATCH)) {
+            bail!(
+                "no writable ext4 at {}: the VM has no scratch disk (/dev/vdc)",
+                crate::init::SCRATCH
+            );
+        }
+        // Written, not fsynced: the inode must still be dirty when the memcg
+        // goes offline. The last VM run fsynced it first, and 6.12 and 7.3
+        // freed the memcg at rmdir: `cleanup_offline_cgwbs_workfn()` (run
+        // from `wb_memcg_offline()`, c22d70a162d3 "writeback, cgroup: release
+        // dying cgwbs by switching attached inodes", 5.15) moves the clean
+        // inodes of an offline memcg's writeback context to the parent's, but
+        // skips a context with dirty IO (`wb_has_dirty_io()`) and does not
+        // come back to it until another memcg goes offline; the inode then
+        // keeps the context, and it the memcg's css, past sync.
+        let file = Path::new(crate::init::SCRATCH).join(name);
+        let bytes = plan.pin_bytes.to_string();
+        in_cgroup(&cg, &["write", &file.to_string_lossy(), &bytes])?;
     } else {
         let kind = name.trim_start_matches("socket-");
         held.push(socket_from(&cg, kind)?);
     }
     parent.rmdir(&cg)?;
+    if cause == Cause::Writeback {
+        // Offline runs after an RCU grace period (css_killed_work_fn()): let
+        // it see the dirty inode before sync writes it (dirty pages expire
+        // after 30 s, dirty_expire_centisecs). Then the pages are clean and
+        // go with drop_caches; the inode stays.
+        thread::sleep(Duration::from_millis(500));
+        // SAFETY: sync(2) has no arguments.
+        unsafe { libc::sync() };
+        fs::write("/proc/sys/vm/drop_caches", "1").context("writing drop_caches")?;
+    }
     thread::sleep(Duration::from_millis(300));
     let dying = crate::sys::kernel_dying().map(|n| n - before);
     out.kernel_dying = dying.map(|n| n > 0);
     let doc = kmem_trace_json(&plan.kmem_trace, "census")?;
     let suffix = format!("/{}/{name}", parent.name);
-    out.census = doc["memcgs"]
+    out.entry = doc["memcgs"]
         .as_array()
         .and_then(|ms| {
             ms.iter()
                 .find(|m| m["path"].as_str().is_some_and(|p| p.ends_with(&suffix)))
         })
-        .map(|m| json!({"pin": m["pin"], "mem_bytes": m["mem_bytes"], "state": m["state"]}))
-        .unwrap_or_else(|| json!({"listed": false, "source": doc["source"]}));
+        .cloned();
+    out.census = match &out.entry {
+        Some(m) => {
+            json!({"pin": m["pin"], "pin_exact": m["pin_exact"], "mem_bytes": m["mem_bytes"],
+                          "swap_bytes": m["swap_bytes"], "own_pages": m["own_pages"], "state": m["state"]})
+        }
+        None => json!({"listed": false, "source": doc["source"]}),
+    };
     let released_at = w.lines().len();
     // Release the pin: the file (and its swap entries), the sockets. Freed
     // swap entries can wait in the per-CPU swap slots cache (6.12; the cache
@@ -219,14 +276,32 @@ fn run_one(plan: &Plan, name: &str, cause: Cause, out: &mut Outcome) -> Result<(
     if cause == Cause::Swap {
         swapoff();
     }
-    let gone = kmem_trace_tests::wait_for(plan.wait, || {
-        crate::sys::kernel_dying().is_some_and(|n| n <= before)
-    });
+    let settled = || crate::sys::kernel_dying().is_some_and(|n| n <= before);
+    if cause == Cause::Writeback {
+        // Evicting the inode (drop_caches 2: dentries and inodes) detaches
+        // its writeback context; deleting the file evicts it too.
+        let _ = fs::write("/proc/sys/vm/drop_caches", "2");
+        out.freed_by = Some("inode evicted (drop_caches 2)");
+        if !kmem_trace_tests::wait_for(Duration::from_secs(5), settled) {
+            let _ = fs::remove_file(Path::new(crate::init::SCRATCH).join(name));
+            out.freed_by = Some("file deleted");
+        }
+        let _ = fs::remove_file(Path::new(crate::init::SCRATCH).join(name));
+    }
+    let gone = kmem_trace_tests::wait_for(plan.wait, settled);
     if !gone {
-        out.errors.push(format!(
-            "still dying {:?} after its pin was released",
-            plan.wait
-        ));
+        let what = format!("still dying {:?} after its pin was released", plan.wait);
+        if cause == Cause::Writeback {
+            // What frees a writeback-pinned memcg is the kernel's business
+            // (the leak table does not say): 7.3.4 kept it past inode eviction
+            // and the file's deletion, with the file's pages still charged.
+            out.findings.push(format!(
+                "{}: {what} (inode evicted, file deleted)",
+                cause.name()
+            ));
+        } else {
+            out.errors.push(what);
+        }
     }
     thread::sleep(Duration::from_millis(300));
     let (_, text) = w.stop().context("stopping kmem-trace watch")?;
@@ -253,6 +328,16 @@ fn run_one(plan: &Plan, name: &str, cause: Cause, out: &mut Outcome) -> Result<(
     };
     drop(parent);
     Ok(())
+}
+
+/// Whether `p` is a mount point (its device differs from its parent's).
+fn is_mount(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |q: &Path| fs::metadata(q).map(|m| m.dev()).ok();
+    match (dev(p), p.parent().and_then(dev)) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
+    }
 }
 
 fn read_u64(p: &Path) -> Option<u64> {

@@ -329,7 +329,7 @@ pub fn child(args: &[String]) -> Result<()> {
     use std::io::{Read, Write};
     let [cgroup, op, file, rest @ ..] = args else {
         anyhow::bail!(
-            "usage: child CGROUP write FILE BYTES | child CGROUP read FILE | child CGROUP socket KIND PATH"
+            "usage: child CGROUP write|write-sync FILE BYTES | child CGROUP read FILE | child CGROUP socket KIND PATH"
         );
     };
     fs::write(
@@ -339,13 +339,18 @@ pub fn child(args: &[String]) -> Result<()> {
     .with_context(|| format!("joining {cgroup}"))?;
     let mut buf = vec![0x5au8; 64 << 10];
     match (op.as_str(), rest) {
-        ("write", [bytes]) => {
+        ("write" | "write-sync", [bytes]) => {
             let mut left: usize = bytes.parse().context("BYTES")?;
             let mut f = fs::File::create(file).with_context(|| format!("creating {file}"))?;
             while left > 0 {
                 let n = left.min(buf.len());
                 f.write_all(&buf[..n])?;
                 left -= n;
+            }
+            // write-sync: written back from inside the memcg, which ties the
+            // inode to the memcg's writeback context (cgroup v2).
+            if op == "write-sync" {
+                f.sync_all().with_context(|| format!("fsync {file}"))?;
             }
         }
         ("read", []) => {
