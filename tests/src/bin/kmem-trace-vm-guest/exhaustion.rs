@@ -4,15 +4,17 @@
 //! written inside, kept outside, pushed out with `memory.reclaim`) and removes
 //! it, until `mkdir` fails. `kmem-trace serve` with its history runs
 //! throughout; its `/metrics` are scraped every [`SCRAPE_EVERY`], and the
-//! checks compare them with what the kernel did. cgroup v2 only
-//! (`memory.reclaim`).
+//! checks compare them with what the kernel did. The tmpfs pages go to swap
+//! by `memory.reclaim` (v2, 5.19+), else by lowering `memory.high` (older
+//! v2) or by `memory.force_empty` / a `memory.limit_in_bytes` below the usage
+//! (v1): see [`push_to_swap`].
 
 use std::{
     collections::BTreeMap,
     fs,
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -28,8 +30,6 @@ use serde_json::{json, Value};
 
 use crate::{proto, scenario::Plan};
 
-/// The cgroup v2 mount of the guest (`init`).
-const ROOT: &str = "/sys/fs/cgroup/unified";
 const LISTEN: &str = "127.0.0.1:9464";
 const DB: &str = "/shm/exhaustion-history.db";
 /// IDs left free when the filler stops: the leak's budget.
@@ -120,7 +120,8 @@ fn kernel_memcgs() -> Option<u64> {
     {
         return Some(n);
     }
-    let stat = fs::read_to_string(Path::new(ROOT).join("cgroup.stat")).ok()?;
+    let root = kmem_trace_tests::memory_root().ok()?;
+    let stat = fs::read_to_string(root.join("cgroup.stat")).ok()?;
     let get = |k: &str| -> Option<u64> {
         stat.lines()
             .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
@@ -132,7 +133,11 @@ fn mkdir_memcg(dir: &Path) -> Result<(), std::io::Error> {
     fs::create_dir(dir)
 }
 
+/// `+memory` for the children of `dir` (v2); v1 children always have a memcg.
 fn enable_memory(dir: &Path) -> Result<()> {
+    if !crate::sys::cgroup_v2() {
+        return Ok(());
+    }
     fs::write(dir.join("cgroup.subtree_control"), "+memory")
         .with_context(|| format!("+memory in {}", dir.display()))
 }
@@ -158,15 +163,14 @@ struct Leak {
     end_s: f64,
     errno: Option<(String, String)>,
     failed_path: String,
+    /// The knob that pushed the pages to swap (`memory.reclaim`, ...).
+    pushed_by: Option<&'static str>,
     errors: Vec<String>,
 }
 
 /// The scenario; the `exhaustion` protocol record.
 pub fn run(plan: &Plan) -> Value {
     let start = Instant::now();
-    if !crate::sys::cgroup_v2() {
-        return json!({"status": "unsupported", "why": "cgroup v1: no memory.reclaim"});
-    }
     match run_inner(plan, start) {
         Ok(v) => v,
         Err(e) => json!({"status": "fail", "errors": [format!("{e:#}")],
@@ -233,10 +237,11 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     };
 
     // Filler: live memcgs up to LEAK_BUDGET IDs from the end.
-    let filler = PathBuf::from(ROOT).join("filler.slice");
+    let root = kmem_trace_tests::memory_root().context("finding the memory hierarchy")?;
+    let filler = root.join("filler.slice");
     fs::create_dir_all(&filler)?;
     enable_memory(&filler)?;
-    let pods = PathBuf::from(ROOT).join("kubepods.slice/kubepods-burstable.slice");
+    let pods = root.join("kubepods.slice/kubepods-burstable.slice");
     let pod = pods.join(format!(
         "kubepods-burstable-pod{}.slice",
         POD_UID.replace('-', "_")
@@ -280,7 +285,7 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
             leak.failed_path = cg.display().to_string();
             break;
         }
-        if let Err(e) = pin_swap(&cg, &shm.join(&cid)) {
+        if let Err(e) = pin_swap(&cg, &shm.join(&cid), &mut leak.pushed_by) {
             leak.errors.push(format!("{e:#}"));
             let _ = fs::remove_dir(&cg);
             break;
@@ -320,6 +325,13 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     v["figures"]["filler_memcgs"] = json!(n_fill);
     v["figures"]["memcgs_at_start"] = json!(base);
     v["figures"]["leak_rate_per_s"] = json!(leak_rate());
+    v["figures"]["cgroup"] = json!(if crate::sys::cgroup_v2() { "v2" } else { "v1" });
+    // Whether swap-pinned zombies kept their IDs here (mkdir failed within
+    // the leak's budget), beside what the leak table says for this kernel.
+    let version = kmem_trace::probes::kernel::KernelVersion::parse(&crate::sys::release());
+    let row = version.and_then(|v| kmem_trace::leaks::lookup(kmem_trace::leaks::Cause::Swap, v));
+    v["figures"]["swap_pin_holds_id"] = json!(leak.errno.is_some());
+    v["figures"]["leak_table_swap_id_release"] = json!(row.map(|r| r.id_release.name()));
     v["doctor"] = doctor;
     v["serve_stdout_tail"] = json!(serve_out.lines().rev().take(5).collect::<Vec<_>>());
     v["series"] = json!(series
@@ -351,20 +363,65 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     Ok(v)
 }
 
-/// `child CG write FILE BYTES`, then `memory.reclaim` until the memcg has swap.
-fn pin_swap(cg: &Path, file: &Path) -> Result<()> {
+/// `child CG write FILE BYTES`, then push the memcg's pages to swap until it
+/// has some; the way used is kept in `how` (the first that worked).
+fn pin_swap(cg: &Path, file: &Path, how: &mut Option<&'static str>) -> Result<()> {
     crate::scenario::in_cgroup(cg, &["write", &file.to_string_lossy(), LEAK_BYTES])?;
+    let mut tried = Vec::new();
     for _ in 0..4 {
-        let _ = fs::write(cg.join("memory.reclaim"), "1M");
-        let swapped: u64 = fs::read_to_string(cg.join("memory.swap.current"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        if swapped > 0 {
-            return Ok(());
+        for (knob, value) in push_to_swap(cg) {
+            let r = fs::write(cg.join(knob), value);
+            if swapped_bytes(cg) > 0 {
+                how.get_or_insert(knob);
+                return Ok(());
+            }
+            tried.push(format!(
+                "{knob}={value}: {}",
+                r.err().map_or("ok".into(), |e| e.to_string())
+            ));
         }
     }
-    bail!("memory.reclaim pushed nothing of {} to swap", cg.display())
+    tried.dedup();
+    bail!(
+        "nothing of {} went to swap ({})",
+        cg.display(),
+        tried.join(", ")
+    )
+}
+
+/// Knobs (and values) that make the kernel reclaim an empty memcg's pages,
+/// the best one first. `memory.reclaim` (v2, 5.19+) reclaims what it is
+/// asked; without it (v2 on 5.10) writing `memory.high` below the usage
+/// reclaims synchronously (`memory_high_write()`); on v1
+/// `memory.force_empty` reclaims everything of a memcg without tasks
+/// (`mem_cgroup_force_empty()`), and a `memory.limit_in_bytes` below the
+/// usage reclaims down to it (`mem_cgroup_resize_max()`). shmem pages can
+/// only go to swap.
+fn push_to_swap(cg: &Path) -> Vec<(&'static str, &'static str)> {
+    let all: [(&str, &str); 4] = [
+        ("memory.reclaim", "1M"),
+        ("memory.high", "0"),
+        ("memory.force_empty", "0"),
+        ("memory.limit_in_bytes", "4096"),
+    ];
+    all.into_iter()
+        .filter(|(knob, _)| cg.join(knob).exists())
+        .collect()
+}
+
+/// Bytes of the memcg in swap: `memory.swap.current` (v2), or the `swap`
+/// line of v1's `memory.stat` (present with swap accounting).
+fn swapped_bytes(cg: &Path) -> u64 {
+    let read = |f: &str| fs::read_to_string(cg.join(f)).ok();
+    if let Some(s) = read("memory.swap.current") {
+        return s.trim().parse().unwrap_or(0);
+    }
+    read("memory.stat")
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("swap ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 fn report(plan: &Plan, format: &str) -> Result<String> {
@@ -491,8 +548,35 @@ fn judge(
         names_owner && names_swap,
         format!("top owner row {top_owner:?}; top pin cause {top_cause:?}"),
     );
+    // Doctor and report: the exhausted state in the words mkdir printed.
+    let words = errno.as_ref().map_or("", |e| e.1.as_str());
+    let finding = doctor["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["id"] == "memcg-ids-exhausted");
+    let finding_text = finding.map_or(String::new(), |f| {
+        format!(
+            "{} {}",
+            f["title"].as_str().unwrap_or(""),
+            f["detail"].as_str().unwrap_or("")
+        )
+    });
+    let report_says = md.contains("memcg ID space exhausted") && md.contains(words);
+    check(
+        "doctor and report say exhausted with the errno mkdir gave",
+        !words.is_empty() && finding_text.contains(words) && report_says,
+        format!(
+            "mkdir: {words:?}; doctor: {:?} {:?}; report says exhausted with these words: {report_says}",
+            finding.map(|f| f["severity"].clone()),
+            finding.map(|f| f["title"].clone()),
+        ),
+    );
     let last = series.last();
     let figures = json!({
+        "pushed_to_swap_by": leak.pushed_by,
+        // doctor's errno table has this kernel (else it gives both words).
+        "errno_in_doctor_table": finding.is_some() && !finding_text.contains("is not recorded"),
         "time_to_exhaustion_s": leak.end_s - leak.start_s,
         "leaked": leak.leaked,
         "errno": errno.as_ref().map(|e| &e.0),
@@ -546,8 +630,11 @@ mod tests {
             .collect();
         let mut at_fail = BTreeMap::new();
         at_fail.insert("kmem_trace_memcg_ids_in_use".into(), 65535.0);
-        let md = "## Top owners\n\n| a |\n|---|\n| unknown | pod 5f1c9a2e-7b3 | x |\n\n## Pin causes\n\n- **swap**: 300\n\n## Remediation\n";
-        judge(&series, Some(&at_fail), &leak, &Value::Null, Some(md))
+        let md = "memcg ID space exhausted: Device or resource busy\n## Top owners\n\n| a |\n|---|\n| unknown | pod 5f1c9a2e-7b3 | x |\n\n## Pin causes\n\n- **swap**: 300\n\n## Remediation\n";
+        let doctor = json!({"findings": [{"id": "memcg-ids-exhausted", "severity": "critical",
+            "title": "memcg ID space exhausted (65535 of 65535 IDs in use): mkdir fails with \"Device or resource busy\" (EBUSY)",
+            "detail": ""}]});
+        judge(&series, Some(&at_fail), &leak, &doctor, Some(md))
     }
 
     #[test]
@@ -590,5 +677,15 @@ mod tests {
         );
         let never = run(|_| f64::INFINITY, 0.0);
         assert!(never["checks"][2]["pass"] == false, "{never:#}");
+        assert_eq!(never["checks"][6]["pass"], true, "{never:#}");
+        let leak = Leak {
+            errno: Some(("ENOSPC".into(), "No space left on device".into())),
+            ..Leak::default()
+        };
+        let doctor = json!({"findings": [{"id": "memcg-ids-exhausted",
+            "title": "memcg ID space exhausted: mkdir fails with \"Device or resource busy\" (EBUSY)",
+            "detail": ""}]});
+        let other = judge(&[], None, &leak, &doctor, Some("memcg ID space exhausted"));
+        assert_eq!(other["checks"][6]["pass"], false, "{other:#}");
     }
 }
