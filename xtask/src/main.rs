@@ -62,7 +62,7 @@ fn main() -> Result<()> {
         Task::BenchCensus(args) => census_bench::run(&args),
         Task::Completions(args) => docs::completions(&args),
         Task::Man(args) => docs::man(&args),
-        Task::Image(args) => image::run(&args),
+        Task::Image(args) => image::run(&args).map(drop),
         Task::DeployCheck => deploy_check::run(),
         Task::Soak(args) => soak::run(&args),
     }

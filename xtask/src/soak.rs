@@ -2,8 +2,9 @@
 //! and limits for N minutes while the host churns about 20 memcg lifecycles a
 //! second (every 5th pinned by a tmpfs page for a minute); every 5 s it
 //! scrapes /metrics and samples the tracer's RSS, CPU, open files and history
-//! size. Pass: RSS and open files flat after warm-up (within 10%), no drops,
-//! no bad records, the container still running.
+//! size. Pass: RSS and open files flat after warm-up (within 10%), the history
+//! bounded by its retention (flat within 15% once the retention has been in
+//! force for a period), no drops, no bad records, the container still running.
 
 use std::{
     io::{Read, Write},
@@ -37,6 +38,13 @@ const CAPS: &str = "BPF,PERFMON,SYSLOG,SYS_ADMIN";
 const MEMORY_LIMIT: &str = "512m";
 const CPU_LIMIT: &str = "0.5";
 const PORT: u16 = 19480;
+
+/// The history's `--retain` for a soak of `minutes`: a sixth of the run, at
+/// most 5 minutes, so that a short soak still reaches the retention's steady
+/// state (the DaemonSet keeps the default, 14 days).
+fn retention(minutes: u64) -> Duration {
+    Duration::from_secs((minutes * 10).clamp(20, 300))
+}
 
 struct Sample {
     at: Duration,
@@ -236,7 +244,7 @@ fn soak(args: &SoakArgs, tar: &Path, work: &Path, parent: &Path, name: &str) -> 
     ])
     .args([
         "--db=/var/lib/kmem-trace/history.db",
-        "--retain=2m",
+        &format!("--retain={}s", retention(args.minutes).as_secs()),
         "--zombie-after=30s",
     ]);
     util::sh(&mut run)?;
@@ -294,11 +302,30 @@ fn soak(args: &SoakArgs, tar: &Path, work: &Path, parent: &Path, name: &str) -> 
     stop.store(true, Ordering::Relaxed);
     let _ = churner.join();
     result?;
-    verdict(&samples, done.load(Ordering::Relaxed), start.elapsed())
+    verdict(
+        &samples,
+        done.load(Ordering::Relaxed),
+        start.elapsed(),
+        retention(args.minutes),
+    )
+}
+
+/// The history's size once finished rows older than the retention have been
+/// deleted for a whole period (2 retentions and the writer's prune interval
+/// after the start), and its largest size after that: (when, size, max).
+fn history_growth(samples: &[Sample], retain: Duration) -> Option<(Duration, u64, u64)> {
+    let settled = retain * 2 + (retain / 4).max(Duration::from_secs(5));
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= settled).collect();
+    // Too few samples after it says nothing.
+    if after.len() < 4 {
+        return None;
+    }
+    let max = after.iter().map(|s| s.history).max()?;
+    Some((after[0].at, after[0].history, max))
 }
 
 /// The pass criteria over the samples after warm-up (the first third).
-fn verdict(samples: &[Sample], lifecycles: u64, took: Duration) -> Result<()> {
+fn verdict(samples: &[Sample], lifecycles: u64, took: Duration, retain: Duration) -> Result<()> {
     let warm = &samples[samples.len() / 3..];
     let (Some(first), Some(last)) = (warm.first(), samples.last()) else {
         bail!("too few samples");
@@ -325,6 +352,19 @@ fn verdict(samples: &[Sample], lifecycles: u64, took: Duration) -> Result<()> {
     }
     if last.bad != 0.0 {
         fail.push("bad records");
+    }
+    match history_growth(samples, retain) {
+        Some((at, from, max)) => {
+            println!(
+                "soak: history from {} s (retention {} s in force for a period): {from} -> max {max} bytes",
+                at.as_secs(),
+                retain.as_secs()
+            );
+            if max as f64 > from as f64 * 1.15 {
+                fail.push("the history grew more than 15% although the retention was in force");
+            }
+        }
+        None => fail.push("the soak was too short to see the retention in force"),
     }
     if !fail.is_empty() {
         bail!("soak failed: {}", fail.join(", "));

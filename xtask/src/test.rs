@@ -111,32 +111,44 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "fuzz",
         ]))?;
     }
+    // The image (built, loaded and run by podman) serves the runtimes step
+    // (the image beside a real containerd) and the deploy step (the soak).
+    let image = (!skip("runtimes") || !skip("deploy"))
+        .then(|| {
+            crate::image::run(&crate::image::ImageArgs {
+                binary: None,
+                out: None,
+                keep_debug: false,
+                verify: true,
+            })
+        })
+        .transpose()?;
     if !skip("runtimes") {
-        // About 40 s here.
-        sh(cargo().env("KMEM_TRACE_RUNTIME_TESTS", "1").args([
+        // About 90 s here.
+        let mut c = cargo();
+        c.env("KMEM_TRACE_RUNTIME_TESTS", "1");
+        if let Some(archive) = &image {
+            c.env("KMEM_TRACE_IMAGE", archive);
+        }
+        sh(c.args([
             "test",
             "-p",
             "kmem-trace-tests",
             "--test",
             "runtimes",
+            "--test",
+            "image_runtime",
             "--",
             "--test-threads=1",
         ]))?;
     }
     if !skip("deploy") {
-        // The manifests (kustomize, schemas, checkov, policy), the image built,
-        // loaded and run by podman, and a 3-minute soak of it under the
-        // manifest's capabilities and limits.
+        // The manifests (kustomize, schemas, checkov, policy) and a 3-minute
+        // soak of the image under the manifest's capabilities and limits.
         crate::deploy_check::run()?;
-        crate::image::run(&crate::image::ImageArgs {
-            binary: None,
-            out: None,
-            keep_debug: false,
-            verify: true,
-        })?;
         crate::soak::run(&crate::soak::SoakArgs {
             minutes: 3,
-            image: None,
+            image: image.clone(),
         })?;
     }
     if !skip("vm") {

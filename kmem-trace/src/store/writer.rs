@@ -12,8 +12,19 @@ use super::{samples::CountSample, Record, Store};
 
 /// Batches waiting for the writer before new ones are dropped.
 const QUEUE: usize = 1024;
-/// How often finished rows older than the retention are deleted.
+/// At most this long between two deletions of rows older than the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// At least this long between two deletions (a tiny `--retain` must not make
+/// the writer prune in a loop).
+const PRUNE_MIN: Duration = Duration::from_secs(5);
+
+/// How often the writer prunes: a quarter of the retention, between 5 s
+/// (`PRUNE_MIN`) and an hour (`PRUNE_EVERY`), so the history stays within about 1.25
+/// retention periods. An hourly prune alone let a `--retain 2m` history grow
+/// for an hour.
+pub fn prune_interval(retain: Duration) -> Duration {
+    (retain / 4).clamp(PRUNE_MIN, PRUNE_EVERY)
+}
 /// How often the writer says it is alive when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -53,7 +64,7 @@ pub fn now_ns() -> i64 {
 }
 
 impl Writer {
-    /// Starts the thread; it prunes at once and then every hour.
+    /// Starts the thread; it prunes at once and then every [`prune_interval`].
     pub fn spawn(store: Store, retain: Duration) -> Writer {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = thread::Builder::new()
@@ -120,9 +131,10 @@ fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
         }
     }
     let mut last_prune: Option<Instant> = None;
+    let every = prune_interval(retain);
     let mut last_beat = Instant::now();
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+        if last_prune.is_none_or(|t| t.elapsed() >= every) {
             match store.prune(retain, now_ns()) {
                 Ok(n) => stats.pruned += n as u64,
                 Err(e) => fail(&mut stats, "pruning", e),
@@ -174,5 +186,20 @@ fn run(mut store: Store, rx: Receiver<Msg>, retain: Duration) -> WriterStats {
         if stop {
             return stats;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prune_interval_follows_the_retention() {
+        let s = Duration::from_secs;
+        assert_eq!(prune_interval(s(120)), s(30));
+        assert_eq!(prune_interval(s(1)), PRUNE_MIN);
+        assert_eq!(prune_interval(Duration::ZERO), PRUNE_MIN);
+        assert_eq!(prune_interval(s(7 * 86_400)), PRUNE_EVERY);
+        assert_eq!(prune_interval(Duration::MAX), PRUNE_EVERY);
     }
 }

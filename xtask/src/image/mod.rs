@@ -122,7 +122,8 @@ fn is_static(bin: &[u8]) -> bool {
     })
 }
 
-pub fn run(args: &ImageArgs) -> Result<()> {
+/// Builds the archive (and verifies it with podman if asked); returns its path.
+pub fn run(args: &ImageArgs) -> Result<PathBuf> {
     let root = util::root();
     let bin = match &args.binary {
         Some(b) => b.clone(),
@@ -157,7 +158,7 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     if args.verify {
         verify(&out, &meta.reference)?;
     }
-    Ok(())
+    Ok(out)
 }
 
 /// A copy of `bin` without debug info (symbols kept, so backtraces still
