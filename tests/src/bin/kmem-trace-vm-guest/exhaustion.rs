@@ -7,7 +7,7 @@
 //! checks compare them with what the kernel did. The tmpfs pages go to swap
 //! by `memory.reclaim` (v2, 5.19+), else by lowering `memory.high` (older
 //! v2) or by `memory.force_empty` / a `memory.limit_in_bytes` below the usage
-//! (v1): see [`push_to_swap`].
+//! (v1): see the `swap_push` module.
 
 use std::{
     collections::BTreeMap,
@@ -285,7 +285,9 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
             leak.failed_path = cg.display().to_string();
             break;
         }
-        if let Err(e) = pin_swap(&cg, &shm.join(&cid), &mut leak.pushed_by) {
+        if let Err(e) =
+            crate::swap_push::pin_swap(&cg, &shm.join(&cid), LEAK_BYTES, &mut leak.pushed_by)
+        {
             leak.errors.push(format!("{e:#}"));
             let _ = fs::remove_dir(&cg);
             break;
@@ -361,67 +363,6 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
         v["status"] = json!("fail");
     }
     Ok(v)
-}
-
-/// `child CG write FILE BYTES`, then push the memcg's pages to swap until it
-/// has some; the way used is kept in `how` (the first that worked).
-fn pin_swap(cg: &Path, file: &Path, how: &mut Option<&'static str>) -> Result<()> {
-    crate::scenario::in_cgroup(cg, &["write", &file.to_string_lossy(), LEAK_BYTES])?;
-    let mut tried = Vec::new();
-    for _ in 0..4 {
-        for (knob, value) in push_to_swap(cg) {
-            let r = fs::write(cg.join(knob), value);
-            if swapped_bytes(cg) > 0 {
-                how.get_or_insert(knob);
-                return Ok(());
-            }
-            tried.push(format!(
-                "{knob}={value}: {}",
-                r.err().map_or("ok".into(), |e| e.to_string())
-            ));
-        }
-    }
-    tried.dedup();
-    bail!(
-        "nothing of {} went to swap ({})",
-        cg.display(),
-        tried.join(", ")
-    )
-}
-
-/// Knobs (and values) that make the kernel reclaim an empty memcg's pages,
-/// the best one first. `memory.reclaim` (v2, 5.19+) reclaims what it is
-/// asked; without it (v2 on 5.10) writing `memory.high` below the usage
-/// reclaims synchronously (`memory_high_write()`); on v1
-/// `memory.force_empty` reclaims everything of a memcg without tasks
-/// (`mem_cgroup_force_empty()`), and a `memory.limit_in_bytes` below the
-/// usage reclaims down to it (`mem_cgroup_resize_max()`). shmem pages can
-/// only go to swap.
-fn push_to_swap(cg: &Path) -> Vec<(&'static str, &'static str)> {
-    let all: [(&str, &str); 4] = [
-        ("memory.reclaim", "1M"),
-        ("memory.high", "0"),
-        ("memory.force_empty", "0"),
-        ("memory.limit_in_bytes", "4096"),
-    ];
-    all.into_iter()
-        .filter(|(knob, _)| cg.join(knob).exists())
-        .collect()
-}
-
-/// Bytes of the memcg in swap: `memory.swap.current` (v2), or the `swap`
-/// line of v1's `memory.stat` (present with swap accounting).
-fn swapped_bytes(cg: &Path) -> u64 {
-    let read = |f: &str| fs::read_to_string(cg.join(f)).ok();
-    if let Some(s) = read("memory.swap.current") {
-        return s.trim().parse().unwrap_or(0);
-    }
-    read("memory.stat")
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("swap ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn report(plan: &Plan, format: &str) -> Result<String> {
@@ -523,12 +464,23 @@ fn judge(
         .filter(|s| s.t_s >= leak.start_s + 60.0)
         .filter_map(|s| value(s, "kmem_trace_leak_rate_per_hour"))
         .collect();
-    let want = leak_rate() * 3600.0;
+    // The rate the workload reached, not the one it aimed at: where pushing
+    // to swap takes longer than the period (5.10 on v1 under TCG: about 1.7 s
+    // a memcg) it falls behind 2/s.
+    let ran_s = leak.end_s - leak.start_s;
+    let want = if leak.leaked > 0 && ran_s > 0.0 {
+        leak.leaked as f64 / ran_s * 3600.0
+    } else {
+        leak_rate() * 3600.0
+    };
     let last_rate = rates.last().copied();
     check(
         "leak rate counts only ID-holding memcgs",
         last_rate.is_some_and(|r| (r - want).abs() / want <= 0.25),
-        format!("leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h"),
+        format!(
+            "leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h (aimed at {:.0}/h)",
+            leak_rate() * 3600.0
+        ),
     );
     let md = report_md.unwrap_or("");
     let section = |from: &str, to: &str| -> String {
@@ -578,6 +530,8 @@ fn judge(
         // doctor's errno table has this kernel (else it gives both words).
         "errno_in_doctor_table": finding.is_some() && !finding_text.contains("is not recorded"),
         "time_to_exhaustion_s": leak.end_s - leak.start_s,
+        "leak_rate_reached_per_s": (leak.end_s > leak.start_s)
+            .then(|| leak.leaked as f64 / (leak.end_s - leak.start_s)),
         "leaked": leak.leaked,
         "errno": errno.as_ref().map(|e| &e.0),
         "mkdir_words": errno.as_ref().map(|e| &e.1),
@@ -607,85 +561,5 @@ fn judge(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A leak from 100 s to 250 s at 2/s; serve's forecast from `predict(t)`.
-    fn run(predict: impl Fn(f64) -> f64, rate: f64) -> Value {
-        let leak = Leak {
-            leaked: 300,
-            start_s: 100.0,
-            end_s: 250.0,
-            errno: Some(("EBUSY".into(), "Device or resource busy".into())),
-            ..Leak::default()
-        };
-        let series: Vec<Scrape> = (0..=130)
-            .map(|i| {
-                let t = i as f64 * 2.0;
-                let mut values = BTreeMap::new();
-                values.insert("kmem_trace_id_exhaustion_seconds".into(), predict(t));
-                values.insert("kmem_trace_leak_rate_per_hour".into(), rate);
-                Scrape { t_s: t, values }
-            })
-            .collect();
-        let mut at_fail = BTreeMap::new();
-        at_fail.insert("kmem_trace_memcg_ids_in_use".into(), 65535.0);
-        let md = "memcg ID space exhausted: Device or resource busy\n## Top owners\n\n| a |\n|---|\n| unknown | pod 5f1c9a2e-7b3 | x |\n\n## Pin causes\n\n- **swap**: 300\n\n## Remediation\n";
-        let doctor = json!({"findings": [{"id": "memcg-ids-exhausted", "severity": "critical",
-            "title": "memcg ID space exhausted (65535 of 65535 IDs in use): mkdir fails with \"Device or resource busy\" (EBUSY)",
-            "detail": ""}]});
-        judge(&series, Some(&at_fail), &leak, &doctor, Some(md))
-    }
-
-    #[test]
-    fn a_forecast_within_a_quarter_passes_and_a_lagging_one_fails() {
-        let good = run(
-            |t| {
-                if t < 130.0 {
-                    f64::INFINITY
-                } else {
-                    250.0 - t + 5.0
-                }
-            },
-            7200.0,
-        );
-        assert_eq!(good["status"], "pass", "{good:#}");
-        let lagging = run(
-            |t| {
-                if t < 130.0 {
-                    f64::INFINITY
-                } else {
-                    (250.0 - t) * 3.0
-                }
-            },
-            2300.0,
-        );
-        assert_eq!(lagging["status"], "fail");
-        let failed: Vec<&str> = lagging["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["pass"] == false)
-            .map(|c| c["check"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            failed,
-            [
-                "forecast within 25% once the leak ran a minute",
-                "leak rate counts only ID-holding memcgs"
-            ]
-        );
-        let never = run(|_| f64::INFINITY, 0.0);
-        assert!(never["checks"][2]["pass"] == false, "{never:#}");
-        assert_eq!(never["checks"][6]["pass"], true, "{never:#}");
-        let leak = Leak {
-            errno: Some(("ENOSPC".into(), "No space left on device".into())),
-            ..Leak::default()
-        };
-        let doctor = json!({"findings": [{"id": "memcg-ids-exhausted",
-            "title": "memcg ID space exhausted: mkdir fails with \"Device or resource busy\" (EBUSY)",
-            "detail": ""}]});
-        let other = judge(&[], None, &leak, &doctor, Some("memcg ID space exhausted"));
-        assert_eq!(other["checks"][6]["pass"], false, "{other:#}");
-    }
-}
+#[path = "exhaustion_tests.rs"]
+mod tests;
