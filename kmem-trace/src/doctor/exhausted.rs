@@ -39,14 +39,32 @@ pub struct ErrnoRow {
 }
 
 /// Only ranges seen failing are rows; other kernels are unknown (both words
-/// are given). The IDs came from an IDR (`idr_alloc()`: -ENOSPC when full), later
-/// from an xarray (`xa_alloc()`: -EBUSY when the limit range is full).
+/// are given). `mem_cgroup_alloc()` takes the ID from an IDR (`idr_alloc()`:
+/// -ENOSPC when full) before 6.12, from an xarray since ("memcg: replace
+/// memcg ID idr with xarray": `xa_alloc()` gives -EBUSY when the limit range
+/// is full). That path is the same for cgroup v1 and v2, so a row holds for
+/// both; the cite says which versions were measured.
 pub const MKDIR_ERRNO: &[ErrnoRow] = &[
     ErrnoRow {
         since: KernelVersion(3, 10, 0),
         until: KernelVersion(3, 11, 0),
         errno: ENOSPC,
         cite: "3.10 (CentOS 7): idr_alloc() of the css/memcg ID returns -ENOSPC (issue 13)",
+    },
+    ErrnoRow {
+        since: KernelVersion(5, 10, 0),
+        until: KernelVersion(5, 11, 0),
+        errno: ENOSPC,
+        cite: "5.10.0-46 (Debian cloud, cgroup v1): idr_alloc() in mem_cgroup_alloc() returns \
+               -ENOSPC; mkdir fails with ENOSPC (cargo xtask vm-test --scenario exhaustion)",
+    },
+    ErrnoRow {
+        since: KernelVersion(6, 1, 0),
+        until: KernelVersion(6, 2, 0),
+        errno: ENOSPC,
+        cite:
+            "6.1.0-57 (Debian cloud, cgroup v1 and v2): idr_alloc() in mem_cgroup_alloc() \
+               returns -ENOSPC; mkdir fails with ENOSPC (cargo xtask vm-test --scenario exhaustion)",
     },
     ErrnoRow {
         since: KernelVersion(6, 12, 0),
@@ -170,11 +188,14 @@ mod tests {
         assert_eq!(mkdir_errno(v(3, 10)).unwrap().errno, ENOSPC);
         assert_eq!(mkdir_errno(v(6, 12)).unwrap().errno, EBUSY);
         assert_eq!(mkdir_errno(v(7, 3)).unwrap().errno, EBUSY);
-        assert!(mkdir_errno(v(5, 10)).is_none());
+        assert_eq!(mkdir_errno(v(5, 10)).unwrap().errno, ENOSPC);
+        assert_eq!(mkdir_errno(v(6, 1)).unwrap().errno, ENOSPC);
+        assert!(mkdir_errno(v(5, 15)).is_none(), "not measured");
         assert!(mkdir_errno(None).is_none());
         assert!(mkdir_errno(v(7, 4)).is_none(), "not seen yet");
-        assert!(search_words(v(5, 10)).contains("No space left on device"));
-        assert!(search_words(v(5, 10)).contains("Device or resource busy"));
+        assert!(search_words(v(5, 15)).contains("No space left on device"));
+        assert!(search_words(v(5, 15)).contains("Device or resource busy"));
+        assert!(!search_words(v(6, 1)).contains("Device or resource busy"));
         assert!(!search_words(v(6, 12)).contains("No space left"));
     }
 }

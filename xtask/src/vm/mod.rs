@@ -55,6 +55,9 @@ pub enum Boot {
     Default,
     /// `cgroup.memory=nokmem`: kmem accounting off.
     Nokmem,
+    /// The memory controller on cgroup v2 (`kmt.cgroup=v2`) where the guest
+    /// would mount v1 (5.10, 6.1): the exhaustion scenario on both layouts.
+    Cgroup2,
 }
 
 impl Boot {
@@ -62,6 +65,7 @@ impl Boot {
         match self {
             Boot::Default => "default",
             Boot::Nokmem => "nokmem",
+            Boot::Cgroup2 => "cgroup2",
         }
     }
 }
@@ -103,7 +107,8 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 300, value_name = "S")]
     pub timeout: u64,
     /// `exhaustion`: instead of the matrix, fill the memcg ID space in each VM
-    /// (4 GiB, swap disk, default boot, no host row) with live filler and a
+    /// (4 GiB, swap disk, default boot or `--boot cgroup2` for v2 on kernels
+    /// that have v1, no host row) with live filler and a
     /// swap-pinning leaky workload until mkdir fails, with `kmem-trace serve`
     /// running; keeps the HTML report and a promtool test of the alert rules.
     #[arg(long, value_enum, default_value_t = Scenario::Matrix)]
@@ -287,18 +292,32 @@ pub fn run(args: &VmArgs) -> Result<()> {
     for k in &kernels {
         let initrd = work.join(format!("initramfs-{}.cpio", k.release));
         image::write_initramfs(&initrd, &base, &k.modules)?;
-        let boots: &[Boot] = if exhaust {
-            &[Boot::Default]
+        // The exhaustion scenario fills the ID space once per layout: kmem
+        // accounting off changes nothing it checks.
+        let boots: Vec<Boot> = if exhaust {
+            let b: Vec<Boot> = args
+                .boot
+                .iter()
+                .copied()
+                .filter(|b| *b != Boot::Nokmem)
+                .collect();
+            if b.is_empty() {
+                vec![Boot::Default]
+            } else {
+                b
+            }
         } else {
-            &args.boot
+            args.boot.clone()
         };
-        for boot in boots {
+        for boot in &boots {
             let mut append = vec![format!("kmt.families={}", families.join(","))];
             if exhaust {
                 append.push("kmt.scenario=exhaustion".into());
             }
-            if *boot == Boot::Nokmem {
-                append.push("cgroup.memory=nokmem".into());
+            match boot {
+                Boot::Nokmem => append.push("cgroup.memory=nokmem".into()),
+                Boot::Cgroup2 => append.push("kmt.cgroup=v2".into()),
+                Boot::Default => {}
             }
             if !args.force_symbol.is_empty() {
                 append.push(format!("kmt.force={}", args.force_symbol.join(",")));

@@ -4,15 +4,17 @@
 //! written inside, kept outside, pushed out with `memory.reclaim`) and removes
 //! it, until `mkdir` fails. `kmem-trace serve` with its history runs
 //! throughout; its `/metrics` are scraped every [`SCRAPE_EVERY`], and the
-//! checks compare them with what the kernel did. cgroup v2 only
-//! (`memory.reclaim`).
+//! checks compare them with what the kernel did. The tmpfs pages go to swap
+//! by `memory.reclaim` (v2, 5.19+), else by lowering `memory.high` (older
+//! v2) or by `memory.force_empty` / a `memory.limit_in_bytes` below the usage
+//! (v1): see the `swap_push` module.
 
 use std::{
     collections::BTreeMap,
     fs,
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -28,8 +30,6 @@ use serde_json::{json, Value};
 
 use crate::{proto, scenario::Plan};
 
-/// The cgroup v2 mount of the guest (`init`).
-const ROOT: &str = "/sys/fs/cgroup/unified";
 const LISTEN: &str = "127.0.0.1:9464";
 const DB: &str = "/shm/exhaustion-history.db";
 /// IDs left free when the filler stops: the leak's budget.
@@ -120,7 +120,8 @@ fn kernel_memcgs() -> Option<u64> {
     {
         return Some(n);
     }
-    let stat = fs::read_to_string(Path::new(ROOT).join("cgroup.stat")).ok()?;
+    let root = kmem_trace_tests::memory_root().ok()?;
+    let stat = fs::read_to_string(root.join("cgroup.stat")).ok()?;
     let get = |k: &str| -> Option<u64> {
         stat.lines()
             .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
@@ -132,7 +133,11 @@ fn mkdir_memcg(dir: &Path) -> Result<(), std::io::Error> {
     fs::create_dir(dir)
 }
 
+/// `+memory` for the children of `dir` (v2); v1 children always have a memcg.
 fn enable_memory(dir: &Path) -> Result<()> {
+    if !crate::sys::cgroup_v2() {
+        return Ok(());
+    }
     fs::write(dir.join("cgroup.subtree_control"), "+memory")
         .with_context(|| format!("+memory in {}", dir.display()))
 }
@@ -158,15 +163,14 @@ struct Leak {
     end_s: f64,
     errno: Option<(String, String)>,
     failed_path: String,
+    /// The knob that pushed the pages to swap (`memory.reclaim`, ...).
+    pushed_by: Option<&'static str>,
     errors: Vec<String>,
 }
 
 /// The scenario; the `exhaustion` protocol record.
 pub fn run(plan: &Plan) -> Value {
     let start = Instant::now();
-    if !crate::sys::cgroup_v2() {
-        return json!({"status": "unsupported", "why": "cgroup v1: no memory.reclaim"});
-    }
     match run_inner(plan, start) {
         Ok(v) => v,
         Err(e) => json!({"status": "fail", "errors": [format!("{e:#}")],
@@ -233,10 +237,11 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     };
 
     // Filler: live memcgs up to LEAK_BUDGET IDs from the end.
-    let filler = PathBuf::from(ROOT).join("filler.slice");
+    let root = kmem_trace_tests::memory_root().context("finding the memory hierarchy")?;
+    let filler = root.join("filler.slice");
     fs::create_dir_all(&filler)?;
     enable_memory(&filler)?;
-    let pods = PathBuf::from(ROOT).join("kubepods.slice/kubepods-burstable.slice");
+    let pods = root.join("kubepods.slice/kubepods-burstable.slice");
     let pod = pods.join(format!(
         "kubepods-burstable-pod{}.slice",
         POD_UID.replace('-', "_")
@@ -280,7 +285,9 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
             leak.failed_path = cg.display().to_string();
             break;
         }
-        if let Err(e) = pin_swap(&cg, &shm.join(&cid)) {
+        if let Err(e) =
+            crate::swap_push::pin_swap(&cg, &shm.join(&cid), LEAK_BYTES, &mut leak.pushed_by)
+        {
             leak.errors.push(format!("{e:#}"));
             let _ = fs::remove_dir(&cg);
             break;
@@ -320,6 +327,13 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
     v["figures"]["filler_memcgs"] = json!(n_fill);
     v["figures"]["memcgs_at_start"] = json!(base);
     v["figures"]["leak_rate_per_s"] = json!(leak_rate());
+    v["figures"]["cgroup"] = json!(if crate::sys::cgroup_v2() { "v2" } else { "v1" });
+    // Whether swap-pinned zombies kept their IDs here (mkdir failed within
+    // the leak's budget), beside what the leak table says for this kernel.
+    let version = kmem_trace::probes::kernel::KernelVersion::parse(&crate::sys::release());
+    let row = version.and_then(|v| kmem_trace::leaks::lookup(kmem_trace::leaks::Cause::Swap, v));
+    v["figures"]["swap_pin_holds_id"] = json!(leak.errno.is_some());
+    v["figures"]["leak_table_swap_id_release"] = json!(row.map(|r| r.id_release.name()));
     v["doctor"] = doctor;
     v["serve_stdout_tail"] = json!(serve_out.lines().rev().take(5).collect::<Vec<_>>());
     v["series"] = json!(series
@@ -349,22 +363,6 @@ fn run_inner(plan: &Plan, start: Instant) -> Result<Value> {
         v["status"] = json!("fail");
     }
     Ok(v)
-}
-
-/// `child CG write FILE BYTES`, then `memory.reclaim` until the memcg has swap.
-fn pin_swap(cg: &Path, file: &Path) -> Result<()> {
-    crate::scenario::in_cgroup(cg, &["write", &file.to_string_lossy(), LEAK_BYTES])?;
-    for _ in 0..4 {
-        let _ = fs::write(cg.join("memory.reclaim"), "1M");
-        let swapped: u64 = fs::read_to_string(cg.join("memory.swap.current"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        if swapped > 0 {
-            return Ok(());
-        }
-    }
-    bail!("memory.reclaim pushed nothing of {} to swap", cg.display())
 }
 
 fn report(plan: &Plan, format: &str) -> Result<String> {
@@ -466,12 +464,23 @@ fn judge(
         .filter(|s| s.t_s >= leak.start_s + 60.0)
         .filter_map(|s| value(s, "kmem_trace_leak_rate_per_hour"))
         .collect();
-    let want = leak_rate() * 3600.0;
+    // The rate the workload reached, not the one it aimed at: where pushing
+    // to swap takes longer than the period (5.10 on v1 under TCG: about 1.7 s
+    // a memcg) it falls behind 2/s.
+    let ran_s = leak.end_s - leak.start_s;
+    let want = if leak.leaked > 0 && ran_s > 0.0 {
+        leak.leaked as f64 / ran_s * 3600.0
+    } else {
+        leak_rate() * 3600.0
+    };
     let last_rate = rates.last().copied();
     check(
         "leak rate counts only ID-holding memcgs",
         last_rate.is_some_and(|r| (r - want).abs() / want <= 0.25),
-        format!("leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h"),
+        format!(
+            "leak_rate_per_hour {last_rate:?}, the workload leaked {want:.0}/h (aimed at {:.0}/h)",
+            leak_rate() * 3600.0
+        ),
     );
     let md = report_md.unwrap_or("");
     let section = |from: &str, to: &str| -> String {
@@ -491,9 +500,38 @@ fn judge(
         names_owner && names_swap,
         format!("top owner row {top_owner:?}; top pin cause {top_cause:?}"),
     );
+    // Doctor and report: the exhausted state in the words mkdir printed.
+    let words = errno.as_ref().map_or("", |e| e.1.as_str());
+    let finding = doctor["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["id"] == "memcg-ids-exhausted");
+    let finding_text = finding.map_or(String::new(), |f| {
+        format!(
+            "{} {}",
+            f["title"].as_str().unwrap_or(""),
+            f["detail"].as_str().unwrap_or("")
+        )
+    });
+    let report_says = md.contains("memcg ID space exhausted") && md.contains(words);
+    check(
+        "doctor and report say exhausted with the errno mkdir gave",
+        !words.is_empty() && finding_text.contains(words) && report_says,
+        format!(
+            "mkdir: {words:?}; doctor: {:?} {:?}; report says exhausted with these words: {report_says}",
+            finding.map(|f| f["severity"].clone()),
+            finding.map(|f| f["title"].clone()),
+        ),
+    );
     let last = series.last();
     let figures = json!({
+        "pushed_to_swap_by": leak.pushed_by,
+        // doctor's errno table has this kernel (else it gives both words).
+        "errno_in_doctor_table": finding.is_some() && !finding_text.contains("is not recorded"),
         "time_to_exhaustion_s": leak.end_s - leak.start_s,
+        "leak_rate_reached_per_s": (leak.end_s > leak.start_s)
+            .then(|| leak.leaked as f64 / (leak.end_s - leak.start_s)),
         "leaked": leak.leaked,
         "errno": errno.as_ref().map(|e| &e.0),
         "mkdir_words": errno.as_ref().map(|e| &e.1),
@@ -523,72 +561,5 @@ fn judge(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A leak from 100 s to 250 s at 2/s; serve's forecast from `predict(t)`.
-    fn run(predict: impl Fn(f64) -> f64, rate: f64) -> Value {
-        let leak = Leak {
-            leaked: 300,
-            start_s: 100.0,
-            end_s: 250.0,
-            errno: Some(("EBUSY".into(), "Device or resource busy".into())),
-            ..Leak::default()
-        };
-        let series: Vec<Scrape> = (0..=130)
-            .map(|i| {
-                let t = i as f64 * 2.0;
-                let mut values = BTreeMap::new();
-                values.insert("kmem_trace_id_exhaustion_seconds".into(), predict(t));
-                values.insert("kmem_trace_leak_rate_per_hour".into(), rate);
-                Scrape { t_s: t, values }
-            })
-            .collect();
-        let mut at_fail = BTreeMap::new();
-        at_fail.insert("kmem_trace_memcg_ids_in_use".into(), 65535.0);
-        let md = "## Top owners\n\n| a |\n|---|\n| unknown | pod 5f1c9a2e-7b3 | x |\n\n## Pin causes\n\n- **swap**: 300\n\n## Remediation\n";
-        judge(&series, Some(&at_fail), &leak, &Value::Null, Some(md))
-    }
-
-    #[test]
-    fn a_forecast_within_a_quarter_passes_and_a_lagging_one_fails() {
-        let good = run(
-            |t| {
-                if t < 130.0 {
-                    f64::INFINITY
-                } else {
-                    250.0 - t + 5.0
-                }
-            },
-            7200.0,
-        );
-        assert_eq!(good["status"], "pass", "{good:#}");
-        let lagging = run(
-            |t| {
-                if t < 130.0 {
-                    f64::INFINITY
-                } else {
-                    (250.0 - t) * 3.0
-                }
-            },
-            2300.0,
-        );
-        assert_eq!(lagging["status"], "fail");
-        let failed: Vec<&str> = lagging["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["pass"] == false)
-            .map(|c| c["check"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            failed,
-            [
-                "forecast within 25% once the leak ran a minute",
-                "leak rate counts only ID-holding memcgs"
-            ]
-        );
-        let never = run(|_| f64::INFINITY, 0.0);
-        assert!(never["checks"][2]["pass"] == false, "{never:#}");
-    }
-}
+#[path = "exhaustion_tests.rs"]
+mod tests;

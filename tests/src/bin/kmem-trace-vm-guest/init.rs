@@ -2,7 +2,8 @@
 //! the initramfs carries (`/modules/order`), mounts the data disk read-only, the
 //! scratch disk read-write, and
 //! the memory controller — cgroup v1 where the kernel has it, else cgroup v2
-//! with `+memory` (Debian's 6.12 is built without CONFIG_MEMCG_V1) — and in the
+//! with `+memory` (Debian's 6.12 is built without CONFIG_MEMCG_V1, or
+//! `kmt.cgroup=v2` asks for it) — and in the
 //! end powers the VM off.
 
 use std::{
@@ -115,7 +116,12 @@ fn mount_disk() -> Result<()> {
 
 fn mount_memory_controller() -> Result<()> {
     mount("tmpfs", "/sys/fs/cgroup", "tmpfs", 0, "")?;
-    if mount("cgroup", "/sys/fs/cgroup/memory", "cgroup", 0, "memory").is_ok() {
+    // `kmt.cgroup=v2` (vm-test --boot cgroup2): v2 even where v1 exists.
+    let v2_asked = fs::read_to_string("/proc/cmdline")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|a| a == "kmt.cgroup=v2");
+    if !v2_asked && mount("cgroup", "/sys/fs/cgroup/memory", "cgroup", 0, "memory").is_ok() {
         return Ok(());
     }
     let _ = fs::remove_dir("/sys/fs/cgroup/memory");

@@ -14,6 +14,7 @@ mod pins;
 mod proto;
 mod rows;
 mod scenario;
+mod swap_push;
 mod sys;
 mod toggle;
 mod visibility;
@@ -148,6 +149,12 @@ fn vm_plan(cmdline: &str) -> Result<Plan> {
                 "matrix" => plan.exhaustion = false,
                 "exhaustion" => plan.exhaustion = true,
                 other => bail!("unknown kmt.scenario={other:?}; use matrix or exhaustion"),
+            },
+            // Read by init before the plan (`mount_memory_controller()`
+            // mounts v2 for it); named here so a typo still fails.
+            "cgroup" => match val {
+                "v1" | "v2" => {}
+                other => bail!("unknown kmt.cgroup={other:?}; use v1 or v2"),
             },
             _ => bail!("unknown option kmt.{key}"),
         }
