@@ -2,7 +2,8 @@
 //! and limits for N minutes while the host churns about 20 memcg lifecycles a
 //! second (every 5th pinned by a tmpfs page for a minute); every 5 s it
 //! scrapes /metrics and samples the tracer's RSS, CPU, open files and history
-//! size. Pass: RSS and open files flat after warm-up (within 10%), the history
+//! size. Pass: RSS and open files flat after warm-up (within 10%; warm-up ends
+//! before the first periodic recheck, so the RSS baseline precedes it), the history
 //! bounded by its retention (flat within 15% once the retention has been in
 //! force for a period), no drops, no bad records, the container still running.
 
@@ -324,12 +325,39 @@ fn history_growth(samples: &[Sample], retain: Duration) -> Option<(Duration, u64
     Some((after[0].at, after[0].history, max))
 }
 
-/// The pass criteria over the samples after warm-up (the first third).
+/// Where warm-up ends: a third of the run, but a minute before the tracer's
+/// first periodic recheck at the latest. The RSS baseline must come from
+/// before that recheck: the 30-minute soak's warm-up once ended at exactly
+/// 600 s, so the recheck's 20 MiB step (glibc arena, fixed by malloc_trim in
+/// census::recheck) fell on the baseline and passed unseen.
+fn warm_up_end(took: Duration) -> Duration {
+    let before_recheck = kmem_trace::census::recheck::EVERY.saturating_sub(Duration::from_secs(60));
+    (took / 3).min(before_recheck)
+}
+
+/// How many periodic rechecks fell after warm-up (what the RSS check covered).
+fn rechecks_after(warm: Duration, end: Duration) -> u64 {
+    let every = kmem_trace::census::recheck::EVERY.as_secs();
+    end.as_secs() / every - warm.as_secs() / every
+}
+
+/// The pass criteria over the samples after warm-up ([`warm_up_end`]).
 fn verdict(samples: &[Sample], lifecycles: u64, took: Duration, retain: Duration) -> Result<()> {
-    let warm = &samples[samples.len() / 3..];
+    let warm_end = warm_up_end(took);
+    let from = samples
+        .iter()
+        .position(|s| s.at >= warm_end)
+        .unwrap_or(samples.len());
+    let warm = &samples[from..];
     let (Some(first), Some(last)) = (warm.first(), samples.last()) else {
         bail!("too few samples");
     };
+    println!(
+        "soak: warm-up until {} s; {} periodic recheck(s) (every {} s) after it",
+        first.at.as_secs(),
+        rechecks_after(first.at, last.at),
+        kmem_trace::census::recheck::EVERY.as_secs()
+    );
     let max_rss = warm.iter().map(|s| s.rss_kib).max().unwrap_or(0);
     let max_fds = warm.iter().map(|s| s.fds).max().unwrap_or(0);
     let cpu = (last.cpu_s - first.cpu_s) / (last.at - first.at).as_secs_f64() * 100.0;
@@ -371,4 +399,56 @@ fn verdict(samples: &[Sample], lifecycles: u64, took: Duration, retain: Duration
     }
     println!("soak: pass");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, rss_kib: u64) -> Sample {
+        Sample {
+            at: Duration::from_secs(secs),
+            rss_kib,
+            cpu_s: secs as f64 / 100.0,
+            fds: 35,
+            history: 1000,
+            drops: 0.0,
+            bad: 0.0,
+            zombies: 0.0,
+        }
+    }
+
+    /// The 30-minute soak's shape before the malloc_trim fix: flat, then a
+    /// step at the first recheck (600 s). The rule must fail it.
+    #[test]
+    fn a_step_at_the_first_recheck_fails() {
+        let samples: Vec<Sample> = (0..=360)
+            .map(|i| at(i * 5, if i * 5 < 600 { 14_100 } else { 37_400 }))
+            .collect();
+        let err = verdict(
+            &samples,
+            1,
+            Duration::from_secs(1800),
+            Duration::from_secs(300),
+        );
+        assert!(format!("{err:?}").contains("RSS grew"), "{err:?}");
+        assert_eq!(
+            warm_up_end(Duration::from_secs(1800)),
+            Duration::from_secs(540)
+        );
+        assert_eq!(
+            rechecks_after(Duration::from_secs(540), Duration::from_secs(1800)),
+            3
+        );
+    }
+
+    #[test]
+    fn flat_rss_passes_and_short_soaks_see_no_recheck() {
+        let samples: Vec<Sample> = (0..=36).map(|i| at(i * 5, 14_100)).collect();
+        let took = Duration::from_secs(180);
+        assert_eq!(warm_up_end(took), Duration::from_secs(60));
+        assert_eq!(rechecks_after(Duration::from_secs(60), took), 0);
+        let got = verdict(&samples, 1, took, Duration::from_secs(20));
+        assert!(got.is_ok(), "{got:?}");
+    }
 }
