@@ -45,8 +45,6 @@ pub const PACKAGES: &[&str] = &[
     "zstd",
     "binutils",
 ];
-/// Longest wait for the kernel lock before the host row fails.
-const LOCK_WAIT_S: u64 = 600;
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -97,6 +95,11 @@ pub struct VmArgs {
     /// Leave out the host row.
     #[arg(long)]
     pub no_host: bool,
+
+    /// Seconds the host row waits for the kernel lock (another kernel-touching
+    /// run, a soak or a bench, holds it) before it fails.
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    pub lock_wait: u64,
     /// Rewrite README.md's "Tested kernels" table from this run.
     #[arg(long)]
     pub readme: bool,
@@ -259,7 +262,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             util::privileged(&guest.to_string_lossy())
         } else {
             let mut c = util::privileged("flock");
-            c.args(["-w", &LOCK_WAIT_S.to_string(), KERNEL_LOCK])
+            c.args(["-w", &args.lock_wait.to_string(), KERNEL_LOCK])
                 .arg(&guest);
             c
         };
@@ -386,8 +389,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
             let log = log_name(&r);
             // flock prints nothing while another helper holds the kernel lock.
             let host_limits = Limits {
-                timeout: limits.timeout + Duration::from_secs(LOCK_WAIT_S),
-                silence: limits.silence + Duration::from_secs(LOCK_WAIT_S),
+                timeout: limits.timeout + Duration::from_secs(args.lock_wait),
+                silence: limits.silence + Duration::from_secs(args.lock_wait),
             };
             s.spawn(move || {
                 progress.update(&r.label, None, "waiting for the kernel lock");
