@@ -106,6 +106,8 @@ const SLAB_REPARENT: &str = "series \"The new cgroup slab memory controller\" (R
 const SOCK_REF: &str = "mem_cgroup_sk_alloc() takes a css reference for sk->sk_memcg, dropped when the socket is freed (cgroup v2; on v1 only with a kmem.tcp limit); ID at offline: 73f576c04b94";
 /// Swap: entries hold ID references, not css references.
 const SWAP_REF: &str = "73f576c04b94: swap entries hold the memcg's ID (mem_cgroup_id_get_many at swap-out), which holds its css";
+/// Writeback: an inode's cgroup writeback context holds the memcg's css.
+const CGWB: &str = "an inode's bdi_writeback (inode->i_wb) holds the memcg's css; c22d70a162d3 \"writeback, cgroup: release dying cgwbs by switching attached inodes\" (Roman Gushchin, 5.15) moves clean inodes to the parent at offline, not those with dirty data; ID at offline: 73f576c04b94";
 /// The ID put before 7.x and after it (the rename to private IDs).
 const PUT_MANY: &str = "mem_cgroup_id_put_many";
 const PRIVATE_PUT: &str = "mem_cgroup_private_id_put (inline)";
@@ -166,8 +168,8 @@ pub static TABLE: &[Row] = &[
     // (c22d70a162d3, 5.15) moves clean inodes to the parent's context but skips
     // a context with dirty IO (wb_has_dirty_io()) until the next memcg offline;
     // a file fsynced before rmdir was freed at rmdir on 6.12.118 and 7.3.4.
-    row(Writeback, v(6, 12), v(6, 19), true, AtOffline, PUT_MANY, ID_AT_OFFLINE, "6.12.118 (by hand, cgroup v2)"),
-    row(Writeback, v(7, 2), ANY, true, AtOffline, PRIVATE_PUT, ID_AT_OFFLINE, "7.3.4 (by hand, cgroup v2)"),
+    row(Writeback, v(6, 12), v(6, 19), true, AtOffline, PUT_MANY, CGWB, "6.12 (VM matrix, cgroup v2, ext4)"),
+    row(Writeback, v(7, 2), ANY, true, AtOffline, PRIVATE_PUT, CGWB, "7.3.4 (VM matrix, cgroup v2, ext4)"),
 ];
 
 /// The row for `cause` on kernel `version`; `None` where the table does not know.

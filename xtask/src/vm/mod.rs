@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use self::{
     progress::Progress,
@@ -103,6 +103,11 @@ pub struct VmArgs {
     /// Rewrite README.md's "Tested kernels" table from this run.
     #[arg(long)]
     pub readme: bool,
+
+    /// Rewrite README.md's "Tested kernels" table from a saved run's
+    /// results.json (its date and runs) instead of running anything.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    pub readme_from: Option<PathBuf>,
     /// Directory for results.json, matrix.txt and console logs.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -179,6 +184,28 @@ fn lock_held_by_ancestor() -> bool {
     fs::File::open(KERNEL_LOCK).is_ok_and(|f| util::held_by_an_ancestor(&f))
 }
 
+/// `--readme-from`: the README's table from a saved results.json.
+fn readme_from(saved: &Path) -> Result<()> {
+    let text = fs::read_to_string(saved).with_context(|| format!("reading {}", saved.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", saved.display()))?;
+    let runs: Vec<RunResult> = serde_json::from_value(v["runs"].clone())
+        .with_context(|| format!("{}: no runs of a matrix", saved.display()))?;
+    let date = v["date"].as_str().context("results.json has no date")?;
+    write_readme(&readme::readme_table(&runs, date))
+}
+
+/// Splices `table` into README.md's tested-kernels markers.
+fn write_readme(table: &str) -> Result<()> {
+    let path = util::root().join("README.md");
+    let text = fs::read_to_string(&path).context("reading README.md")?;
+    let new = readme::splice_readme(&text, table)
+        .context("README.md has no <!-- tested-kernels:start/end --> markers")?;
+    fs::write(&path, new)?;
+    eprintln!("vm-test: updated the Tested kernels table in README.md");
+    Ok(())
+}
+
 /// `YYYY-MM-DD` (UTC) for the README.
 fn today() -> String {
     let now = SystemTime::now()
@@ -188,6 +215,9 @@ fn today() -> String {
 }
 
 pub fn run(args: &VmArgs) -> Result<()> {
+    if let Some(saved) = &args.readme_from {
+        return readme_from(saved);
+    }
     crate::setup::run_setup(false)?;
     crate::setup::apt_install(PACKAGES, false)?;
     let root = util::root();
@@ -459,12 +489,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let table = readme::readme_table(&runs, &today());
     fs::write(out.join("tested-kernels.md"), &table)?;
     if args.readme {
-        let path = root.join("README.md");
-        let text = fs::read_to_string(&path).context("reading README.md")?;
-        let new = readme::splice_readme(&text, &table)
-            .context("README.md has no <!-- tested-kernels:start/end --> markers")?;
-        fs::write(&path, new)?;
-        eprintln!("vm-test: updated the Tested kernels table in README.md");
+        write_readme(&table)?;
     }
     if !args.keep {
         let _ = fs::remove_dir_all(&work);

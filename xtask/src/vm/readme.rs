@@ -16,7 +16,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         }
     }
     let mut s = String::from(
-        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | census |\n|---|---|---|---|---|---|---|\n",
+        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | census | pins (v2) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for k in kernels {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
@@ -44,6 +44,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
             } else if cells
                 .iter()
                 .all(|c| c.is_some_and(|c| c["status"] == "pass"))
+                && !rs.iter().any(|r| toggle_failed(r, f))
             {
                 let blind: BTreeSet<&str> = cells
                     .iter()
@@ -66,7 +67,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
             };
             let _ = write!(s, " {text} |");
         }
-        let _ = write!(s, " {} |", census_cell(&rs));
+        let _ = write!(s, " {} | {} |", census_cell(&rs), pins_cell(&rs));
         s.push('\n');
     }
     let _ = writeln!(
@@ -74,10 +75,16 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         "\nLast run {date} with `cargo xtask vm-test --readme`: each Debian kernel booted in qemu \
          (TCG) with and without `cgroup.memory=nokmem`; per hook family a churn of memcgs, a \
          tmpfs pin and page-cache pins on ext4, checking every lifecycle point's events, the \
-         memcg IDs, the zombie verdicts, kmem activation, and that families agree; \
+         memcg IDs, the zombie verdicts, kmem activation, and that families agree, and on \
+         cgroup v2 the `+memory` toggle (memcgs made and killed without mkdir/rmdir; a family \
+         fails if it misses what its hooks can see); \
          once per boot a census of a tmpfs-pinned and a page-cache-pinned dying memcg \
-         (listed dying with that pin cause, gone after release, counts equal to the kernel's). \
-         \"unavailable\": the kernel attaches no hook of that family. Run it yourself with \
+         (listed dying with that pin cause where the leak table says they pin, gone after \
+         release, counts equal to the kernel's); on cgroup v2 the pins that hold on every \
+         kernel (swap, UDP/TCP/UNIX sockets passed out, a dirty ext4 inode): the memcg dying \
+         as the leak table says, the census's cause and bytes, the ID release. \
+         \"unavailable\": the kernel attaches no hook of that family; \"-\": cgroup v1 boot. \
+         Run it yourself with \
          `cargo xtask vm-test [--kernel 6.12-cloud]... [--boot default,nokmem] \
          [--family kprobe] [--jobs N] [--keep]`; results and console logs go to \
          `target/vm-test/`."
@@ -97,6 +104,33 @@ fn census_cell(rs: &[&RunResult]) -> &'static str {
         "counts only"
     } else if st.contains(&Some("fail")) {
         "**FAIL**"
+    } else {
+        "not run"
+    }
+}
+
+/// The run's cgroup v2 `+memory` toggle check failed for `family`.
+fn toggle_failed(r: &RunResult, family: &str) -> bool {
+    r.toggle
+        .as_ref()
+        .and_then(|t| t["families"].as_array())
+        .into_iter()
+        .flatten()
+        .any(|f| f["family"] == family && f["status"] == "fail")
+}
+
+/// The pins column (cgroup v2 only): pass when every boot's pins passed.
+fn pins_cell(rs: &[&RunResult]) -> &'static str {
+    let st: Vec<Option<&str>> = rs
+        .iter()
+        .map(|r| r.pins.as_ref().and_then(|c| c["status"].as_str()))
+        .collect();
+    if st.contains(&Some("fail")) {
+        "**FAIL**"
+    } else if st.iter().all(|s| *s == Some("pass")) {
+        "pass"
+    } else if st.iter().all(|s| matches!(s, Some("unsupported") | None)) {
+        "-"
     } else {
         "not run"
     }
@@ -137,7 +171,19 @@ mod tests {
         ];
         let t = readme_table(&runs, "2026-11-29");
         assert!(
-            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | pass |"),
+            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | pass | - |"),
+            "{t}"
+        );
+        // A family whose v2 toggle check failed is not "pass" (7.3.4 cloud
+        // nokmem, kprobe, 2026-12-06), and the pins show in their column.
+        let mut a = run("7.3.4+deb13-cloud-amd64", "nokmem", "pass");
+        a.cgroup = "v2".into();
+        a.toggle = Some(serde_json::json!({"status": "fail", "families": [
+            {"family": "tracepoint", "status": "fail"}]}));
+        a.pins = Some(serde_json::json!({"status": "pass"}));
+        let t = readme_table(&[a], "2026-12-06");
+        assert!(
+            t.contains("| v2 | nokmem | not run | not run | **FAIL** | pass | pass |"),
             "{t}"
         );
         let readme =

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Starts every protocol line (the guest's `proto::MARKER`).
@@ -15,7 +15,8 @@ const TAIL: usize = 25;
 /// Characters kept of each tail line.
 const TAIL_LINE: usize = 400;
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RunResult {
     /// `6.1.0-57-cloud-amd64 nokmem`, or `host`.
     pub label: String,
