@@ -258,7 +258,19 @@ impl Probes {
         aya_btf: Option<&aya::Btf>,
         choice: Choice,
     ) -> Result<Probes, ProbeError> {
-        let (mut layout, resolved) = facts.btf.layout()?;
+        // Which hierarchy holds the memory controller picks the swap counter
+        // on kernels that keep v1's and v2's apart (before 5.10).
+        let memory = std::fs::read_to_string(cfg.proc_root.join("cgroups"))
+            .ok()
+            .and_then(|t| crate::cgroupfs::memory_hierarchy_id(&t))
+            .map(|id| {
+                if id == 0 {
+                    crate::cgroupfs::CgroupVersion::V2
+                } else {
+                    crate::cgroupfs::CgroupVersion::V1
+                }
+            });
+        let (mut layout, resolved) = facts.btf.layout_for(memory)?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
