@@ -9,6 +9,8 @@ use btf_rs::{Btf, Type};
 use crate::cgroupfs::CgroupVersion;
 use kmem_trace_common::{Layout, ABSENT, LAYOUT_KN_ID_U32};
 
+#[path = "btf_min.rs"]
+mod min;
 #[path = "btf_stats.rs"]
 mod stats;
 #[cfg(test)]
@@ -26,6 +28,8 @@ pub enum BtfError {
     MissingType(String),
     #[error("reading BTF: {0}")]
     Format(String),
+    #[error(transparent)]
+    Archive(#[from] super::btf_archive::ArchiveError),
 }
 
 /// A loaded kernel BTF.
@@ -151,6 +155,8 @@ impl KernelBtf {
         };
         // Same wording as btf-rs's own read errors (the message users see).
         let bytes = std::fs::read(&path).map_err(|e| unreadable(&format!("i/o error: {e}")))?;
+        // A BTFHub archive is unpacked here (raw BTF passes through as is).
+        let bytes = super::btf_archive::from_bytes(&path, bytes, &super::kernel::release())?;
         let btf = Btf::from_bytes(&bytes).map_err(|e| unreadable(&e))?;
         Ok(KernelBtf {
             btf,

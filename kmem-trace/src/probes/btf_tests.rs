@@ -524,3 +524,32 @@ fn multi_cu_btf_picks_the_complete_struct() {
             .0
     );
 }
+
+/// `--btf` with a BTFHub archive: the same layout as the raw file.
+#[test]
+fn loads_a_btfhub_archive() {
+    let raw = kernel_like(Variant {
+        swap_separate: true,
+        ..Variant::default()
+    });
+    let release = super::super::kernel::release();
+    let xz = super::super::btf_archive::tests::archive(&[(&format!("{release}.btf"), &raw)]);
+    let dir = std::env::temp_dir().join(format!("kmem-trace-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{release}.btf.tar.xz"));
+    std::fs::write(&path, &xz).unwrap();
+    let from_archive = KernelBtf::load_mapped(Some(&path))
+        .unwrap()
+        .layout()
+        .unwrap();
+    let from_raw = KernelBtf::from_bytes(&raw).unwrap().layout().unwrap();
+    assert_eq!(from_archive, from_raw);
+    // A bad archive is an error that says what to do, not a panic.
+    std::fs::write(&path, &xz[..xz.len() / 2]).unwrap();
+    let e = KernelBtf::load_mapped(Some(&path))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is not a valid xz file"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

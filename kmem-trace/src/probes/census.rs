@@ -228,7 +228,12 @@ fn resolve(btf: Option<&Path>) -> Result<(kmem_trace_common::Layout, u32), Censu
 
 fn parse_aya_btf(btf: Option<&Path>) -> Result<aya::Btf, CensusProbeError> {
     match btf {
-        Some(p) => aya::Btf::parse_file(p, aya::Endianness::default()),
+        // Through the archive reader: `--btf` may be a BTFHub .btf.tar.xz.
+        Some(p) => {
+            let bytes = super::btf_archive::read(p, &super::kernel::release())
+                .map_err(|e| CensusProbeError::Load(e.to_string()))?;
+            aya::Btf::parse(&bytes, aya::Endianness::default())
+        }
         None => aya::Btf::from_sys_fs(),
     }
     .map_err(|e| CensusProbeError::Load(format!("reading BTF: {e}")))

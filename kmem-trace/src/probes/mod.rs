@@ -6,6 +6,8 @@
 
 pub mod audit;
 pub mod btf;
+pub mod btf_archive;
+pub mod btf_cmd;
 pub mod caps;
 pub mod census;
 pub mod extras;
@@ -260,16 +262,7 @@ impl Probes {
     ) -> Result<Probes, ProbeError> {
         // Which hierarchy holds the memory controller picks the swap counter
         // on kernels that keep v1's and v2's apart (before 5.10).
-        let memory = std::fs::read_to_string(cfg.proc_root.join("cgroups"))
-            .ok()
-            .and_then(|t| crate::cgroupfs::memory_hierarchy_id(&t))
-            .map(|id| {
-                if id == 0 {
-                    crate::cgroupfs::CgroupVersion::V2
-                } else {
-                    crate::cgroupfs::CgroupVersion::V1
-                }
-            });
+        let memory = btf_cmd::memory_hierarchy(&cfg.proc_root);
         let (mut layout, resolved) = facts.btf.layout_for(memory)?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
@@ -399,9 +392,9 @@ fn aya_kernel_btf(cfg: &ProbeConfig) -> Option<aya::Btf> {
     if cfg.kernel_btf() && cfg.btf.is_none() {
         aya::Btf::from_sys_fs().ok()
     } else {
-        cfg.btf
-            .as_deref()
-            .and_then(|p| aya::Btf::parse_file(p, aya::Endianness::default()).ok())
+        // Through the archive reader: `--btf` may be a BTFHub .btf.tar.xz.
+        let bytes = btf_archive::read(cfg.btf.as_deref()?, &kernel::release()).ok()?;
+        aya::Btf::parse(&bytes, aya::Endianness::default()).ok()
     }
 }
 
