@@ -302,6 +302,9 @@ pub struct DoctorArgs {
     /// on the real host, except with --npd); capabilities are then predicted from files.
     #[arg(long)]
     pub no_bpf: bool,
+    /// Kernel BTF file for kernels without /sys/kernel/btf/vmlinux, as `watch --btf` takes it.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
 }
 
 /// Durations like `60s`, `5m`, `14d`, `1h30m`.

@@ -556,4 +556,4 @@ pub fn present(off: u32) -> bool {
 
 #[cfg(test)]
 #[path = "btf_tests.rs"]
-mod tests;
+pub(crate) mod tests;
