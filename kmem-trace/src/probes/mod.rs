@@ -389,7 +389,10 @@ impl Probes {
 
 /// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
 fn aya_kernel_btf(cfg: &ProbeConfig) -> Option<aya::Btf> {
-    if cfg.kernel_btf() && cfg.btf.is_none() {
+    // Programs attach by BTF id, which only the running kernel's own BTF
+    // numbers right: a --btf file (BTFHub's, converted from DWARF, or a
+    // minimized one) serves the layout, never ids, where the kernel has BTF.
+    if cfg.kernel_btf() {
         aya::Btf::from_sys_fs().ok()
     } else {
         // Through the archive reader: `--btf` may be a BTFHub .btf.tar.xz.
