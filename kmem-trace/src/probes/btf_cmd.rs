@@ -89,3 +89,45 @@ pub fn memory_hierarchy(proc_root: &Path) -> Option<CgroupVersion> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::btf::tests::{kernel_like, Variant};
+
+    /// `btf --minimize --btf IN.btf.tar.xz -o OUT`: the file written resolves
+    /// like its source; an unwritable OUT is an error that says what to do.
+    #[test]
+    fn minimize_writes_a_file_that_resolves_the_same() {
+        let dir = std::env::temp_dir().join(format!("kmem-trace-btfcmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = kernel_like(Variant {
+            swap_separate: true,
+            multi_cu: true,
+            ..Variant::default()
+        });
+        let input = dir.join("4.18.0-test.btf.tar.xz");
+        let xz = crate::probes::btf_archive::tests::archive(&[("4.18.0-test.btf", &raw)]);
+        std::fs::write(&input, xz).unwrap();
+        let out = dir.join("4.18.0-test.btf");
+        let args = BtfArgs {
+            minimize: true,
+            btf: Some(input.clone()),
+            output: Some(out.clone()),
+        };
+        command(&args).unwrap();
+        let small = KernelBtf::load(Some(&out)).unwrap();
+        let full = KernelBtf::from_bytes(&raw).unwrap();
+        for h in [Some(CgroupVersion::V1), Some(CgroupVersion::V2)] {
+            assert_eq!(small.layout_for(h).unwrap(), full.layout_for(h).unwrap());
+        }
+        let bad = BtfArgs {
+            output: Some(dir.join("missing-dir/out.btf")),
+            ..args
+        };
+        let e = command(&bad).unwrap_err().to_string();
+        assert!(e.starts_with("cannot write "), "{e}");
+        assert!(e.ends_with("; choose a writable -o path"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
