@@ -1,6 +1,7 @@
 //! Kernel struct layout from BTF: resolves every member offset the eBPF programs
 //! read, trying the alternatives kernels have used for renamed members, and says
-//! which one it took. Works on any BTF blob (`/sys/kernel/btf/vmlinux` or `--btf`).
+//! which one it took. Works on any BTF blob (`/sys/kernel/btf/vmlinux` or `--btf`:
+//! a raw file or a BTFHub archive, see `btf_archive`).
 
 use std::path::{Path, PathBuf};
 
