@@ -343,7 +343,8 @@ pub struct Layout {
     pub memcg_id_ref: u32,
     /// `mem_cgroup.memory.usage` (`page_counter` 4.6+, `res_counter` before).
     pub memcg_memory_usage: u32,
-    /// `mem_cgroup.swap.usage` (v2) — unioned with `memsw` on v1 kernels.
+    /// `mem_cgroup.swap.usage` (v2) or `memsw.usage` (v1): one union since 5.10,
+    /// separate fields before, where userspace picks by the memory hierarchy.
     pub memcg_swap_usage: u32,
     /// `mem_cgroup.kmem.usage` where the kernel has a kmem counter.
     pub memcg_kmem_usage: u32,

@@ -43,6 +43,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// An incident report from the history, a fresh census and doctor (Markdown, JSON or one HTML file).
     Report(ReportArgs),
+    /// The kernel layout kmem-trace reads from a BTF; --minimize writes the few KB of it to ship for kernels without /sys/kernel/btf/vmlinux.
+    Btf(BtfArgs),
 }
 
 /// Options shared by everything that loads the probes.
@@ -56,7 +58,8 @@ pub struct ProbeArgs {
     /// buffers, kprobes and tracepoints; --ring-buffer-size is then per CPU).
     #[arg(long, value_enum, default_value_t = TransportMode::Auto)]
     pub transport: TransportMode,
-    /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux.
+    /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux: a raw
+    /// .btf, a BTFHub archive (`<release>.btf.tar.xz`) or `kmem-trace btf --minimize` output.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
     /// Force the symbol a lifecycle point hooks (testing: POINT=SYMBOL).
@@ -266,6 +269,19 @@ pub struct CensusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BtfArgs {
+    /// Write a BTF with only the types kmem-trace reads (to -o FILE), for --btf on nodes of the same kernel.
+    #[arg(long, requires = "output")]
+    pub minimize: bool,
+    /// BTF to read: a raw .btf or a BTFHub .btf.tar.xz archive (default: /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Where --minimize writes.
+    #[arg(short, long, value_name = "FILE", requires = "minimize")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print the report as one JSON document.
     #[arg(long)]
@@ -286,6 +302,9 @@ pub struct DoctorArgs {
     /// on the real host, except with --npd); capabilities are then predicted from files.
     #[arg(long)]
     pub no_bpf: bool,
+    /// Kernel BTF file for kernels without /sys/kernel/btf/vmlinux, as `watch --btf` takes it.
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
 }
 
 /// Durations like `60s`, `5m`, `14d`, `1h30m`.

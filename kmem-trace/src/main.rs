@@ -84,6 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => Ok(kmem_trace::doctor::command(&args)?),
         Command::Serve(args) => Ok(serve::command(&args, verbose)?),
         Command::Report(args) => Ok(kmem_trace::report::command(&args)?),
+        Command::Btf(args) => {
+            kmem_trace::probes::btf_cmd::command(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

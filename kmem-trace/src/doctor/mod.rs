@@ -62,6 +62,8 @@ pub struct DoctorConfig {
     pub history_db: Option<PathBuf>,
     /// A census the caller took: its counts replace the procfs ones.
     pub census: Option<host::CensusReading>,
+    /// `--btf`: the kernel's BTF where it has none in sysfs.
+    pub btf: Option<PathBuf>,
 }
 
 /// The doctor's report.
@@ -87,9 +89,9 @@ pub fn run(cfg: &DoctorConfig) -> Result<Report, DoctorError> {
         });
     }
     let caps = if cfg.verify_bpf {
-        caps::verify()
+        caps::verify(cfg.btf.as_deref())
     } else {
-        caps::predict(&cfg.host_root)
+        caps::predict(&cfg.host_root, cfg.btf.as_deref())
     };
     let drop = if cfg.try_drop_caches {
         Some(try_drop_caches(&cfg.host_root)?)
@@ -228,6 +230,7 @@ pub fn command(args: &DoctorArgs) -> Result<ExitCode, DoctorError> {
                 .join(crate::store::DEFAULT_DB.trim_start_matches('/')),
         ),
         census: None,
+        btf: args.btf.clone(),
     };
     let report = run(&cfg)?;
     let stdout = std::io::stdout();

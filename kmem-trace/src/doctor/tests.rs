@@ -19,6 +19,7 @@ fn report(name: &str) -> Report {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     })
     .unwrap()
 }
@@ -136,6 +137,7 @@ fn missing_files_are_unknown_not_errors() {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     })
     .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
@@ -153,6 +155,7 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     });
     assert!(matches!(bad, Err(DoctorError::IdLimit { got: 0, .. })));
     let r = run(&DoctorConfig {
@@ -162,6 +165,7 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     })
     .unwrap();
     assert_eq!(find(&r, "memcg-ids").severity, Severity::Critical);
@@ -191,6 +195,7 @@ fn swap_in_use_leaves_modern_ids_unknown_until_a_census_counts_them() {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     };
     let r = run(&cfg).unwrap();
     // 2 dying memcgs, swap in use, no per-memcg figure: unknown, not 20 and not 22.

@@ -1,13 +1,22 @@
 //! Kernel struct layout from BTF: resolves every member offset the eBPF programs
 //! read, trying the alternatives kernels have used for renamed members, and says
-//! which one it took. Works on any BTF blob (`/sys/kernel/btf/vmlinux` or `--btf`).
+//! which one it took. Works on any BTF blob (`/sys/kernel/btf/vmlinux` or `--btf`:
+//! a raw file or a BTFHub archive, see `btf_archive`).
 
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use kmem_trace_common::{
-    census_stat, Layout, ABSENT, LAYOUT_KN_ID_U32, LAYOUT_STATS_HIER, LAYOUT_VMSTATS_PTR,
-};
+
+use crate::cgroupfs::CgroupVersion;
+use kmem_trace_common::{Layout, ABSENT, LAYOUT_KN_ID_U32};
+
+#[path = "btf_min.rs"]
+mod min;
+#[path = "btf_stats.rs"]
+mod stats;
+#[cfg(test)]
+pub(crate) use stats::stat_index;
+use stats::ArrayInfo;
 
 /// Errors of BTF loading and layout resolution.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +29,8 @@ pub enum BtfError {
     MissingType(String),
     #[error("reading BTF: {0}")]
     Format(String),
+    #[error(transparent)]
+    Archive(#[from] super::btf_archive::ArchiveError),
 }
 
 /// A loaded kernel BTF.
@@ -28,7 +39,10 @@ pub struct KernelBtf {
     pub path: PathBuf,
     /// Structs found by name: `layout()` asks for the same few structs dozens
     /// of times, and each lookup scans the whole BTF with [`KernelBtf::load_mapped`].
-    structs: std::sync::Mutex<std::collections::HashMap<String, Option<Type>>>,
+    structs: std::sync::Mutex<std::collections::HashMap<String, Vec<Type>>>,
+    /// Struct member paths and enums the resolver asked for, when recording
+    /// (`btf --minimize` keeps exactly these).
+    queries: std::sync::Mutex<Option<Vec<Query>>>,
 }
 
 /// One resolved member, for `--verbose` and `doctor`.
@@ -99,16 +113,7 @@ const SPECS: &[Spec] = &[
         "mem_cgroup",
         &["memory.usage.counter", "memory.usage", "res.usage"],
     ),
-    opt(
-        "memcg_swap_usage",
-        "mem_cgroup",
-        &[
-            "swap.usage.counter",
-            "memsw.usage.counter",
-            "memsw.usage",
-            "swap.usage",
-        ],
-    ),
+    // `memcg_swap_usage`: see `KernelBtf::swap_counter` (v1 and v2 differ).
     opt(
         "memcg_kmem_usage",
         "mem_cgroup",
@@ -151,11 +156,14 @@ impl KernelBtf {
         };
         // Same wording as btf-rs's own read errors (the message users see).
         let bytes = std::fs::read(&path).map_err(|e| unreadable(&format!("i/o error: {e}")))?;
+        // A BTFHub archive is unpacked here (raw BTF passes through as is).
+        let bytes = super::btf_archive::from_bytes(&path, bytes, &super::kernel::release())?;
         let btf = Btf::from_bytes(&bytes).map_err(|e| unreadable(&e))?;
         Ok(KernelBtf {
             btf,
             path,
             structs: Default::default(),
+            queries: Default::default(),
         })
     }
 
@@ -170,6 +178,7 @@ impl KernelBtf {
                 btf,
                 path: p,
                 structs: Default::default(),
+                queries: Default::default(),
             }),
             Err(_) => KernelBtf::load(path),
         }
@@ -182,6 +191,7 @@ impl KernelBtf {
             btf,
             path: PathBuf::from("<bytes>"),
             structs: Default::default(),
+            queries: Default::default(),
         })
     }
 
@@ -224,6 +234,7 @@ impl KernelBtf {
 
     /// Value of an enumerator, e.g. `memory_cgrp_id` in `enum cgroup_subsys_id`.
     pub fn enum_value(&self, enum_name: &str, member: &str) -> Option<i64> {
+        self.record(Query::Enum(enum_name.to_string()));
         for t in self.btf.resolve_types_by_name(enum_name).ok()? {
             match t {
                 Type::Enum(e) => {
@@ -246,8 +257,20 @@ impl KernelBtf {
         None
     }
 
-    /// Resolves the whole [`Layout`]; errors name the first required member missing.
+    /// Resolves the whole [`Layout`]; errors name the first required member
+    /// missing. The memory controller's hierarchy is taken as unknown (see
+    /// [`KernelBtf::layout_for`]).
     pub fn layout(&self) -> Result<(Layout, Vec<Resolved>), BtfError> {
+        self.layout_for(None)
+    }
+
+    /// [`KernelBtf::layout`] for a memory controller on cgroup `memory` (v1 or
+    /// v2; `None` when not known), which picks the swap counter where the
+    /// kernel keeps v1's and v2's apart (`swap_counter`).
+    pub fn layout_for(
+        &self,
+        memory: Option<CgroupVersion>,
+    ) -> Result<(Layout, Vec<Resolved>), BtfError> {
         let mut layout = Layout::EMPTY;
         let mut report = Vec::with_capacity(SPECS.len() + 2);
         let memory_id = self
@@ -320,70 +343,9 @@ impl KernelBtf {
                 }
             },
         }
+        self.swap_counter(memory, &mut layout, &mut report)?;
         self.vmstats(&mut layout, &mut report)?;
         Ok((layout, report))
-    }
-
-    /// Where a memcg's own page-state counters are: `mem_cgroup.vmstats`
-    /// and, inside `struct memcg_vmstats`, the slots of the counters the census
-    /// reads ([`census_stat`]). Leaves them [`ABSENT`] on kernels without that
-    /// struct or without the names; the pin cause is then
-    /// approximate (see `census::pin`).
-    fn vmstats(&self, layout: &mut Layout, report: &mut Vec<Resolved>) -> Result<(), BtfError> {
-        let Some(vm) = self.member("mem_cgroup", "vmstats")? else {
-            return Ok(());
-        };
-        // A pointer on recent kernels, an embedded struct on older ones: BTF tells.
-        let ptr = vm.size == 8 && !vm.aggregate;
-        // `state_local[]` (where the kernel has it: BTF tells) is the memcg's own
-        // share; without it only the hierarchical `state[]`, equal to it on leaves.
-        let (array, hier) = match self.array_member("memcg_vmstats", "state_local")? {
-            Some(a) => (a, false),
-            None => match self.array_member("memcg_vmstats", "state")? {
-                Some(a) => (a, true),
-                None => return Ok(()),
-            },
-        };
-        let Some(nr_stat) = self.enum_value("memcg_stat_item", "MEMCG_NR_STAT") else {
-            return Ok(());
-        };
-        let mut any = false;
-        for stat in &STATS {
-            let (slot, name) = (stat.slot, stat.name);
-            let index = self
-                .enum_value(stat.item.enum_name(), name)
-                .and_then(|v| stat_index(name, v, nr_stat, array.len));
-            if let Some(i) = index {
-                layout.stat_off[slot] = array.offset + i * 8;
-                any = true;
-            }
-            report.push(Resolved {
-                field: "memcg_vmstats.stat",
-                found: match index {
-                    Some(i) => format!("memcg_vmstats.{}[{i}] ({name})", array.name),
-                    None => format!("absent ({name})"),
-                },
-                offset: index.map(|i| array.offset + i * 8),
-            });
-        }
-        if any {
-            layout.memcg_vmstats = vm.offset;
-            if ptr {
-                layout.layout_flags |= LAYOUT_VMSTATS_PTR;
-            }
-            if hier {
-                layout.layout_flags |= LAYOUT_STATS_HIER;
-            }
-            report.push(Resolved {
-                field: "memcg_vmstats",
-                found: format!(
-                    "mem_cgroup.vmstats ({})",
-                    if ptr { "pointer" } else { "embedded" }
-                ),
-                offset: Some(vm.offset),
-            });
-        }
-        Ok(())
     }
 
     /// Offset and length of the array member `strukt.name` of `long`s.
@@ -392,28 +354,37 @@ impl KernelBtf {
         strukt: &str,
         name: &'static str,
     ) -> Result<Option<ArrayInfo>, BtfError> {
-        let Some(ty) = self.find_struct(strukt)? else {
-            return Ok(None);
-        };
-        let Some((bits, mty)) = self.find_member(&ty, name)? else {
-            return Ok(None);
-        };
-        match self.strip(mty)? {
-            Type::Array(a) if a.len() > 0 => Ok(Some(ArrayInfo {
-                name,
-                offset: bits / 8,
-                len: a.len() as u32,
-            })),
-            _ => Ok(None),
+        self.record(Query::Member(strukt.to_string(), name.to_string()));
+        for ty in self.find_struct(strukt)? {
+            let Some((bits, mty)) = self.find_member(&ty, name)? else {
+                continue;
+            };
+            return match self.strip(mty)? {
+                Type::Array(a) if a.len() > 0 => Ok(Some(ArrayInfo {
+                    name,
+                    offset: bits / 8,
+                    len: a.len() as u32,
+                })),
+                _ => Ok(None),
+            };
         }
+        Ok(None)
     }
 
     /// Offset (bytes) and size of `strukt.a.b.c`, looking through anonymous
     /// structs and unions; `Ok(None)` when the struct or a member is missing.
     fn member(&self, strukt: &str, path: &str) -> Result<Option<MemberInfo>, BtfError> {
-        let Some(mut ty) = self.find_struct(strukt)? else {
-            return Ok(None);
-        };
+        self.record(Query::Member(strukt.to_string(), path.to_string()));
+        for ty in self.find_struct(strukt)? {
+            if let Some(m) = self.member_of(ty, path)? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`KernelBtf::member`] in one candidate struct `ty`.
+    fn member_of(&self, mut ty: Type, path: &str) -> Result<Option<MemberInfo>, BtfError> {
         let mut offset = 0u32;
         let mut last = None;
         for name in path.split('.') {
@@ -435,14 +406,26 @@ impl KernelBtf {
         }))
     }
 
-    fn find_struct(&self, name: &str) -> Result<Option<Type>, BtfError> {
+    /// Every complete struct named `name`, the most complete first. BTFHub
+    /// files for old kernels are converted from DWARF per compilation unit, so
+    /// one name can appear several times: as a forward declaration (`BTF_KIND_FWD`,
+    /// skipped by the kind match), as an empty or partial copy where a CU saw
+    /// only part of it, and whole. The one with the most members (then the
+    /// largest) is the whole one; the rest are kept as fallbacks for a member
+    /// the first lacks.
+    fn find_struct(&self, name: &str) -> Result<Vec<Type>, BtfError> {
         if let Some(t) = self.structs.lock().ok().and_then(|m| m.get(name).cloned()) {
             return Ok(t);
         }
         let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
-        let found = types
+        let mut found: Vec<Type> = types
             .into_iter()
-            .find(|t| matches!(t, Type::Struct(s) if !s.members.is_empty()));
+            .filter(|t| matches!(t, Type::Struct(s) if !s.members.is_empty() && s.size() > 0))
+            .collect();
+        found.sort_by_key(|t| match t {
+            Type::Struct(s) => std::cmp::Reverse((s.members.len(), s.size())),
+            _ => std::cmp::Reverse((0, 0)),
+        });
         if let Ok(mut m) = self.structs.lock() {
             m.insert(name.to_string(), found.clone());
         }
@@ -472,6 +455,14 @@ impl KernelBtf {
         Ok(None)
     }
 
+    fn record(&self, q: Query) {
+        if let Ok(mut g) = self.queries.lock() {
+            if let Some(v) = g.as_mut() {
+                v.push(q);
+            }
+        }
+    }
+
     /// Follows typedefs and qualifiers to the underlying type.
     fn strip(&self, mut ty: Type) -> Result<Type, BtfError> {
         for _ in 0..32 {
@@ -499,71 +490,13 @@ impl KernelBtf {
     }
 }
 
-struct ArrayInfo {
-    name: &'static str,
-    offset: u32,
-    len: u32,
-}
-
-/// Which enum a counter is a member of, and so where 6.10+ keeps it.
-#[derive(Clone, Copy)]
-enum StatItem {
-    /// `enum node_stat_item`; the position in 6.10+'s `memcg_node_stat_items[]`.
-    Node(u32),
-    /// `enum memcg_stat_item`.
-    Memcg,
-}
-
-impl StatItem {
-    fn enum_name(self) -> &'static str {
-        match self {
-            StatItem::Node(_) => "node_stat_item",
-            StatItem::Memcg => "memcg_stat_item",
-        }
-    }
-}
-
-struct Stat {
-    /// Index in [`census_stat`] (and `Layout::stat_off`).
-    slot: usize,
-    name: &'static str,
-    item: StatItem,
-}
-
-/// The counters the census reads. The node items' positions in
-/// `memcg_node_stat_items[]` are not in BTF; its first twenty entries have not
-/// moved from 6.10 to 6.18 (checked against `memory.stat` of a memcg of known
-/// content by the census root test).
-#[rustfmt::skip]
-const STATS: [Stat; census_stat::N] = [
-    Stat { slot: census_stat::FILE, name: "NR_FILE_PAGES", item: StatItem::Node(16) },
-    Stat { slot: census_stat::SHMEM, name: "NR_SHMEM", item: StatItem::Node(19) },
-    Stat { slot: census_stat::ANON, name: "NR_ANON_MAPPED", item: StatItem::Node(14) },
-    Stat { slot: census_stat::KMEM, name: "MEMCG_KMEM", item: StatItem::Memcg },
-    Stat { slot: census_stat::SWAP, name: "MEMCG_SWAP", item: StatItem::Memcg },
-    Stat { slot: census_stat::SOCK, name: "MEMCG_SOCK", item: StatItem::Memcg },
-];
-
-/// Slot of counter `name` of [`STATS`] (enum value `value`) in a
-/// `memcg_vmstats` array of `len` entries, `MEMCG_NR_STAT` being `nr_stat`;
-/// `None` for a name not in [`STATS`]. Kernel table:
-/// - `len == MEMCG_NR_STAT` (up to 6.9): indexed by the enum value itself.
-/// - shorter (6.10+, "memcg: reduce memory for the lruvec and memcg stats",
-///   Shakeel Butt): `memcg_stats_index()` maps through `memcg_node_stat_items[]`
-///   followed by `memcg_stat_items[]` (every `memcg_stat_item`, in enum order,
-///   so those sit at the array's end).
-pub(crate) fn stat_index(name: &str, value: i64, nr_stat: i64, len: u32) -> Option<u32> {
-    let item = STATS.iter().find(|s| s.name == name)?.item;
-    let len = len as i64;
-    let i = if len == nr_stat {
-        value
-    } else {
-        match item {
-            StatItem::Node(i) => i as i64,
-            StatItem::Memcg => len - (nr_stat - value),
-        }
-    };
-    (0..len).contains(&i).then_some(i as u32)
+/// One lookup of the resolver, recorded for `btf --minimize`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Query {
+    /// `struct`, `a.b.c` member path.
+    Member(String, String),
+    /// An enum by name.
+    Enum(String),
 }
 
 struct MemberInfo {
@@ -624,4 +557,4 @@ pub fn present(off: u32) -> bool {
 
 #[cfg(test)]
 #[path = "btf_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -75,6 +75,11 @@ impl BtfBuilder {
         }
         self.push(&words)
     }
+    /// A forward declaration (`BTF_KIND_FWD`) of a struct.
+    pub fn fwd(&mut self, name: &str) -> u32 {
+        let n = self.s(name);
+        self.push(&[n, 7 << 24, 0])
+    }
     pub fn typedef(&mut self, name: &str, to: u32) -> u32 {
         let n = self.s(name);
         self.push(&[n, 8 << 24, to])
@@ -120,6 +125,11 @@ pub(crate) struct Variant {
     pub kn_id_union: bool,
     pub with_kn_name: bool,
     pub with_kmem: bool,
+    /// `swap` and `memsw` as separate fields (before 5.10), not a union.
+    pub swap_separate: bool,
+    /// Decoys before the real `mem_cgroup` and `cgroup`, as in BTFHub files
+    /// converted per compilation unit: forward declarations and partial copies.
+    pub multi_cu: bool,
 }
 
 impl Default for Variant {
@@ -129,6 +139,8 @@ impl Default for Variant {
             kn_id_union: false,
             with_kn_name: true,
             with_kmem: true,
+            swap_separate: false,
+            multi_cu: false,
         }
     }
 }
@@ -201,6 +213,11 @@ pub(crate) fn kernel_like(v: Variant) -> Vec<u8> {
         &[M::F("subsys_mask", uint, 8), M::F("hierarchy_id", int, 12)],
     );
     let rootp = b.ptr(root);
+    if v.multi_cu {
+        b.fwd("cgroup");
+        b.strukt("cgroup", 0, &[]);
+        b.strukt("cgroup", 16, &[M::F("kn", knp, 8)]);
+    }
     b.strukt(
         "cgroup",
         1024,
@@ -218,13 +235,28 @@ pub(crate) fn kernel_like(v: Variant) -> Vec<u8> {
         8,
         &[M::F("id", int, 0), M::F("ref", int, 4)],
     );
-    let swap_union = b.union("", 192, &[M::F("swap", pc, 0), M::F("memsw", pc, 0)]);
     let mut mm = vec![
         M::F("css", css, 0),
         M::F("id", memcg_id, 200),
         M::F("memory", pc, 256),
-        M::F("", swap_union, 448),
     ];
+    if v.swap_separate {
+        // 4.8 to 5.9: `struct page_counter swap;` then, among the legacy
+        // counters, `struct page_counter memsw;`.
+        mm.push(M::F("swap", pc, 448));
+        mm.push(M::F("memsw", pc, 640));
+    } else {
+        let swap_union = b.union("", 192, &[M::F("swap", pc, 0), M::F("memsw", pc, 0)]);
+        mm.push(M::F("", swap_union, 448));
+    }
+    if v.multi_cu {
+        b.fwd("mem_cgroup");
+        b.strukt(
+            "mem_cgroup",
+            64,
+            &[M::F("css", css, 0), M::F("memory", pc, 8)],
+        );
+    }
     if v.with_kmem {
         mm.push(M::F("kmem", pc, 2048));
     }
@@ -398,4 +430,126 @@ fn memcg_stat_slots_follow_the_kernel_table() {
     // Names outside the known prefix, and out-of-range values, are unknown.
     assert_eq!(stat_index("NR_WRITEBACK", 21, 58, 40), None);
     assert_eq!(stat_index("MEMCG_SWAP", 10, 58, 40), None);
+}
+
+#[test]
+fn separate_swap_and_memsw_follow_the_hierarchy() {
+    let v = Variant {
+        swap_separate: true,
+        ..Variant::default()
+    };
+    let btf = KernelBtf::from_bytes(&kernel_like(v)).unwrap();
+    // v1 charges only memsw: reading `swap` there would always give 0.
+    let (l, report) = btf.layout_for(Some(CgroupVersion::V1)).unwrap();
+    assert_eq!(l.memcg_swap_usage, 640);
+    let r = report
+        .iter()
+        .find(|r| r.field == "memcg_swap_usage")
+        .unwrap();
+    assert_eq!(
+        r.found,
+        "mem_cgroup.memsw.usage.counter (v1; separate from swap before 5.10)"
+    );
+    let (l, _) = btf.layout_for(Some(CgroupVersion::V2)).unwrap();
+    assert_eq!(l.memcg_swap_usage, 448);
+    // Unknown: v1, as the distributions of those kernels mount it.
+    assert_eq!(btf.layout().unwrap().0.memcg_swap_usage, 640);
+}
+
+#[test]
+fn a_swap_union_is_one_counter_for_both_hierarchies() {
+    let btf = KernelBtf::from_bytes(&kernel_like(Variant::default())).unwrap();
+    for h in [Some(CgroupVersion::V1), Some(CgroupVersion::V2), None] {
+        let (l, report) = btf.layout_for(h).unwrap();
+        assert_eq!(l.memcg_swap_usage, 448);
+        let r = report
+            .iter()
+            .find(|r| r.field == "memcg_swap_usage")
+            .unwrap();
+        assert!(
+            r.found.ends_with("(union of swap (v2) and memsw (v1))"),
+            "{}",
+            r.found
+        );
+    }
+}
+
+/// The v1 event path end to end: the offset read on a separate-field v1
+/// kernel is memsw, and the decoder's v1 subtraction then gives swap.
+#[test]
+fn v1_swap_from_a_separate_memsw_counter_decodes_as_swap() {
+    use crate::decode::TraceEvent;
+    let v = Variant {
+        swap_separate: true,
+        ..Variant::default()
+    };
+    let btf = KernelBtf::from_bytes(&kernel_like(v)).unwrap();
+    let (l, _) = btf.layout_for(Some(CgroupVersion::V1)).unwrap();
+    // A fake memcg: memory usage 100 pages, swap (unused on v1) 0, memsw 130.
+    let mut memcg = vec![0u8; 4096];
+    memcg[l.memcg_memory_usage as usize..][..8].copy_from_slice(&100u64.to_le_bytes());
+    memcg[448..456].copy_from_slice(&0u64.to_le_bytes());
+    memcg[640..648].copy_from_slice(&130u64.to_le_bytes());
+    let read = |off: u32| u64::from_le_bytes(memcg[off as usize..][..8].try_into().unwrap());
+    let mut e = kmem_trace_common::Event::ZERO;
+    e.kind = kmem_trace_common::EventKind::Offline as u32;
+    e.memcg_addr = 0xffff_8880_1234_0000;
+    e.hierarchy_id = 4;
+    e.mem_pages = read(l.memcg_memory_usage);
+    e.swap_pages = read(l.memcg_swap_usage);
+    e.flags |= kmem_trace_common::flags::MEM_COUNTER | kmem_trace_common::flags::SWAP_COUNTER;
+    let t = TraceEvent::decode(e.as_bytes()).unwrap();
+    assert_eq!(t.counters().swap_pages, Some(30));
+}
+
+#[test]
+fn multi_cu_btf_picks_the_complete_struct() {
+    let v = Variant {
+        multi_cu: true,
+        ..Variant::default()
+    };
+    let btf = KernelBtf::from_bytes(&kernel_like(v)).unwrap();
+    let (l, _) = btf.layout().unwrap();
+    // The decoys say `memory` at 8 and `kn` at 8; the whole structs say 256 and 248.
+    assert_eq!(l.memcg_memory_usage, 256);
+    assert_eq!(l.cgroup_kn, 248);
+    assert_eq!(l.memcg_swap_usage, 448);
+    assert_eq!(l.cgroup_subsys, 400);
+    assert_eq!(
+        btf.layout().unwrap().0,
+        KernelBtf::from_bytes(&kernel_like(Variant::default()))
+            .unwrap()
+            .layout()
+            .unwrap()
+            .0
+    );
+}
+
+/// `--btf` with a BTFHub archive: the same layout as the raw file.
+#[test]
+fn loads_a_btfhub_archive() {
+    let raw = kernel_like(Variant {
+        swap_separate: true,
+        ..Variant::default()
+    });
+    let release = super::super::kernel::release();
+    let xz = super::super::btf_archive::tests::archive(&[(&format!("{release}.btf"), &raw)]);
+    let dir = std::env::temp_dir().join(format!("kmem-trace-btf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{release}.btf.tar.xz"));
+    std::fs::write(&path, &xz).unwrap();
+    let from_archive = KernelBtf::load_mapped(Some(&path))
+        .unwrap()
+        .layout()
+        .unwrap();
+    let from_raw = KernelBtf::from_bytes(&raw).unwrap().layout().unwrap();
+    assert_eq!(from_archive, from_raw);
+    // A bad archive is an error that says what to do, not a panic.
+    std::fs::write(&path, &xz[..xz.len() / 2]).unwrap();
+    let e = KernelBtf::load_mapped(Some(&path))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is not a valid xz file"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -130,7 +130,7 @@ pub fn release(root: &Path) -> Option<String> {
 /// feature probes ([`Features::probe`]) when `root` shows the running kernel
 /// (the host, or a host root mounted in a container); a tree of another
 /// kernel (a fixture) is judged by its version, said so.
-pub fn predict(root: &Path) -> BpfCapabilities {
+pub fn predict(root: &Path, btf: Option<&Path>) -> BpfCapabilities {
     let running = release(root).is_some_and(|r| r == kernel::release());
     let features = if running {
         Features::probe()
@@ -140,11 +140,11 @@ pub fn predict(root: &Path) -> BpfCapabilities {
             ..Features::default()
         }
     };
-    predict_with(root, features)
+    predict_with(root, features, btf)
 }
 
 /// [`predict`] with given feature-probe answers.
-pub fn predict_with(root: &Path, features: Features) -> BpfCapabilities {
+pub fn predict_with(root: &Path, features: Features, btf_file: Option<&Path>) -> BpfCapabilities {
     let version = release(root).and_then(|r| KernelVersion::parse(&r));
     let btf_path: PathBuf = root.join("sys/kernel/btf/vmlinux");
     let btf = btf_path
@@ -198,12 +198,14 @@ pub fn predict_with(root: &Path, features: Features) -> BpfCapabilities {
             "this kernel predates the old-kernel object's floor (4.18): `watch` cannot run here; `doctor` and `census --counts-only` work".into(),
         );
     }
-    let btf = match &facts.btf {
-        Some(_) => Cap::yes(format!("{}", btf_path.display())),
-        None => Cap::no(
-            "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF off or kernel older than 5.4)",
-        ),
-    };
+    let btf = btf_cap(
+        facts.btf.is_some().then_some(btf_path.as_path()),
+        btf_file,
+        release(root).as_deref(),
+    );
+    if btf.available == Some(false) {
+        notes.push(format!("`watch` cannot start without BTF: {}", btf.detail));
+    }
     let kprobes = match &facts.kprobes {
         Ok(()) => Cap::yes("kprobe PMU present"),
         Err(e) => Cap::no(e.clone()),
@@ -256,13 +258,48 @@ pub fn predict_with(root: &Path, features: Features) -> BpfCapabilities {
     }
 }
 
+/// Where `watch` gets the struct layout: the kernel's own BTF, else `--btf`.
+/// Without either, names the file missing (`<release>.btf`) and where such
+/// files come from.
+fn btf_cap(kernel: Option<&Path>, file: Option<&Path>, release: Option<&str>) -> Cap {
+    if let Some(k) = kernel {
+        return Cap::yes(k.display().to_string());
+    }
+    match file {
+        Some(f) => match KernelBtf::load(Some(f)).and_then(|b| b.layout().map(|_| ())) {
+            Ok(()) => Cap::yes(format!(
+                "{} (--btf; the kernel has no /sys/kernel/btf/vmlinux)",
+                f.display()
+            )),
+            Err(e) => Cap::no(format!("--btf {}: {e}", f.display())),
+        },
+        None => Cap::no(missing_btf(release)),
+    }
+}
+
+/// The hint for a kernel without BTF and no `--btf`.
+pub fn missing_btf(release: Option<&str>) -> String {
+    let file = match release {
+        Some(r) => format!("{r}.btf"),
+        None => "<release>.btf".to_string(),
+    };
+    format!(
+        "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF off, or a kernel before 5.4) and no --btf: \
+         this kernel's BTF, {file}, is missing; BTFHub (https://github.com/aquasecurity/btfhub-archive, \
+         <distro>/<version>/<arch>/{file}.tar.xz) has it for most distribution kernels, \
+         or run `kmem-trace btf --minimize -o {file}` on a machine running the same kernel with BTF; \
+         then pass it with --btf FILE"
+    )
+}
+
 /// [`predict`], then loads the probes on this host to see what really attaches
 /// (root on the real host only; the caller holds any lock it needs). A failure
 /// to load is a finding, not an error.
-pub fn verify() -> BpfCapabilities {
-    let mut caps = predict(Path::new("/"));
+pub fn verify(btf: Option<&Path>) -> BpfCapabilities {
+    let mut caps = predict(Path::new("/"), btf);
     let cfg = super::ProbeConfig {
         try_all: true,
+        btf: btf.map(Path::to_path_buf),
         ..super::ProbeConfig::default()
     };
     match super::Probes::start(&cfg) {
@@ -303,7 +340,7 @@ mod tests {
             "3.10.0-957.el7.x86_64\n",
         )
         .unwrap();
-        let caps = predict(&dir);
+        let caps = predict(&dir, None);
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(caps.hook_family, "none");
         assert_eq!(caps.btf.available, Some(false));
@@ -340,7 +377,35 @@ mod tests {
             probe_read_kernel: Some(false),
             error: None,
         };
-        let caps = predict_with(&dir, probed);
+        let caps = predict_with(&dir, probed.clone(), None);
+        // No BTF in sysfs, no --btf: the file missing is named, and where it comes from.
+        assert_eq!(caps.btf.available, Some(false));
+        assert!(
+            caps.btf
+                .detail
+                .contains("this kernel's BTF, 5.4.0-150-generic.btf, is missing; BTFHub"),
+            "{}",
+            caps.btf.detail
+        );
+        assert!(caps
+            .btf
+            .detail
+            .contains("`kmem-trace btf --minimize -o 5.4.0-150-generic.btf`"));
+        assert!(caps
+            .notes
+            .iter()
+            .any(|n| n.starts_with("`watch` cannot start without BTF")));
+        // With --btf, the layout comes from the file.
+        let file = dir.join("5.4.0-150-generic.btf");
+        let btf = crate::probes::btf::tests::kernel_like(Default::default());
+        fs::write(&file, btf).unwrap();
+        let with = predict_with(&dir, probed, Some(&file));
+        assert_eq!(with.btf.available, Some(true), "{}", with.btf.detail);
+        assert!(with
+            .btf
+            .detail
+            .ends_with("(--btf; the kernel has no /sys/kernel/btf/vmlinux)"));
+        assert!(!with.notes.iter().any(|n| n.contains("without BTF")));
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(caps.ring_buffer.available, Some(false));
         if crate::probes::has_perf_object() {

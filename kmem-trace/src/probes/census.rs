@@ -220,7 +220,12 @@ fn resolve(btf: Option<&Path>) -> Result<(kmem_trace_common::Layout, u32), Censu
     {
         return Err(CensusProbeError::NoLayout);
     }
-    let id = kbtf
+    // The iterator attaches by BTF id, which only the kernel's own BTF numbers
+    // right; a --btf file serves the layout.
+    let own = btf.and_then(|_| KernelBtf::load_mapped(None).ok());
+    let id = own
+        .as_ref()
+        .unwrap_or(&kbtf)
         .func_id(ITER_FUNC)
         .ok_or(CensusProbeError::NoCgroupIter)?;
     Ok((layout, id))
@@ -228,8 +233,14 @@ fn resolve(btf: Option<&Path>) -> Result<(kmem_trace_common::Layout, u32), Censu
 
 fn parse_aya_btf(btf: Option<&Path>) -> Result<aya::Btf, CensusProbeError> {
     match btf {
-        Some(p) => aya::Btf::parse_file(p, aya::Endianness::default()),
-        None => aya::Btf::from_sys_fs(),
+        // Ids from the kernel's own BTF where it has one (see `resolve`); else
+        // through the archive reader: `--btf` may be a BTFHub .btf.tar.xz.
+        Some(p) if !Path::new("/sys/kernel/btf/vmlinux").exists() => {
+            let bytes = super::btf_archive::read(p, &super::kernel::release())
+                .map_err(|e| CensusProbeError::Load(e.to_string()))?;
+            aya::Btf::parse(&bytes, aya::Endianness::default())
+        }
+        _ => aya::Btf::from_sys_fs(),
     }
     .map_err(|e| CensusProbeError::Load(format!("reading BTF: {e}")))
 }

@@ -6,6 +6,8 @@
 
 pub mod audit;
 pub mod btf;
+pub mod btf_archive;
+pub mod btf_cmd;
 pub mod caps;
 pub mod census;
 pub mod extras;
@@ -258,7 +260,10 @@ impl Probes {
         aya_btf: Option<&aya::Btf>,
         choice: Choice,
     ) -> Result<Probes, ProbeError> {
-        let (mut layout, resolved) = facts.btf.layout()?;
+        // Which hierarchy holds the memory controller picks the swap counter
+        // on kernels that keep v1's and v2's apart (before 5.10).
+        let memory = btf_cmd::memory_hierarchy(&cfg.proc_root);
+        let (mut layout, resolved) = facts.btf.layout_for(memory)?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
         layout.max_residents = cfg.max_residents;
@@ -384,12 +389,15 @@ impl Probes {
 
 /// aya's own parse of the kernel BTF (it relocates and loads BTF programs with it).
 fn aya_kernel_btf(cfg: &ProbeConfig) -> Option<aya::Btf> {
-    if cfg.kernel_btf() && cfg.btf.is_none() {
+    // Programs attach by BTF id, which only the running kernel's own BTF
+    // numbers right: a --btf file (BTFHub's, converted from DWARF, or a
+    // minimized one) serves the layout, never ids, where the kernel has BTF.
+    if cfg.kernel_btf() {
         aya::Btf::from_sys_fs().ok()
     } else {
-        cfg.btf
-            .as_deref()
-            .and_then(|p| aya::Btf::parse_file(p, aya::Endianness::default()).ok())
+        // Through the archive reader: `--btf` may be a BTFHub .btf.tar.xz.
+        let bytes = btf_archive::read(cfg.btf.as_deref()?, &kernel::release()).ok()?;
+        aya::Btf::parse(&bytes, aya::Endianness::default()).ok()
     }
 }
 

@@ -126,6 +126,7 @@ pub fn gather_inputs(cfg: &ReportConfig) -> Result<model::Inputs, ReportError> {
         verify_bpf: use_bpf,
         history_db: Some(cfg.db.clone()),
         census: census.as_ref().and_then(census_reading),
+        btf: None,
     })?;
     let census_memcgs = census
         .as_ref()

@@ -29,6 +29,7 @@ pub(super) fn doctor_of(tree: &str) -> crate::doctor::Report {
         verify_bpf: false,
         history_db: None,
         census: None,
+        btf: None,
     })
     .unwrap()
 }
