@@ -37,6 +37,17 @@ pub struct Ev {
 }
 
 impl Ev {
+    /// One line for a failure report: kind, address, ID, path.
+    pub fn line(&self) -> String {
+        format!(
+            "{} {} id={} {}",
+            self.kind,
+            self.addr.as_deref().unwrap_or("-"),
+            self.id.map_or("-".to_string(), |i| i.to_string()),
+            self.path.as_deref().unwrap_or("-")
+        )
+    }
+
     /// `None` for the summary and anything that is not an event line.
     pub fn from_json(v: &Value) -> Option<Ev> {
         let kind = v["kind"].as_str()?;
