@@ -286,6 +286,11 @@ pub struct DoctorArgs {
     /// on the real host, except with --npd); capabilities are then predicted from files.
     #[arg(long)]
     pub no_bpf: bool,
+    /// History database of `kmem-trace watch`/`serve` (its forecast, and the
+    /// running tracer's count of ID-holding memcgs); default: the standard
+    /// path under --host-root.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
 }
 
 /// Durations like `60s`, `5m`, `14d`, `1h30m`.
