@@ -129,11 +129,17 @@ pub struct TracerIds {
 
 impl TracerIds {
     /// From the history's last sample: of this boot, at most
-    /// [`TRACER_FRESH_NS`] old, with no ring-buffer drops, and a hook that
-    /// sees ID releases (`id_hook`); else `None`.
+    /// [`TRACER_FRESH_NS`] old, with no ring-buffer drops, written by a
+    /// tracer with fentry or kprobe hooks (tracepoints see no ID release)
+    /// on a kernel where such a hook sees ID releases (`id_hook`); else `None`.
     pub fn from_sample(s: &CountSample, now_ns: i64, boot_id: &str, id_hook: bool) -> Option<Self> {
         let age = now_ns.saturating_sub(s.ts);
-        (s.boot_id == boot_id && (0..=TRACER_FRESH_NS).contains(&age) && s.drops == 0 && id_hook)
+        let family_sees_ids = s.hooks.contains("fentry") || s.hooks.contains("kprobe");
+        (s.boot_id == boot_id
+            && (0..=TRACER_FRESH_NS).contains(&age)
+            && s.drops == 0
+            && id_hook
+            && family_sees_ids)
             .then_some(TracerIds {
                 ids_in_use: s.ids_in_use,
                 age_s: age as f64 / 1e9,

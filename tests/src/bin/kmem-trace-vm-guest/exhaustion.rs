@@ -40,6 +40,11 @@ const DB: &str = "/shm/exhaustion-history.db";
 const LEAK_BUDGET: u64 = 300;
 /// Forecasts judged while at least this much time is left (see `judge`).
 const MIN_LEFT_S: f64 = 30.0;
+/// "Once the leak ran a minute": the forecast fits the rise once its
+/// samples span a minute (`forecast::MIN_WINDOW_S`), sampled every second
+/// by serve and scraped every [`SCRAPE_EVERY`]; the minute of leak is in
+/// its window by this many seconds after.
+const SETTLE_S: f64 = 4.0;
 const SCRAPE_EVERY: Duration = Duration::from_secs(2);
 /// `MEM_CGROUP_ID_MAX`.
 const ID_LIMIT: u64 = 65535;
@@ -379,7 +384,7 @@ fn judge(
     );
     let after_minute: Vec<(f64, f64, f64)> = during
         .iter()
-        .filter(|s| s.t_s >= leak.start_s + 60.0)
+        .filter(|s| s.t_s >= leak.start_s + 60.0 + SETTLE_S)
         .filter_map(|s| {
             let p = value(s, "kmem_trace_id_exhaustion_seconds")?;
             Some((s.t_s, p, leak.end_s - s.t_s))
@@ -416,7 +421,7 @@ fn judge(
     // live memcgs created minutes before) must not show in it.
     let rates: Vec<f64> = during
         .iter()
-        .filter(|s| s.t_s >= leak.start_s + 60.0)
+        .filter(|s| s.t_s >= leak.start_s + 60.0 + SETTLE_S)
         .filter_map(|s| value(s, "kmem_trace_leak_rate_per_hour"))
         .collect();
     // The rate the workload reached (first to last removal), beside the
