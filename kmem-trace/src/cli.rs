@@ -305,6 +305,11 @@ pub struct DoctorArgs {
     /// Kernel BTF file for kernels without /sys/kernel/btf/vmlinux, as `watch --btf` takes it.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    /// History database of `kmem-trace watch`/`serve` (its forecast, and the
+    /// running tracer's count of ID-holding memcgs); default: the standard
+    /// path under --host-root.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
 }
 
 /// Durations like `60s`, `5m`, `14d`, `1h30m`.

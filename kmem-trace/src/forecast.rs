@@ -340,6 +340,9 @@ impl Forecast {
     pub fn leak_text(&self) -> String {
         match (self.ids_per_hour, self.hours_to_exhaustion) {
             (Some(l), Some(h)) => format!("ID leak {l:+.1}/h · full in {}", human_hours(h)),
+            (Some(l), None) if self.filling_unknown_ids() => {
+                format!("ID leak {l:+.1}/h · IDs in use unknown")
+            }
             (Some(l), None) => format!("ID leak {l:+.1}/h · not filling"),
             (None, _) => "ID leak unknown (swap may hold dying memcgs' IDs)".into(),
         }
@@ -355,6 +358,12 @@ impl Forecast {
         )
     }
 
+    /// A positive leak whose time to exhaustion is missing only because the
+    /// IDs in use are unknown.
+    fn filling_unknown_ids(&self) -> bool {
+        self.ids_in_use.is_none() && self.ids_per_hour.is_some_and(|l| l > 1e-9)
+    }
+
     /// The forecast in words for the report and the doctor's detail.
     pub fn outlook(&self) -> String {
         let basis = match self.basis {
@@ -367,6 +376,11 @@ impl Forecast {
             (Some(l), Some(h)) => format!(
                 "at {l:+.1} ID-holding dying memcgs/h ({basis}, {w}), every memcg ID is in use in {}",
                 human_hours(h)
+            ),
+            // A leak against an unknown count of IDs in use: growing, but
+            // when the space is full is not known (never "not filling").
+            (Some(l), None) if self.filling_unknown_ids() => format!(
+                "ID-holding dying memcgs grow {l:+.1}/h ({basis}, {w}), but how many IDs are in use is unknown, so not when every one is"
             ),
             (Some(l), None) => format!(
                 "the ID space is not filling: ID-holding dying memcgs {l:+.1}/h ({basis}, {w}); dying memcgs {:+.1}/h cost memory, not IDs",

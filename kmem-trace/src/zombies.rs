@@ -92,6 +92,9 @@ pub struct Zombie {
     pub last_resident: Option<TaskView>,
     /// Bytes still charged (memory page counter at offline, or now for a census).
     pub pinned_bytes: Option<u64>,
+    /// When the byte counters were read: at its offline (the tracer's event)
+    /// or by a census (now, or at a tracer's start-up census).
+    pub counters_at: CountersAt,
     pub kmem_bytes: Option<u64>,
     pub swap_bytes: Option<u64>,
     pub kmem_active: bool,
@@ -101,6 +104,19 @@ pub struct Zombie {
     pub pin_exact: bool,
     /// `history`, `census`, or `census+history`.
     pub source: &'static str,
+}
+
+/// When a zombie's counters were read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountersAt {
+    /// By the offline hook, as the memcg went dying (what it held then).
+    Offline,
+    /// By a census (the BPF iterator), when it ran.
+    Census,
+    /// Not read.
+    #[default]
+    None,
 }
 
 impl Zombie {
@@ -219,13 +235,25 @@ pub fn join(
         // The history keeps processes and times; the census has current counters.
         let hist = row.map(|r| &r.memcg);
         let procs = hist.unwrap_or(m);
-        let counters = if let Some(now) = m.census_counters().filter(|c| c.mem_pages.is_some()) {
-            now
-        } else if m.at_offline().mem_pages.is_some() {
-            m.at_offline()
-        } else {
-            hist.map(|h| h.at_offline()).unwrap_or_default()
+        // At offline only where the offline was seen: a memcg dying before
+        // the tracer started has the start-up census's reading there
+        // (`census::seed`).
+        let at = |x: &Memcg| match (x.at_offline().mem_pages, x.offline_ns.get()) {
+            (None, _) => CountersAt::None,
+            (Some(_), Some(_)) => CountersAt::Offline,
+            (Some(_), None) => CountersAt::Census,
         };
+        let (counters, counters_at) =
+            if let Some(now) = m.census_counters().filter(|c| c.mem_pages.is_some()) {
+                (now, CountersAt::Census)
+            } else if m.at_offline().mem_pages.is_some() {
+                (m.at_offline(), at(m))
+            } else {
+                match hist {
+                    Some(h) => (h.at_offline(), at(h)),
+                    None => (m.at_offline(), CountersAt::None),
+                }
+            };
         out.push(Zombie {
             // The kernel zeroes `memcg->id.id` when it gives the ID back at
             // offline (4.6+, `mem_cgroup_id_remove()`): the census then reads
@@ -258,6 +286,7 @@ pub fn join(
             residents_dropped: procs.residents_dropped,
             last_resident: procs.last_resident().map(|t| TaskView::new(t, clock)),
             pinned_bytes: counters.mem_pages.map(|p| p * page),
+            counters_at,
             kmem_bytes: counters.kmem_pages.map(|p| p * page),
             swap_bytes: counters.swap_pages.map(|p| p * page),
             kmem_active: m.kmem_active || procs.kmem_active,

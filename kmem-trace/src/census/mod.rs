@@ -277,14 +277,20 @@ pub fn seed_watch(lc: &mut Lifecycle, btf: Option<PathBuf>) {
                 );
             }
         }
-        Ok(c) => log::warn!(
-            "census: counts only ({}): {} dying memcgs predate this run and are not listed",
-            c.fallback.as_deref().unwrap_or("no BPF iterator"),
-            c.totals
-                .dying
-                .map(|d| d.to_string())
-                .unwrap_or_else(|| "?".into())
-        ),
+        Ok(c) => {
+            // The live ones hold IDs: counted (not listed) from the start, so
+            // the ID gauge includes the root and what predates the run.
+            let live = c.totals.online.unwrap_or(0);
+            lc.set_unlisted_live(live, crate::clock::Clock::mono_now());
+            log::warn!(
+                "census: counts only ({}): {live} live and {} dying memcgs predate this run and are not listed (the live ones are counted as holding IDs)",
+                c.fallback.as_deref().unwrap_or("no BPF iterator"),
+                c.totals
+                    .dying
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "?".into())
+            );
+        }
         Err(e) => log::warn!("census: {e}"),
     }
 }

@@ -10,6 +10,7 @@ use super::{
 use crate::{
     forecast::{dying_hold, DyingHold},
     probes::kernel::KernelVersion,
+    store::samples::CountSample,
 };
 
 /// What `mkdir` of a cgroup fails with when no memcg ID is free.
@@ -107,6 +108,45 @@ fn short_words(v: Option<KernelVersion>) -> String {
     }
 }
 
+/// How old the tracer's last sample may be to count (samples come every
+/// 10 s, `store::samples::SAMPLE_EVERY`).
+pub const TRACER_FRESH_NS: i64 = 60_000_000_000;
+
+/// The running tracer's count of ID-holding memcgs, from its last sample.
+/// Without a census (no BPF cgroup iterator before 6.1) the kernel tells
+/// how many memcgs are dying but not which still hold an ID (4.7+: only
+/// those swap entries reference). The tracer saw every offline and ID
+/// release since it started and counts the live memcgs before it by
+/// number; the dying ones before it it cannot list, so its count is a
+/// lower bound, exact in what it counts only when it missed no event and
+/// a hook sees ID releases (`mem_cgroup_id_put_many()`): then reaching the
+/// limit is certain.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct TracerIds {
+    pub ids_in_use: u64,
+    pub age_s: f64,
+}
+
+impl TracerIds {
+    /// From the history's last sample: of this boot, at most
+    /// [`TRACER_FRESH_NS`] old, with no ring-buffer drops, written by a
+    /// tracer with fentry or kprobe hooks (tracepoints see no ID release)
+    /// on a kernel where such a hook sees ID releases (`id_hook`); else `None`.
+    pub fn from_sample(s: &CountSample, now_ns: i64, boot_id: &str, id_hook: bool) -> Option<Self> {
+        let age = now_ns.saturating_sub(s.ts);
+        let family_sees_ids = s.hooks.contains("fentry") || s.hooks.contains("kprobe");
+        (s.boot_id == boot_id
+            && (0..=TRACER_FRESH_NS).contains(&age)
+            && s.drops == 0
+            && id_hook
+            && family_sees_ids)
+            .then_some(TracerIds {
+                ids_in_use: s.ids_in_use,
+                age_s: age as f64 / 1e9,
+            })
+    }
+}
+
 /// Remediation for an exhausted or nearly exhausted ID space on this kernel.
 fn remediation(f: &Facts) -> Vec<String> {
     match dying_hold(f.version) {
@@ -135,9 +175,9 @@ fn remediation(f: &Facts) -> Vec<String> {
 }
 
 /// The exhausted-state finding: critical when every ID is in use (or live
-/// memcgs alone fill the space), a warning when it may be (IDs in use
-/// unknown, but live and dying memcgs together reach the limit); none when
-/// the space is known not to be full.
+/// memcgs alone, or the running tracer's lower bound, fill the space), a
+/// warning when it may be (IDs in use unknown, but live and dying memcgs
+/// together reach the limit); none when the space is known not to be full.
 pub fn finding(f: &Facts, id_limit: u32) -> Option<Finding> {
     let limit = id_limit as u64;
     let visible = f.counts.as_ref().map(|c| c.visible);
@@ -159,6 +199,23 @@ pub fn finding(f: &Facts, id_limit: u32) -> Option<Finding> {
             ),
             search_words(f.version),
         ),
+        (None, _, _) if f.tracer_ids.is_some_and(|t| t.ids_in_use >= limit) => {
+            let t = f.tracer_ids.expect("checked");
+            (
+                Severity::Critical,
+                format!(
+                    "memcg ID space exhausted ({} of {id_limit} IDs in use, counted by the running tracer): {}",
+                    t.ids_in_use,
+                    short_words(f.version)
+                ),
+                format!(
+                    "{}; the tracer's count ({:.0} s old, no events lost, ID releases seen) is a lower bound: \
+                     no census can tell which dying memcgs hold IDs on this kernel",
+                    search_words(f.version),
+                    t.age_s
+                ),
+            )
+        }
         (None, _, Some(all)) if all >= limit => (
             Severity::Warning,
             format!("memcg ID space may be exhausted: {all} live and dying memcgs, {id_limit} IDs"),
@@ -197,5 +254,45 @@ mod tests {
         assert!(search_words(v(5, 15)).contains("Device or resource busy"));
         assert!(!search_words(v(6, 1)).contains("Device or resource busy"));
         assert!(!search_words(v(6, 12)).contains("No space left"));
+    }
+
+    fn sample(ts: i64, ids: u64, drops: u64) -> CountSample {
+        CountSample {
+            ts,
+            boot_id: "b1".into(),
+            live: 65235,
+            dying: 300,
+            zombies: 300,
+            ids_in_use: ids,
+            id_limit: 65535,
+            drops,
+            hooks: "fentry".into(),
+        }
+    }
+
+    #[test]
+    fn the_tracer_counts_only_fresh_complete_and_with_id_releases() {
+        let now = 1_000_000_000_000;
+        let ok = TracerIds::from_sample(&sample(now - 5_000_000_000, 65535, 0), now, "b1", true);
+        assert_eq!(ok.map(|t| (t.ids_in_use, t.age_s)), Some((65535, 5.0)));
+        let s = sample(now - 5_000_000_000, 65535, 0);
+        assert_eq!(
+            TracerIds::from_sample(&s, now, "b2", true),
+            None,
+            "another boot"
+        );
+        assert_eq!(
+            TracerIds::from_sample(&s, now, "b1", false),
+            None,
+            "no ID hook"
+        );
+        let old = sample(now - 61_000_000_000, 65535, 0);
+        assert_eq!(TracerIds::from_sample(&old, now, "b1", true), None, "stale");
+        let lossy = sample(now - 1_000_000_000, 65535, 3);
+        assert_eq!(
+            TracerIds::from_sample(&lossy, now, "b1", true),
+            None,
+            "drops"
+        );
     }
 }

@@ -341,13 +341,21 @@ fn ids_and_dying(f: &Facts, id_limit: u32, out: &mut Vec<Finding>) {
         );
     }
     if f.ids_in_use.is_none() && f.dying.is_some() {
+        let mut detail = "4.7+: dying memcgs hold IDs only through swap entries; swap is in use \
+                          (or /proc/meminfo is unreadable) and no census told which dying memcgs it holds"
+            .to_string();
+        if let Some(t) = f.tracer_ids {
+            detail.push_str(&format!(
+                "; the running tracer counts at least {} ({:.0} s ago)",
+                t.ids_in_use, t.age_s
+            ));
+        }
         out.push(
             finding("memcg-ids", Severity::Unknown, "memcg IDs in use: unknown")
-                .detail(
-                    "4.7+: dying memcgs hold IDs only through swap entries; swap is in use \
-                     (or /proc/meminfo is unreadable) and no census told which dying memcgs it holds",
-                )
-                .fix(&["run `kmem-trace report` or `kmem-trace census` as root for per-memcg swap"]),
+                .detail(detail)
+                .fix(&[
+                    "run `kmem-trace report` or `kmem-trace census` as root for per-memcg swap",
+                ]),
         );
     }
     match (f.dying, total) {

@@ -100,6 +100,9 @@ pub struct Facts {
     /// `memory.stat` has a shmem line (not on 3.10): tmpfs is told apart.
     pub shmem_known: bool,
     pub caps: caps::BpfCapabilities,
+    /// The running tracer's count of ID-holding memcgs, from its history
+    /// (`doctor` with a history database); `None` when not fresh or absent.
+    pub tracer_ids: Option<super::exhausted::TracerIds>,
     /// What could not be read.
     pub unreadable: Vec<String>,
 }
@@ -180,6 +183,7 @@ impl Facts {
             dying_bytes,
             shmem_known,
             caps,
+            tracer_ids: None,
             unreadable,
         }
     }

@@ -102,6 +102,9 @@ pub fn run(cfg: &DoctorConfig) -> Result<Report, DoctorError> {
     if let Some(c) = cfg.census {
         facts.use_census(c);
     }
+    if let Some(db) = cfg.history_db.as_deref() {
+        facts.tracer_ids = tracer_ids(db, &facts);
+    }
     let forecast = forecast_for(&facts, cfg);
     let findings = findings::judge(&facts, forecast.as_ref(), drop.as_ref(), cfg.id_limit);
     let status = findings
@@ -140,6 +143,27 @@ fn forecast_for(f: &Facts, cfg: &DoctorConfig) -> Option<Forecast> {
         f.uptime_s?,
         cfg.id_limit,
     ))
+}
+
+/// The running tracer's last sample of ID-holding memcgs, when it is of
+/// this boot and fresh ([`exhausted::TracerIds::from_sample`]).
+fn tracer_ids(db: &Path, f: &Facts) -> Option<exhausted::TracerIds> {
+    if !db.exists() {
+        return None;
+    }
+    let store = crate::store::Store::open_existing(db).ok()?;
+    let now = crate::store::writer::now_ns();
+    let last = store
+        .samples(now - exhausted::TRACER_FRESH_NS)
+        .ok()?
+        .into_iter()
+        .max_by_key(|s| s.ts)?;
+    let boot = fs::read_to_string(f.host_root.join("proc/sys/kernel/random/boot_id")).ok()?;
+    let id_hook = !f
+        .caps
+        .blind_points
+        .contains(&crate::probes::table::Point::IdRelease);
+    exhausted::TracerIds::from_sample(&last, now, boot.trim(), id_hook)
 }
 
 fn from_history(db: &Path, id_limit: u32) -> Option<Forecast> {
@@ -225,10 +249,10 @@ pub fn command(args: &DoctorArgs) -> Result<ExitCode, DoctorError> {
         id_limit: args.id_limit,
         try_drop_caches: args.try_drop_caches,
         verify_bpf: !args.no_bpf && !args.npd && can_load_bpf(&args.host_root),
-        history_db: Some(
+        history_db: Some(args.db.clone().unwrap_or_else(|| {
             args.host_root
-                .join(crate::store::DEFAULT_DB.trim_start_matches('/')),
-        ),
+                .join(crate::store::DEFAULT_DB.trim_start_matches('/'))
+        })),
         census: None,
         btf: args.btf.clone(),
     };

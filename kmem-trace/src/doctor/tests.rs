@@ -268,6 +268,30 @@ fn an_exhausted_id_space_is_named_in_the_kernels_words() {
     let x = exhausted::finding(&f, 65535).unwrap();
     assert_eq!(x.severity, Severity::Warning);
     assert!(x.title.contains("may be exhausted"));
+    // 5.10 without a census: the running tracer's lower bound at the limit
+    // makes it certain, in that kernel's words; below it, still "may be".
+    f.version = Some(crate::probes::kernel::KernelVersion(5, 10, 0));
+    f.tracer_ids = Some(exhausted::TracerIds {
+        ids_in_use: 65535,
+        age_s: 4.0,
+    });
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert_eq!(x.severity, Severity::Critical);
+    assert!(
+        x.title.starts_with(
+            "memcg ID space exhausted (65535 of 65535 IDs in use, counted by the running tracer)"
+        ) && x.title.contains("\"No space left on device\" (ENOSPC)"),
+        "{}",
+        x.title
+    );
+    assert!(x.detail.contains("lower bound"), "{}", x.detail);
+    f.tracer_ids = Some(exhausted::TracerIds {
+        ids_in_use: 65000,
+        age_s: 4.0,
+    });
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert!(x.title.contains("may be exhausted"));
+    f.tracer_ids = None;
     f.counts.as_mut().unwrap().num_cgroups = Some(100);
     assert!(exhausted::finding(&f, 65535).is_none());
 }

@@ -54,6 +54,23 @@ fn a_real_leak_gives_rate_and_time_left() {
     assert!(f.short().starts_with("ID leak +"), "{}", f.short());
     assert!(f.leak_text().contains("full in"), "{}", f.leak_text());
     assert_eq!(f.exhaustion_s(), h * 3600.0);
+    // The same leak against IDs in use nobody knows (doctor on 5.10 with
+    // swap in use): growing, never "not filling".
+    let blind = f.at(None);
+    assert_eq!(blind.hours_to_exhaustion, None);
+    assert!(
+        blind.leak_text().ends_with("IDs in use unknown"),
+        "{}",
+        blind.leak_text()
+    );
+    assert!(
+        !blind.outlook().contains("not filling"),
+        "{}",
+        blind.outlook()
+    );
+    assert!(blind
+        .outlook()
+        .contains("how many IDs are in use is unknown"));
 }
 
 #[test]

@@ -141,6 +141,9 @@ pub struct Counts {
     /// Memcgs the history or a recheck holds that no event or census has
     /// confirmed since (they may be gone): not in live, dying or zombies.
     pub unconfirmed: u64,
+    /// Live memcgs the kernel had at start that no census could list (see
+    /// [`Lifecycle::set_unlisted_live`]): counted in `live` and `ids_in_use`.
+    pub unlisted_live: u64,
 }
 
 /// The state machine.
@@ -162,6 +165,28 @@ pub struct Lifecycle {
     untracked: u64,
     missed_frees: u64,
     ids_reused: u64,
+    unlisted: Unlisted,
+}
+
+/// Live memcgs that predate the run and that no census listed: without the
+/// BPF cgroup iterator (before 6.1) the start-up census only counts them, so
+/// the root memcg and every cgroup directory that existed at start are known
+/// by number, not by address. A live memcg holds its ID (given back at
+/// offline at the earliest, `mem_cgroup_css_offline()` →
+/// `mem_cgroup_id_put()`), so without them the ID gauge stays short of the
+/// kernel's count (one short on 5.10: the root, which never has an event).
+#[derive(Clone, Copy, Debug, Default)]
+struct Unlisted {
+    live: u64,
+    /// Monotonic ns of the count: an alloc before it was counted in it.
+    at_ns: u64,
+}
+
+impl Unlisted {
+    /// One of them became known by an event or the history.
+    fn named(&mut self) {
+        self.live = self.live.saturating_sub(1);
+    }
 }
 
 impl Lifecycle {
@@ -181,7 +206,22 @@ impl Lifecycle {
             untracked: 0,
             missed_frees: 0,
             ids_reused: 0,
+            unlisted: Unlisted::default(),
         })
+    }
+
+    /// The counts-only census found `live` live memcgs (the root and the
+    /// visible directories) at monotonic `at_ns` that it could not list; they
+    /// count as live and ID-holding until an event or the history names them.
+    pub fn set_unlisted_live(&mut self, live: u64, at_ns: u64) {
+        let known = self
+            .memcgs()
+            .filter(|m| m.state == State::Live && !m.unconfirmed)
+            .count() as u64;
+        self.unlisted = Unlisted {
+            live: live.saturating_sub(known),
+            at_ns,
+        };
     }
 
     pub fn config(&self) -> &LifecycleConfig {
@@ -203,6 +243,11 @@ impl Lifecycle {
         }
         if m.memcg_id != 0 && !m.id_released {
             self.by_id.insert(m.memcg_id, m.addr);
+        }
+        if m.state == State::Live && !m.unconfirmed && !self.memcgs.contains_key(&m.addr) {
+            // The history's live memcg, whose directory still exists: one of
+            // the unlisted, now named.
+            self.unlisted.named();
         }
         self.memcgs.insert(m.addr, Box::new(m));
     }
@@ -239,6 +284,9 @@ impl Lifecycle {
             untracked: self.untracked,
             missed_frees: self.missed_frees,
             ids_reused: self.ids_reused,
+            live: self.unlisted.live,
+            ids_in_use: self.unlisted.live,
+            unlisted_live: self.unlisted.live,
             ..Counts::default()
         };
         for m in self.memcgs.values() {
@@ -297,6 +345,10 @@ impl Lifecycle {
                 return self.on_transition(ev);
             }
         }
+        if ev.ts_ns() < self.unlisted.at_ns {
+            // Created before the count, so counted in it: named now.
+            self.unlisted.named();
+        }
         if let Some(old) = self.memcgs.remove(&addr) {
             // The address was reused: the old memcg was freed without us seeing it.
             self.missed_frees += 1;
@@ -334,6 +386,16 @@ impl Lifecycle {
             self.untracked += 1;
             anomaly = Some(Anomaly::Untracked);
             let mut m = Memcg::new(addr, ev.raw.memcg_id, Origin::Partial);
+            // Live at start (an offline, a process joining, kmem activated;
+            // an online before the count), so among the unlisted.
+            let was_live = match ev.kind {
+                EventKind::Offline | EventKind::Resident | EventKind::KmemActivate => true,
+                EventKind::Online => ev.ts_ns() < self.unlisted.at_ns,
+                _ => false,
+            };
+            if was_live {
+                self.unlisted.named();
+            }
             if ev.kind == EventKind::Online {
                 m.set_creator(Task::actor_in(ev, &mut self.names));
             }

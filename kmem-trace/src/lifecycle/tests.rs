@@ -227,3 +227,38 @@ fn exec_renames_a_resident_and_free_keeps_counters() {
     let freed = lc.apply(&free).freed.unwrap();
     assert_eq!(freed.at_free().mem_pages, Some(3));
 }
+
+#[test]
+fn unlisted_live_memcgs_count_until_named() {
+    // A counts-only start: the root and two directories, no addresses.
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    lc.set_unlisted_live(3, 100);
+    let c = lc.counts(100);
+    assert_eq!((c.live, c.ids_in_use, c.unlisted_live), (3, 3, 3));
+    // A memcg made after the count is new, not one of them.
+    lc.apply(&ev(EventKind::Alloc, 0x1000, 5, 10, 150));
+    assert_eq!(lc.counts(200).ids_in_use, 4);
+    // One made just before the count (its alloc still queued) was counted.
+    lc.apply(&ev(EventKind::Alloc, 0x2000, 6, 11, 90));
+    assert_eq!(lc.counts(200).ids_in_use, 4);
+    // A pre-existing directory removed: its offline names it.
+    lc.apply(&ev(EventKind::Offline, 0x3000, 7, 12, 300));
+    let c = lc.counts(400);
+    assert_eq!((c.unlisted_live, c.live, c.dying), (1, 3, 1));
+    // Its ID went back at offline; the root stays counted, never named.
+    assert_eq!(c.ids_in_use, 3);
+    // A free of an unknown memcg (dying before start) changes nothing.
+    lc.apply(&ev(EventKind::Free, 0x4000, 8, 13, 500));
+    assert_eq!(lc.counts(600).ids_in_use, 3);
+}
+
+#[test]
+fn unlisted_live_memcgs_named_by_the_history() {
+    let mut lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+    lc.set_unlisted_live(2, 100);
+    let mut m = Memcg::new(0x5000, 9, Origin::History);
+    m.state = State::Live;
+    lc.seed_memcg(m);
+    let c = lc.counts(200);
+    assert_eq!((c.live, c.ids_in_use, c.unlisted_live), (2, 2, 1));
+}

@@ -6,6 +6,7 @@
 //! JSON and [`html`] (one self-contained file) render.
 
 pub mod appendix;
+pub mod causes;
 pub mod html;
 pub mod md;
 pub mod model;

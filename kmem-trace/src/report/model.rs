@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{
+    causes,
     timeline::{self, Point},
     verdict,
 };
@@ -134,6 +135,9 @@ pub struct CauseTotal {
     #[serde(skip)]
     pub kind: PinCause,
     pub cause: String,
+    /// Read from the counters at offline, not now: why nothing reads it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_offline: Option<String>,
     pub zombies: u64,
     pub pinned_bytes: u64,
     pub remedy: String,
@@ -257,6 +261,18 @@ pub fn build(i: Inputs) -> Report {
         (Vec::new(), "none".to_string())
     };
     let page = crate::outputs::page_size();
+    // Zombies no census read are classified from their counters at offline.
+    let kmem_pins = crate::census::pin::kmem_pins(
+        facts
+            .release
+            .as_deref()
+            .and_then(crate::probes::kernel::KernelVersion::parse),
+    );
+    let why_not_now = causes::why_not_now(
+        facts.caps.iterators.available,
+        i.census.as_ref().and_then(|c| c.fallback.as_deref()),
+    );
+    let zombie_causes = causes::of_rows(&i.zombies, &i.pins, page, kmem_pins);
     let appendix: Vec<AppendixRow> = i
         .zombies
         .iter()
@@ -269,7 +285,9 @@ pub fn build(i: Inputs) -> Report {
                     pin.map(|p| (p.user_pages + p.kmem_pages.unwrap_or(0)) * page);
             }
             AppendixRow {
-                cause: pin.map(|p| p.cause.name().to_string()),
+                cause: zombie_causes
+                    .get(&z.memcg_addr)
+                    .map(|c| causes::label(*c, &why_not_now)),
                 zombie,
             }
         })
@@ -277,7 +295,7 @@ pub fn build(i: Inputs) -> Report {
     let listed: Vec<Zombie> = appendix.iter().map(|a| a.zombie.clone()).collect();
     let (owners, owner_count) = owners(&listed);
     let workloads = workloads(&listed, (i.now - i.since).max(0) as f64 / 1e9);
-    let causes = causes(&appendix, &i.pins);
+    let causes = causes::totals(&appendix, &zombie_causes, &why_not_now);
     let now = now(&i, &appendix);
     let ids = ids(&i);
     let node = node(&i);
@@ -392,35 +410,6 @@ fn workloads(zombies: &[Zombie], period_s: f64) -> Vec<WorkloadTotal> {
             }
         })
         .collect()
-}
-
-fn causes(rows: &[AppendixRow], pins: &HashMap<String, Pin>) -> Vec<CauseTotal> {
-    let mut by: BTreeMap<PinCause, (u64, u64)> = BTreeMap::new();
-    for r in rows {
-        let cause = pins
-            .get(&r.zombie.memcg_addr)
-            .map(|p| p.cause)
-            .unwrap_or(PinCause::Unknown);
-        let e = by.entry(cause).or_default();
-        e.0 += 1;
-        e.1 += r.zombie.pinned_bytes.unwrap_or(0);
-    }
-    let mut v: Vec<CauseTotal> = by
-        .into_iter()
-        .map(|(c, (n, b))| CauseTotal {
-            kind: c,
-            cause: c.name().to_string(),
-            zombies: n,
-            pinned_bytes: b,
-            remedy: c.remedy().to_string(),
-        })
-        .collect();
-    v.sort_by(|a, b| {
-        b.zombies
-            .cmp(&a.zombies)
-            .then(b.pinned_bytes.cmp(&a.pinned_bytes))
-    });
-    v
 }
 
 /// Counts now: the census when it walked the memcg tree (the doctor took

@@ -69,6 +69,7 @@ pub(super) fn pod_zombie(i: u32, container: &str, pinned: u64) -> Zombie {
         residents_dropped: 0,
         last_resident: None,
         pinned_bytes: Some(pinned),
+        counters_at: crate::zombies::CountersAt::None,
         kmem_bytes: None,
         swap_bytes: None,
         kmem_active: true,

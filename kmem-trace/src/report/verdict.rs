@@ -153,7 +153,14 @@ pub fn verdict(v: VerdictInputs) -> Verdict {
     }
     s.push('.');
     if let Some(c) = v.causes.iter().find(|c| c.kind != PinCause::Unknown) {
-        s.push_str(&format!(" Most are pinned by {}.", c.cause));
+        match &c.at_offline {
+            // What they held when they went offline, not what holds them now.
+            Some(why) => s.push_str(&format!(
+                " Most held {} when they went offline ({why}).",
+                c.kind.name()
+            )),
+            None => s.push_str(&format!(" Most are pinned by {}.", c.cause)),
+        }
     }
     if let Some(o) = v.owners.first() {
         // The appendix lists zombies and, apart, dying memcgs of unknown age.

@@ -9,6 +9,7 @@ fn run(predict: impl Fn(f64) -> f64, rate: f64) -> Value {
         leaked: 300,
         start_s: 100.0,
         end_s: 250.0,
+        last_s: 249.5,
         errno: Some(("EBUSY".into(), "Device or resource busy".into())),
         ..Leak::default()
     };

@@ -8,6 +8,7 @@ mod census;
 mod check;
 mod compare;
 mod exhaustion;
+mod exhaustion_leak;
 mod init;
 mod pin_census;
 mod pins;
