@@ -298,6 +298,11 @@ pub struct DoctorArgs {
     /// Measure the dying count before and after `echo 1 > /proc/sys/vm/drop_caches` (root; frees page cache node-wide).
     #[arg(long)]
     pub try_drop_caches: bool,
+    /// Make and remove one cgroup under the memory controller's root (root): the
+    /// only certain answer to whether the memcg ID space is exhausted (mkdir
+    /// fails with ENOSPC before 6.12, EBUSY from 6.12).
+    #[arg(long)]
+    pub try_mkdir: bool,
     /// Do not load BPF to test which hooks attach (by default it does as root
     /// on the real host, except with --npd); capabilities are then predicted from files.
     #[arg(long)]

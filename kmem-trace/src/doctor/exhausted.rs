@@ -180,6 +180,27 @@ fn remediation(f: &Facts) -> Vec<String> {
 /// together reach the limit); none when the space is known not to be full.
 pub fn finding(f: &Facts, id_limit: u32) -> Option<Finding> {
     let limit = id_limit as u64;
+    // A memcg made now: whatever the counts say, the space is not exhausted.
+    if f.mkdir_probe.as_ref().is_some_and(|p| p.made()) {
+        return None;
+    }
+    if let Some(p) = f.mkdir_probe.as_ref().filter(|p| p.out_of_ids()) {
+        return Some(Finding {
+            id: "memcg-ids-exhausted",
+            severity: Severity::Critical,
+            title: format!(
+                "memcg ID space exhausted: mkdir of a memcg fails with \"{}\" ({})",
+                p.words.as_deref().unwrap_or(""),
+                p.errno.as_deref().unwrap_or("")
+            ),
+            detail: format!(
+                "doctor tried `mkdir {}` (--try-mkdir); {}",
+                p.path,
+                search_words(f.version)
+            ),
+            remediation: remediation(f),
+        });
+    }
     let visible = f.counts.as_ref().map(|c| c.visible);
     let total = f.counts.as_ref().and_then(|c| c.total());
     let (severity, title, detail) = match (f.ids_in_use, visible, total) {

@@ -103,6 +103,8 @@ pub struct Facts {
     /// The running tracer's count of ID-holding memcgs, from its history
     /// (`doctor` with a history database); `None` when not fresh or absent.
     pub tracer_ids: Option<super::exhausted::TracerIds>,
+    /// `--try-mkdir`: what making one memcg answered.
+    pub mkdir_probe: Option<super::mkdir_probe::MkdirProbe>,
     /// What could not be read.
     pub unreadable: Vec<String>,
 }
@@ -184,6 +186,7 @@ impl Facts {
             shmem_known,
             caps,
             tracer_ids: None,
+            mkdir_probe: None,
             unreadable,
         }
     }

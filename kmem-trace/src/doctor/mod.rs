@@ -9,6 +9,7 @@
 pub mod exhausted;
 pub mod findings;
 pub mod host;
+pub mod mkdir_probe;
 pub mod render;
 
 use std::{
@@ -35,6 +36,8 @@ use crate::{
 pub enum DoctorError {
     #[error("--try-drop-caches needs root (it writes /proc/sys/vm/drop_caches)")]
     NotRoot,
+    #[error("--try-mkdir needs root (it makes and removes a cgroup under the memory controller)")]
+    MkdirNotRoot,
     #[error("--try-drop-caches needs a memory cgroup controller to count dying memcgs")]
     NoMemory,
     #[error("writing {path}: {source}")]
@@ -56,6 +59,8 @@ pub struct DoctorConfig {
     pub host_root: PathBuf,
     pub id_limit: u32,
     pub try_drop_caches: bool,
+    /// `--try-mkdir`: make and remove one memcg to learn whether the kernel still gives IDs out (root).
+    pub try_mkdir: bool,
     /// Load the probes to verify the BPF capabilities (root on the real host).
     pub verify_bpf: bool,
     /// History database for the forecast (used when it exists).
@@ -104,6 +109,9 @@ pub fn run(cfg: &DoctorConfig) -> Result<Report, DoctorError> {
     }
     if let Some(db) = cfg.history_db.as_deref() {
         facts.tracer_ids = tracer_ids(db, &facts);
+    }
+    if cfg.try_mkdir {
+        facts.mkdir_probe = Some(try_mkdir(&cfg.host_root)?);
     }
     let forecast = forecast_for(&facts, cfg);
     let findings = findings::judge(&facts, forecast.as_ref(), drop.as_ref(), cfg.id_limit);
@@ -234,6 +242,16 @@ fn try_drop_caches(root: &Path) -> Result<DropCaches, DoctorError> {
     })
 }
 
+/// `--try-mkdir`: one memcg made and removed under the memory hierarchy's root.
+fn try_mkdir(root: &Path) -> Result<mkdir_probe::MkdirProbe, DoctorError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(DoctorError::MkdirNotRoot);
+    }
+    let h = crate::cgroupfs::preferred_memory_hierarchy(root).map_err(|_| DoctorError::NoMemory)?;
+    Ok(mkdir_probe::probe(&h.mount))
+}
+
 /// Whether `doctor` and `report` may load BPF for `host_root`: only for the
 /// real host (`--host-root /`), as root, with the eBPF programs built in.
 pub fn can_load_bpf(host_root: &Path) -> bool {
@@ -248,6 +266,7 @@ pub fn command(args: &DoctorArgs) -> Result<ExitCode, DoctorError> {
         host_root: args.host_root.clone(),
         id_limit: args.id_limit,
         try_drop_caches: args.try_drop_caches,
+        try_mkdir: args.try_mkdir,
         verify_bpf: !args.no_bpf && !args.npd && can_load_bpf(&args.host_root),
         history_db: Some(args.db.clone().unwrap_or_else(|| {
             args.host_root

@@ -16,6 +16,7 @@ fn report(name: &str) -> Report {
         host_root: fixture(name),
         id_limit: 65535,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
@@ -134,6 +135,7 @@ fn missing_files_are_unknown_not_errors() {
         host_root: dir.clone(),
         id_limit: 65535,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
@@ -152,6 +154,7 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         host_root: fixture("debian12-v2-healthy"),
         id_limit: 0,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
@@ -162,6 +165,7 @@ fn the_id_limit_is_checked_and_scales_the_verdict() {
         host_root: fixture("debian12-v2-healthy"),
         id_limit: 24,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
@@ -192,6 +196,7 @@ fn swap_in_use_leaves_modern_ids_unknown_until_a_census_counts_them() {
         host_root: dir.clone(),
         id_limit: 65_535,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
@@ -294,4 +299,40 @@ fn an_exhausted_id_space_is_named_in_the_kernels_words() {
     f.tracer_ids = None;
     f.counts.as_mut().unwrap().num_cgroups = Some(100);
     assert!(exhausted::finding(&f, 65535).is_none());
+}
+
+/// `--try-mkdir`: a refusal for want of IDs is certain exhaustion whatever
+/// the counts say (7.3.4: "may be" from the counts, EBUSY from mkdir); a
+/// memcg made means not exhausted; other errors change nothing.
+#[test]
+fn a_refused_mkdir_is_certain_and_a_made_one_clears_the_warning() {
+    use super::mkdir_probe::MkdirProbe;
+    let mut f = report("debian12-v2-healthy").facts.clone();
+    f.version = Some(crate::probes::kernel::KernelVersion(7, 3, 4));
+    f.ids_in_use = None;
+    f.counts.as_mut().unwrap().num_cgroups = Some(65_600);
+    assert_eq!(
+        exhausted::finding(&f, 65535).unwrap().severity,
+        Severity::Warning
+    );
+    let probe = |errno: Option<&str>, words: Option<&str>| MkdirProbe {
+        path: "/sys/fs/cgroup/kmem-trace-doctor-1".into(),
+        errno: errno.map(str::to_string),
+        words: words.map(str::to_string),
+    };
+    f.mkdir_probe = Some(probe(Some("EBUSY"), Some("Device or resource busy")));
+    let x = exhausted::finding(&f, 65535).unwrap();
+    assert_eq!(x.severity, Severity::Critical);
+    assert_eq!(
+        x.title,
+        "memcg ID space exhausted: mkdir of a memcg fails with \"Device or resource busy\" (EBUSY)"
+    );
+    assert!(x.remediation.iter().any(|r| r.contains("swapoff")));
+    f.mkdir_probe = Some(probe(None, None));
+    assert!(exhausted::finding(&f, 65535).is_none());
+    f.mkdir_probe = Some(probe(Some("EACCES"), Some("Permission denied")));
+    assert_eq!(
+        exhausted::finding(&f, 65535).unwrap().severity,
+        Severity::Warning
+    );
 }

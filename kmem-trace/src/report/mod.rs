@@ -124,6 +124,7 @@ pub fn gather_inputs(cfg: &ReportConfig) -> Result<model::Inputs, ReportError> {
         host_root: cfg.host_root.clone(),
         id_limit: kmem_trace_common::MEMCG_ID_MAX,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: use_bpf,
         history_db: Some(cfg.db.clone()),
         census: census.as_ref().and_then(census_reading),

@@ -26,6 +26,7 @@ pub(super) fn doctor_of(tree: &str) -> crate::doctor::Report {
         host_root: fixture(tree),
         id_limit: 65_535,
         try_drop_caches: false,
+        try_mkdir: false,
         verify_bpf: false,
         history_db: None,
         census: None,
