@@ -17,7 +17,8 @@ const POINTS: [(&str, &str); 7] = [
     ("id_release", "id_rel"),
     ("kmem_activate", "kmem"),
 ];
-pub const FAMILIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// Hook families, and `perf`: the old-kernel object forced (`watch --transport perf`).
+pub const FAMILIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", "perf"];
 
 /// One point of one cell: the count seen, `-` for a point the family cannot see
 /// (not a pass), `on`/`off` for kmem activation, `FAIL`.
