@@ -13,6 +13,13 @@
 //! charges a ring beyond `perf_event_mlock_kb` (516 KiB per CPU by default)
 //! to `RLIMIT_MEMLOCK` unless the caller has `CAP_IPC_LOCK`. Raising only this
 //! process's soft limit costs one syscall and changes nothing else.
+//!
+//! aya 0.14 has a last resort of its own (`sys/bpf.rs`,
+//! `with_raised_rlimit_retry`): after an `EPERM` from map creation or program
+//! loading on a kernel whose `uname` says before 5.11 it tries unlimited once,
+//! only logs a refusal and never tries the hard limit. Raising here first makes
+//! the limit a start-up choice `probes` and `watch -v` show, falls back to the
+//! hard limit without `CAP_SYS_RESOURCE`, and covers the perf buffers too.
 
 use std::fmt;
 
@@ -137,6 +144,15 @@ pub(super) fn annotate(m: &Memlock, err: super::ProbeError) -> super::ProbeError
                 reasons: format!("{reasons}\n  {why}"),
             },
             None => ProbeError::NothingAttached { mode, reasons },
+        },
+        // Opening a perf buffer: `perf_mmap()` charges it beyond
+        // `perf_event_mlock_kb` to the limit (EPERM without CAP_IPC_LOCK).
+        ProbeError::MapRead { name, reason } => match m.explain(&reason) {
+            Some(why) => ProbeError::MapRead {
+                name,
+                reason: format!("{reason}; {why}"),
+            },
+            None => ProbeError::MapRead { name, reason },
         },
         other => other,
     }
@@ -308,6 +324,17 @@ mod tests {
         );
         // Another error, or a high limit: not the limit's fault.
         assert_eq!(low.explain("Invalid argument (os error 22)"), None);
+        let open = super::annotate(
+            &low,
+            super::super::ProbeError::MapRead {
+                name: "EVENTS",
+                reason: "perf_event mmap: Operation not permitted (os error 1)".into(),
+            },
+        );
+        assert!(
+            open.to_string().contains("RLIMIT_MEMLOCK is 8 MiB"),
+            "{open}"
+        );
         let high = Memlock {
             after: Some(Limit {
                 soft: INFINITY,
