@@ -16,7 +16,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         }
     }
     let mut s = String::from(
-        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | perf | census | pins (v2) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | perf | perf-tp | census | pins (v2) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for k in kernels {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
@@ -85,7 +85,8 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
          as the leak table says, the census's cause and bytes, the ID release. \
          perf: the old-kernel object (perf buffers, kprobes and classic tracepoints) forced \
          with `watch --transport perf`, judged by what `probes --transport perf` attaches and \
-         agreeing with the families on every point it sees. \
+         agreeing with the families on every point it sees; perf-tp: its classic tracepoint \
+         programs alone (`--hooks tracepoint`), which perf never runs where kprobes work. \
          \"unavailable\": the kernel attaches no hook of that family; \"not run\": not in \
          that run; \"-\": cgroup v1 boot. \
          Run it yourself with \
@@ -144,7 +145,7 @@ fn pins_cell(rs: &[&RunResult]) -> &'static str {
 /// machine: no kprobes, fentry refused). For `perf`, the perf transport's
 /// report: it could not start, or attached no hook of any family.
 fn family_unavailable(r: &RunResult, family: &str) -> bool {
-    let perf = family == "perf";
+    let perf = family.starts_with("perf");
     let report = if perf { &r.perf_probes } else { &r.probes };
     let Some(report) = report else {
         return false;
@@ -157,7 +158,9 @@ fn family_unavailable(r: &RunResult, family: &str) -> bool {
     };
     !points.iter().any(|p| {
         p["tried"].as_array().into_iter().flatten().any(|a| {
-            (perf || a["family"] == family)
+            (family == "perf"
+                || a["family"] == family
+                || (family == "perf-tp" && a["family"] == "tracepoint"))
                 && matches!(a["outcome"].as_str(), Some("chosen" | "works"))
         })
     })
@@ -185,7 +188,7 @@ mod tests {
         ];
         let t = readme_table(&runs, "2026-11-29");
         assert!(
-            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | not run | pass | - |"),
+            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | not run | not run | pass | - |"),
             "{t}"
         );
         // A family whose v2 toggle check failed is not "pass" (7.3.4 cloud
@@ -197,7 +200,9 @@ mod tests {
         a.pins = Some(serde_json::json!({"status": "pass"}));
         let t = readme_table(&[a], "2026-12-06");
         assert!(
-            t.contains("| v2 | nokmem | not run | not run | **FAIL** | not run | pass | pass |"),
+            t.contains(
+                "| v2 | nokmem | not run | not run | **FAIL** | not run | not run | pass | pass |"
+            ),
             "{t}"
         );
         // The perf row: its own report decides "unavailable".
@@ -205,7 +210,7 @@ mod tests {
         p.perf_probes = Some(serde_json::json!({"error": "loading the eBPF object failed"}));
         let t = readme_table(&[p.clone()], "2026-12-06");
         assert!(
-            t.contains("| pass (id_release not visible) | unavailable |"),
+            t.contains("| pass (id_release not visible) | unavailable | unavailable |"),
             "{t}"
         );
         p.families.push("perf".into());

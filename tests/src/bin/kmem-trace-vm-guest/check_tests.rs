@@ -305,6 +305,14 @@ fn the_perf_row_is_judged_by_the_perf_report_and_must_agree() {
         visibility(&pr, "perf", "id_release"),
         Vis::Blind(_)
     ));
+    // perf-tp keeps to the object's tracepoint programs: none in this report.
+    assert!(matches!(visibility(&pr, "perf-tp", "free"), Vis::Blind(_)));
+    let tp = report(&["kprobe", "tracepoint"], &[]);
+    assert_eq!(visibility(&tp, "perf-tp", "free"), Vis::Seen);
+    assert!(matches!(
+        visibility(&tp, "perf-tp", "id_release"),
+        Vis::Blind(_)
+    ));
     let r = report(&["fentry", "kprobe", "tracepoint"], &[]);
     let e = expect(true);
     let a = observation("fentry", true, true);

@@ -33,10 +33,17 @@ use crate::{
     scenario::{Plan, Release},
 };
 
-/// Hook families, and `perf`: the old-kernel object forced (`watch --transport
-/// perf`, hooks chosen per point), a row of its own that must agree with the
-/// families on every point it sees.
-const FAMILIES: [&str; 4] = ["fentry", "kprobe", "tracepoint", visibility::PERF];
+/// Hook families, and the perf rows: the old-kernel object forced (`watch
+/// --transport perf`, hooks chosen per point, and its tracepoint programs
+/// alone), rows of their own that must agree with the families on every point
+/// they see.
+const FAMILIES: [&str; 5] = [
+    "fentry",
+    "kprobe",
+    "tracepoint",
+    visibility::PERF,
+    visibility::PERF_TP,
+];
 
 const USAGE: &str = "usage: kmem-trace-vm-guest run --kmem-trace BIN --data-dir DIR \
 [--family F]... [--force FAMILY:POINT=SYMBOL]... [--churn N] [--pins N] \
@@ -270,7 +277,8 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         plan.families.iter().map(String::as_str).collect()
     };
     let perf = families
-        .contains(&visibility::PERF)
+        .iter()
+        .any(|f| visibility::perf_hooks(f).is_some())
         .then(|| perf_report(&plan.kmem_trace));
     let perf_json = match &perf {
         Some(Ok(r)) => r.clone(),
@@ -281,7 +289,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
     let report_of = |family: &str| -> &Value {
         match &perf {
-            Some(Ok(r)) if family == visibility::PERF => r,
+            Some(Ok(r)) if visibility::perf_hooks(family).is_some() => r,
             _ => &report,
         }
     };
@@ -290,7 +298,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let mut runs = Vec::new();
     let mut ran = Vec::new();
     for family in families {
-        if let (visibility::PERF, Some(Err(e))) = (family, &perf) {
+        if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &perf) {
             proto::emit(
                 "cell",
                 json!({"family": family, "status": "unsupported",
@@ -332,7 +340,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     if vm {
         // The toggle is checked per hook family; the perf row's hooks are
         // the kprobe and tracepoint families' programs, checked there.
-        ran.retain(|f| *f != visibility::PERF);
+        ran.retain(|f| visibility::perf_hooks(f).is_none());
         let t = toggle::check(plan, &ran, &report);
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);

@@ -206,10 +206,11 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     // No history database: a VM would create one at every start, and the
     // host's default one is not this test's to fill.
     let mut args = vec!["watch", "--json", "--no-history"];
-    if family == crate::visibility::PERF {
-        // The old-kernel object forced, hooks chosen per point as on a node
-        // where auto picks it (kprobes, else classic tracepoints).
-        args.extend(["--transport", "perf", "--hooks", "auto"]);
+    if let Some(hooks) = crate::visibility::perf_hooks(family) {
+        // The old-kernel object forced: hooks chosen per point as on a node
+        // where auto picks it (kprobes, else classic tracepoints), or its
+        // tracepoint programs alone.
+        args.extend(["--transport", "perf", "--hooks", hooks]);
     } else {
         args.extend(["--hooks", family]);
     }

@@ -34,6 +34,21 @@ const NO_KPROBES: &str = "the kernel has no kprobe support";
 /// counts.
 pub const PERF: &str = "perf";
 
+/// The old-kernel object's classic tracepoint programs
+/// (`watch --transport perf --hooks tracepoint`): where kprobes work, `perf`
+/// alone never runs them.
+pub const PERF_TP: &str = "perf-tp";
+
+/// For a perf row, the `--hooks` it runs with (`auto`: any family's hook
+/// counts); `None` for a hook family.
+pub fn perf_hooks(row: &str) -> Option<&'static str> {
+    match row {
+        PERF => Some("auto"),
+        PERF_TP => Some("tracepoint"),
+        _ => None,
+    }
+}
+
 /// A point is visible to a family when the unforced `probes` report attached one
 /// of that family's hooks for it (`chosen` or `works`). For [`PERF`], `report`
 /// is the perf transport's report and a hook of any family counts.
@@ -48,7 +63,11 @@ pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
         .as_array()
         .map(|t| {
             t.iter()
-                .filter(|a| family == PERF || a["family"] == family)
+                .filter(|a| match perf_hooks(family) {
+                    Some("auto") => true,
+                    Some(hooks) => a["family"] == hooks,
+                    None => a["family"] == family,
+                })
                 .collect()
         })
         .unwrap_or_default();
