@@ -208,7 +208,8 @@ pub fn raise() -> Memlock {
         }
     }
     let after = get();
-    log::debug!(
+    // `-v`: also for `probes --json`, whose report goes to stdout.
+    log::info!(
         "{}",
         Memlock {
             before: Some(before),
