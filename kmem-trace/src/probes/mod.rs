@@ -12,6 +12,7 @@ pub mod caps;
 pub mod census;
 pub mod extras;
 pub mod kernel;
+pub mod memlock;
 mod objects;
 pub mod report;
 pub mod ring;
@@ -212,6 +213,9 @@ impl Probes {
         if !has_object() {
             return Err(ProbeError::NoObject);
         }
+        // Before the feature probes, which create maps too (pre-5.11 kernels
+        // charge them to RLIMIT_MEMLOCK; `memlock`).
+        let memlock = memlock::raise();
         let choice = transport::choose(
             cfg.transport,
             transport::Features::probe(),
@@ -226,7 +230,11 @@ impl Probes {
             (facts, aya_btf.join().ok().flatten())
         });
         let facts = facts?;
-        let err = match Self::start_with(cfg, &facts, aya_btf.as_ref(), choice.clone()) {
+        let start = |choice: Choice| {
+            Self::start_with(cfg, &facts, aya_btf.as_ref(), choice, &memlock)
+                .map_err(|e| memlock::annotate(&memlock, e))
+        };
+        let err = match start(choice.clone()) {
             Ok(probes) => return Ok(probes),
             Err(e) => e,
         };
@@ -248,7 +256,7 @@ impl Probes {
         log::warn!("transport perf: {}", perf.reason);
         // When perf fails too, the ring buffer's error is the one auto stood
         // by; the perf one is logged beside it.
-        Self::start_with(cfg, &facts, aya_btf.as_ref(), perf).map_err(|perf_err| {
+        start(perf).map_err(|perf_err| {
             log::warn!("the perf fallback failed too: {perf_err}");
             err
         })
@@ -259,6 +267,7 @@ impl Probes {
         facts: &HostFacts,
         aya_btf: Option<&aya::Btf>,
         choice: Choice,
+        memlock: &memlock::Memlock,
     ) -> Result<Probes, ProbeError> {
         // Which hierarchy holds the memory controller picks the swap counter
         // on kernels that keep v1's and v2's apart (before 5.10).
@@ -338,6 +347,7 @@ impl Probes {
         }
         let mut report = ProbeReport::new(cfg.mode, facts, resolved, points);
         report.transport = Some(choice);
+        report.memlock = Some(memlock.clone());
         if report.points.iter().all(|p| p.chosen.is_none()) {
             return Err(ProbeError::NothingAttached {
                 mode: format!("{:?}", cfg.mode).to_lowercase(),

@@ -102,6 +102,8 @@ pub struct ProbeReport {
     pub extras: Vec<super::extras::ExtraReport>,
     /// The object in use (ring buffer or perf buffers) and why.
     pub transport: Option<super::transport::Choice>,
+    /// `RLIMIT_MEMLOCK` before and after start-up raised it.
+    pub memlock: Option<super::memlock::Memlock>,
 }
 
 impl ProbeReport {
@@ -123,6 +125,7 @@ impl ProbeReport {
             layout,
             extras: Vec::new(),
             transport: None,
+            memlock: None,
         }
     }
 
@@ -192,6 +195,9 @@ impl ProbeReport {
         let _ = writeln!(s, "btf {}  kprobes: {}", self.btf, self.kprobes);
         if let Some(t) = &self.transport {
             let _ = writeln!(s, "transport {} ({})", t.transport.name(), t.reason);
+        }
+        if let Some(m) = &self.memlock {
+            let _ = writeln!(s, "{}", m.line());
         }
         for p in &self.points {
             match p.chosen() {

@@ -86,8 +86,10 @@ pub struct VmArgs {
     /// Boot options to test.
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["default", "nokmem"])]
     pub boot: Vec<Boot>,
-    /// Hook families to run (default: fentry, kprobe, tracepoint where each applies).
-    #[arg(long, value_delimiter = ',', value_parser = ["fentry", "kprobe", "tracepoint"])]
+    /// Hook families to run (default: fentry, kprobe, tracepoint where each
+    /// applies, and perf: the old-kernel object forced, `watch --transport perf`;
+    /// perf-tp: its tracepoint programs alone, `--hooks tracepoint`).
+    #[arg(long, value_delimiter = ',', value_parser = ["fentry", "kprobe", "tracepoint", "perf", "perf-tp"])]
     pub family: Vec<String>,
     /// Flavours of the default matrix (amd64, cloud-amd64); default: both.
     #[arg(long = "flavour", value_delimiter = ',', value_name = "FLAVOUR")]
@@ -285,9 +287,11 @@ pub fn run(args: &VmArgs) -> Result<()> {
     )?;
 
     let mut jobs: Vec<(RunResult, Job)> = Vec::new();
-    if want_host && families.iter().any(|f| f == "tracepoint") {
-        // This kernel has no kprobes and refuses fentry: the tracepoint family only.
-        let fams = vec!["tracepoint".to_string()];
+    let host_row = |f: &String| ["tracepoint", "perf", "perf-tp"].contains(&f.as_str());
+    if want_host && families.iter().any(host_row) {
+        // This kernel has no kprobes and refuses fentry: the tracepoint family
+        // only, and the perf row (its classic tracepoint programs).
+        let fams: Vec<String> = families.iter().filter(|f| host_row(f)).cloned().collect();
         let mut c = if lock_held_by_ancestor() {
             util::privileged(&guest.to_string_lossy())
         } else {
@@ -301,7 +305,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             .arg(&kmem_trace)
             .arg("--data-dir")
             .arg(cache.join("host-data"))
-            .args(["--family", "tracepoint"]);
+            .args(["--family", &fams.join(",")]);
         for f in args
             .force_symbol
             .iter()

@@ -16,7 +16,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         }
     }
     let mut s = String::from(
-        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | census | pins (v2) |\n|---|---|---|---|---|---|---|---|\n",
+        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | perf | perf-tp | census | pins (v2) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for k in kernels {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
@@ -83,7 +83,12 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
          release, counts equal to the kernel's); on cgroup v2 the pins that hold on every \
          kernel (swap, UDP/TCP/UNIX sockets passed out, a dirty ext4 inode): the memcg dying \
          as the leak table says, the census's cause and bytes, the ID release. \
-         \"unavailable\": the kernel attaches no hook of that family; \"-\": cgroup v1 boot. \
+         perf: the old-kernel object (perf buffers, kprobes and classic tracepoints) forced \
+         with `watch --transport perf`, judged by what `probes --transport perf` attaches and \
+         agreeing with the families on every point it sees; perf-tp: its classic tracepoint \
+         programs alone (`--hooks tracepoint`), which perf never runs where kprobes work. \
+         \"unavailable\": the kernel attaches no hook of that family; \"not run\": not in \
+         that run; \"-\": cgroup v1 boot. \
          Run it yourself with \
          `cargo xtask vm-test [--kernel 6.12-cloud]... [--boot default,nokmem] \
          [--family kprobe] [--jobs N] [--keep]`; results and console logs go to \
@@ -137,14 +142,26 @@ fn pins_cell(rs: &[&RunResult]) -> &'static str {
 }
 
 /// The kernel's probes report attaches no hook of `family` at all (the build
-/// machine: no kprobes, fentry refused).
+/// machine: no kprobes, fentry refused). For `perf`, the perf transport's
+/// report: it could not start, or attached no hook of any family.
 fn family_unavailable(r: &RunResult, family: &str) -> bool {
-    let Some(points) = r.probes.as_ref().and_then(|p| p["points"].as_array()) else {
+    let perf = family.starts_with("perf");
+    let report = if perf { &r.perf_probes } else { &r.probes };
+    let Some(report) = report else {
+        return false;
+    };
+    if perf && !report["error"].is_null() {
+        return true;
+    }
+    let Some(points) = report["points"].as_array() else {
         return false;
     };
     !points.iter().any(|p| {
         p["tried"].as_array().into_iter().flatten().any(|a| {
-            a["family"] == family && matches!(a["outcome"].as_str(), Some("chosen" | "works"))
+            (family == "perf"
+                || a["family"] == family
+                || (family == "perf-tp" && a["family"] == "tracepoint"))
+                && matches!(a["outcome"].as_str(), Some("chosen" | "works"))
         })
     })
 }
@@ -171,7 +188,7 @@ mod tests {
         ];
         let t = readme_table(&runs, "2026-11-29");
         assert!(
-            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | pass | - |"),
+            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | not run | not run | pass | - |"),
             "{t}"
         );
         // A family whose v2 toggle check failed is not "pass" (7.3.4 cloud
@@ -183,7 +200,28 @@ mod tests {
         a.pins = Some(serde_json::json!({"status": "pass"}));
         let t = readme_table(&[a], "2026-12-06");
         assert!(
-            t.contains("| v2 | nokmem | not run | not run | **FAIL** | pass | pass |"),
+            t.contains(
+                "| v2 | nokmem | not run | not run | **FAIL** | not run | not run | pass | pass |"
+            ),
+            "{t}"
+        );
+        // The perf row: its own report decides "unavailable".
+        let mut p = run("5.10.0-39-cloud-amd64", "default", "pass");
+        p.perf_probes = Some(serde_json::json!({"error": "loading the eBPF object failed"}));
+        let t = readme_table(&[p.clone()], "2026-12-06");
+        assert!(
+            t.contains("| pass (id_release not visible) | unavailable | unavailable |"),
+            "{t}"
+        );
+        p.families.push("perf".into());
+        p.cells.push(
+            serde_json::json!({"family": "perf", "status": "pass", "points": {
+            "free": {"status": "pass"}, "id_release": {"status": "blind"}}}),
+        );
+        p.perf_probes = Some(serde_json::json!({"points": []}));
+        let t = readme_table(&[p], "2026-12-06");
+        assert!(
+            t.contains("| pass (id_release not visible) | pass (id_release not visible) |"),
             "{t}"
         );
         let readme =

@@ -17,7 +17,10 @@ const POINTS: [(&str, &str); 7] = [
     ("id_release", "id_rel"),
     ("kmem_activate", "kmem"),
 ];
-pub const FAMILIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// Hook families, and the perf rows: the old-kernel object forced (`watch
+/// --transport perf`), hooks per point (`perf`) and its tracepoint programs
+/// alone (`perf-tp`).
+pub const FAMILIES: [&str; 5] = ["fentry", "kprobe", "tracepoint", "perf", "perf-tp"];
 
 /// One point of one cell: the count seen, `-` for a point the family cannot see
 /// (not a pass), `on`/`off` for kmem activation, `FAIL`.

@@ -41,6 +41,9 @@ pub struct RunResult {
     pub compare: Vec<Value>,
     /// `kmem-trace probes --json` on this kernel.
     pub probes: Option<Value>,
+    /// `kmem-trace probes --json --transport perf` (the perf row's; `{"error"}`
+    /// when it could not start), when the perf row ran.
+    pub perf_probes: Option<Value>,
     /// memcg/css text symbols in the kernel's kallsyms.
     pub symbols: Vec<String>,
     pub kernel_log: Option<Value>,
@@ -122,7 +125,10 @@ impl RunResult {
                     step: s("step"),
                 })
             }
-            "probes" => self.probes = Some(v["report"].clone()),
+            "probes" => {
+                self.probes = Some(v["report"].clone());
+                self.perf_probes = (!v["perf"].is_null()).then(|| v["perf"].clone());
+            }
             "symbols" => {
                 self.symbols = v["symbols"]
                     .as_array()

@@ -268,7 +268,7 @@ fn families_must_agree_on_shared_points() {
     let a = observation("fentry", true, true);
     let b = observation("kprobe", true, true);
     let c = observation("tracepoint", true, false);
-    let cmp = compare(&[&a, &b, &c], &e, &r);
+    let cmp = compare(&[(&a, &r), (&b, &r), (&c, &r)], &e);
     assert!(cmp.iter().all(|p| p["agree"] != false), "{cmp:#?}");
     let idr = cmp.iter().find(|p| p["point"] == "id_release").unwrap();
     assert_eq!(idr["families"], json!(["fentry", "kprobe"]));
@@ -277,13 +277,62 @@ fn families_must_agree_on_shared_points() {
     for e in b2.events.iter_mut().filter(|e| e.kind == "offline") {
         e.id = Some(7);
     }
-    let cmp = compare(&[&a, &b2, &c], &e, &r);
+    let cmp = compare(&[(&a, &r), (&b2, &r), (&c, &r)], &e);
     let off = cmp.iter().find(|p| p["point"] == "offline").unwrap();
     assert_eq!(off["agree"], false);
     assert!(off["detail"]
         .as_str()
         .unwrap()
         .starts_with("churn-0: fentry"));
+}
+
+#[test]
+fn the_perf_row_is_judged_by_the_perf_report_and_must_agree() {
+    // The perf transport's report: fentry rows rejected as not in the object,
+    // kprobe hooks chosen; id_release only a kprobe sees.
+    let mut pr = report(&["fentry", "kprobe"], &[]);
+    for p in pr["points"].as_array_mut().unwrap() {
+        p["tried"][0] = json!({"family": "fentry", "attach": "fexit", "symbol": null,
+            "candidates": ["x"], "outcome": "rejected",
+            "reason": "not in the old-kernel (perf) object: needs kernel BTF"});
+    }
+    assert_eq!(visibility(&pr, "perf", "free"), Vis::Seen);
+    // Only rows the object lacks, or a kernel without kprobes: blind.
+    pr["points"][5]["tried"][1] = json!({"family": "kprobe", "attach": "kprobe",
+        "symbol": null, "candidates": ["x"], "outcome": "rejected",
+        "reason": "the kernel has no kprobe support (/sys/bus/event_source/devices/kprobe is missing: CONFIG_KPROBES is off)"});
+    assert!(matches!(
+        visibility(&pr, "perf", "id_release"),
+        Vis::Blind(_)
+    ));
+    // perf-tp keeps to the object's tracepoint programs: none in this report.
+    assert!(matches!(visibility(&pr, "perf-tp", "free"), Vis::Blind(_)));
+    let tp = report(&["kprobe", "tracepoint"], &[]);
+    assert_eq!(visibility(&tp, "perf-tp", "free"), Vis::Seen);
+    assert!(matches!(
+        visibility(&tp, "perf-tp", "id_release"),
+        Vis::Blind(_)
+    ));
+    let r = report(&["fentry", "kprobe", "tracepoint"], &[]);
+    let e = expect(true);
+    let a = observation("fentry", true, true);
+    let mut p = observation("perf", true, true);
+    let cmp = compare(&[(&a, &r), (&p, &pr)], &e);
+    let off = cmp.iter().find(|c| c["point"] == "offline").unwrap();
+    assert_eq!(off["families"], json!(["fentry", "perf"]));
+    assert_eq!(off["agree"], true);
+    let idr = cmp.iter().find(|c| c["point"] == "id_release").unwrap();
+    assert_eq!(
+        idr["families"],
+        json!(["fentry"]),
+        "blind in the perf report"
+    );
+    for e in p.events.iter_mut().filter(|e| e.kind == "free") {
+        e.id = Some(9);
+    }
+    let cmp = compare(&[(&a, &r), (&p, &pr)], &e);
+    let free = cmp.iter().find(|c| c["point"] == "free").unwrap();
+    assert_eq!(free["agree"], false, "{free:#}");
 }
 
 #[test]

@@ -29,16 +29,21 @@ fn signature(lives: &[Life], names: &[&str], point: &str) -> Signature {
 /// Families that can see a point must report the same events for it: the same
 /// cgroups, as often, with the same memcg IDs (the kernel hands out the lowest
 /// free ID, and every family runs the same scenario from the same state).
-pub fn compare(runs: &[&Observation], exp: &Expect, report: &Value) -> Vec<Value> {
+/// Each run comes with the probes report that says what it can see (the
+/// `perf` row's is the perf transport's).
+pub fn compare(runs: &[(&Observation, &Value)], exp: &Expect) -> Vec<Value> {
     let names = exp.names();
-    let lifes: Vec<Vec<Life>> = runs.iter().map(|o| lives(&o.events, &o.parent)).collect();
+    let lifes: Vec<Vec<Life>> = runs
+        .iter()
+        .map(|(o, _)| lives(&o.events, &o.parent))
+        .collect();
     let mut out = Vec::new();
     for point in POINTS {
         let sigs: Vec<(&str, Signature)> = runs
             .iter()
             .zip(&lifes)
-            .filter(|(o, _)| visibility(report, &o.family, point) == Vis::Seen)
-            .map(|(o, l)| (o.family.as_str(), signature(l, &names, point)))
+            .filter(|((o, report), _)| visibility(report, &o.family, point) == Vis::Seen)
+            .map(|((o, _), l)| (o.family.as_str(), signature(l, &names, point)))
             .collect();
         let families: Vec<&str> = sigs.iter().map(|(f, _)| *f).collect();
         if sigs.len() < 2 {

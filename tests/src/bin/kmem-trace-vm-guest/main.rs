@@ -34,7 +34,17 @@ use crate::{
     scenario::{Plan, Release},
 };
 
-const FAMILIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// Hook families, and the perf rows: the old-kernel object forced (`watch
+/// --transport perf`, hooks chosen per point, and its tracepoint programs
+/// alone), rows of their own that must agree with the families on every point
+/// they see.
+const FAMILIES: [&str; 5] = [
+    "fentry",
+    "kprobe",
+    "tracepoint",
+    visibility::PERF,
+    visibility::PERF_TP,
+];
 
 const USAGE: &str = "usage: kmem-trace-vm-guest run --kmem-trace BIN --data-dir DIR \
 [--family F]... [--force FAMILY:POINT=SYMBOL]... [--churn N] [--pins N] \
@@ -218,9 +228,22 @@ fn init_main() -> ! {
 /// `kmem-trace SUBCOMMAND --json`, parsed: `probes` without forcing anything
 /// (which family sees which point on this kernel), `census`.
 fn kmem_trace_json(bin: &std::path::Path, subcommand: &str) -> Result<Value> {
-    let out = kmem_trace_tests::stdout_of(Command::new(bin).args([subcommand, "--json"]))
-        .with_context(|| format!("kmem-trace {subcommand}"))?;
-    serde_json::from_slice(&out).with_context(|| format!("parsing kmem-trace {subcommand} --json"))
+    kmem_trace_json_with(bin, subcommand, &[])
+}
+
+/// `kmem-trace SUBCOMMAND --json ARGS...`, parsed.
+fn kmem_trace_json_with(bin: &std::path::Path, subcommand: &str, args: &[&str]) -> Result<Value> {
+    let what = format!("kmem-trace {subcommand} --json {}", args.join(" "));
+    let out =
+        kmem_trace_tests::stdout_of(Command::new(bin).args([subcommand, "--json"]).args(args))
+            .with_context(|| what.clone())?;
+    serde_json::from_slice(&out).with_context(|| format!("parsing {what}"))
+}
+
+/// The report the `perf` row is judged by: `probes --json --transport perf`
+/// (which points the old-kernel object sees here); `Err`: why it cannot start.
+fn perf_report(bin: &std::path::Path) -> Result<Value, String> {
+    kmem_trace_json_with(bin, "probes", &["--transport", "perf"]).map_err(|e| format!("{e:#}"))
 }
 
 /// The whole scenario on this kernel; `Ok(false)` when any check failed.
@@ -249,22 +272,44 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     }
     proto::step(None, "probes");
     let report = kmem_trace_json(&plan.kmem_trace, "probes")?;
-    proto::emit("probes", json!({"report": report}));
-    proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
-
     let families: Vec<&str> = if plan.families.is_empty() {
         FAMILIES.to_vec()
     } else {
         plan.families.iter().map(String::as_str).collect()
+    };
+    let perf = families
+        .iter()
+        .any(|f| visibility::perf_hooks(f).is_some())
+        .then(|| perf_report(&plan.kmem_trace));
+    let perf_json = match &perf {
+        Some(Ok(r)) => r.clone(),
+        Some(Err(e)) => json!({"error": e}),
+        None => Value::Null,
+    };
+    proto::emit("probes", json!({"report": report, "perf": perf_json}));
+    proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
+    let report_of = |family: &str| -> &Value {
+        match &perf {
+            Some(Ok(r)) if visibility::perf_hooks(family).is_some() => r,
+            _ => &report,
+        }
     };
     let exp = plan.expect(kmem);
     let mut ok = true;
     let mut runs = Vec::new();
     let mut ran = Vec::new();
     for family in families {
+        if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &perf) {
+            proto::emit(
+                "cell",
+                json!({"family": family, "status": "unsupported",
+                       "errors": [format!("the perf transport cannot start: {e}")]}),
+            );
+            continue;
+        }
         let supported = check::POINTS
             .iter()
-            .any(|p| check::visibility(&report, family, p) == Vis::Seen);
+            .any(|p| check::visibility(report_of(family), family, p) == Vis::Seen);
         if !supported {
             proto::emit(
                 "cell",
@@ -281,18 +326,22 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         }
         let start = Instant::now();
         let obs = scenario::run_family(plan, family, kmem);
-        let mut cell = check::judge(&obs, &exp, &report);
+        let mut cell = check::judge(&obs, &exp, report_of(family));
         cell["seconds"] = json!(start.elapsed().as_secs_f64());
         ok &= cell["status"] == "pass";
         proto::emit("cell", cell);
         runs.push(obs);
         ran.push(family);
     }
-    let refs: Vec<&check::Observation> = runs.iter().collect();
-    let cmp = compare::compare(&refs, &exp, &report);
+    let refs: Vec<(&check::Observation, &Value)> =
+        runs.iter().map(|o| (o, report_of(&o.family))).collect();
+    let cmp = compare::compare(&refs, &exp);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
     if vm {
+        // The toggle is checked per hook family; the perf row's hooks are
+        // the kprobe and tracepoint families' programs, checked there.
+        ran.retain(|f| visibility::perf_hooks(f).is_none());
         let t = toggle::check(plan, &ran, &report);
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);

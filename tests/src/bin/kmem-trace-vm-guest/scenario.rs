@@ -205,7 +205,15 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     let zombie_after = format!("{}ms", plan.zombie_after.as_millis());
     // No history database: a VM would create one at every start, and the
     // host's default one is not this test's to fill.
-    let mut args = vec!["watch", "--json", "--no-history", "--hooks", family];
+    let mut args = vec!["watch", "--json", "--no-history"];
+    if let Some(hooks) = crate::visibility::perf_hooks(family) {
+        // The old-kernel object forced: hooks chosen per point as on a node
+        // where auto picks it (kprobes, else classic tracepoints), or its
+        // tracepoint programs alone.
+        args.extend(["--transport", "perf", "--hooks", hooks]);
+    } else {
+        args.extend(["--hooks", family]);
+    }
     args.extend(["--zombie-after", &zombie_after]);
     for (f, forced) in &plan.forced {
         if f == family {

@@ -20,8 +20,38 @@ pub enum Vis {
 /// reason (`probes::table::check`).
 const NOT_MEANT: &str = "meant for kernels ";
 
+/// The old-kernel object rejects the rows it has no program for (fentry and
+/// tp_btf need kernel BTF) with this reason (`probes::Probes::start_with`).
+const NOT_IN_PERF: &str = "not in the old-kernel (perf) object";
+
+/// A kernel without kprobes rejects every kprobe row with this reason
+/// (`probes::kernel::kprobes_supported`): blind, as the perf row on the build
+/// machine is to the points only kprobes see.
+const NO_KPROBES: &str = "the kernel has no kprobe support";
+
+/// The row of the old-kernel object (`watch --transport perf --hooks auto`):
+/// its report is `probes --json --transport perf`, and any family's hook in it
+/// counts.
+pub const PERF: &str = "perf";
+
+/// The old-kernel object's classic tracepoint programs
+/// (`watch --transport perf --hooks tracepoint`): where kprobes work, `perf`
+/// alone never runs them.
+pub const PERF_TP: &str = "perf-tp";
+
+/// For a perf row, the `--hooks` it runs with (`auto`: any family's hook
+/// counts); `None` for a hook family.
+pub fn perf_hooks(row: &str) -> Option<&'static str> {
+    match row {
+        PERF => Some("auto"),
+        PERF_TP => Some("tracepoint"),
+        _ => None,
+    }
+}
+
 /// A point is visible to a family when the unforced `probes` report attached one
-/// of that family's hooks for it (`chosen` or `works`).
+/// of that family's hooks for it (`chosen` or `works`). For [`PERF`], `report`
+/// is the perf transport's report and a hook of any family counts.
 pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
     let Some(p) = report["points"]
         .as_array()
@@ -31,7 +61,15 @@ pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
     };
     let tried: Vec<&Value> = p["tried"]
         .as_array()
-        .map(|t| t.iter().filter(|a| a["family"] == family).collect())
+        .map(|t| {
+            t.iter()
+                .filter(|a| match perf_hooks(family) {
+                    Some("auto") => true,
+                    Some(hooks) => a["family"] == hooks,
+                    None => a["family"] == family,
+                })
+                .collect()
+        })
         .unwrap_or_default();
     if tried.is_empty() {
         return Vis::Blind(format!("no {family} hook can see {point}"));
@@ -57,9 +95,11 @@ pub fn visibility(report: &Value, family: &str, point: &str) -> Vis {
         })
         .collect();
     let not_meant = tried.iter().all(|a| {
-        a["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with(NOT_MEANT))
+        a["reason"].as_str().is_some_and(|r| {
+            [NOT_MEANT, NOT_IN_PERF, NO_KPROBES]
+                .iter()
+                .any(|n| r.starts_with(n))
+        })
     });
     if not_meant {
         Vis::Blind(reasons.join("; "))
