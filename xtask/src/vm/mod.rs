@@ -106,10 +106,11 @@ pub struct VmArgs {
     #[arg(long)]
     pub readme: bool,
 
-    /// Rewrite README.md's "Tested kernels" table from a saved run's
-    /// results.json (its date and runs) instead of running anything.
+    /// Rewrite README.md's "Tested kernels" table from saved runs'
+    /// results.json files (repeatable: their runs together, the latest date)
+    /// instead of running anything.
     #[arg(long, value_name = "RESULTS_JSON")]
-    pub readme_from: Option<PathBuf>,
+    pub readme_from: Vec<PathBuf>,
     /// Directory for results.json, matrix.txt and console logs.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -186,15 +187,23 @@ fn lock_held_by_ancestor() -> bool {
     fs::File::open(KERNEL_LOCK).is_ok_and(|f| util::held_by_an_ancestor(&f))
 }
 
-/// `--readme-from`: the README's table from a saved results.json.
-fn readme_from(saved: &Path) -> Result<()> {
-    let text = fs::read_to_string(saved).with_context(|| format!("reading {}", saved.display()))?;
-    let v: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", saved.display()))?;
-    let runs: Vec<RunResult> = serde_json::from_value(v["runs"].clone())
-        .with_context(|| format!("{}: no runs of a matrix", saved.display()))?;
-    let date = v["date"].as_str().context("results.json has no date")?;
-    write_readme(&readme::readme_table(&runs, date))
+/// `--readme-from`: the README's table from saved results.json files.
+fn readme_from(saved: &[PathBuf]) -> Result<()> {
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut date = String::new();
+    for f in saved {
+        let text = fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))?;
+        let more: Vec<RunResult> = serde_json::from_value(v["runs"].clone())
+            .with_context(|| format!("{}: no runs of a matrix", f.display()))?;
+        runs.extend(more);
+        let d = v["date"].as_str().context("results.json has no date")?;
+        if d > date.as_str() {
+            date = d.to_string();
+        }
+    }
+    write_readme(&readme::readme_table(&runs, &date))
 }
 
 /// Splices `table` into README.md's tested-kernels markers.
@@ -217,8 +226,8 @@ fn today() -> String {
 }
 
 pub fn run(args: &VmArgs) -> Result<()> {
-    if let Some(saved) = &args.readme_from {
-        return readme_from(saved);
+    if !args.readme_from.is_empty() {
+        return readme_from(&args.readme_from);
     }
     crate::setup::run_setup(false)?;
     crate::setup::apt_install(PACKAGES, false)?;

@@ -26,7 +26,13 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         } else {
             format!("Debian {k}")
         };
-        let boots: Vec<&str> = rs.iter().map(|r| r.boot.as_str()).collect();
+        // Runs of one kernel from several saved results (--readme-from).
+        let mut boots: Vec<&str> = Vec::new();
+        for r in &rs {
+            if !boots.contains(&r.boot.as_str()) {
+                boots.push(&r.boot);
+            }
+        }
         let cg = rs.first().map(|r| r.cgroup.as_str()).unwrap_or("");
         let _ = write!(s, "| {name} | {cg} | {} |", boots.join(", "));
         for f in FAMILIES {
