@@ -2,7 +2,9 @@
 //! unit, or the parent directory of unrecognised cgroups), each group folded
 //! in a `<details>` whose summary says what matters (count, bytes, causes,
 //! ages); rows show elided cgroup names with the full path on hover, so the
-//! page fits a 1280 px window and a 390 px phone without script.
+//! page fits a 1280 px window and a 390 px phone without script. On a phone
+//! the rows drop the cause and process columns: the group's summary keeps
+//! its causes with their counts.
 
 use std::{collections::BTreeMap, fmt::Write};
 
@@ -140,7 +142,7 @@ fn row(h: &mut String, a: &AppendixRow, name: &str, shared_image: bool) {
     };
     let _ = write!(
         h,
-        "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"mono\" title=\"{}\">{}{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"hide-s\">{}</td></tr>",
+        "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"mono\" title=\"{}\">{}{}</td><td class=\"n\">{}</td><td class=\"hide-s\">{}</td><td class=\"hide-s\">{}</td></tr>",
         z.id_text(),
         zombie_age(z),
         esc(&z.path),
@@ -154,7 +156,14 @@ fn row(h: &mut String, a: &AppendixRow, name: &str, shared_image: bool) {
     );
 }
 
-const HEAD: &str = "<table class=\"z\"><colgroup><col class=\"c-id\"><col class=\"c-age\"><col class=\"c-name\"><col class=\"c-b\"><col class=\"c-cause\"><col class=\"c-procs hide-s\"></colgroup><tr><th>ID</th><th>age</th><th>cgroup (hover: path)</th><th>pinned</th><th>cause</th><th class=\"hide-s\">processes</th></tr>";
+/// The row's cause was read at offline ([`super::causes::AT_OFFLINE_MARK`]).
+pub fn at_offline(a: &AppendixRow) -> bool {
+    a.cause
+        .as_deref()
+        .is_some_and(|c| c.ends_with(super::causes::AT_OFFLINE_MARK))
+}
+
+const HEAD: &str = "<table class=\"z\"><colgroup><col class=\"c-id\"><col class=\"c-age\"><col class=\"c-name\"><col class=\"c-b\"><col class=\"c-cause hide-s\"><col class=\"c-procs hide-s\"></colgroup><tr><th>ID</th><th>age</th><th>cgroup (hover: path)</th><th>pinned</th><th class=\"hide-s\">cause</th><th class=\"hide-s\">processes</th></tr>";
 
 /// The appendix section.
 pub fn render(h: &mut String, r: &Report) {
@@ -166,6 +175,9 @@ pub fn render(h: &mut String, r: &Report) {
     if r.zombies.is_empty() {
         h.push_str("<p>None.</p>");
         return;
+    }
+    if r.zombies.iter().any(at_offline) {
+        let _ = write!(h, "<p>{}</p>", super::causes::AT_OFFLINE_LEGEND);
     }
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     let mut names: Vec<String> = Vec::with_capacity(r.zombies.len());

@@ -77,6 +77,24 @@ pub fn label(c: ZombieCause, why_not_now: &str) -> String {
     }
 }
 
+/// Marks an appendix row's cause read from the counters at offline.
+pub const AT_OFFLINE_MARK: &str = "\u{2020}";
+
+/// What [`AT_OFFLINE_MARK`] means, said once above the appendix.
+pub const AT_OFFLINE_LEGEND: &str =
+    "\u{2020} read from the memcg's counters when it went offline: nothing reads them now (see Pin causes)";
+
+/// The short words for one appendix row: the cause and [`AT_OFFLINE_MARK`]
+/// for an offline reading; the pin-causes section says why once (with the
+/// why on every row, the 220-zombie layout test's page was 15,793 px tall
+/// at 390 px, over its 12,000 px budget).
+pub fn short_label(c: ZombieCause) -> String {
+    match c.basis {
+        Basis::Now => c.cause.name().to_string(),
+        Basis::AtOffline => format!("{}{AT_OFFLINE_MARK}", c.cause.name()),
+    }
+}
+
 /// Why no census reads dying memcgs now: the kernel lacks the BPF cgroup
 /// iterator (`iterator` false: before 6.1), or the census counted only for
 /// another reason (`fallback`: no root, BPF refused).

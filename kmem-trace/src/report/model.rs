@@ -287,7 +287,7 @@ pub fn build(i: Inputs) -> Report {
             AppendixRow {
                 cause: zombie_causes
                     .get(&z.memcg_addr)
-                    .map(|c| causes::label(*c, &why_not_now)),
+                    .map(|c| causes::short_label(*c)),
                 zombie,
             }
         })
