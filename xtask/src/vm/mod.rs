@@ -296,10 +296,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
     )?;
 
     let mut jobs: Vec<(RunResult, Job)> = Vec::new();
-    let host_row = |f: &String| ["tracepoint", "perf", "perf-tp"].contains(&f.as_str());
+    // One family on the host: the families-agree check compares the memcg
+    // IDs of each family's own churn, and other cgroup churn on the host
+    // changes which IDs the kernel hands out between those runs (CI, 27e0ca5:
+    // churn-0 got ID 5 under tracepoint, 4 under perf). The perf transport on
+    // this kernel is compared within one run by the root test perf_transport.
+    let host_row = |f: &String| f == "tracepoint";
     if want_host && families.iter().any(host_row) {
-        // This kernel has no kprobes and refuses fentry: the tracepoint family
-        // only, and the perf row (its classic tracepoint programs).
+        // This kernel has no kprobes and refuses fentry: the tracepoint family.
         let fams: Vec<String> = families.iter().filter(|f| host_row(f)).cloned().collect();
         let mut c = if lock_held_by_ancestor() {
             util::privileged(&guest.to_string_lossy())
