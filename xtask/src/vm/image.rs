@@ -167,25 +167,27 @@ pub fn data_disk(cache: &Path) -> Result<PathBuf> {
         let data: Vec<u8> = (0..PIN_BYTES).map(|b| (b % 251) as u8 + 1).collect();
         fs::write(staging.join(format!("pin-{i}")), data)?;
     }
-    let tmp = cache.join(".data.ext4.tmp");
-    let _ = fs::remove_file(&tmp);
     let size_mib = ((PIN_FILES * PIN_BYTES) >> 20) + 8;
-    sh(Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-O",
-            "^metadata_csum,^has_journal",
-            "-L",
-            "kmtdata",
-            "-d",
-        ])
-        .arg(&staging)
-        .arg(&tmp)
-        .arg(format!("{size_mib}M")))?;
-    fs::rename(&tmp, &img)?;
+    mkfs_ext4(&img, "kmtdata", Some(&staging), size_mib as u64)?;
     fs::remove_dir_all(&staging)?;
     Ok(img)
+}
+
+/// Makes `img`: ext4 labelled `label` of `size_mib`, without journal or
+/// metadata checksums (the guest needs neither jbd2 replay nor the crc32c
+/// driver), filled from `contents` if given. Built beside it and renamed, so
+/// an interrupted build never leaves a half-made image under the final name.
+fn mkfs_ext4(img: &Path, label: &str, contents: Option<&Path>, size_mib: u64) -> Result<()> {
+    let tmp = img.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut c = Command::new("mkfs.ext4");
+    c.args(["-q", "-F", "-O", "^metadata_csum,^has_journal", "-L", label]);
+    if let Some(dir) = contents {
+        c.arg("-d").arg(dir);
+    }
+    sh(c.arg(&tmp).arg(format!("{size_mib}M")))?;
+    fs::rename(&tmp, img)?;
+    Ok(())
 }
 
 /// busybox, statically linked (Debian's busybox-static, which replaces the
@@ -225,20 +227,7 @@ pub fn scratch_disk(cache: &Path) -> Result<PathBuf> {
     if img.exists() {
         return Ok(img);
     }
-    let tmp = cache.join(".scratch.ext4.tmp");
-    let _ = fs::remove_file(&tmp);
-    sh(Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-O",
-            "^metadata_csum,^has_journal",
-            "-L",
-            "kmtscratch",
-        ])
-        .arg(&tmp)
-        .arg(format!("{SCRATCH_MIB}M")))?;
-    fs::rename(&tmp, &img)?;
+    mkfs_ext4(&img, "kmtscratch", None, SCRATCH_MIB)?;
     Ok(img)
 }
 
