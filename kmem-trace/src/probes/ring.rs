@@ -59,12 +59,7 @@ impl Batch<'_> {
     pub fn for_each<E>(self, mut f: impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
         match self.inner {
             BatchInner::Ring(mut guard) => {
-                let ring = guard.get_inner_mut();
-                let mut n = 0;
-                while let Some(item) = ring.next() {
-                    f(&item)?;
-                    n += 1;
-                }
+                let n = drain_ring(guard.get_inner_mut(), &mut f)?;
                 guard.clear_ready();
                 Ok(n)
             }
@@ -141,15 +136,7 @@ fn poll_perf(
 impl Inner {
     fn drain<E>(&mut self, f: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<usize, E> {
         match self {
-            Inner::Ring(fd) => {
-                let ring = fd.get_mut();
-                let mut n = 0;
-                while let Some(item) = ring.next() {
-                    f(&item)?;
-                    n += 1;
-                }
-                Ok(n)
-            }
+            Inner::Ring(fd) => drain_ring(fd.get_mut(), f),
             Inner::Perf { fds, lost } => {
                 let mut n = 0;
                 for fd in fds.iter_mut() {
@@ -159,6 +146,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// Every record queued in the ring buffer to `f`.
+fn drain_ring<E>(
+    ring: &mut RingBuf<MapData>,
+    f: &mut impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut n = 0;
+    while let Some(item) = ring.next() {
+        f(&item)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Every sample of one perf buffer to `f` (a wrapped sample joined first),
