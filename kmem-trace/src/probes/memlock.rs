@@ -133,26 +133,21 @@ impl Memlock {
 /// A load or attach error with [`Memlock::explain`]'s advice added.
 pub(super) fn annotate(m: &Memlock, err: super::ProbeError) -> super::ProbeError {
     use super::ProbeError;
+    let add = |text: String, sep: &str| match m.explain(&text) {
+        Some(why) => format!("{text}{sep}{why}"),
+        None => text,
+    };
     match err {
-        ProbeError::Load(e) => match m.explain(&e) {
-            Some(why) => ProbeError::Load(format!("{e}; {why}")),
-            None => ProbeError::Load(e),
-        },
-        ProbeError::NothingAttached { mode, reasons } => match m.explain(&reasons) {
-            Some(why) => ProbeError::NothingAttached {
-                mode,
-                reasons: format!("{reasons}\n  {why}"),
-            },
-            None => ProbeError::NothingAttached { mode, reasons },
+        ProbeError::Load(e) => ProbeError::Load(add(e, "; ")),
+        ProbeError::NothingAttached { mode, reasons } => ProbeError::NothingAttached {
+            mode,
+            reasons: add(reasons, "\n  "),
         },
         // Opening a perf buffer: `perf_mmap()` charges it beyond
         // `perf_event_mlock_kb` to the limit (EPERM without CAP_IPC_LOCK).
-        ProbeError::MapRead { name, reason } => match m.explain(&reason) {
-            Some(why) => ProbeError::MapRead {
-                name,
-                reason: format!("{reason}; {why}"),
-            },
-            None => ProbeError::MapRead { name, reason },
+        ProbeError::MapRead { name, reason } => ProbeError::MapRead {
+            name,
+            reason: add(reason, "; "),
         },
         other => other,
     }
@@ -207,22 +202,14 @@ pub fn raise() -> Memlock {
             Err(e) => note = Some(format!("raising to the hard limit failed: {e}")),
         }
     }
-    let after = get();
-    // `-v`: also for `probes --json`, whose report goes to stdout.
-    log::info!(
-        "{}",
-        Memlock {
-            before: Some(before),
-            after,
-            note: note.clone()
-        }
-        .line()
-    );
-    Memlock {
+    let m = Memlock {
         before: Some(before),
-        after,
+        after: get(),
         note,
-    }
+    };
+    // `-v`: also for `probes --json`, whose report goes to stdout.
+    log::info!("{}", m.line());
+    m
 }
 
 #[cfg(test)]
