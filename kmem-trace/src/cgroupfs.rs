@@ -120,6 +120,19 @@ pub fn memory_hierarchy_id(proc_cgroups: &str) -> Option<u32> {
     })
 }
 
+/// Which cgroup version holds the memory controller, from `/proc/cgroups`
+/// under `proc_root` (its hierarchy id is 0 on v2); `None` when unreadable.
+pub fn memory_version(proc_root: &Path) -> Option<CgroupVersion> {
+    let text = fs::read_to_string(proc_root.join("cgroups")).ok()?;
+    memory_hierarchy_id(&text).map(|id| {
+        if id == 0 {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        }
+    })
+}
+
 /// Memory hierarchies mounted under `root` (`/` normally; a host mount for
 /// `--host-root`, where PID 1's mount table is read).
 pub fn memory_hierarchies(root: &Path) -> Result<Vec<MemoryHierarchy>, CgroupfsError> {

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::btf::{BtfError, KernelBtf};
-use crate::cgroupfs::CgroupVersion;
 use crate::cli::BtfArgs;
 
 /// Errors of `kmem-trace btf`.
@@ -38,7 +37,7 @@ pub fn command(args: &BtfArgs) -> Result<(), BtfCmdError> {
             writeln!(out, "{}", summary(&btf.path, path, small.len()))?;
         }
         _ => {
-            let memory = memory_hierarchy(Path::new("/proc"));
+            let memory = crate::cgroupfs::memory_version(Path::new("/proc"));
             let (_, resolved) = btf.layout_for(memory)?;
             writeln!(
                 out,
@@ -77,22 +76,10 @@ fn summary(from: &Path, to: &Path, len: usize) -> String {
     )
 }
 
-/// Where the running system's memory controller is (`/proc/cgroups`), which
-/// picks the swap counter on kernels before 5.10.
-pub fn memory_hierarchy(proc_root: &Path) -> Option<CgroupVersion> {
-    let text = std::fs::read_to_string(proc_root.join("cgroups")).ok()?;
-    crate::cgroupfs::memory_hierarchy_id(&text).map(|id| {
-        if id == 0 {
-            CgroupVersion::V2
-        } else {
-            CgroupVersion::V1
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroupfs::CgroupVersion;
     use crate::probes::btf::tests::{kernel_like, Variant};
 
     /// `btf --minimize --btf IN.btf.tar.xz -o OUT`: the file written resolves

@@ -271,7 +271,7 @@ impl Probes {
     ) -> Result<Probes, ProbeError> {
         // Which hierarchy holds the memory controller picks the swap counter
         // on kernels that keep v1's and v2's apart (before 5.10).
-        let memory = btf_cmd::memory_hierarchy(&cfg.proc_root);
+        let memory = crate::cgroupfs::memory_version(&cfg.proc_root);
         let (mut layout, resolved) = facts.btf.layout_for(memory)?;
         layout.fn_css_release_work = facts.kallsyms.addr("css_release_work_fn").unwrap_or(0);
         layout.fn_css_free_work = facts.kallsyms.addr("css_free_rwork_fn").unwrap_or(0);
