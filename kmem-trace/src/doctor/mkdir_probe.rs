@@ -5,6 +5,8 @@ use std::{fs, io, path::Path};
 
 use serde::Serialize;
 
+use super::exhausted::{EBUSY, ENOSPC};
+
 /// What one probe `mkdir` under the memory controller's root answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MkdirProbe {
@@ -22,7 +24,9 @@ impl MkdirProbe {
     /// (`mem_cgroup_alloc()`). Other errors (EACCES, EROFS, EAGAIN from
     /// cgroup.max.descendants) say nothing about IDs.
     pub fn out_of_ids(&self) -> bool {
-        matches!(self.errno.as_deref(), Some("ENOSPC" | "EBUSY"))
+        [ENOSPC, EBUSY]
+            .iter()
+            .any(|e| self.errno.as_deref() == Some(e.name))
     }
 
     /// The kernel made the memcg: the ID space is not exhausted.
@@ -53,8 +57,8 @@ pub fn probe(mount: &Path) -> MkdirProbe {
 /// The probe's answer for a failed `mkdir`.
 fn refused(path: String, e: &io::Error) -> MkdirProbe {
     let errno = e.raw_os_error().map(|n| match n {
-        libc::ENOSPC => "ENOSPC".to_string(),
-        libc::EBUSY => "EBUSY".to_string(),
+        libc::ENOSPC => ENOSPC.name.to_string(),
+        libc::EBUSY => EBUSY.name.to_string(),
         libc::EACCES => "EACCES".to_string(),
         libc::EPERM => "EPERM".to_string(),
         libc::EROFS => "EROFS".to_string(),
