@@ -518,7 +518,7 @@ impl Attacher<'_> {
                 p.attach(symbol).map(drop)
             }
             (Attach::Tracepoint, Program::TracePoint(p)) => {
-                let (category, name) = symbol.split_once('/').unwrap_or(("", symbol));
+                let (category, name) = table::tracepoint_parts(symbol);
                 tracefs::check_format(category, name).map_err(other)?;
                 load_once(p.fd().is_ok(), || p.load())?;
                 p.attach(category, name).map(drop)

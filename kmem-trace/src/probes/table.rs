@@ -238,10 +238,15 @@ const RELEASE: &[&str] = &["cgroup_release"];
 const WQ_START: &[&str] = &["workqueue_execute_start"];
 const WQ_START_TP: &[&str] = &["workqueue/workqueue_execute_start"];
 
-/// The tracepoint name of a symbol (`workqueue/workqueue_execute_start` for
-/// a classic tracepoint: its category comes first).
+/// A classic tracepoint's symbol as (category, name):
+/// `workqueue/workqueue_execute_start`; no category for other symbols.
+pub fn tracepoint_parts(symbol: &str) -> (&str, &str) {
+    symbol.rsplit_once('/').unwrap_or(("", symbol))
+}
+
+/// The tracepoint name of a symbol ([`tracepoint_parts`] without the category).
 pub fn tracepoint_name(symbol: &str) -> &str {
-    symbol.rsplit_once('/').map_or(symbol, |(_, n)| n)
+    tracepoint_parts(symbol).1
 }
 
 /// The oldest kernel an object can load on: the old-kernel object's floor
