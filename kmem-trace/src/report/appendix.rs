@@ -156,13 +156,6 @@ fn row(h: &mut String, a: &AppendixRow, name: &str, shared_image: bool) {
     );
 }
 
-/// The row's cause was read at offline ([`super::causes::AT_OFFLINE_MARK`]).
-pub fn at_offline(a: &AppendixRow) -> bool {
-    a.cause
-        .as_deref()
-        .is_some_and(|c| c.ends_with(super::causes::AT_OFFLINE_MARK))
-}
-
 const HEAD: &str = "<table class=\"z\"><colgroup><col class=\"c-id\"><col class=\"c-age\"><col class=\"c-name\"><col class=\"c-b\"><col class=\"c-cause hide-s\"><col class=\"c-procs hide-s\"></colgroup><tr><th>ID</th><th>age</th><th>cgroup (hover: path)</th><th>pinned</th><th class=\"hide-s\">cause</th><th class=\"hide-s\">processes</th></tr>";
 
 /// The appendix section.
@@ -176,7 +169,7 @@ pub fn render(h: &mut String, r: &Report) {
         h.push_str("<p>None.</p>");
         return;
     }
-    if r.zombies.iter().any(at_offline) {
+    if r.zombies.iter().any(|a| a.cause_at_offline) {
         let _ = write!(h, "<p>{}</p>", super::causes::AT_OFFLINE_LEGEND);
     }
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();

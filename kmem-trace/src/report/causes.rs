@@ -228,6 +228,7 @@ mod tests {
             .map(|z| AppendixRow {
                 zombie: z.clone(),
                 cause: None,
+                cause_at_offline: false,
             })
             .collect();
         let causes = of_rows(&zs, &HashMap::new(), PAGE, false);

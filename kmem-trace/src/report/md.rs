@@ -204,7 +204,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(w, "- [{}] {}: {}", f.severity.label(), f.title, f.detail);
     }
     let _ = writeln!(w, "\n## Appendix: every zombie ({})\n", r.zombies.len());
-    if r.zombies.iter().any(super::appendix::at_offline) {
+    if r.zombies.iter().any(|a| a.cause_at_offline) {
         let _ = writeln!(w, "{}\n", super::causes::AT_OFFLINE_LEGEND);
     }
     if !r.zombies.is_empty() {

@@ -172,6 +172,9 @@ pub struct AppendixRow {
     #[serde(flatten)]
     pub zombie: Zombie,
     pub cause: Option<String>,
+    /// `cause` was read from the counters at offline (marked, with a legend).
+    #[serde(skip)]
+    pub cause_at_offline: bool,
 }
 
 /// The whole report.
@@ -284,10 +287,10 @@ pub fn build(i: Inputs) -> Report {
                 zombie.pinned_bytes =
                     pin.map(|p| (p.user_pages + p.kmem_pages.unwrap_or(0)) * page);
             }
+            let cause = zombie_causes.get(&z.memcg_addr);
             AppendixRow {
-                cause: zombie_causes
-                    .get(&z.memcg_addr)
-                    .map(|c| causes::short_label(*c)),
+                cause: cause.map(|c| causes::short_label(*c)),
+                cause_at_offline: cause.is_some_and(|c| c.basis == causes::Basis::AtOffline),
                 zombie,
             }
         })
