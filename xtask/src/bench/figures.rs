@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::report::{Figure, Results};
 
-fn fig(
+pub fn fig(
     figure: &str,
     value: Option<f64>,
     shown: String,
@@ -111,6 +111,7 @@ pub fn figures(r: &Results) -> Vec<Figure> {
         ),
     ));
     bpf_figures(churn, &mut out);
+    super::perf_figures::churn(churn, &mut out);
     let drops = r.drops.as_ref().unwrap_or(&null);
     let full = f(drops, "untraced_per_second");
     out.push(fig(
@@ -155,10 +156,16 @@ pub fn figures(r: &Results) -> Vec<Figure> {
         format!("≥ {:.0} lifecycles/s", nd.unwrap_or(0.0)),
         None,
         format!(
-            "the fastest this machine churns while traced; smallest ring without drops at that rate: {}",
+            "the fastest this machine churns while traced (ring buffer); traced / untraced full rate {}; \
+             smallest ring without drops at that rate: {}",
+            match (nd.filter(|v| *v > 0.0), full.filter(|v| *v > 0.0)) {
+                (Some(a), Some(b)) => format!("{:.3}", a / b),
+                _ => "-".into(),
+            },
             smallest.map_or("none tried".into(), |b| format!("{} KiB", b / 1024))
         ),
     ));
+    super::perf_figures::drops(drops, &mut out);
     let replay = r
         .replay
         .as_ref()

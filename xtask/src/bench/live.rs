@@ -1,6 +1,7 @@
 //! Figures measured on the running kernel: churn overhead (untraced vs
-//! kmem-trace vs bpftrace, interleaved A/B rounds, ratios of medians), the
-//! churn rate kmem-trace keeps up with without drops, and start-up time.
+//! kmem-trace on the ring buffer and on perf buffers vs bpftrace, interleaved
+//! A/B rounds, ratios of medians) and start-up time. The drop figures are in
+//! `drops`.
 
 use std::{path::Path, time::Duration};
 
@@ -24,6 +25,8 @@ pub struct Live<'a> {
     pub rounds: usize,
     pub quick: bool,
     pub bpftrace: bool,
+    /// Measure `--transport perf` beside the ring buffer (not `--skip perf`).
+    pub perf: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -33,8 +36,33 @@ pub enum Variant {
     KmemTrace,
     /// kmem-trace without its history database (`--no-history`).
     KmemTraceNoHistory,
+    /// kmem-trace on the old-kernel object (`--transport perf`: perf buffers),
+    /// with its history like `KmemTrace`, so the two differ by the transport.
+    KmemTracePerf,
     Bpftrace,
 }
+
+impl Variant {
+    /// A `kmem-trace watch` run (its programs are `kt_*`, it prints a summary).
+    pub fn is_kmem_trace(self) -> bool {
+        matches!(
+            self,
+            Variant::KmemTrace | Variant::KmemTraceNoHistory | Variant::KmemTracePerf
+        )
+    }
+
+    /// `watch` flags of the variant, beside `--json`.
+    fn args(self) -> Vec<String> {
+        match self {
+            Variant::KmemTraceNoHistory => vec!["--no-history".into()],
+            Variant::KmemTracePerf => PERF_ARGS.iter().map(|a| a.to_string()).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `watch` flags selecting the perf transport.
+pub const PERF_ARGS: &[&str] = &["--transport", "perf"];
 
 /// One timed churn run.
 #[derive(Debug, Serialize)]
@@ -92,10 +120,42 @@ pub struct ChurnResult {
     /// kmem-trace JSON lines about the bench's cgroups per lifecycle.
     pub kmem_trace_events_per_lifecycle: Option<f64>,
     pub kmem_trace_drops: u64,
+    /// `--transport perf` beside the ring buffer, from the same rounds.
+    pub perf: Option<PerfChurn>,
+    /// Why the perf transport was left out, if it was.
+    pub perf_skipped: Option<String>,
     pub runs: Vec<Run>,
 }
 
-fn run_once(
+/// The perf transport's churn figures: kmem-trace with `--transport perf`
+/// against the untraced run and against the ring-buffer run (`KmemTrace`,
+/// also with history) of the same round.
+#[derive(Debug, Serialize)]
+pub struct PerfChurn {
+    /// Tracepoints the perf object's programs are linked to.
+    pub tracepoints: Vec<String>,
+    /// Median over rounds of (perf time / untraced time of the same round).
+    pub ratio: Option<f64>,
+    pub ratios: Vec<f64>,
+    /// Median over rounds of (perf time / ring-buffer time of the same round).
+    pub vs_ringbuf_ratio: Option<f64>,
+    pub vs_ringbuf_ratios: Vec<f64>,
+    /// The same with the churn's own CPU time.
+    pub cpu_ratio: Option<f64>,
+    pub cpu_vs_ringbuf_ratio: Option<f64>,
+    /// Tracer CPU per lifecycle, µs: median and every round.
+    pub cpu_us: Option<f64>,
+    pub cpu_us_rounds: Vec<f64>,
+    /// JSON lines about the bench's cgroups per lifecycle (the ring buffer's
+    /// is `kmem_trace_events_per_lifecycle`: both should see the same).
+    pub events_per_lifecycle: Option<f64>,
+    pub drops: u64,
+    /// In-kernel cost per program over the perf runs.
+    pub bpf_programs: Vec<ProgCost>,
+    pub bpf_lifecycles: usize,
+}
+
+pub(super) fn run_once(
     l: &Live,
     round: usize,
     v: Variant,
@@ -107,22 +167,21 @@ fn run_once(
     let needle = l.parent.name.as_str();
     let running = match v {
         Variant::Untraced => None,
-        Variant::KmemTrace | Variant::KmemTraceNoHistory => {
+        _ if v.is_kmem_trace() => {
+            // With perf, the size is that of each CPU's buffer.
             let mut extra: Vec<String> = ring
                 .map(|r| vec!["--ring-buffer-size".into(), r.to_string()])
                 .unwrap_or_default();
-            if v == Variant::KmemTraceNoHistory {
-                extra.push("--no-history".into());
-            }
+            extra.extend(v.args());
             Some(tracer::kmem_trace(l.bin, &extra, needle)?)
         }
-        Variant::Bpftrace => Some(tracer::bpftrace(script.unwrap_or_default(), needle)?),
+        _ => Some(tracer::bpftrace(script.unwrap_or_default(), needle)?),
     };
     let tag = format!("r{round}-{v:?}-{}", ring.unwrap_or(0));
     let before = running.as_ref().map(|_| bpfstats::snapshot());
     let took = cgroup::churn(&l.parent.path, &tag, churn)?;
-    let bpf = match (&before, v) {
-        (Some(b), Variant::KmemTrace | Variant::KmemTraceNoHistory) => {
+    let bpf = match &before {
+        Some(b) if v.is_kmem_trace() => {
             // The offline events of the last lifecycles run a little later.
             std::thread::sleep(Duration::from_millis(200));
             bpfstats::delta(b, &bpfstats::snapshot())
@@ -150,9 +209,10 @@ fn run_once(
     })
 }
 
-/// Starts kmem-trace once to see which tracepoints it attaches here.
-fn discover(l: &Live) -> Result<Vec<String>> {
-    let r = tracer::kmem_trace(l.bin, &[], "")?;
+/// Starts kmem-trace (with `extra` flags) once to see which tracepoints it
+/// attaches here.
+fn discover(l: &Live, extra: &[String]) -> Result<Vec<String>> {
+    let r = tracer::kmem_trace(l.bin, extra, "")?;
     let tps = tracer::kmem_trace_tracepoints();
     r.stop()?;
     Ok(tps)
@@ -176,7 +236,17 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
             ..churn
         },
     )?;
-    let tracepoints = discover(l)?;
+    let tracepoints = discover(l, &[])?;
+    // A kernel or build without the old-kernel object leaves perf out; the
+    // ring-buffer figures are still taken.
+    let (perf_tracepoints, perf_skipped) = if !l.perf {
+        (None, Some("--skip perf".to_string()))
+    } else {
+        match discover(l, &Variant::KmemTracePerf.args()) {
+            Ok(t) => (Some(t), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        }
+    };
     let (mut script, mut skipped) = (None, None);
     if l.bpftrace {
         match tracer::bpftrace_script(&tracepoints) {
@@ -191,6 +261,9 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
         Variant::KmemTrace,
         Variant::KmemTraceNoHistory,
     ];
+    if perf_tracepoints.is_some() {
+        variants.push(Variant::KmemTracePerf);
+    }
     if script.is_some() {
         variants.push(Variant::Bpftrace);
     }
@@ -216,38 +289,17 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
     }
     let of = |v: Variant| runs.iter().filter(move |r| r.variant == v);
     let stats_error = stats.err().map(|e| format!("{e:#}"));
-    let rounds_by = |v: Variant, m: fn(&Run) -> f64| -> Vec<f64> {
-        (0..l.rounds)
-            .filter_map(|round| {
-                let t = m(of(v).find(|r| r.round == round)?);
-                let u = m(of(Variant::Untraced).find(|r| r.round == round)?);
-                Some(t / u)
-            })
-            .collect()
+    let ratios = |v: Variant| per_round(&runs, l.rounds, v, Variant::Untraced, |r| r.seconds);
+    let ratio = |v: Variant| median(&ratios(v));
+    let cpu_ratio = |v: Variant| {
+        median(&per_round(&runs, l.rounds, v, Variant::Untraced, |r| {
+            r.cpu_seconds
+        }))
     };
-    let ratio_by = |v: Variant, m: fn(&Run) -> f64| median(&rounds_by(v, m));
-    let ratios = |v: Variant| rounds_by(v, |r| r.seconds);
-    let ratio = |v: Variant| ratio_by(v, |r| r.seconds);
-    let cpu_ratio = |v: Variant| ratio_by(v, |r| r.cpu_seconds);
-    let cpu_rounds = |v: Variant| -> Vec<f64> {
-        of(v)
-            .filter_map(|r| {
-                r.tracer
-                    .as_ref()
-                    .map(|t| t.cpu_s * 1e6 / r.lifecycles as f64)
-            })
-            .collect()
-    };
-    let cpu = |v: Variant| median(&cpu_rounds(v));
+    let cpu = |v: Variant| median(&tracer_cpu_us(&runs, v));
     let kmem = |r: &&Run| matches!(r.variant, Variant::KmemTrace | Variant::KmemTraceNoHistory);
     let bpf_programs = bpfstats::total(runs.iter().filter(kmem).flat_map(|r| &r.bpf));
-    let per_lc: Vec<f64> = of(Variant::KmemTrace)
-        .filter_map(|r| {
-            r.tracer
-                .as_ref()
-                .map(|t| t.ours as f64 / r.lifecycles as f64)
-        })
-        .collect();
+    let perf = perf_tracepoints.map(|tps| perf_churn(&runs, l.rounds, tps));
     Ok(ChurnResult {
         lifecycles: l.lifecycles,
         rounds: l.rounds,
@@ -261,7 +313,7 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
         kmem_trace_ratios: ratios(Variant::KmemTrace),
         kmem_trace_no_history_ratios: ratios(Variant::KmemTraceNoHistory),
         bpftrace_ratios: ratios(Variant::Bpftrace),
-        kmem_trace_cpu_us_rounds: cpu_rounds(Variant::KmemTrace),
+        kmem_trace_cpu_us_rounds: tracer_cpu_us(&runs, Variant::KmemTrace),
         bpf_lifecycles: runs
             .iter()
             .filter(kmem)
@@ -281,10 +333,10 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
         bpftrace_cpu_ratio: cpu_ratio(Variant::Bpftrace),
         kmem_trace_cpu_us: cpu(Variant::KmemTrace),
         bpftrace_cpu_us: cpu(Variant::Bpftrace),
-        kmem_trace_events_per_lifecycle: median(&per_lc),
-        kmem_trace_drops: of(Variant::KmemTrace)
-            .filter_map(|r| r.tracer.as_ref().and_then(|t| t.drops))
-            .sum(),
+        kmem_trace_events_per_lifecycle: events_per_lifecycle(&runs, Variant::KmemTrace),
+        kmem_trace_drops: drops_of(&runs, Variant::KmemTrace),
+        perf,
+        perf_skipped,
         tracepoints,
         bpftrace_script: script,
         bpftrace_skipped: skipped,
@@ -292,123 +344,84 @@ pub fn churn_overhead(l: &Live) -> Result<ChurnResult> {
     })
 }
 
-/// One traced full-speed (or rate-limited) run for the drop figures.
-#[derive(Debug, Serialize)]
-pub struct DropRun {
-    pub ring_bytes: u32,
-    pub target_per_second: Option<f64>,
-    pub per_second: f64,
-    pub drops: u64,
+/// Per round, `m` of variant `v` over `m` of variant `base` in the same
+/// round (rounds missing either are left out), in round order.
+fn per_round(
+    runs: &[Run],
+    rounds: usize,
+    v: Variant,
+    base: Variant,
+    m: fn(&Run) -> f64,
+) -> Vec<f64> {
+    let find = |v: Variant, round: usize| runs.iter().find(|r| r.variant == v && r.round == round);
+    (0..rounds)
+        .filter_map(|round| Some(m(find(v, round)?) / m(find(base, round)?)))
+        .collect()
 }
 
-#[derive(Debug, Serialize)]
-pub struct DropResult {
-    pub jobs: usize,
-    pub lifecycles: usize,
-    /// The machine's full untraced churn rate (all cores churning).
-    pub untraced_per_second: f64,
-    /// kmem-trace with its default ring buffer at that full speed.
-    pub at_full: DropRun,
-    /// Smaller rings at full speed, down to the first that drops.
-    pub ring_ramp: Vec<DropRun>,
-    /// With the smallest ring that dropped: rates tried, down to one without drops.
-    pub rate_ramp: Vec<DropRun>,
-    /// Highest rate seen with zero drops at the default ring.
-    pub no_drop_per_second: f64,
+/// Tracer CPU per lifecycle of every run of `v`, µs.
+fn tracer_cpu_us(runs: &[Run], v: Variant) -> Vec<f64> {
+    runs.iter()
+        .filter(|r| r.variant == v)
+        .filter_map(|r| {
+            r.tracer
+                .as_ref()
+                .map(|t| t.cpu_s * 1e6 / r.lifecycles as f64)
+        })
+        .collect()
 }
 
-/// Default `--ring-buffer-size` of `kmem-trace watch`
-/// (`kmem_trace::probes::DEFAULT_RING_BYTES`).
-pub const DEFAULT_RING: u32 = 1 << 20;
-
-fn drop_run(l: &Live, churn: Churn, ring: u32, round: usize) -> Result<DropRun> {
-    let run = run_once(l, round, Variant::KmemTrace, None, churn, Some(ring))?;
-    let drops = run.tracer.as_ref().and_then(|t| t.drops).unwrap_or(0);
-    eprintln!(
-        "bench: drops: ring {ring} B, target {:?}/s: {:.0}/s, {drops} dropped",
-        churn.rate.map(|r| r.round()),
-        run.per_second
-    );
-    Ok(DropRun {
-        ring_bytes: ring,
-        target_per_second: churn.rate,
-        per_second: run.per_second,
-        drops,
-    })
+/// Median of the tracer's lines about our cgroups per lifecycle over the runs of `v`.
+fn events_per_lifecycle(runs: &[Run], v: Variant) -> Option<f64> {
+    let per: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.variant == v)
+        .filter_map(|r| {
+            r.tracer
+                .as_ref()
+                .map(|t| t.ours as f64 / r.lifecycles as f64)
+        })
+        .collect();
+    median(&per)
 }
 
-/// Churn with every core, untraced then traced; then smaller rings until one
-/// drops, and with that ring lower rates until none drops.
-pub fn drops(l: &Live) -> Result<DropResult> {
-    let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let churn = Churn {
-        lifecycles: l.lifecycles,
-        jobs,
-        rate: None,
-    };
-    let mut rates = Vec::new();
-    for round in 0..2 {
-        rates.push(run_once(l, 100 + round, Variant::Untraced, None, churn, None)?.per_second);
+/// Drops the runs of `v` reported, summed.
+fn drops_of(runs: &[Run], v: Variant) -> u64 {
+    runs.iter()
+        .filter(|r| r.variant == v)
+        .filter_map(|r| r.tracer.as_ref().and_then(|t| t.drops))
+        .sum()
+}
+
+/// The perf transport's figures from the interleaved rounds.
+fn perf_churn(runs: &[Run], rounds: usize, tracepoints: Vec<String>) -> PerfChurn {
+    let p = Variant::KmemTracePerf;
+    let ratios = per_round(runs, rounds, p, Variant::Untraced, |r| r.seconds);
+    let vs_ringbuf = per_round(runs, rounds, p, Variant::KmemTrace, |r| r.seconds);
+    let cpu_rounds = tracer_cpu_us(runs, p);
+    let perf_runs = || runs.iter().filter(move |r| r.variant == p);
+    PerfChurn {
+        tracepoints,
+        ratio: median(&ratios),
+        ratios,
+        vs_ringbuf_ratio: median(&vs_ringbuf),
+        vs_ringbuf_ratios: vs_ringbuf,
+        cpu_ratio: median(&per_round(runs, rounds, p, Variant::Untraced, |r| {
+            r.cpu_seconds
+        })),
+        cpu_vs_ringbuf_ratio: median(&per_round(runs, rounds, p, Variant::KmemTrace, |r| {
+            r.cpu_seconds
+        })),
+        cpu_us: median(&cpu_rounds),
+        cpu_us_rounds: cpu_rounds,
+        events_per_lifecycle: events_per_lifecycle(runs, p),
+        drops: drops_of(runs, p),
+        bpf_programs: bpfstats::total(perf_runs().flat_map(|r| &r.bpf)),
+        bpf_lifecycles: perf_runs()
+            .filter(|r| !r.bpf.is_empty())
+            .map(|r| r.lifecycles)
+            .sum(),
     }
-    let full = rates.iter().cloned().fold(0.0, f64::max);
-    eprintln!("bench: full untraced churn rate with {jobs} workers: {full:.0}/s");
-    let at_full = drop_run(l, churn, DEFAULT_RING, 200)?;
-    let mut no_drop = if at_full.drops == 0 {
-        at_full.per_second
-    } else {
-        0.0
-    };
-    let rings: &[u32] = if l.quick {
-        &[1 << 16, 1 << 12]
-    } else {
-        &[1 << 18, 1 << 16, 1 << 14, 1 << 12]
-    };
-    let mut ring_ramp = Vec::new();
-    for (i, &ring) in rings.iter().enumerate() {
-        let r = drop_run(l, churn, ring, 300 + i)?;
-        let dropped = r.drops > 0;
-        ring_ramp.push(r);
-        if dropped {
-            break;
-        }
-    }
-    let mut rate_ramp = Vec::new();
-    let dropping_ring = ring_ramp.iter().find(|r| r.drops > 0).map(|r| r.ring_bytes);
-    let small = dropping_ring.or(if at_full.drops > 0 {
-        Some(DEFAULT_RING)
-    } else {
-        None
-    });
-    if let Some(ring) = small {
-        for (i, frac) in [0.5, 0.25, 0.1].iter().enumerate() {
-            let r = drop_run(
-                l,
-                Churn {
-                    rate: Some(full * frac),
-                    ..churn
-                },
-                ring,
-                400 + i,
-            )?;
-            let clean = r.drops == 0;
-            if clean && ring == DEFAULT_RING {
-                no_drop = no_drop.max(r.per_second);
-            }
-            rate_ramp.push(r);
-            if clean {
-                break;
-            }
-        }
-    }
-    Ok(DropResult {
-        jobs,
-        lifecycles: l.lifecycles,
-        untraced_per_second: full,
-        at_full,
-        ring_ramp,
-        rate_ramp,
-        no_drop_per_second: no_drop,
-    })
 }
 
 /// Start-up: exec of `kmem-trace watch` to its "watching with" line.

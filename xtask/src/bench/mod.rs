@@ -1,6 +1,8 @@
 //! `cargo xtask bench [--quick]`: kmem-trace's performance figures. Churn
 //! overhead against an untraced run and against bpftrace (interleaved A/B
-//! rounds, ratios), drops at the machine's full churn rate, replay throughput,
+//! rounds, ratios), the perf transport (`--transport perf`) beside the ring
+//! buffer in the same rounds, drops at the machine's full churn rate and the
+//! highest rate without drops for both transports, replay throughput,
 //! census time, memory at 65,535 memcgs and start-up time. Prints a table,
 //! writes `target/bench/results.json` and regenerates `docs/PERFORMANCE.md`
 //! and the README's performance section (between markers) from it.
@@ -9,9 +11,11 @@
 
 mod bpfstats;
 pub(crate) mod cgroup;
+mod drops;
 mod figures;
 mod live;
 mod offline;
+mod perf_figures;
 mod readme;
 mod report;
 mod rss;
@@ -43,7 +47,8 @@ pub struct BenchArgs {
     /// that of 5.
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Skip figures by name: churn, drops, startup, census, replay, memory.
+    /// Skip figures by name: churn, drops, startup, census, replay, memory;
+    /// perf leaves the perf transport out of churn and drops.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Also regenerate docs/PERFORMANCE.md and the README's table after a --quick run.
@@ -207,6 +212,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             rounds,
             quick: args.quick,
             bpftrace,
+            perf: !skip(args, "perf"),
         };
         if !skip(args, "startup") {
             r.load
@@ -225,7 +231,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         if !skip(args, "drops") {
             r.load
                 .push(("drops".into(), quiet("drops", Duration::from_secs(60))));
-            r.drops = val(attempt(&mut errors, "drops", || live::drops(&l)));
+            r.drops = val(attempt(&mut errors, "drops", || drops::drops(&l)));
         }
         drop(parent);
         drop(lock);

@@ -268,18 +268,43 @@ pub fn markdown(r: &Results) -> String {
             .filter_map(Value::as_str)
             .collect();
         s.push_str(&format!("\nkmem-trace attached: {}.\n", tps.join(", ")));
+        let perf_tps: Vec<&str> = c["perf"]["tracepoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if !perf_tps.is_empty() {
+            s.push_str(&format!(
+                "\nkmem-trace --transport perf attached: {}.\n",
+                perf_tps.join(", ")
+            ));
+        }
         if let Some(script) = c["bpftrace_script"].as_str() {
             s.push_str(&format!("\nThe bpftrace baseline:\n\n```\n{script}```\n"));
         }
     }
     if let Some(d) = &r.drops {
-        s.push_str("\n### Drops\n\n| ring | target rate | reached | drops |\n|---|---|---|---|\n");
-        let rows = std::iter::once(&d["at_full"])
-            .chain(d["ring_ramp"].as_array().into_iter().flatten())
-            .chain(d["rate_ramp"].as_array().into_iter().flatten());
-        for x in rows {
+        s.push_str(&format!(
+            "\n### Drops\n\n{} workers, {} lifecycles a run; untraced full rate {:.0}/s. \
+             The perf transport's sizes are per CPU.\n\n\
+             | transport | buffer | target rate | reached | drops |\n|---|---|---|---|---|\n",
+            d["jobs"],
+            d["lifecycles"],
+            f(d, "untraced_per_second").unwrap_or(0.0)
+        ));
+        let rows = [("ring buffer", d), ("perf", &d["perf"])]
+            .into_iter()
+            .filter(|(_, v)| !v.is_null())
+            .flat_map(|(name, v)| {
+                std::iter::once(&v["at_full"])
+                    .chain(v["ring_ramp"].as_array().into_iter().flatten())
+                    .chain(v["rate_ramp"].as_array().into_iter().flatten())
+                    .map(move |x| (name, x))
+            });
+        for (name, x) in rows {
             s.push_str(&format!(
-                "| {} KiB | {} | {:.0}/s | {} |\n",
+                "| {name} | {} KiB | {} | {:.0}/s | {} |\n",
                 x["ring_bytes"].as_u64().unwrap_or(0) / 1024,
                 f(x, "target_per_second").map_or("full".into(), |v| format!("{v:.0}/s")),
                 f(x, "per_second").unwrap_or(0.0),
