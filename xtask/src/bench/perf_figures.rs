@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use super::{
+    drops::DEFAULT_RING,
     figures::{every, f, fig, interval, list},
     report::Figure,
 };
@@ -165,7 +166,8 @@ pub fn drops(drops: &Value, out: &mut Vec<Figure>) {
             format!("{k:.0} KiB")
         }
     };
-    let size = f(p, "at_full.ring_bytes").map_or("default".into(), kib);
+    // Results without the perf search still name the size it would use.
+    let size = kib(f(p, "at_full.ring_bytes").unwrap_or(f64::from(DEFAULT_RING)));
     let d = f(p, "at_full.drops");
     out.push(fig(
         &format!("drops at full churn rate, perf (default {size} per-CPU buffers)"),
@@ -295,6 +297,7 @@ mod tests {
         drops(&json!({"perf_skipped": "no object"}), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].shown, "not measured");
+        assert!(out[0].figure.contains("(default 1 MiB per-CPU buffers)"));
         assert!(out[0].note.contains("skipped: no object"));
     }
 }
