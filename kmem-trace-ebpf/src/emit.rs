@@ -145,22 +145,37 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
     entry.submit(0);
 }
 
-/// Fills the per-CPU scratch record and copies it into this CPU's perf
-/// buffer. A full buffer is counted by the kernel and reported to the reader
-/// as `PERF_RECORD_LOST` (userspace adds it to the drop counter; before 5.4
-/// the helper does not even return the error); any other failure (no buffer
-/// open for this CPU) is counted here, in the same counter.
+/// Fills this thread's scratch record (`maps::SCRATCH`, started from the
+/// all-zero `ZERO_EVENT`) and copies it into this CPU's perf buffer. A full
+/// buffer is counted by the kernel and reported to the reader as
+/// `PERF_RECORD_LOST` (userspace adds it to the drop counter; before 5.4 the
+/// helper does not even return the error); any other failure (no scratch
+/// entry, no buffer open for this CPU) is counted here, in the same counter.
 #[cfg(feature = "perf")]
 #[inline(always)]
 fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64, task: u64) {
-    use aya_ebpf::{bindings::BPF_F_CURRENT_CPU, helpers::generated::bpf_perf_event_output};
+    use aya_ebpf::{
+        bindings::{BPF_ANY, BPF_F_CURRENT_CPU},
+        helpers::{bpf_get_current_pid_tgid, generated::bpf_perf_event_output},
+    };
 
-    let Some(ev) = crate::maps::SCRATCH.get_ptr_mut(0) else {
+    use crate::maps::{SCRATCH, ZERO_EVENT};
+
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(zeroed) = ZERO_EVENT.get(0) else {
         count(stat::DROPS);
         return;
     };
-    zero(ev);
-    // SAFETY: `ev` is this CPU's scratch value of Event's size, zeroed above.
+    if SCRATCH.insert(&tid, zeroed, BPF_ANY as u64).is_err() {
+        count(stat::DROPS);
+        return;
+    }
+    let Some(ev) = SCRATCH.get_ptr_mut(&tid) else {
+        count(stat::DROPS);
+        return;
+    };
+    // SAFETY: `ev` is this thread's scratch value of Event's size, all zero
+    // (inserted from ZERO_EVENT above).
     fill(
         unsafe { &mut *ev },
         hook,
@@ -180,6 +195,7 @@ fn submit(hook: u16, kind: EventKind, extra_flags: u32, subj: &Subject, aux: u64
             core::mem::size_of::<Event>() as u64,
         )
     };
+    let _ = SCRATCH.remove(&tid);
     const ENOSPC: i64 = 28;
     if ret != 0 && ret != -ENOSPC {
         count(stat::DROPS);

@@ -57,7 +57,7 @@ mod maps {
     mod perf {
         use aya_ebpf::{
             macros::map,
-            maps::{Array, PerCpuArray, PerfEventArray},
+            maps::{Array, HashMap, PerfEventArray},
         };
         use kmem_trace_common::{Event, Layout};
 
@@ -71,10 +71,22 @@ mod maps {
         #[map]
         pub static EVENTS: PerfEventArray<Event> = PerfEventArray::new(0);
 
-        /// The record being filled: 264 bytes do not fit beside the rest on
-        /// the 512-byte stack; `bpf_perf_event_output` copies it out.
+        /// The records being filled, one per thread (the low 32 bits of
+        /// pid_tgid): 264 bytes do not fit beside the rest on the 512-byte
+        /// stack; `bpf_perf_event_output` copies it out. Not one per CPU: where
+        /// two programs' runs interleave on one CPU, one overwrites the other's
+        /// per-CPU record: on 7.3.4 cloud (perf-tp, 2026-12-07, one VM CPU) a
+        /// run sent churn-10's offline (rmdir, the test's task) twice and
+        /// churn-0's released (a kworker's work item) never, which takes a
+        /// program interrupted or preempted mid-fill by another task's. A
+        /// thread runs one program at a time; entries live from fill to output.
         #[map]
-        pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+        pub static SCRATCH: HashMap<u32, Event> = HashMap::with_max_entries(1024, 0);
+
+        /// An all-zero record: the value SCRATCH entries start from (a map
+        /// value can be a helper's argument, the stack has no room for one).
+        #[map]
+        pub static ZERO_EVENT: Array<Event> = Array::with_max_entries(1, 0);
     }
 
     /// Which kinds each hook may emit (see `MAX_HOOKS`); userspace fills it from
