@@ -2,6 +2,7 @@
 //! and benchmarks. Run as `cargo xtask <task>`.
 
 mod bench;
+mod build;
 mod census_bench;
 mod deploy_check;
 mod docs;

@@ -5,7 +5,8 @@
 //! `linux-binary-<release>` with `usr/lib/modules/<release>/vmlinuz` and
 //! `linux-modules-<release>`; signed or `-unsigned`), unpacked once into the
 //! cache with just what a test VM needs: the kernel and the modules that give it
-//! a virtio disk with ext4, in load order.
+//! a virtio disk with ext4, in load order. Per architecture: arm64 kernels
+//! come from the same suites through their own apt states.
 
 use std::{
     collections::BTreeSet,
@@ -17,14 +18,22 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::suites::{self, Suite};
-use crate::util::sh;
+use crate::{build::Arch, util::sh};
 
 /// The default matrix: the newest ABI of each series, in each flavour, and the
 /// newest series of [`suites::BACKPORTS`]. 5.10 comes from Debian bullseye: the
 /// only series before the cgroup iterator (6.1: census counts only) and before
 /// `bpf_get_func_ret` (5.17: fexit reads the return value from its context).
 pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
-pub const DEFAULT_FLAVOURS: &[&str] = &["amd64", "cloud-amd64"];
+
+/// The default matrix's flavours of `arch`: generic and cloud (`amd64`,
+/// `cloud-amd64`; `arm64`, `cloud-arm64`).
+pub fn default_flavours(arch: Arch) -> Vec<String> {
+    vec![
+        arch.debian().to_string(),
+        format!("cloud-{}", arch.debian()),
+    ]
+}
 
 /// Modules a test VM loads when the kernel has them as modules (`virtio_pci` and
 /// `virtio_blk` for the data disk, `ext4` to mount it); built-ins are skipped.
@@ -35,6 +44,7 @@ const WANTED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 pub struct Kernel {
     /// `uname -r`, e.g. `6.1.0-57-cloud-amd64`.
     pub release: String,
+    pub arch: Arch,
     pub vmlinuz: PathBuf,
     /// Decompressed modules, in load order.
     pub modules: Vec<PathBuf>,
@@ -95,24 +105,33 @@ pub fn newest<'a>(
         .map(str::to_string)
 }
 
-/// Kernel package names and the suite listing each.
-#[derive(Default)]
+/// Kernel package names of one architecture and the suite listing each.
 pub struct Catalog {
     entries: Vec<(String, &'static str)>,
+    arch: Arch,
 }
 
 impl Catalog {
-    /// The package lists of `suites` (names from [`suites::ALL`]), fetched into
-    /// private apt states under `cache` when stale.
-    pub fn load(cache: &Path, names: &[&str]) -> Result<Catalog> {
+    /// No suite's lists (a run of the host row alone).
+    pub fn empty(arch: Arch) -> Catalog {
+        Catalog {
+            entries: Vec::new(),
+            arch,
+        }
+    }
+
+    /// The package lists of `suites` (names from [`suites::ALL`]) for `arch`,
+    /// fetched into private apt states under `cache` when stale.
+    pub fn load(cache: &Path, names: &[&str], arch: Arch) -> Result<Catalog> {
         let mut entries = Vec::new();
         for name in names {
-            let suite = Suite::named(cache, name).with_context(|| format!("no suite {name}"))?;
+            let suite =
+                Suite::named(cache, name, arch).with_context(|| format!("no suite {name}"))?;
             for pkg in suite.package_names()? {
                 entries.push((pkg, suite.name()));
             }
         }
-        Ok(Catalog { entries })
+        Ok(Catalog { entries, arch })
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
@@ -148,7 +167,12 @@ impl Catalog {
     /// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package
     /// name (`linux-image-...`) or a series alias (`6.12`, `7.3-cloud`).
     pub fn resolve(&self, spec: &str) -> Result<String> {
-        let exact = release_of(spec).or_else(|| spec.ends_with("amd64").then_some(spec));
+        let arch = self.arch.debian();
+        let exact = release_of(spec)
+            .or_else(|| (spec.ends_with("amd64") || spec.ends_with("arm64")).then_some(spec));
+        if let Some(r) = exact.filter(|r| !r.ends_with(arch)) {
+            bail!("{r} is not an {arch} kernel: --arch chooses the architecture (default amd64)");
+        }
         if let Some(r) = exact {
             if self.source(r).is_none() {
                 bail!(
@@ -160,8 +184,8 @@ impl Catalog {
             return Ok(r.to_string());
         }
         let (series, flavour) = match spec.split_once('-') {
-            Some((s, f)) => (s, format!("{f}-amd64")),
-            None => (spec, "amd64".to_string()),
+            Some((s, f)) => (s, format!("{f}-{arch}")),
+            None => (spec, arch.to_string()),
         };
         newest(self.names(), series, &flavour).with_context(|| {
             format!("no Debian kernel package matches {spec:?} (series {series}, flavour {flavour}) in any suite")
@@ -170,12 +194,12 @@ impl Catalog {
 
     /// The default matrix, newest first within each series: [`DEFAULT_SERIES`]
     /// and the newest series of [`suites::BACKPORTS`], in `flavours` (empty:
-    /// [`DEFAULT_FLAVOURS`]).
+    /// [`default_flavours`]).
     pub fn default_releases(&self, flavours: &[String]) -> Result<Vec<String>> {
-        let flavours: Vec<&str> = if flavours.is_empty() {
-            DEFAULT_FLAVOURS.to_vec()
+        let flavours: Vec<String> = if flavours.is_empty() {
+            default_flavours(self.arch)
         } else {
-            flavours.iter().map(String::as_str).collect()
+            flavours.to_vec()
         };
         let backports = self
             .entries
@@ -214,7 +238,9 @@ pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel>
     }
     let order = fs::read_to_string(dir.join("modules.order")).unwrap_or_default();
     let elf = dir.join("vmlinux");
-    if !elf.exists() && !dir.join("no-vmlinux").exists() {
+    // arm64's vmlinuz is an Image (gzip-compressed before trixie), which qemu
+    // loads itself; only the x86 bzImage hides an ELF worth unpacking.
+    if catalog.arch == Arch::Amd64 && !elf.exists() && !dir.join("no-vmlinux").exists() {
         match extract_vmlinux(&dir.join("vmlinuz"))? {
             Some(bytes) => fs::write(&elf, bytes)?,
             None => fs::write(dir.join("no-vmlinux"), "")?,
@@ -222,6 +248,7 @@ pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel>
     }
     Ok(Kernel {
         release: release.to_string(),
+        arch: catalog.arch,
         vmlinuz: if elf.exists() {
             elf
         } else {
@@ -252,7 +279,7 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
     let (suite_name, mut pkgs) = catalog
         .source(release)
         .with_context(|| format!("no Debian suite has kernel {release}"))?;
-    let suite = Suite::named(cache, suite_name).context("suite")?;
+    let suite = Suite::named(cache, suite_name, catalog.arch).context("suite")?;
     // The split layout: the image package only depends on the kernel
     // (linux-binary), its modules (linux-modules) and the files depmod needs
     // to know the built-in modules, System.map and config (linux-base).
@@ -467,7 +494,37 @@ mod tests {
     fn catalog() -> Catalog {
         Catalog {
             entries: LISTED.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            arch: Arch::Amd64,
         }
+    }
+
+    /// trixie's arm64 lists (apt-cache search in an arm64 state, 2026-12-07).
+    fn arm64() -> Catalog {
+        let listed = [
+            ("linux-image-6.12.117+deb13-cloud-arm64", "trixie"),
+            ("linux-image-6.12.117+deb13-cloud-arm64-unsigned", "trixie"),
+            ("linux-image-6.12.111+deb13-cloud-arm64-dbg", "trixie"),
+            ("linux-image-6.12.117+deb13-arm64", "trixie"),
+            ("linux-image-cloud-arm64", "trixie"),
+        ];
+        Catalog {
+            entries: listed.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            arch: Arch::Arm64,
+        }
+    }
+
+    #[test]
+    fn arm64_specs_resolve_in_their_own_lists() {
+        let c = arm64();
+        assert_eq!(
+            c.resolve("6.12-cloud").unwrap(),
+            "6.12.117+deb13-cloud-arm64"
+        );
+        assert_eq!(c.resolve("6.12").unwrap(), "6.12.117+deb13-arm64");
+        let wrong = c.resolve("6.12.117+deb13-cloud-amd64").unwrap_err();
+        assert!(wrong.to_string().contains("--arch"), "{wrong}");
+        assert!(catalog().resolve("6.12.117+deb13-cloud-arm64").is_err());
+        assert_eq!(default_flavours(Arch::Arm64), ["arm64", "cloud-arm64"]);
     }
 
     #[test]
