@@ -141,6 +141,14 @@ impl Catalog {
     /// Where `release` comes from: its suite and the packages to download, the
     /// signed image first (its dependencies are added by [`fetch`]).
     fn source(&self, release: &str) -> Option<(&'static str, Vec<String>)> {
+        self.sources(release).into_iter().next()
+    }
+
+    /// Every layout of `release` some suite lists, in [`Catalog::source`]'s
+    /// order: a listed package can still fail to download (bullseye-security
+    /// lists the signed 5.10.0-46 cloud-arm64 image, its pool answers 404), and
+    /// the unsigned one holds the same kernel.
+    fn sources(&self, release: &str) -> Vec<(&'static str, Vec<String>)> {
         let choices = [
             vec![format!("linux-image-{release}")],
             vec![format!("linux-image-{release}-unsigned")],
@@ -155,13 +163,16 @@ impl Catalog {
                 format!("linux-base-{release}"),
             ],
         ];
-        choices.into_iter().find_map(|pkgs| {
-            self.entries
-                .iter()
-                .rev() // the newest suite listing it
-                .find(|(n, _)| *n == pkgs[0])
-                .map(|(_, s)| (*s, pkgs))
-        })
+        choices
+            .into_iter()
+            .filter_map(|pkgs| {
+                self.entries
+                    .iter()
+                    .rev() // the newest suite listing it
+                    .find(|(n, _)| *n == pkgs[0])
+                    .map(|(_, s)| (*s, pkgs))
+            })
+            .collect()
     }
 
     /// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package
@@ -276,10 +287,45 @@ fn find_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
 }
 
 fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<()> {
-    let (suite_name, mut pkgs) = catalog
-        .source(release)
-        .with_context(|| format!("no Debian suite has kernel {release}"))?;
-    let suite = Suite::named(cache, suite_name, catalog.arch).context("suite")?;
+    let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
+    let mut failed = None;
+    let mut downloaded = None;
+    for (suite_name, pkgs) in catalog.sources(release) {
+        if let Some(e) = &failed {
+            eprintln!("vm-test: {e:#}; trying {}", pkgs[0]);
+        }
+        match unpack_layout(cache, catalog.arch, suite_name, pkgs, &tmp) {
+            Ok(done) => {
+                downloaded = Some(done);
+                break;
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    let (pkgs, downloaded) = match (downloaded, failed) {
+        (Some(d), _) => d,
+        (None, Some(e)) => return Err(e),
+        (None, None) => bail!("no Debian suite has kernel {release}"),
+    };
+    install(&tmp, release, &pkgs, dir)?;
+    // The unpacked tree is what is kept; the .debs can be fetched again.
+    for deb in downloaded {
+        fs::remove_file(deb)?;
+    }
+    Ok(())
+}
+
+/// Downloads one layout's packages (with the split layout's dependencies)
+/// and unpacks them into `tmp`; the packages and their .debs.
+fn unpack_layout(
+    cache: &Path,
+    arch: Arch,
+    suite_name: &'static str,
+    mut pkgs: Vec<String>,
+    tmp: &Path,
+) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let release = release_of(&pkgs[0]).context("kernel package")?.to_string();
+    let suite = Suite::named(cache, suite_name, arch).context("suite")?;
     // The split layout: the image package only depends on the kernel
     // (linux-binary), its modules (linux-modules) and the files depmod needs
     // to know the built-in modules, System.map and config (linux-base).
@@ -287,15 +333,14 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
         let split = ["linux-binary-", "linux-modules-", "linux-base-"]
             .iter()
             .any(|p| dep.starts_with(p));
-        if split && dep.ends_with(release) && !pkgs.contains(&dep) {
+        if split && dep.ends_with(release.as_str()) && !pkgs.contains(&dep) {
             pkgs.push(dep);
         }
     }
     let debs = cache.join("debs");
     fs::create_dir_all(&debs)?;
-    let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+    let _ = fs::remove_dir_all(tmp);
+    fs::create_dir_all(tmp)?;
     let mut downloaded = Vec::new();
     for pkg in &pkgs {
         if find_deb(&debs, pkg).is_none() {
@@ -304,9 +349,15 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
         }
         let deb =
             find_deb(&debs, pkg).with_context(|| format!("apt-get download left no {pkg} .deb"))?;
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))?;
         downloaded.push(deb);
     }
+    Ok((pkgs, downloaded))
+}
+
+/// Keeps what a VM needs of the unpacked `tmp` in `dir`: the kernel, its
+/// config and the wanted modules in load order.
+fn install(tmp: &Path, release: &str, pkgs: &[String], dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("modules"))?;
     let found = |names: &[String]| names.iter().map(|n| tmp.join(n)).find(|p| p.exists());
@@ -326,13 +377,9 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
     if let Some(config) = found(&[format!("boot/config-{release}"), format!("{moddir}/config")]) {
         fs::copy(config, dir.join("config"))?;
     }
-    let mods = pick_modules(&tmp, release, &dir.join("modules"))?;
+    let mods = pick_modules(tmp, release, &dir.join("modules"))?;
     fs::write(dir.join("modules.order"), mods.join("\n"))?;
-    fs::remove_dir_all(&tmp)?;
-    // The unpacked tree is what is kept; the .debs can be fetched again.
-    for deb in downloaded {
-        fs::remove_file(deb)?;
-    }
+    fs::remove_dir_all(tmp)?;
     Ok(())
 }
 
@@ -620,6 +667,20 @@ mod tests {
     #[test]
     fn each_layout_has_its_packages() {
         let c = catalog();
+        // Signed first, then the unsigned fallback when the first fails to
+        // download (bullseye-security's arm64 pool, 2026-12-07).
+        let all: Vec<String> = c
+            .sources("6.1.0-57-amd64")
+            .into_iter()
+            .map(|(_, p)| p[0].clone())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "linux-image-6.1.0-57-amd64",
+                "linux-image-6.1.0-57-amd64-unsigned"
+            ]
+        );
         let s = |r: &str| c.source(r).unwrap();
         assert_eq!(
             s("6.1.0-57-amd64"),
