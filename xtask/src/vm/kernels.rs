@@ -175,6 +175,29 @@ impl Catalog {
             .collect()
     }
 
+    /// Releases of `release`'s series and flavour older than it, newest first.
+    fn older(&self, release: &str) -> Vec<String> {
+        let Some(series) = series_of(release) else {
+            return Vec::new();
+        };
+        let flavour = release.rsplit_once('-').map_or("", |(_, f)| f);
+        let flavour = if release.contains(&format!("-cloud-{flavour}")) {
+            format!("cloud-{flavour}")
+        } else {
+            flavour.to_string()
+        };
+        let mut all: Vec<String> = self
+            .names()
+            .filter(|n| newest(std::iter::once(*n), &series, &flavour).is_some())
+            .filter_map(release_of)
+            .filter(|r| numbers(r) < numbers(release))
+            .map(str::to_string)
+            .collect();
+        all.sort_by_key(|r| std::cmp::Reverse(numbers(r)));
+        all.dedup();
+        all
+    }
+
     /// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package
     /// name (`linux-image-...`) or a series alias (`6.12`, `7.3-cloud`).
     pub fn resolve(&self, spec: &str) -> Result<String> {
@@ -236,6 +259,39 @@ impl Catalog {
         }
         Ok(out)
     }
+}
+
+/// Whether a `--kernel` value names one release (not a series alias).
+pub fn names_a_release(spec: &str) -> bool {
+    release_of(spec).is_some() || spec.ends_with("amd64") || spec.ends_with("arm64")
+}
+
+/// How many older ABIs of a series [`prepare_newest`] tries.
+const OLDER_TRIES: usize = 3;
+
+/// [`prepare`], and where `release` stood for its series (an alias, the
+/// default matrix) and cannot be fetched, the next older ABIs of the same
+/// series and flavour: the registry here lists bullseye-security's arm64
+/// kernels (5.10.0-43 to -46) but its pool answers 404 for all of them, while
+/// bullseye's own 5.10.0-32 downloads. The run names the kernel it booted.
+pub fn prepare_newest(
+    cache: &Path,
+    catalog: &Catalog,
+    release: &str,
+    may_fall_back: bool,
+) -> Result<Kernel> {
+    let first = match prepare(cache, catalog, release) {
+        Ok(k) => return Ok(k),
+        Err(e) if may_fall_back => e,
+        Err(e) => return Err(e),
+    };
+    for older in catalog.older(release).into_iter().take(OLDER_TRIES) {
+        eprintln!("vm-test: {release} cannot be fetched ({first:#}); trying {older}");
+        if let Ok(k) = prepare(cache, catalog, &older) {
+            return Ok(k);
+        }
+    }
+    Err(first)
 }
 
 /// Makes `release` ready in `cache` (download, unpack, pick modules) unless a
@@ -558,6 +614,20 @@ mod tests {
             entries: listed.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
             arch: Arch::Arm64,
         }
+    }
+
+    #[test]
+    fn older_abis_of_the_same_series_and_flavour() {
+        let c = catalog();
+        assert_eq!(c.older("5.10.0-46-amd64"), ["5.10.0-45-amd64"]);
+        assert_eq!(
+            c.older("6.1.0-58-cloud-amd64"),
+            ["6.1.0-57-cloud-amd64", "6.1.0-48-cloud-amd64"]
+        );
+        assert!(c.older("6.1.0-9-amd64").is_empty());
+        assert!(names_a_release("6.1.0-57-amd64"));
+        assert!(names_a_release("linux-image-6.1.0-57-amd64"));
+        assert!(!names_a_release("6.12-cloud"));
     }
 
     #[test]

@@ -252,12 +252,15 @@ pub fn run(args: &VmArgs) -> Result<()> {
         let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
         catalog = kernels::Catalog::load(&cache, &all, args.arch)?;
     }
-    let releases = if args.kernels.is_empty() {
-        catalog.default_releases(&args.flavours)?
+    // (release, whether an older ABI of its series may stand in for it: not
+    // for a release named exactly).
+    let releases: Vec<(String, bool)> = if args.kernels.is_empty() {
+        let d = catalog.default_releases(&args.flavours)?;
+        d.into_iter().map(|r| (r, true)).collect()
     } else {
         specs
             .iter()
-            .map(|s| catalog.resolve(s))
+            .map(|s| Ok((catalog.resolve(s)?, !kernels::names_a_release(s))))
             .collect::<Result<Vec<_>>>()?
     };
     let families: Vec<String> = if args.family.is_empty() {
@@ -273,7 +276,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
     lock.lock().context("locking vm-cache")?;
     let mut kernels = Vec::new();
     for r in &releases {
-        kernels.push(kernels::prepare(&cache, &catalog, r)?);
+        kernels.push(kernels::prepare_newest(&cache, &catalog, &r.0, r.1)?);
     }
     let disk = image::data_disk(&cache)?;
     let swap = image::swap_disk(&cache)?;
