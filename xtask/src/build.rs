@@ -172,7 +172,11 @@ pub fn run(args: &BuildArgs) -> Result<()> {
 }
 
 /// Builds the statically linked release `kmem-trace` and `kmem-trace-vm-guest`
-/// for `arch`; their paths, in that order.
+/// for `arch`; their paths, in that order. The image takes the first: one
+/// invocation for every user (image, VM matrix, the test suite's cross step),
+/// as a build of `kmem-trace` alone unifies its dependencies' features
+/// differently, and alternating the two rebuilt them (the arm64 one was seen
+/// rebuilding std as well).
 pub fn static_binaries(root: &Path, arch: Arch) -> Result<(PathBuf, PathBuf)> {
     let dir = build(
         root,
@@ -183,12 +187,6 @@ pub fn static_binaries(root: &Path, arch: Arch) -> Result<(PathBuf, PathBuf)> {
         ],
     )?;
     Ok((dir.join("kmem-trace"), dir.join("kmem-trace-vm-guest")))
-}
-
-/// Builds only the statically linked release `kmem-trace` for `arch` (the
-/// image's binary); its path.
-pub fn static_tracer(root: &Path, arch: Arch) -> Result<PathBuf> {
-    Ok(build(root, arch, &[("kmem-trace", "kmem-trace")])?.join("kmem-trace"))
 }
 
 /// The target directory of the host's own builds.

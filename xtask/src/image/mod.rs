@@ -125,7 +125,7 @@ pub fn run(args: &ImageArgs) -> Result<PathBuf> {
     for &arch in &archs {
         let bin = match &args.binary {
             Some(b) => b.clone(),
-            None => build::static_tracer(&root, arch)?,
+            None => build::static_binaries(&root, arch)?.0,
         };
         let bin = if args.keep_debug {
             bin

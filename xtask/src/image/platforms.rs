@@ -116,3 +116,23 @@ fn json(cmd: &mut Command) -> Result<Value> {
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last `cargo xtask image` archive read back per platform, without
+    /// podman (`cargo test -p xtask -- --ignored archive_platforms`): it
+    /// holds amd64, and arm64 when the file `kmem-trace-arm64` beside it says
+    /// the cross build made one.
+    #[test]
+    #[ignore = "needs target/image from `cargo xtask image` and skopeo"]
+    fn archive_platforms() {
+        let dir = crate::util::root().join("target/image");
+        let mut archs = vec![Arch::Amd64];
+        if dir.join("kmem-trace-arm64").exists() {
+            archs.push(Arch::Arm64);
+        }
+        verify(&dir.join("kmem-trace.oci.tar"), &archs).unwrap();
+    }
+}
