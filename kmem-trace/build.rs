@@ -4,6 +4,11 @@
 //! source `-Z build-std=core` compiles) and bpf-linker; `cargo xtask setup`
 //! installs both. Without them the userspace crate still builds (check, clippy,
 //! unit tests) around an empty object, and the binary says how to fix that.
+//!
+//! The objects are built for the architecture the binary is built for
+//! (`CARGO_CFG_TARGET_ARCH`, so a cross build gets the target's objects): aya-ebpf
+//! reads a kprobe's arguments and return value from `struct pt_regs`, whose
+//! layout is per architecture, chosen by `--cfg bpf_target_arch`.
 
 use std::{
     env, fs,
@@ -26,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         "KMEM_TRACE_EBPF_PERF_OBJECT",
         "KMEM_TRACE_BPF_RUSTC",
         "KMEM_TRACE_SKIP_EBPF",
+        "CARGO_CFG_TARGET_ARCH",
         "PATH",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -63,13 +69,14 @@ fn main() -> anyhow::Result<()> {
         Ok(t) => t,
         Err(why) => return stub(&[&dest, &perf_dest], &why),
     };
+    let arch = BpfArch::of_target()?;
     // BTF (func info) is required by the verifier for bpf-to-bpf calls.
     let built = build(
         &root,
         &toolchain,
-        "bpf",
+        &arch.target_dir("bpf"),
         &[],
-        "-C debuginfo=2 -C link-arg=--btf",
+        &format!("-C debuginfo=2 -C link-arg=--btf {}", arch.cfg()),
     )?;
     embed(&built, &dest)?;
     // The old-kernel object: no BTF of its own (4.18 cannot load func info;
@@ -78,12 +85,39 @@ fn main() -> anyhow::Result<()> {
     let built = build(
         &root,
         &toolchain,
-        "bpf-perf",
+        &arch.target_dir("bpf-perf"),
         &["--features", "perf"],
-        "-C debuginfo=2",
+        &format!("-C debuginfo=2 {}", arch.cfg()),
     )?;
     embed(&built, &perf_dest)?;
     Ok(())
+}
+
+/// The architecture whose kernel the objects are for: aya's `bpf_target_arch`
+/// (the `target_arch` names, which aya uses as they are for x86_64 and aarch64).
+struct BpfArch(String);
+
+impl BpfArch {
+    fn of_target() -> anyhow::Result<BpfArch> {
+        Ok(BpfArch(env::var("CARGO_CFG_TARGET_ARCH")?))
+    }
+
+    /// Set explicitly, also for x86_64: aya-ebpf's build script otherwise
+    /// takes the *build host's* architecture, wrong in every cross build.
+    fn cfg(&self) -> String {
+        format!("--cfg bpf_target_arch=\"{}\"", self.0)
+    }
+
+    /// `target/<base>` for x86_64 (the directories of before cross builds),
+    /// `target/<base>-<arch>` otherwise, so that amd64 and arm64 builds do not
+    /// rebuild each other's objects and `core`.
+    fn target_dir(&self, base: &str) -> String {
+        if self.0 == "x86_64" {
+            base.to_string()
+        } else {
+            format!("{base}-{}", self.0)
+        }
+    }
 }
 
 /// One nested build of the eBPF crate into `target/<dir>`; the object's path.

@@ -4,6 +4,9 @@
 //! compile-time size assertions, because both sides read the same bytes.
 #![no_std]
 
+/// Every shared record's size, alignment and field offsets, asserted at compile time.
+pub mod abi;
+
 /// Version of the [`Event`] record; bumped whenever its layout or meaning
 /// changes. 2: one record may stand for several lifecycle points
 /// ([`flags::ALSO_ONLINE`], [`flags::ALSO_KMEM_ACTIVATE`]).
@@ -194,11 +197,6 @@ pub struct Event {
 
 /// Size of [`Event`] in bytes; part of the ABI.
 pub const EVENT_SIZE: usize = 264;
-const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::align_of::<Event>() == 8);
-const _: () = assert!(core::mem::offset_of!(Event, mem_pages) == 72);
-const _: () = assert!(core::mem::offset_of!(Event, comm) == 104);
-const _: () = assert!(core::mem::offset_of!(Event, name) == 136);
 
 impl Event {
     pub const ZERO: Event = Event {
@@ -257,8 +255,8 @@ impl Event {
 
     /// The record as bytes, exactly as the ring buffer carries it.
     pub fn as_bytes(&self) -> &[u8; EVENT_SIZE] {
-        // SAFETY: Event is repr(C), has no implicit padding (asserted by the
-        // offsets above summing to EVENT_SIZE) and every bit pattern is valid.
+        // SAFETY: Event is repr(C), has no implicit padding (asserted in
+        // `abi`: its fields tile EVENT_SIZE) and every bit pattern is valid.
         unsafe { &*(self as *const Event as *const [u8; EVENT_SIZE]) }
     }
 }
@@ -418,8 +416,6 @@ pub mod census_stat {
 }
 
 pub const LAYOUT_SIZE: usize = 200;
-const _: () = assert!(core::mem::size_of::<Layout>() == LAYOUT_SIZE);
-const _: () = assert!(core::mem::offset_of!(Layout, fn_css_release_work) == 144);
 
 impl Layout {
     pub const EMPTY: Layout = Layout {
@@ -497,7 +493,6 @@ pub struct CensusSummary {
 /// `"KTCS"`: [`CensusSummary::magic`].
 pub const CENSUS_MAGIC: u32 = 0x5343_544b;
 pub const CENSUS_SUMMARY_SIZE: usize = 72;
-const _: () = assert!(core::mem::size_of::<CensusSummary>() == CENSUS_SUMMARY_SIZE);
 
 /// Bits of [`CensusSummary::flags`].
 pub mod census_flags {

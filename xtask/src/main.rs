@@ -2,7 +2,9 @@
 //! and benchmarks. Run as `cargo xtask <task>`.
 
 mod bench;
+mod build;
 mod census_bench;
+mod cross_check;
 mod deploy_check;
 mod docs;
 mod image;
@@ -26,6 +28,8 @@ struct Xtask {
 enum Task {
     /// Install the eBPF toolchain (Debian packages, bpf-linker) where missing.
     Setup(setup::SetupArgs),
+    /// The static release binaries (kmem-trace, the VM guest) for one architecture.
+    Build(build::BuildArgs),
     /// Set up, build a release binary and run `kmem-trace watch` (extra args are passed on).
     Watch {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -55,6 +59,7 @@ enum Task {
 fn main() -> Result<()> {
     match Xtask::parse().task {
         Task::Setup(args) => setup::run(&args),
+        Task::Build(args) => build::run(&args),
         Task::Watch { args } => setup::watch(&args),
         Task::Test(args) => test::run(&args),
         Task::VmTest(args) => vm::run(&args),

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: installs what building the eBPF programs needs, skipping
 //! what is present. Debian's `rustc-web` ships rustc with its library source
-//! (needed by `-Z build-std=core`); bpf-linker links the BPF object.
+//! (needed by `-Z build-std=core`); bpf-linker links the BPF object. The
+//! arm64 cross build adds Debian's aarch64 gcc and static glibc.
 
 use std::{path::Path, process::Command};
 
@@ -79,6 +80,8 @@ fn bpf_linker_present() -> bool {
 
 pub fn run_setup(check: bool) -> Result<()> {
     apt_install(APT_PACKAGES, check)?;
+    // The arm64 cross build (`cargo xtask build --arch arm64`, the image's arm64 half).
+    apt_install(crate::build::CROSS_PACKAGES, check)?;
     if !Path::new("/usr/lib/rustlib/src/rust/library/core").exists() {
         bail!("rust-web-src is installed but /usr/lib/rustlib/src/rust/library is missing; reinstall rust-web-src");
     }

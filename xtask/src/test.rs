@@ -11,7 +11,7 @@ use crate::util::{self, sh};
 
 #[derive(Args)]
 pub struct TestArgs {
-    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, runtimes, deploy, vm).
+    /// Skip steps by name (fmt, clippy, doc, promtool, unit, fuzz, cross, runtimes, deploy, vm).
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -21,7 +21,8 @@ pub struct TestArgs {
 /// tmux drives the live view, chromium renders the HTML report, prometheus
 /// (promtool and the server) tests the alert rules and scrapes `serve`.
 /// python3-venv makes the PyPI linters' venv for the manifests (Debian's
-/// kubectl is unpacked from its .deb by deploy-check, not installed).
+/// kubectl is unpacked from its .deb by deploy-check, not installed);
+/// skopeo reads the multi-architecture image back per platform.
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "util-linux",
@@ -29,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "chromium",
     "prometheus",
     "python3-venv",
+    "skopeo",
 ];
 
 /// The `runtimes` step's real container runtimes (driven by
@@ -54,6 +56,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     // two apt-get installs at once lose the dpkg lock.
     let all: Vec<&str> = crate::setup::APT_PACKAGES
         .iter()
+        .chain(crate::build::CROSS_PACKAGES)
         .chain(TEST_PACKAGES)
         .chain(crate::vm::PACKAGES)
         .chain(RUNTIME_PACKAGES)
@@ -111,11 +114,18 @@ pub fn run(args: &TestArgs) -> Result<()> {
             "fuzz",
         ]))?;
     }
+    if !skip("cross") {
+        // The arm64 build: aarch64 static binaries, and each architecture's
+        // eBPF objects reading pt_regs its own way (no kernel touched).
+        crate::cross_check::run(&root)?;
+    }
     // The image (built, loaded and run by podman) serves the runtimes step
     // (the image beside a real containerd) and the deploy step (the soak).
     let image = (!skip("runtimes") || !skip("deploy"))
         .then(|| {
             crate::image::run(&crate::image::ImageArgs {
+                // amd64, and arm64 where the cross toolchain is (setup installs it).
+                arch: Vec::new(),
                 binary: None,
                 out: None,
                 keep_debug: false,

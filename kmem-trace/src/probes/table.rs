@@ -166,7 +166,46 @@ impl Row {
     pub fn sees_toggles(&self) -> bool {
         !(self.symbols == MKDIR || self.symbols == RMDIR)
     }
+
+    /// The first kernel the row is meant for on `arch` (Rust's names,
+    /// `std::env::consts::ARCH`): its own `since`, or later where
+    /// [`ARCH_FLOORS`] says the architecture got the attach type later.
+    pub fn since_on(&self, arch: &str) -> KernelVersion {
+        ARCH_FLOORS
+            .iter()
+            .filter(|f| f.arch == arch && f.attach == self.attach)
+            .map(|f| f.since)
+            .fold(self.since, KernelVersion::max)
+    }
 }
+
+/// An attach type an architecture got later than x86_64, where the rows' own
+/// `since` is x86_64's.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ArchFloor {
+    /// Rust's name of the architecture (`aarch64`).
+    pub arch: &'static str,
+    pub attach: Attach,
+    pub since: KernelVersion,
+    pub note: &'static str,
+}
+
+/// Per-architecture floors. kprobes, raw and classic tracepoints and tp_btf
+/// work on arm64 from the same kernels as on x86_64.
+pub static ARCH_FLOORS: &[ArchFloor] = &[
+    ArchFloor {
+        arch: "aarch64",
+        attach: Attach::Fentry,
+        since: v(6, 0),
+        note: "BPF trampolines on arm64: commit efc9909fdce0 (\"bpf, arm64: Add bpf trampoline for arm64\"), 6.0",
+    },
+    ArchFloor {
+        arch: "aarch64",
+        attach: Attach::Fexit,
+        since: v(6, 0),
+        note: "BPF trampolines on arm64: commit efc9909fdce0, 6.0",
+    },
+];
 
 const fn v(major: u32, minor: u32) -> KernelVersion {
     KernelVersion(major, minor, 0)
@@ -421,6 +460,10 @@ pub trait KernelFacts {
     fn has_kallsyms_addr(&self, symbol: &str) -> bool;
     /// Parameters of the function's BTF prototype, where known.
     fn fexit_params(&self, symbol: &str) -> Option<u32>;
+    /// The architecture the programs run on (Rust's name): this binary's.
+    fn arch(&self) -> &str {
+        std::env::consts::ARCH
+    }
 }
 
 /// Static check of one row: the symbol to use, or why the row cannot work.
@@ -430,14 +473,19 @@ pub fn check(
     forced_symbol: Option<&str>,
 ) -> Result<String, String> {
     if let Some(ver) = facts.version() {
-        if ver < row.since || ver >= row.until {
+        let since = row.since_on(facts.arch());
+        if ver < since || ver >= row.until {
             return Err(format!(
-                "meant for kernels {}{}, this is {ver}",
-                row.since,
+                "meant for kernels {since}{}{}, this is {ver}",
                 if row.until == ANY {
                     "+".to_string()
                 } else {
                     format!(" to before {}", row.until)
+                },
+                if since == row.since {
+                    String::new()
+                } else {
+                    format!(" on {}", facts.arch())
                 }
             ));
         }

@@ -7,6 +7,8 @@ use super::*;
 
 struct Fake {
     version: KernelVersion,
+    /// Rust's architecture name; `x86_64` unless a test says otherwise.
+    arch: &'static str,
     kprobes: bool,
     symbols: HashSet<&'static str>,
     /// BTF parameter count of every function (None: unknown).
@@ -32,11 +34,15 @@ impl KernelFacts for Fake {
     fn fexit_params(&self, _symbol: &str) -> Option<u32> {
         self.params
     }
+    fn arch(&self) -> &str {
+        self.arch
+    }
 }
 
 fn debian_61() -> Fake {
     Fake {
         version: KernelVersion(6, 1, 0),
+        arch: "x86_64",
         kprobes: true,
         params: None,
         symbols: [
@@ -121,6 +127,34 @@ fn no_kprobes_falls_back_to_tracepoints() {
         first(Point::Free, HookMode::Tracepoint, &k).as_deref(),
         Some("kt_tp_cgroup_release@cgroup_release")
     );
+}
+
+#[test]
+fn fentry_on_arm64_needs_6_0() {
+    // 5.10 arm64 has BTF but no BPF trampoline: kprobes serve, and the fentry
+    // rows are "meant for" later kernels (so a blind fentry cell is a pass).
+    let mut k = debian_61();
+    k.arch = "aarch64";
+    k.version = KernelVersion(5, 10, 0);
+    let fexit = candidates(Point::Alloc, HookMode::Fentry)[0];
+    assert_eq!(
+        check(fexit, &k, None).unwrap_err(),
+        "meant for kernels 6.0+ on aarch64, this is 5.10"
+    );
+    assert_eq!(first(Point::Offline, HookMode::Fentry, &k), None);
+    assert_eq!(
+        first(Point::Offline, HookMode::Kprobe, &k).as_deref(),
+        Some("kt_kprobe_css_offline@mem_cgroup_css_offline")
+    );
+    k.version = KernelVersion(6, 1, 0);
+    assert_eq!(
+        first(Point::Offline, HookMode::Fentry, &k).as_deref(),
+        Some("kt_fentry_css_offline@mem_cgroup_css_offline")
+    );
+    // x86_64 keeps 5.5; tp_btf is 5.5 on both.
+    assert_eq!(fexit.since_on("x86_64"), KernelVersion(5, 5, 0));
+    let tp = candidates(Point::Offline, HookMode::Tracepoint)[0];
+    assert_eq!(tp.since_on("aarch64"), tp.since);
 }
 
 #[test]

@@ -6,7 +6,11 @@
 mod tests {
     use std::collections::BTreeMap;
 
-    use super::super::{meta, oci, TARGET};
+    use super::super::{meta, oci};
+    use crate::build::Arch;
+
+    /// The static amd64 build's target, whose binary the Containerfile copies.
+    const TARGET: &str = Arch::Amd64.triple();
     use crate::util;
 
     /// The Containerfile's instructions, continuation lines joined, comments dropped.
@@ -67,7 +71,7 @@ mod tests {
         let entry: Vec<String> = serde_json::from_str(&ins[4].1).unwrap();
         assert_eq!(entry, oci::entrypoint());
         // The same entrypoint and labels end up in the config the xtask writes.
-        let config = oci::config(&meta, "sha256:0");
+        let config = oci::config(&meta, "sha256:0", crate::build::Arch::Amd64);
         assert_eq!(config["config"]["Entrypoint"], serde_json::json!(entry));
         assert_eq!(config["config"]["Labels"], serde_json::json!(labels));
     }

@@ -1,10 +1,12 @@
-//! `cargo xtask image`: the kmem-trace container image, from a statically
-//! linked release binary, assembled here as an OCI archive (no registry pull,
-//! no container tool needed) at `target/image/kmem-trace.oci.tar`; `--verify`
-//! loads it into a throw-away podman store and runs it.
+//! `cargo xtask image`: the kmem-trace container image, from statically
+//! linked release binaries (amd64, and arm64 from the cross build), assembled
+//! here as an OCI archive (no registry pull, no container tool needed) at
+//! `target/image/kmem-trace.oci.tar`; `--verify` loads it into a throw-away
+//! podman store and runs it, and reads every platform back with skopeo.
 
 mod containerfile;
 mod oci;
+mod platforms;
 
 use std::{
     path::{Path, PathBuf},
@@ -14,16 +16,21 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::util::{self, sh};
+use crate::{
+    build::{self, Arch},
+    util::{self, sh},
+};
 
 /// The reference the loaded image gets (the manifests' default image).
 pub const REFERENCE: &str = "ghcr.io/kmem-trace/kmem-trace";
-/// The static build's target (musl is not installable here; glibc crt-static is).
-pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Args)]
 pub struct ImageArgs {
-    /// Use this static binary instead of building one.
+    /// Architectures, comma-separated (amd64,arm64). Default: amd64, and
+    /// arm64 too where the cross toolchain is installed (`cargo xtask setup`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub arch: Vec<Arch>,
+    /// Use this static binary instead of building one (one architecture only).
     #[arg(long)]
     pub binary: Option<PathBuf>,
     /// Where to write the archive (default target/image/kmem-trace.oci.tar).
@@ -50,21 +57,6 @@ pub fn rustflags(root: &Path) -> String {
         root.display(),
         home.display()
     )
-}
-
-/// Builds the static binary; returns its path.
-pub fn build_static(root: &Path) -> Result<PathBuf> {
-    let mut c = Command::new(util::cargo());
-    c.current_dir(root).env("RUSTFLAGS", rustflags(root)).args([
-        "build",
-        "--release",
-        "--target",
-        TARGET,
-        "-p",
-        "kmem-trace",
-    ]);
-    sh(&mut c)?;
-    Ok(root.join("target").join(TARGET).join("release/kmem-trace"))
 }
 
 fn git(root: &Path, args: &[&str]) -> Option<String> {
@@ -101,49 +93,58 @@ pub fn meta(root: &Path) -> Result<oci::Meta> {
     })
 }
 
-/// True when `bin` is a 64-bit ELF without a program interpreter (PT_INTERP),
-/// i.e. statically linked (glibc's static-pie still names ld-linux in its
-/// strings, so the program headers are read, not the bytes searched).
-fn is_static(bin: &[u8]) -> bool {
-    let u = |at: usize, n: usize| -> Option<u64> {
-        let b = bin.get(at..at + n)?;
-        Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | u64::from(x)))
-    };
-    if !bin.starts_with(b"\x7fELF\x02\x01") {
-        return false;
+/// The architectures of this run: as asked (amd64 first, whose image the
+/// docker `manifest.json` names), else amd64 plus arm64 when it can be built.
+/// Both by default, because the image is the release artefact and arm64
+/// nodes need theirs; where the cross toolchain is missing that is said, not
+/// silently different.
+fn archs(args: &ImageArgs) -> Result<Vec<Arch>> {
+    let mut archs = args.arch.clone();
+    archs.sort();
+    archs.dedup();
+    if archs.is_empty() {
+        archs.push(Arch::Amd64);
+        if args.binary.is_none() {
+            match Arch::Arm64.missing_toolchain() {
+                None => archs.push(Arch::Arm64),
+                Some(why) => eprintln!("image: amd64 only: {why}"),
+            }
+        }
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u(0x20, 8), u(0x36, 2), u(0x38, 2)) else {
-        return false;
-    };
-    const PT_INTERP: u64 = 3;
-    (0..phnum).all(|i| {
-        let at = (phoff + i * phentsize) as usize;
-        u(at, 4).is_some_and(|t| t != PT_INTERP)
-    })
+    if args.binary.is_some() && archs.len() > 1 {
+        bail!("--binary gives one architecture's binary; pass one --arch with it");
+    }
+    Ok(archs)
 }
 
 /// Builds the archive (and verifies it with podman if asked); returns its path.
 pub fn run(args: &ImageArgs) -> Result<PathBuf> {
     let root = util::root();
-    let bin = match &args.binary {
-        Some(b) => b.clone(),
-        None => build_static(&root)?,
-    };
-    let bin = if args.keep_debug {
-        bin
-    } else {
-        strip_debug(&root, &bin)?
-    };
-    let binary = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
-    if !is_static(&binary) {
-        bail!(
-            "{} is dynamically linked; build it with RUSTFLAGS='{}'",
-            bin.display(),
-            rustflags(&root)
-        );
+    let archs = archs(args)?;
+    let mut binaries = Vec::new();
+    for &arch in &archs {
+        let bin = match &args.binary {
+            Some(b) => b.clone(),
+            None => build::static_binaries(&root, arch)?.0,
+        };
+        let bin = if args.keep_debug {
+            bin
+        } else {
+            strip_debug(&root, &bin, arch)?
+        };
+        let binary = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+        crate::cross_check::check_binary(&binary, arch).with_context(|| {
+            format!(
+                "{} is not a static {arch} binary (RUSTFLAGS='{}')",
+                bin.display(),
+                rustflags(&root)
+            )
+        })?;
+        binaries.push((arch, binary));
     }
     let meta = meta(&root)?;
-    let (archive, digest) = oci::archive(&meta, &binary);
+    let platforms: Vec<(Arch, &[u8])> = binaries.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+    let (archive, digest) = oci::archive(&meta, &platforms);
     let out = args
         .out
         .clone()
@@ -153,22 +154,31 @@ pub fn run(args: &ImageArgs) -> Result<PathBuf> {
     }
     std::fs::write(&out, &archive).with_context(|| format!("writing {}", out.display()))?;
     println!("image: {} ({} bytes)", out.display(), archive.len());
-    println!("image: {} manifest {digest}", meta.reference);
+    let archs_text: Vec<&str> = archs.iter().map(|a| a.debian()).collect();
+    println!(
+        "image: {} {digest} ({})",
+        meta.reference,
+        archs_text.join(", ")
+    );
     println!("image: revision {}", meta.revision);
     if args.verify {
         verify(&out, &meta.reference)?;
+        platforms::verify(&out, &archs)?;
     }
     Ok(out)
 }
 
 /// A copy of `bin` without debug info (symbols kept, so backtraces still
-/// name functions), next to the archive. `strip` output depends only on its
-/// input, so the digest stays reproducible.
-fn strip_debug(root: &Path, bin: &Path) -> Result<PathBuf> {
+/// name functions), next to the archive (`kmem-trace`, `kmem-trace-arm64`).
+/// `strip` output depends only on its input, so the digest stays reproducible.
+fn strip_debug(root: &Path, bin: &Path, arch: Arch) -> Result<PathBuf> {
     let dir = root.join("target/image");
     std::fs::create_dir_all(&dir)?;
-    let out = dir.join("kmem-trace");
-    sh(Command::new("strip")
+    let out = match arch {
+        Arch::Amd64 => dir.join("kmem-trace"),
+        _ => dir.join(format!("kmem-trace-{arch}")),
+    };
+    sh(Command::new(arch.strip())
         .arg("--strip-debug")
         .arg("-o")
         .arg(&out)

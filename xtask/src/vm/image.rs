@@ -13,7 +13,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::sh;
+use super::suites::Suite;
+use crate::{build::Arch, util::sh};
 
 /// Files on the data disk: `pin-0`.. of this size (the guest's defaults).
 pub const PIN_FILES: usize = 3;
@@ -83,17 +84,18 @@ impl Cpio {
 
 /// The part of the initramfs every kernel shares.
 pub struct Payload {
+    pub arch: Arch,
     pub busybox: PathBuf,
     pub guest: PathBuf,
     pub kmem_trace: PathBuf,
 }
 
 /// A stripped copy of a binary (debug info only costs copy time in the guest),
-/// made in `scratch`.
-fn stripped(bin: &Path, scratch: &Path) -> Result<Vec<u8>> {
+/// made in `scratch` with `arch`'s strip.
+fn stripped(bin: &Path, scratch: &Path, arch: Arch) -> Result<Vec<u8>> {
     let name = bin.file_name().context("binary name")?;
     let out = scratch.join(name).with_extension("stripped");
-    let ok = Command::new("strip")
+    let ok = Command::new(arch.strip())
         .arg("--strip-debug")
         .arg("-o")
         .arg(&out)
@@ -119,8 +121,12 @@ pub fn base_archive(p: &Payload, scratch: &Path) -> Result<Vec<u8>> {
     }
     c.char_dev("dev/console", 5, 1);
     c.file("bin/busybox", 0o755, &fs::read(&p.busybox)?);
-    c.file("init", 0o755, &stripped(&p.guest, scratch)?);
-    c.file("bin/kmem-trace", 0o755, &stripped(&p.kmem_trace, scratch)?);
+    c.file("init", 0o755, &stripped(&p.guest, scratch, p.arch)?);
+    c.file(
+        "bin/kmem-trace",
+        0o755,
+        &stripped(&p.kmem_trace, scratch, p.arch)?,
+    );
     Ok(c.finish())
 }
 
@@ -191,13 +197,44 @@ fn mkfs_ext4(img: &Path, label: &str, contents: Option<&Path>, size_mib: u64) ->
 }
 
 /// busybox, statically linked (Debian's busybox-static, which replaces the
-/// dynamically linked busybox package).
-pub fn busybox() -> Result<PathBuf> {
-    let p = PathBuf::from("/bin/busybox");
-    if !p.exists() {
-        bail!("no {}; install busybox-static", p.display());
+/// dynamically linked busybox package): the host's for its own architecture,
+/// else Debian's package for `arch` from trixie, through that architecture's
+/// private apt state, unpacked once into the cache.
+pub fn busybox(cache: &Path, arch: Arch) -> Result<PathBuf> {
+    if arch.is_host() {
+        let p = PathBuf::from("/bin/busybox");
+        if !p.exists() {
+            bail!("no {}; install busybox-static", p.display());
+        }
+        return Ok(p);
     }
-    Ok(p)
+    let out = cache.join(format!("busybox-{}", arch.debian()));
+    if out.exists() {
+        return Ok(out);
+    }
+    let suite = Suite::named(cache, "trixie", arch).context("trixie")?;
+    let tmp = cache.join(format!(".busybox-{}", arch.debian()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(tmp.join("x"))?;
+    suite.download("busybox-static", &tmp)?;
+    let deb = fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no busybox-static .deb")?;
+    sh(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(tmp.join("x")))?;
+    // usr/bin from trixie on (merged /usr), bin before.
+    let bin = ["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .map(|b| tmp.join("x").join(b))
+        .find(|p| p.exists())
+        .context("busybox-static holds no busybox")?;
+    fs::rename(&bin, &out)?;
+    fs::remove_dir_all(&tmp)?;
+    Ok(out)
 }
 
 /// Size of the swap disk (the guest's pin scenarios swap out 1 MiB).

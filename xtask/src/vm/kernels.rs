@@ -5,7 +5,8 @@
 //! `linux-binary-<release>` with `usr/lib/modules/<release>/vmlinuz` and
 //! `linux-modules-<release>`; signed or `-unsigned`), unpacked once into the
 //! cache with just what a test VM needs: the kernel and the modules that give it
-//! a virtio disk with ext4, in load order.
+//! a virtio disk with ext4, in load order. Per architecture: arm64 kernels
+//! come from the same suites through their own apt states.
 
 use std::{
     collections::BTreeSet,
@@ -17,14 +18,22 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use super::suites::{self, Suite};
-use crate::util::sh;
+use crate::{build::Arch, util::sh};
 
 /// The default matrix: the newest ABI of each series, in each flavour, and the
 /// newest series of [`suites::BACKPORTS`]. 5.10 comes from Debian bullseye: the
 /// only series before the cgroup iterator (6.1: census counts only) and before
 /// `bpf_get_func_ret` (5.17: fexit reads the return value from its context).
 pub const DEFAULT_SERIES: &[&str] = &["5.10", "6.1", "6.12"];
-pub const DEFAULT_FLAVOURS: &[&str] = &["amd64", "cloud-amd64"];
+
+/// The default matrix's flavours of `arch`: generic and cloud (`amd64`,
+/// `cloud-amd64`; `arm64`, `cloud-arm64`).
+pub fn default_flavours(arch: Arch) -> Vec<String> {
+    vec![
+        arch.debian().to_string(),
+        format!("cloud-{}", arch.debian()),
+    ]
+}
 
 /// Modules a test VM loads when the kernel has them as modules (`virtio_pci` and
 /// `virtio_blk` for the data disk, `ext4` to mount it); built-ins are skipped.
@@ -35,6 +44,7 @@ const WANTED_MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 pub struct Kernel {
     /// `uname -r`, e.g. `6.1.0-57-cloud-amd64`.
     pub release: String,
+    pub arch: Arch,
     pub vmlinuz: PathBuf,
     /// Decompressed modules, in load order.
     pub modules: Vec<PathBuf>,
@@ -95,24 +105,33 @@ pub fn newest<'a>(
         .map(str::to_string)
 }
 
-/// Kernel package names and the suite listing each.
-#[derive(Default)]
+/// Kernel package names of one architecture and the suite listing each.
 pub struct Catalog {
     entries: Vec<(String, &'static str)>,
+    arch: Arch,
 }
 
 impl Catalog {
-    /// The package lists of `suites` (names from [`suites::ALL`]), fetched into
-    /// private apt states under `cache` when stale.
-    pub fn load(cache: &Path, names: &[&str]) -> Result<Catalog> {
+    /// No suite's lists (a run of the host row alone).
+    pub fn empty(arch: Arch) -> Catalog {
+        Catalog {
+            entries: Vec::new(),
+            arch,
+        }
+    }
+
+    /// The package lists of `suites` (names from [`suites::ALL`]) for `arch`,
+    /// fetched into private apt states under `cache` when stale.
+    pub fn load(cache: &Path, names: &[&str], arch: Arch) -> Result<Catalog> {
         let mut entries = Vec::new();
         for name in names {
-            let suite = Suite::named(cache, name).with_context(|| format!("no suite {name}"))?;
+            let suite =
+                Suite::named(cache, name, arch).with_context(|| format!("no suite {name}"))?;
             for pkg in suite.package_names()? {
                 entries.push((pkg, suite.name()));
             }
         }
-        Ok(Catalog { entries })
+        Ok(Catalog { entries, arch })
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
@@ -122,6 +141,14 @@ impl Catalog {
     /// Where `release` comes from: its suite and the packages to download, the
     /// signed image first (its dependencies are added by [`fetch`]).
     fn source(&self, release: &str) -> Option<(&'static str, Vec<String>)> {
+        self.sources(release).into_iter().next()
+    }
+
+    /// Every layout of `release` some suite lists, in [`Catalog::source`]'s
+    /// order: a listed package can still fail to download (bullseye-security
+    /// lists the signed 5.10.0-46 cloud-arm64 image, its pool answers 404), and
+    /// the unsigned one holds the same kernel.
+    fn sources(&self, release: &str) -> Vec<(&'static str, Vec<String>)> {
         let choices = [
             vec![format!("linux-image-{release}")],
             vec![format!("linux-image-{release}-unsigned")],
@@ -136,19 +163,50 @@ impl Catalog {
                 format!("linux-base-{release}"),
             ],
         ];
-        choices.into_iter().find_map(|pkgs| {
-            self.entries
-                .iter()
-                .rev() // the newest suite listing it
-                .find(|(n, _)| *n == pkgs[0])
-                .map(|(_, s)| (*s, pkgs))
-        })
+        choices
+            .into_iter()
+            .filter_map(|pkgs| {
+                self.entries
+                    .iter()
+                    .rev() // the newest suite listing it
+                    .find(|(n, _)| *n == pkgs[0])
+                    .map(|(_, s)| (*s, pkgs))
+            })
+            .collect()
+    }
+
+    /// Releases of `release`'s series and flavour older than it, newest first.
+    fn older(&self, release: &str) -> Vec<String> {
+        let Some(series) = series_of(release) else {
+            return Vec::new();
+        };
+        let flavour = release.rsplit_once('-').map_or("", |(_, f)| f);
+        let flavour = if release.contains(&format!("-cloud-{flavour}")) {
+            format!("cloud-{flavour}")
+        } else {
+            flavour.to_string()
+        };
+        let mut all: Vec<String> = self
+            .names()
+            .filter(|n| newest(std::iter::once(*n), &series, &flavour).is_some())
+            .filter_map(release_of)
+            .filter(|r| numbers(r) < numbers(release))
+            .map(str::to_string)
+            .collect();
+        all.sort_by_key(|r| std::cmp::Reverse(numbers(r)));
+        all.dedup();
+        all
     }
 
     /// Resolves a `--kernel` value: a release (`6.1.0-57-amd64`), a package
     /// name (`linux-image-...`) or a series alias (`6.12`, `7.3-cloud`).
     pub fn resolve(&self, spec: &str) -> Result<String> {
-        let exact = release_of(spec).or_else(|| spec.ends_with("amd64").then_some(spec));
+        let arch = self.arch.debian();
+        let exact = release_of(spec)
+            .or_else(|| (spec.ends_with("amd64") || spec.ends_with("arm64")).then_some(spec));
+        if let Some(r) = exact.filter(|r| !r.ends_with(arch)) {
+            bail!("{r} is not an {arch} kernel: --arch chooses the architecture (default amd64)");
+        }
         if let Some(r) = exact {
             if self.source(r).is_none() {
                 bail!(
@@ -160,8 +218,8 @@ impl Catalog {
             return Ok(r.to_string());
         }
         let (series, flavour) = match spec.split_once('-') {
-            Some((s, f)) => (s, format!("{f}-amd64")),
-            None => (spec, "amd64".to_string()),
+            Some((s, f)) => (s, format!("{f}-{arch}")),
+            None => (spec, arch.to_string()),
         };
         newest(self.names(), series, &flavour).with_context(|| {
             format!("no Debian kernel package matches {spec:?} (series {series}, flavour {flavour}) in any suite")
@@ -170,12 +228,12 @@ impl Catalog {
 
     /// The default matrix, newest first within each series: [`DEFAULT_SERIES`]
     /// and the newest series of [`suites::BACKPORTS`], in `flavours` (empty:
-    /// [`DEFAULT_FLAVOURS`]).
+    /// [`default_flavours`]).
     pub fn default_releases(&self, flavours: &[String]) -> Result<Vec<String>> {
-        let flavours: Vec<&str> = if flavours.is_empty() {
-            DEFAULT_FLAVOURS.to_vec()
+        let flavours: Vec<String> = if flavours.is_empty() {
+            default_flavours(self.arch)
         } else {
-            flavours.iter().map(String::as_str).collect()
+            flavours.to_vec()
         };
         let backports = self
             .entries
@@ -203,6 +261,39 @@ impl Catalog {
     }
 }
 
+/// Whether a `--kernel` value names one release (not a series alias).
+pub fn names_a_release(spec: &str) -> bool {
+    release_of(spec).is_some() || spec.ends_with("amd64") || spec.ends_with("arm64")
+}
+
+/// How many older ABIs of a series [`prepare_newest`] tries.
+const OLDER_TRIES: usize = 3;
+
+/// [`prepare`], and where `release` stood for its series (an alias, the
+/// default matrix) and cannot be fetched, the next older ABIs of the same
+/// series and flavour: the registry here lists bullseye-security's arm64
+/// kernels (5.10.0-43 to -46) but its pool answers 404 for all of them, while
+/// bullseye's own 5.10.0-32 downloads. The run names the kernel it booted.
+pub fn prepare_newest(
+    cache: &Path,
+    catalog: &Catalog,
+    release: &str,
+    may_fall_back: bool,
+) -> Result<Kernel> {
+    let first = match prepare(cache, catalog, release) {
+        Ok(k) => return Ok(k),
+        Err(e) if may_fall_back => e,
+        Err(e) => return Err(e),
+    };
+    for older in catalog.older(release).into_iter().take(OLDER_TRIES) {
+        eprintln!("vm-test: {release} cannot be fetched ({first:#}); trying {older}");
+        if let Ok(k) = prepare(cache, catalog, &older) {
+            return Ok(k);
+        }
+    }
+    Err(first)
+}
+
 /// Makes `release` ready in `cache` (download, unpack, pick modules) unless a
 /// previous run did; returns what booting it needs.
 pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel> {
@@ -214,7 +305,9 @@ pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel>
     }
     let order = fs::read_to_string(dir.join("modules.order")).unwrap_or_default();
     let elf = dir.join("vmlinux");
-    if !elf.exists() && !dir.join("no-vmlinux").exists() {
+    // arm64's vmlinuz is an Image (gzip-compressed before trixie), which qemu
+    // loads itself; only the x86 bzImage hides an ELF worth unpacking.
+    if catalog.arch == Arch::Amd64 && !elf.exists() && !dir.join("no-vmlinux").exists() {
         match extract_vmlinux(&dir.join("vmlinuz"))? {
             Some(bytes) => fs::write(&elf, bytes)?,
             None => fs::write(dir.join("no-vmlinux"), "")?,
@@ -222,6 +315,7 @@ pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel>
     }
     Ok(Kernel {
         release: release.to_string(),
+        arch: catalog.arch,
         vmlinuz: if elf.exists() {
             elf
         } else {
@@ -249,10 +343,45 @@ fn find_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
 }
 
 fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<()> {
-    let (suite_name, mut pkgs) = catalog
-        .source(release)
-        .with_context(|| format!("no Debian suite has kernel {release}"))?;
-    let suite = Suite::named(cache, suite_name).context("suite")?;
+    let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
+    let mut failed = None;
+    let mut downloaded = None;
+    for (suite_name, pkgs) in catalog.sources(release) {
+        if let Some(e) = &failed {
+            eprintln!("vm-test: {e:#}; trying {}", pkgs[0]);
+        }
+        match unpack_layout(cache, catalog.arch, suite_name, pkgs, &tmp) {
+            Ok(done) => {
+                downloaded = Some(done);
+                break;
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    let (pkgs, downloaded) = match (downloaded, failed) {
+        (Some(d), _) => d,
+        (None, Some(e)) => return Err(e),
+        (None, None) => bail!("no Debian suite has kernel {release}"),
+    };
+    install(&tmp, release, &pkgs, dir)?;
+    // The unpacked tree is what is kept; the .debs can be fetched again.
+    for deb in downloaded {
+        fs::remove_file(deb)?;
+    }
+    Ok(())
+}
+
+/// Downloads one layout's packages (with the split layout's dependencies)
+/// and unpacks them into `tmp`; the packages and their .debs.
+fn unpack_layout(
+    cache: &Path,
+    arch: Arch,
+    suite_name: &'static str,
+    mut pkgs: Vec<String>,
+    tmp: &Path,
+) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let release = release_of(&pkgs[0]).context("kernel package")?.to_string();
+    let suite = Suite::named(cache, suite_name, arch).context("suite")?;
     // The split layout: the image package only depends on the kernel
     // (linux-binary), its modules (linux-modules) and the files depmod needs
     // to know the built-in modules, System.map and config (linux-base).
@@ -260,15 +389,14 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
         let split = ["linux-binary-", "linux-modules-", "linux-base-"]
             .iter()
             .any(|p| dep.starts_with(p));
-        if split && dep.ends_with(release) && !pkgs.contains(&dep) {
+        if split && dep.ends_with(release.as_str()) && !pkgs.contains(&dep) {
             pkgs.push(dep);
         }
     }
     let debs = cache.join("debs");
     fs::create_dir_all(&debs)?;
-    let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+    let _ = fs::remove_dir_all(tmp);
+    fs::create_dir_all(tmp)?;
     let mut downloaded = Vec::new();
     for pkg in &pkgs {
         if find_deb(&debs, pkg).is_none() {
@@ -277,9 +405,15 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
         }
         let deb =
             find_deb(&debs, pkg).with_context(|| format!("apt-get download left no {pkg} .deb"))?;
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp))?;
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))?;
         downloaded.push(deb);
     }
+    Ok((pkgs, downloaded))
+}
+
+/// Keeps what a VM needs of the unpacked `tmp` in `dir`: the kernel, its
+/// config and the wanted modules in load order.
+fn install(tmp: &Path, release: &str, pkgs: &[String], dir: &Path) -> Result<()> {
     let _ = fs::remove_dir_all(dir);
     fs::create_dir_all(dir.join("modules"))?;
     let found = |names: &[String]| names.iter().map(|n| tmp.join(n)).find(|p| p.exists());
@@ -299,13 +433,9 @@ fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<(
     if let Some(config) = found(&[format!("boot/config-{release}"), format!("{moddir}/config")]) {
         fs::copy(config, dir.join("config"))?;
     }
-    let mods = pick_modules(&tmp, release, &dir.join("modules"))?;
+    let mods = pick_modules(tmp, release, &dir.join("modules"))?;
     fs::write(dir.join("modules.order"), mods.join("\n"))?;
-    fs::remove_dir_all(&tmp)?;
-    // The unpacked tree is what is kept; the .debs can be fetched again.
-    for deb in downloaded {
-        fs::remove_file(deb)?;
-    }
+    fs::remove_dir_all(tmp)?;
     Ok(())
 }
 
@@ -467,7 +597,51 @@ mod tests {
     fn catalog() -> Catalog {
         Catalog {
             entries: LISTED.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            arch: Arch::Amd64,
         }
+    }
+
+    /// trixie's arm64 lists (apt-cache search in an arm64 state, 2026-12-07).
+    fn arm64() -> Catalog {
+        let listed = [
+            ("linux-image-6.12.117+deb13-cloud-arm64", "trixie"),
+            ("linux-image-6.12.117+deb13-cloud-arm64-unsigned", "trixie"),
+            ("linux-image-6.12.111+deb13-cloud-arm64-dbg", "trixie"),
+            ("linux-image-6.12.117+deb13-arm64", "trixie"),
+            ("linux-image-cloud-arm64", "trixie"),
+        ];
+        Catalog {
+            entries: listed.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+            arch: Arch::Arm64,
+        }
+    }
+
+    #[test]
+    fn older_abis_of_the_same_series_and_flavour() {
+        let c = catalog();
+        assert_eq!(c.older("5.10.0-46-amd64"), ["5.10.0-45-amd64"]);
+        assert_eq!(
+            c.older("6.1.0-58-cloud-amd64"),
+            ["6.1.0-57-cloud-amd64", "6.1.0-48-cloud-amd64"]
+        );
+        assert!(c.older("6.1.0-9-amd64").is_empty());
+        assert!(names_a_release("6.1.0-57-amd64"));
+        assert!(names_a_release("linux-image-6.1.0-57-amd64"));
+        assert!(!names_a_release("6.12-cloud"));
+    }
+
+    #[test]
+    fn arm64_specs_resolve_in_their_own_lists() {
+        let c = arm64();
+        assert_eq!(
+            c.resolve("6.12-cloud").unwrap(),
+            "6.12.117+deb13-cloud-arm64"
+        );
+        assert_eq!(c.resolve("6.12").unwrap(), "6.12.117+deb13-arm64");
+        let wrong = c.resolve("6.12.117+deb13-cloud-amd64").unwrap_err();
+        assert!(wrong.to_string().contains("--arch"), "{wrong}");
+        assert!(catalog().resolve("6.12.117+deb13-cloud-arm64").is_err());
+        assert_eq!(default_flavours(Arch::Arm64), ["arm64", "cloud-arm64"]);
     }
 
     #[test]
@@ -563,6 +737,20 @@ mod tests {
     #[test]
     fn each_layout_has_its_packages() {
         let c = catalog();
+        // Signed first, then the unsigned fallback when the first fails to
+        // download (bullseye-security's arm64 pool, 2026-12-07).
+        let all: Vec<String> = c
+            .sources("6.1.0-57-amd64")
+            .into_iter()
+            .map(|(_, p)| p[0].clone())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "linux-image-6.1.0-57-amd64",
+                "linux-image-6.1.0-57-amd64-unsigned"
+            ]
+        );
         let s = |r: &str| c.source(r).unwrap();
         assert_eq!(
             s("6.1.0-57-amd64"),

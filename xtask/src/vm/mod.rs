@@ -17,7 +17,7 @@ mod symbols;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::Mutex,
     time::{Duration, SystemTime},
@@ -33,11 +33,16 @@ use self::{
     report::FAMILIES,
     results::RunResult,
 };
-use crate::util::{self, sh, KERNEL_LOCK};
+use crate::{
+    build::{self, Arch},
+    util::{self, KERNEL_LOCK},
+};
 
-/// Debian packages the matrix needs on the host.
+/// Debian packages the matrix needs on the host (qemu-system-arm has
+/// `qemu-system-aarch64`, for `--arch arm64`).
 pub const PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-system-arm",
     "busybox-static",
     "kmod",
     "e2fsprogs",
@@ -45,7 +50,6 @@ pub const PACKAGES: &[&str] = &[
     "zstd",
     "binutils",
 ];
-const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Boot {
@@ -70,6 +74,11 @@ impl Boot {
 
 #[derive(Args)]
 pub struct VmArgs {
+    /// Architecture of the kernels: arm64 boots Debian's arm64 kernels in
+    /// `qemu-system-aarch64 -M virt` (TCG) with aarch64 builds of kmem-trace and
+    /// the guest; no host row (this machine is x86_64).
+    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
+    pub arch: Arch,
     /// Kernel to boot: a Debian release (6.1.0-57-amd64), a package name, or a
     /// series alias (6.12, 6.1-cloud); `host` is this machine's kernel. Repeatable.
     /// Any Debian suite (bullseye to experimental); `7.3-cloud` is the newest 7.3 cloud kernel.
@@ -91,7 +100,8 @@ pub struct VmArgs {
     /// perf-tp: its tracepoint programs alone, `--hooks tracepoint`).
     #[arg(long, value_delimiter = ',', value_parser = ["fentry", "kprobe", "tracepoint", "perf", "perf-tp"])]
     pub family: Vec<String>,
-    /// Flavours of the default matrix (amd64, cloud-amd64); default: both.
+    /// Flavours of the default matrix (amd64, cloud-amd64; arm64, cloud-arm64);
+    /// default: both of `--arch`.
     #[arg(long = "flavour", value_delimiter = ',', value_name = "FLAVOUR")]
     pub flavours: Vec<String>,
     /// Leave out the host row.
@@ -141,25 +151,6 @@ pub enum Scenario {
 enum Job {
     Vm(VmSpec),
     Host(Command),
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-}
-
-/// Static kmem-trace and guest binaries (glibc `crt-static`: no musl target here).
-fn build_binaries(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let mut c = Command::new(util::cargo());
-    c.current_dir(root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "--target", TARGET])
-        .args(["-p", "kmem-trace", "--bin", "kmem-trace"])
-        .args(["-p", "kmem-trace-tests", "--bin", "kmem-trace-vm-guest"]);
-    sh(&mut c)?;
-    let dir = target_dir(root).join(TARGET).join("release");
-    Ok((dir.join("kmem-trace"), dir.join("kmem-trace-vm-guest")))
 }
 
 fn host_release() -> String {
@@ -235,14 +226,16 @@ pub fn run(args: &VmArgs) -> Result<()> {
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| target_dir(&root).join("vm-test"));
+        .unwrap_or_else(|| build::target_dir(&root).join("vm-test"));
     let cache = root.join("vm-cache");
     let work = out.join("work");
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
 
     let exhaust = args.scenario == Scenario::Exhaustion;
+    // The host row runs this machine's kernel: only in a matrix of its arch.
     let want_host = !exhaust
+        && args.arch.is_host()
         && !args.no_host
         && (args.kernels.is_empty() || args.kernels.iter().any(|k| k == "host"));
     let specs: Vec<&String> = args.kernels.iter().filter(|k| *k != "host").collect();
@@ -251,20 +244,23 @@ pub fn run(args: &VmArgs) -> Result<()> {
     // any, so sid's and experimental's (large) lists are fetched only for one
     // the default suites do not have.
     let mut catalog = if specs.is_empty() && !args.kernels.is_empty() {
-        kernels::Catalog::default()
+        kernels::Catalog::empty(args.arch)
     } else {
-        kernels::Catalog::load(&cache, suites::DEFAULT)?
+        kernels::Catalog::load(&cache, suites::DEFAULT, args.arch)?
     };
     if specs.iter().any(|s| catalog.resolve(s).is_err()) {
         let all: Vec<&str> = suites::ALL.iter().map(|s| s.name).collect();
-        catalog = kernels::Catalog::load(&cache, &all)?;
+        catalog = kernels::Catalog::load(&cache, &all, args.arch)?;
     }
-    let releases = if args.kernels.is_empty() {
-        catalog.default_releases(&args.flavours)?
+    // (release, whether an older ABI of its series may stand in for it: not
+    // for a release named exactly).
+    let releases: Vec<(String, bool)> = if args.kernels.is_empty() {
+        let d = catalog.default_releases(&args.flavours)?;
+        d.into_iter().map(|r| (r, true)).collect()
     } else {
         specs
             .iter()
-            .map(|s| catalog.resolve(s))
+            .map(|s| Ok((catalog.resolve(s)?, !kernels::names_a_release(s))))
             .collect::<Result<Vec<_>>>()?
     };
     let families: Vec<String> = if args.family.is_empty() {
@@ -273,14 +269,14 @@ pub fn run(args: &VmArgs) -> Result<()> {
         args.family.clone()
     };
 
-    let (kmem_trace, guest) = build_binaries(&root)?;
+    let (kmem_trace, guest) = build::static_binaries(&root, args.arch)?;
     fs::create_dir_all(&cache)?;
     // Runs at the same time (the matrix and the runner test) share the cache.
     let lock = fs::File::create(cache.join(".lock"))?;
     lock.lock().context("locking vm-cache")?;
     let mut kernels = Vec::new();
     for r in &releases {
-        kernels.push(kernels::prepare(&cache, &catalog, r)?);
+        kernels.push(kernels::prepare_newest(&cache, &catalog, &r.0, r.1)?);
     }
     let disk = image::data_disk(&cache)?;
     let swap = image::swap_disk(&cache)?;
@@ -288,7 +284,8 @@ pub fn run(args: &VmArgs) -> Result<()> {
     drop(lock);
     let base = image::base_archive(
         &image::Payload {
-            busybox: image::busybox()?,
+            arch: args.arch,
+            busybox: image::busybox(&cache, args.arch)?,
             guest: guest.clone(),
             kmem_trace: kmem_trace.clone(),
         },
@@ -331,6 +328,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             RunResult {
                 label: "host".into(),
                 host: true,
+                arch: args.arch.debian().into(),
                 release,
                 boot: host_boot().name().into(),
                 families: fams,
@@ -375,6 +373,7 @@ pub fn run(args: &VmArgs) -> Result<()> {
             jobs.push((
                 RunResult {
                     label: format!("{} {}", k.release, boot.name()),
+                    arch: k.arch.debian().into(),
                     release: k.release.clone(),
                     boot: boot.name().into(),
                     // The exhaustion scenario has no family cells: its own checks decide.
@@ -522,14 +521,26 @@ pub fn run(args: &VmArgs) -> Result<()> {
 /// The `vm` step of `cargo xtask test`: the default matrix's series in their
 /// cloud flavour (one kernel per series, both boots: the generic flavour adds
 /// time, not coverage of kmem-trace), the host row, and alongside it the
-/// runner's own test (a deliberately broken cell must fail the run).
+/// runner's own test (a deliberately broken cell must fail the run); then the
+/// newest 6.12 arm64 cloud kernel (both boots), into `target/vm-test-arm64`.
 pub fn ci() -> Result<()> {
     #[derive(clap::Parser)]
     struct Defaults {
         #[command(flatten)]
         args: VmArgs,
     }
-    let args = <Defaults as clap::Parser>::parse_from(["vm-test", "--flavour", "cloud-amd64"]).args;
+    let parse = |a: &[&str]| <Defaults as clap::Parser>::parse_from(a).args;
+    let args = parse(&["vm-test", "--flavour", "cloud-amd64"]);
+    let arm_out = build::target_dir(&util::root()).join("vm-test-arm64");
+    let arm64 = parse(&[
+        "vm-test",
+        "--arch",
+        "arm64",
+        "--kernel",
+        "6.12-cloud",
+        "--out",
+        &arm_out.to_string_lossy(),
+    ]);
     let mut runner_test = Command::new(util::cargo());
     runner_test
         .current_dir(util::root())
@@ -539,9 +550,11 @@ pub fn ci() -> Result<()> {
     let mut child = runner_test.spawn().context("starting the VM runner test")?;
     let matrix = run(&args);
     let status = child.wait()?;
+    // arm64 after the amd64 matrix (both saturate the CPUs), also when it failed.
+    let arm = run(&arm64);
     matrix?;
     if !status.success() {
         bail!("the VM runner test failed ({status}): a broken cell did not fail the matrix");
     }
-    Ok(())
+    arm.context("the arm64 VM cell")
 }

@@ -14,6 +14,7 @@ use std::{
 };
 
 use super::{kernels::Kernel, progress::Progress, results::RunResult};
+use crate::build::Arch;
 
 /// One VM boot.
 pub struct VmSpec {
@@ -38,15 +39,43 @@ pub struct Limits {
     pub silence: Duration,
 }
 
+/// What differs between architectures' VMs.
+struct Machine {
+    args: &'static [&'static str],
+    console: &'static str,
+}
+
+impl Machine {
+    fn of(arch: Arch) -> Machine {
+        match arch {
+            // The default PC machine: virtio disks on PCI, the 8250 UART.
+            Arch::Amd64 => Machine {
+                args: &[],
+                console: "console=ttyS0",
+            },
+            // `virt` has a PCIe host (virtio disks on PCI, as on x86) and a
+            // PL011 UART. `max` gives the ARMv8.x features a Graviton has (LSE
+            // atomics the BPF JIT uses); pauth-impdef makes its pointer
+            // authentication cheap to emulate (QEMU's own advice for TCG).
+            Arch::Arm64 => Machine {
+                args: &["-M", "virt", "-cpu", "max,pauth-impdef=on"],
+                console: "console=ttyAMA0",
+            },
+        }
+    }
+}
+
 impl VmSpec {
     pub fn command(&self) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
+        let m = Machine::of(self.kernel.arch);
+        let mut c = Command::new(self.kernel.arch.qemu_system());
         // norandmaps: every kmem-trace start maps its code at the same
         // addresses, so TCG reuses the blocks it translated for the last one
         // (about 20% faster starts; a VM starts kmem-trace seven times).
-        let mut append = vec!["console=ttyS0", "quiet", "panic=-1", "norandmaps"];
+        let mut append = vec![m.console, "quiet", "panic=-1", "norandmaps"];
         append.extend(self.append.iter().map(String::as_str));
-        c.args(["-accel", "tcg", "-smp", "1", "-nodefaults", "-no-reboot"])
+        c.args(m.args)
+            .args(["-accel", "tcg", "-smp", "1", "-nodefaults", "-no-reboot"])
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
             .args(["-m", &self.memory_mb.to_string()])
             .arg("-kernel")

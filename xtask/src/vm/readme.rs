@@ -16,7 +16,7 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
         }
     }
     let mut s = String::from(
-        "| kernel | cgroup | boot options | fentry | kprobe | tracepoint | perf | perf-tp | census | pins (v2) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| kernel | arch | cgroup | boot options | fentry | kprobe | tracepoint | perf | perf-tp | census | pins (v2) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for k in kernels {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.release == k).collect();
@@ -34,7 +34,8 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
             }
         }
         let cg = rs.first().map(|r| r.cgroup.as_str()).unwrap_or("");
-        let _ = write!(s, "| {name} | {cg} | {} |", boots.join(", "));
+        let arch = rs.first().map_or("amd64", |r| r.arch_name());
+        let _ = write!(s, "| {name} | {arch} | {cg} | {} |", boots.join(", "));
         for f in FAMILIES {
             let cells: Vec<Option<&Value>> = rs
                 .iter()
@@ -194,9 +195,21 @@ mod tests {
         ];
         let t = readme_table(&runs, "2026-11-29");
         assert!(
-            t.contains("| Debian 6.1.0-57-amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | not run | not run | pass | - |"),
+            t.contains("| Debian 6.1.0-57-amd64 | amd64 | v1 | default, nokmem | not run | not run | pass (id_release not visible) | not run | not run | pass | - |"),
             "{t}"
         );
+        // arm64: the run's own record, or its release's suffix in results
+        // saved without one.
+        let mut a = run("6.12.117+deb13-cloud-arm64", "default", "pass");
+        let t = readme_table(&[a.clone()], "2026-12-07");
+        assert!(
+            t.contains("| Debian 6.12.117+deb13-cloud-arm64 | arm64 | v1 |"),
+            "{t}"
+        );
+        a.release = "6.12.117+deb13-cloud".into();
+        a.arch = "arm64".into();
+        let t = readme_table(&[a], "2026-12-07");
+        assert!(t.contains("| arm64 |"), "{t}");
         // A family whose v2 toggle check failed is not "pass" (7.3.4 cloud
         // nokmem, kprobe, 2026-12-06), and the pins show in their column.
         let mut a = run("7.3.4+deb13-cloud-amd64", "nokmem", "pass");

@@ -23,6 +23,9 @@ pub struct RunResult {
     pub host: bool,
     /// The kernel asked for (a Debian release, or the host's `uname -r`).
     pub release: String,
+    /// Debian's architecture name (`amd64`, `arm64`); empty in results saved
+    /// before arm64 runs (see [`RunResult::arch_name`]).
+    pub arch: String,
     /// `uname -r` as the guest saw it.
     pub kernel: String,
     /// `default` or `nokmem` (`cgroup.memory=nokmem`).
@@ -74,6 +77,18 @@ pub struct Step {
 }
 
 impl RunResult {
+    /// The run's architecture: its own record, else what its release says
+    /// (`-arm64`), else amd64 (every run saved before arm64 ones was).
+    pub fn arch_name(&self) -> &str {
+        if !self.arch.is_empty() {
+            &self.arch
+        } else if self.release.ends_with("-arm64") {
+            "arm64"
+        } else {
+            "amd64"
+        }
+    }
+
     /// Feeds one console/stdout line; returns a progress step if it was one.
     pub fn line(&mut self, line: &str, elapsed_s: f64) -> Option<Step> {
         let line = line.trim_end_matches(['\r', '\n']);

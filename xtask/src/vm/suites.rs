@@ -2,7 +2,9 @@
 //! 5.10 to experimental; buster is archived), each through a private apt state
 //! under the VM cache, so the machine's own sources, lists and installed
 //! packages are left alone and any Debian release of 5.10 or newer can be
-//! fetched from any Debian or Ubuntu host.
+//! fetched from any Debian or Ubuntu host. A state is per architecture (arm64
+//! kernels and busybox come from the same suites), without touching the host's
+//! dpkg architectures.
 
 use std::{
     fs,
@@ -13,7 +15,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::util::{apt, apt_get};
+use crate::{
+    build::Arch,
+    util::{apt, apt_get},
+};
 
 /// A Debian suite: its name and whether it has a `-security` suite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,25 +51,32 @@ pub const BACKPORTS: &str = "trixie-backports";
 /// Package lists older than this are fetched again.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// A private apt state for one suite: `vm-cache/apt-<suite>/`.
+/// A private apt state for one suite and architecture: `vm-cache/apt-<suite>/`
+/// (amd64) or `vm-cache/apt-<suite>-<arch>/`.
 pub struct Suite {
     dir: PathBuf,
     suite: SuiteName,
+    arch: Arch,
 }
 
 impl Suite {
-    pub fn new(cache: &Path, suite: SuiteName) -> Suite {
+    pub fn new(cache: &Path, suite: SuiteName, arch: Arch) -> Suite {
+        let dir = match arch {
+            Arch::Amd64 => format!("apt-{}", suite.name),
+            other => format!("apt-{}-{}", suite.name, other.debian()),
+        };
         Suite {
-            dir: cache.join(format!("apt-{}", suite.name)),
+            dir: cache.join(dir),
             suite,
+            arch,
         }
     }
 
     /// The suite called `name`.
-    pub fn named(cache: &Path, name: &str) -> Option<Suite> {
+    pub fn named(cache: &Path, name: &str, arch: Arch) -> Option<Suite> {
         ALL.iter()
             .find(|s| s.name == name)
-            .map(|s| Suite::new(cache, *s))
+            .map(|s| Suite::new(cache, *s, arch))
     }
 
     pub fn name(&self) -> &'static str {
@@ -82,6 +94,9 @@ impl Suite {
             "-oDir::State::status=/dev/null".into(),
             // Downloads go to the cache directory, which `_apt` cannot write.
             "-oAPT::Sandbox::User=root".into(),
+            // Only this architecture's lists: the host's dpkg is not asked.
+            format!("-oAPT::Architecture={}", self.arch.debian()),
+            format!("-oAPT::Architectures={}", self.arch.debian()),
         ]
     }
 
@@ -189,19 +204,27 @@ mod tests {
     #[test]
     fn private_states_per_suite() {
         let c = Path::new("/c");
-        let s = Suite::named(c, "bullseye").expect("bullseye");
+        let s = Suite::named(c, "bullseye", Arch::Amd64).expect("bullseye");
         assert_eq!(s.dir, Path::new("/c/apt-bullseye"));
+        let a = Suite::named(c, "trixie", Arch::Arm64).expect("trixie");
+        assert_eq!(a.dir, Path::new("/c/apt-trixie-arm64"));
+        assert!(a
+            .options()
+            .contains(&"-oAPT::Architectures=arm64".to_string()));
+        assert!(s
+            .options()
+            .contains(&"-oAPT::Architecture=amd64".to_string()));
         assert!(s.sources().contains("bullseye-security"));
-        assert!(!Suite::named(c, "sid")
+        assert!(!Suite::named(c, "sid", Arch::Amd64)
             .unwrap()
             .sources()
             .contains("security"));
-        assert!(Suite::named(c, "buster").is_none());
+        assert!(Suite::named(c, "buster", Arch::Amd64).is_none());
         assert!(s
             .options()
             .contains(&"-oDir::State::Lists=/c/apt-bullseye/lists".to_string()));
         for d in DEFAULT.iter().chain([&BACKPORTS]) {
-            assert!(Suite::named(c, d).is_some(), "{d}");
+            assert!(Suite::named(c, d, Arch::Arm64).is_some(), "{d}");
         }
     }
 
