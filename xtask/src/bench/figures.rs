@@ -142,14 +142,7 @@ pub fn figures(r: &Results) -> Vec<Figure> {
         ),
     ));
     let nd = f(drops, "no_drop_per_second");
-    let smallest = drops["ring_ramp"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(std::iter::once(&drops["at_full"]))
-        .filter(|x| x["drops"] == 0)
-        .filter_map(|x| x["ring_bytes"].as_u64())
-        .min();
+    let smallest = smallest_clean_buffer(drops);
     out.push(fig(
         "highest churn rate without drops",
         nd.filter(|v| *v > 0.0),
@@ -414,6 +407,19 @@ fn memory_figure(fp: &Value, idle_kib: Option<f64>, out: &mut Vec<Figure>) {
             f(fp, "heap_bytes_per_memcg").unwrap_or(0.0)
         ),
     ));
+}
+
+/// The smallest buffer (`ring_bytes`) of a drops search (the ring buffer's, or
+/// perf's per-CPU size) whose run dropped nothing, the full-rate run included.
+pub fn smallest_clean_buffer(drops: &Value) -> Option<u64> {
+    drops["ring_ramp"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&drops["at_full"]))
+        .filter(|x| x["drops"] == 0)
+        .filter_map(|x| x["ring_bytes"].as_u64())
+        .min()
 }
 
 #[cfg(test)]

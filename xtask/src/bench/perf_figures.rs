@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     drops::DEFAULT_RING,
-    figures::{every, f, fig, interval, list},
+    figures::{every, f, fig, interval, list, smallest_clean_buffer},
     report::Figure,
 };
 
@@ -190,14 +190,7 @@ pub fn drops(drops: &Value, out: &mut Vec<Figure>) {
     }
     let nd = f(p, "no_drop_per_second").filter(|v| *v > 0.0);
     let ring_nd = f(drops, "no_drop_per_second").filter(|v| *v > 0.0);
-    let smallest = p["ring_ramp"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(std::iter::once(&p["at_full"]))
-        .filter(|x| x["drops"] == 0)
-        .filter_map(|x| x["ring_bytes"].as_u64())
-        .min();
+    let smallest = smallest_clean_buffer(p);
     let first_drop = p["ring_ramp"]
         .as_array()
         .into_iter()
