@@ -266,11 +266,13 @@ pub fn names_a_release(spec: &str) -> bool {
     release_of(spec).is_some() || spec.ends_with("amd64") || spec.ends_with("arm64")
 }
 
-/// How many older ABIs of a series [`prepare_newest`] tries.
-const OLDER_TRIES: usize = 3;
+/// How many older ABIs of a series [`prepare_newest`] tries: a 404 costs
+/// about a second, and here bullseye's arm64 5.10 needs 14 steps down (-46 to
+/// -43 are security-only and not served, -32 is bullseye's own).
+const OLDER_TRIES: usize = 16;
 
 /// [`prepare`], and where `release` stood for its series (an alias, the
-/// default matrix) and cannot be fetched, the next older ABIs of the same
+/// default matrix) and cannot be fetched, older ABIs of the same
 /// series and flavour: the registry here lists bullseye-security's arm64
 /// kernels (5.10.0-43 to -46) but its pool answers 404 for all of them, while
 /// bullseye's own 5.10.0-32 downloads. The run names the kernel it booted.
