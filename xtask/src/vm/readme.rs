@@ -42,7 +42,13 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
                 .filter(|r| r.families.iter().any(|x| x == f))
                 .map(|r| r.cell(f))
                 .collect();
-            let text = if cells.is_empty() {
+            let text = if !cells.is_empty()
+                && cells
+                    .iter()
+                    .all(|c| c.is_some_and(|c| c["status"] == "unavailable"))
+            {
+                "unavailable".to_string()
+            } else if cells.is_empty() {
                 if rs.iter().any(|r| family_unavailable(r, f)) {
                     "unavailable".to_string()
                 } else {

@@ -101,6 +101,9 @@ pub fn matrix(runs: &[RunResult], wall_s: f64) -> String {
                     };
                     let _ = writeln!(s, "  {checks:<12} {verdict}");
                 }
+                Some(c) if c["status"] == "unavailable" => {
+                    let _ = writeln!(s, " unavailable by the probe table  pass");
+                }
                 Some(c) => {
                     let _ = writeln!(s, " {} FAIL", c["status"].as_str().unwrap_or("?"));
                 }

@@ -307,14 +307,26 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
             );
             continue;
         }
-        let supported = check::POINTS
+        let vis: Vec<Vis> = check::POINTS
             .iter()
-            .any(|p| check::visibility(report_of(family), family, p) == Vis::Seen);
-        if !supported {
+            .map(|p| check::visibility(report_of(family), family, p))
+            .collect();
+        if !vis.contains(&Vis::Seen) {
+            // Every point blind by the table (fentry on 5.10 arm64: BPF
+            // trampolines came in 6.0) is the table's word, not a failure;
+            // a hook the table means for this kernel that did not attach is.
+            let by_table = vis.iter().all(|v| matches!(v, Vis::Blind(_)));
+            let why = match vis.iter().find(|v| !matches!(v, Vis::Seen)) {
+                Some(Vis::Blind(r) | Vis::Broken(r)) => r.clone(),
+                _ => String::new(),
+            };
             proto::emit(
                 "cell",
-                json!({"family": family, "status": "unsupported",
-                       "errors": [format!("no {family} hook attaches on this kernel")]}),
+                json!({"family": family,
+                       "status": if by_table { "unavailable" } else { "unsupported" },
+                       "errors": if by_table { vec![] } else {
+                           vec![format!("no {family} hook attaches on this kernel: {why}")] },
+                       "why": why}),
             );
             continue;
         }
