@@ -216,16 +216,7 @@ pub fn busybox(cache: &Path, arch: Arch) -> Result<PathBuf> {
     let tmp = cache.join(format!(".busybox-{}", arch.debian()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(tmp.join("x"))?;
-    suite.download("busybox-static", &tmp)?;
-    let deb = fs::read_dir(&tmp)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no busybox-static .deb")?;
-    sh(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(tmp.join("x")))?;
+    suite.unpack("busybox-static", &tmp, &tmp.join("x"))?;
     // usr/bin from trixie on (merged /usr), bin before.
     let bin = ["usr/bin/busybox", "bin/busybox"]
         .iter()

@@ -331,19 +331,6 @@ pub fn prepare(cache: &Path, catalog: &Catalog, release: &str) -> Result<Kernel>
     })
 }
 
-/// The `.deb` of `pkg` in `debs`, if downloaded.
-fn find_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
-    fs::read_dir(debs)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
-}
-
 fn fetch(cache: &Path, catalog: &Catalog, release: &str, dir: &Path) -> Result<()> {
     let tmp = cache.join("kernels").join(format!(".{release}.unpack"));
     let mut failed = None;
@@ -401,14 +388,7 @@ fn unpack_layout(
     fs::create_dir_all(tmp)?;
     let mut downloaded = Vec::new();
     for pkg in &pkgs {
-        if find_deb(&debs, pkg).is_none() {
-            eprintln!("vm-test: downloading {pkg} (Debian {suite_name})");
-            suite.download(pkg, &debs)?;
-        }
-        let deb =
-            find_deb(&debs, pkg).with_context(|| format!("apt-get download left no {pkg} .deb"))?;
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(tmp))?;
-        downloaded.push(deb);
+        downloaded.push(suite.unpack(pkg, &debs, tmp)?);
     }
     Ok((pkgs, downloaded))
 }

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     build::Arch,
-    util::{apt, apt_get},
+    util::{apt, apt_get, sh},
 };
 
 /// A Debian suite: its name and whether it has a `-security` suite.
@@ -173,6 +173,19 @@ impl Suite {
         Ok(parse_depends(&String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// `pkg`'s .deb in `debs` (downloaded from this suite unless a previous
+    /// call left it there) unpacked into `into`; the .deb's path.
+    pub fn unpack(&self, pkg: &str, debs: &Path, into: &Path) -> Result<PathBuf> {
+        if find_deb(debs, pkg).is_none() {
+            eprintln!("vm-test: downloading {pkg} (Debian {})", self.name());
+            self.download(pkg, debs)?;
+        }
+        let deb =
+            find_deb(debs, pkg).with_context(|| format!("apt-get download left no {pkg} .deb"))?;
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(into))?;
+        Ok(deb)
+    }
+
     /// `apt-get download PKG` into `dir` from this suite.
     pub fn download(&self, pkg: &str, dir: &Path) -> Result<()> {
         let _lock = self.update()?;
@@ -182,6 +195,19 @@ impl Suite {
             .args(["download", "-q", pkg]))
         .with_context(|| format!("downloading {pkg} from Debian {}", self.name()))
     }
+}
+
+/// The `.deb` of `pkg` in `debs`, if downloaded.
+fn find_deb(debs: &Path, pkg: &str) -> Option<PathBuf> {
+    fs::read_dir(debs)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+        })
 }
 
 /// Package names in the `Depends:` field of an `apt-cache show` record
