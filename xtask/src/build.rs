@@ -199,20 +199,16 @@ pub fn target_dir(root: &Path) -> PathBuf {
 /// One `cargo build --release` of `bins` (package, binary) for `arch`; the
 /// directory the binaries land in.
 fn build(root: &Path, arch: Arch, bins: &[(&str, &str)]) -> Result<PathBuf> {
-    let mut c = match arch {
-        Arch::Amd64 => Command::new(util::cargo()),
+    let (mut c, target_dir) = match arch {
+        Arch::Amd64 => (Command::new(util::cargo()), target_dir(root)),
         Arch::Arm64 => {
             if let Some(why) = arch.missing_toolchain() {
                 bail!("{why}");
             }
-            cross_cargo(root)
+            // Its own directory: another compiler and another std, which would
+            // otherwise invalidate the host build's artefacts and its lock.
+            (cross_cargo(root), target_dir(root).join("cross"))
         }
-    };
-    let target_dir = match arch {
-        Arch::Amd64 => target_dir(root),
-        // Its own directory: another compiler and another std, which would
-        // otherwise invalidate the host build's artefacts and its lock.
-        Arch::Arm64 => target_dir(root).join("cross"),
     };
     // The image's flags (crt-static, source paths remapped), so the image
     // and the VM matrix share one build instead of rebuilding each other.
