@@ -28,6 +28,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream memcg lifecycle events live, with counts of live, dying and zombie memcgs.
+    ///
+    /// Stops on Ctrl-C or SIGTERM; SIGUSR1 prints the summary so far and goes on.
     Watch(WatchArgs),
     /// Show which hook each lifecycle point uses on this kernel, and why others were rejected.
     Probes(ProbesArgs),

@@ -93,8 +93,14 @@ impl Output for Headless {
 
     fn summary(&mut self, s: &Summary) -> Result<(), OutputError> {
         let c = &s.status.counts;
+        // "stopped" at the end, "snapshot" for SIGUSR1's (`interim`).
+        let what = if s.kind == "snapshot" {
+            "snapshot"
+        } else {
+            "stopped"
+        };
         eprintln!(
-            "kmem-trace: stopped after {:.0}s: live {} dying {} zombies {} unconfirmed {} IDs {}/{} drops {} \
+            "kmem-trace: {what} after {:.0}s: live {} dying {} zombies {} unconfirmed {} IDs {}/{} drops {} \
              read faults {} residents capped {}",
             s.status.elapsed_s,
             c.live,
@@ -108,6 +114,10 @@ impl Output for Headless {
             s.residents_capped.unwrap_or(0)
         );
         Ok(())
+    }
+
+    fn interim(&mut self, s: &Summary) -> Result<(), OutputError> {
+        self.summary(s)
     }
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {

@@ -190,6 +190,23 @@ impl<'o> Pipeline<'o> {
         Ok(status)
     }
 
+    /// The summary so far (SIGUSR1), `kind` "snapshot"; the run goes on.
+    pub fn interim(&mut self, status: Status) -> Result<Summary, WatchError> {
+        let summary = self.summary_of(status, "snapshot");
+        self.out.interim(&summary)?;
+        Ok(summary)
+    }
+
+    fn summary_of(&self, status: Status, kind: &'static str) -> Summary {
+        let mut summary = Summary::new(&self.lifecycle, status, self.bad_records);
+        summary.kind = kind;
+        if let Some((faults, capped)) = self.kernel_counters {
+            summary.read_faults = Some(faults);
+            summary.residents_capped = Some(capped);
+        }
+        summary
+    }
+
     pub fn finish(&mut self, status: Status) -> Result<Summary, WatchError> {
         if let Some(mut r) = self.recorder.take() {
             r.flush()?;
@@ -208,11 +225,7 @@ impl<'o> Pipeline<'o> {
             }
         }
         self.out.owners(&self.attribution.counts(&self.lifecycle))?;
-        let mut summary = Summary::new(&self.lifecycle, status, self.bad_records);
-        if let Some((faults, capped)) = self.kernel_counters {
-            summary.read_faults = Some(faults);
-            summary.residents_capped = Some(capped);
-        }
+        let summary = self.summary_of(status, "summary");
         self.out.summary(&summary)?;
         Ok(summary)
     }
@@ -429,11 +442,13 @@ async fn next_key(keys: &mut Option<Keys>) -> Key {
     }
 }
 
-/// SIGTERM and SIGINT, caught from the start of a run (see `serve::trace`);
-/// one that arrived during start-up is seen by the first turn of the loop.
+/// SIGTERM and SIGINT (stop), SIGUSR1 (the summary so far), caught from the
+/// start of a run (see `serve::trace`); one that arrived during start-up is
+/// seen by the first turn of the loop, and an early SIGUSR1 does not kill.
 pub struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -443,6 +458,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
@@ -463,6 +479,7 @@ pub async fn run_interactive(
     let Signals {
         term: mut sigterm,
         int: mut sigint,
+        usr1: mut sigusr1,
     } = signals;
     let clock = Clock::measure();
     let family = probes.report.family_in_use();
@@ -522,6 +539,12 @@ pub async fn run_interactive(
                 if !pipe.key(key)? {
                     break;
                 }
+            }
+            _ = sigusr1.recv() => {
+                // Everything the kernel sent until now counts (as at a stop).
+                stream.drain(|b| pipe.feed(b))?;
+                let status = pipe.status(counters.drops, &family, started.elapsed(), Clock::mono_now())?;
+                pipe.interim(status)?;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

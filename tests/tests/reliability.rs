@@ -1,6 +1,6 @@
 //! Reliability on the real kernel: drops under a full ring buffer are counted
 //! and shown, SIGTERM under load exits cleanly and leaves no BPF program or
-//! link behind, and bad input gets the exact error a user should see.
+//! link behind, SIGUSR1 writes the summary so far and the watch goes on, and bad input gets the exact error a user should see.
 //! Needs: root, a memory cgroup controller, BPF with tp_btf, bpftool.
 
 use std::{collections::HashSet, process::Command, time::Duration};
@@ -129,6 +129,51 @@ fn sigterm_under_load_exits_zero_and_detaches_everything() {
     assert!(
         linked_programs().is_disjoint(&ours),
         "links left to kmem-trace programs"
+    );
+}
+
+#[test]
+fn sigusr1_writes_the_summary_so_far_and_the_watch_goes_on() {
+    if !require_root("sigusr1_writes_the_summary_so_far_and_the_watch_goes_on") {
+        return;
+    }
+    let parent = TestParent::new("usr1").unwrap();
+    let mut tracer = Tracer::start(&["watch", "--json", "--no-history"]).unwrap();
+    let prefix = format!("/{}/", parent.name);
+    let ours = |evs: &[Value], kind: &str| {
+        evs.iter()
+            .filter(|e| e["kind"] == kind)
+            .filter(|e| e["path"].as_str().is_some_and(|p| p.starts_with(&prefix)))
+            .count()
+    };
+    churn(&parent, 3);
+    assert!(wait_for(Duration::from_secs(10), || ours(
+        &tracer.json(),
+        "offline"
+    ) == 3));
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(tracer.pid() as i32, libc::SIGUSR1) };
+    let snapshot = || tracer.json().into_iter().find(|e| e["kind"] == "snapshot");
+    assert!(
+        wait_for(Duration::from_secs(10), || snapshot().is_some()),
+        "no snapshot record"
+    );
+    let snap = snapshot().unwrap();
+    // The snapshot counts what came before it: our three allocs at least.
+    assert!(snap["events"]["alloc"].as_u64().unwrap() >= 3, "{snap}");
+    churn(&parent, 2);
+    assert!(wait_for(Duration::from_secs(10), || ours(
+        &tracer.json(),
+        "offline"
+    ) == 5));
+    let (code, out) = tracer.stop().unwrap();
+    assert_eq!(code, Some(0), "stderr: {:?}", tracer.stderr);
+    let events = json_lines(&out).unwrap();
+    let summary = events.last().unwrap();
+    assert_eq!(summary["kind"], "summary");
+    assert!(
+        summary["events"]["alloc"].as_u64() >= Some(snap["events"]["alloc"].as_u64().unwrap() + 2),
+        "snapshot {snap}, summary {summary}"
     );
 }
 

@@ -274,6 +274,11 @@ impl<W: Write> Output for JsonOutput<W> {
         Ok(())
     }
 
+    /// The same record as the summary, `"kind":"snapshot"`.
+    fn interim(&mut self, summary: &Summary) -> Result<(), OutputError> {
+        self.summary(summary)
+    }
+
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
         eprintln!("kmem-trace: {msg}");
         Ok(())
@@ -333,6 +338,42 @@ mod tests {
         assert_eq!(summary["dying"], 3);
         assert_eq!(summary["events"]["alloc"], 9);
         assert_eq!(summary["drops"], 0);
+    }
+
+    /// SIGUSR1's snapshot: the summary so far as its own record, the run
+    /// going on to the real summary.
+    #[test]
+    fn a_snapshot_is_the_summary_so_far_and_the_run_goes_on() {
+        use crate::watch::Pipeline;
+        let rec = Recording::read(std::path::Path::new(CHURN)).unwrap();
+        let lc = Lifecycle::new(LifecycleConfig::default()).unwrap();
+        let mut out = JsonOutput::new(Vec::new(), Clock::from_offset(0), HookLabels::new());
+        let mut pipe = Pipeline::new(lc, &mut out);
+        let half = rec.events.len() / 2;
+        let status = |pipe: &mut Pipeline, ts| pipe.status(0, "replay", Default::default(), ts);
+        for ev in &rec.events[..half] {
+            pipe.feed_event(ev).unwrap();
+        }
+        let st = status(&mut pipe, rec.events[half - 1].ts_ns()).unwrap();
+        let snap = pipe.interim(st).unwrap();
+        for ev in &rec.events[half..] {
+            pipe.feed_event(ev).unwrap();
+        }
+        let st = status(&mut pipe, rec.events.last().unwrap().ts_ns()).unwrap();
+        let end = pipe.finish(st).unwrap();
+        drop(pipe);
+        let text = String::from_utf8(out.into_inner()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), rec.events.len() + 2);
+        assert_eq!(lines[half]["kind"], "snapshot");
+        assert_eq!(lines.last().unwrap()["kind"], "summary");
+        let alloc = |v: &serde_json::Value| v["events"]["alloc"].as_u64().unwrap();
+        assert!(alloc(&lines[half]) < alloc(lines.last().unwrap()));
+        assert_eq!(alloc(&lines[half]), snap.events["alloc"]);
+        assert_eq!(alloc(lines.last().unwrap()), end.events["alloc"]);
     }
 
     #[test]

@@ -181,7 +181,12 @@ impl<W: Write> Output for LineOutput<W> {
         let mut kinds: Vec<_> = s.events.iter().filter(|(_, n)| **n > 0).collect();
         kinds.sort();
         let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        writeln!(self.w, "summary after {:.1}s: {header}", s.status.elapsed_s)?;
+        // "summary" at the end, "snapshot" for SIGUSR1's (`interim`).
+        writeln!(
+            self.w,
+            "{} after {:.1}s: {header}",
+            s.kind, s.status.elapsed_s
+        )?;
         writeln!(
             self.w,
             "events: {}",
@@ -217,6 +222,10 @@ impl<W: Write> Output for LineOutput<W> {
         }
         self.w.flush()?;
         Ok(())
+    }
+
+    fn interim(&mut self, s: &Summary) -> Result<(), OutputError> {
+        self.summary(s)
     }
 
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {

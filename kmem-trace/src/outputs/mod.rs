@@ -182,6 +182,12 @@ pub trait Output {
     }
     fn status(&mut self, status: &Status) -> Result<(), OutputError>;
     fn summary(&mut self, summary: &Summary) -> Result<(), OutputError>;
+    /// The summary so far, asked for with SIGUSR1 while the run goes on
+    /// (`kind` "snapshot"). Outputs that show the counts live already (the
+    /// live view, the metrics) have nothing to add.
+    fn interim(&mut self, _summary: &Summary) -> Result<(), OutputError> {
+        Ok(())
+    }
     /// A line of information (drops, warnings); JSON output sends it to stderr.
     fn note(&mut self, msg: &str) -> Result<(), OutputError>;
     /// The whole state at a tick (see [`Snapshot`]).

@@ -40,6 +40,11 @@ impl Output for Tee<'_> {
         self.first.summary(summary)
     }
 
+    fn interim(&mut self, summary: &Summary) -> Result<(), OutputError> {
+        self.second.interim(summary)?;
+        self.first.interim(summary)
+    }
+
     fn note(&mut self, msg: &str) -> Result<(), OutputError> {
         self.first.note(msg)?;
         self.second.note(msg)
