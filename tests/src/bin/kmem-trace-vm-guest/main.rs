@@ -19,6 +19,7 @@ mod swap_push;
 mod sys;
 mod toggle;
 mod visibility;
+mod watches;
 
 use std::{
     path::PathBuf,
@@ -296,8 +297,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     };
     let exp = plan.expect(kmem);
     let mut ok = true;
-    let mut runs = Vec::new();
-    let mut ran = Vec::new();
+    let mut runnable = Vec::new();
     for family in families {
         if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &perf) {
             proto::emit(
@@ -330,31 +330,44 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
             );
             continue;
         }
-        if plan.exact && !scenario::settle(Duration::from_secs(5)) {
-            proto::emit(
-                "note",
-                json!({"msg": "dying memcgs left from the last family"}),
-            );
-        }
-        let start = Instant::now();
-        let obs = scenario::run_family(plan, family, kmem);
-        let mut cell = check::judge(&obs, &exp, report_of(family));
-        cell["seconds"] = json!(start.elapsed().as_secs_f64());
+        runnable.push(family);
+    }
+    if plan.exact && !scenario::settle(Duration::from_secs(5)) {
+        proto::emit(
+            "note",
+            json!({"msg": "dying memcgs left before the scenario"}),
+        );
+    }
+    // The toggle is checked per hook family, in the VM on cgroup v2; the perf
+    // row's hooks are the kprobe and tracepoint families' programs, checked there.
+    let toggle = vm && sys::cgroup_v2();
+    let start = Instant::now();
+    let run = scenario::run_families(plan, &runnable, kmem, toggle);
+    let seconds = start.elapsed().as_secs_f64();
+    let runs: Vec<&check::Observation> = run.watches.0.iter().map(|w| &w.obs).collect();
+    for obs in &runs {
+        let mut cell = check::judge(obs, &exp, report_of(&obs.family));
+        cell["seconds"] = json!(seconds);
         ok &= cell["status"] == "pass";
         proto::emit("cell", cell);
-        runs.push(obs);
-        ran.push(family);
     }
     let refs: Vec<(&check::Observation, &Value)> =
-        runs.iter().map(|o| (o, report_of(&o.family))).collect();
+        runs.iter().map(|o| (*o, report_of(&o.family))).collect();
     let cmp = compare::compare(&refs, &exp);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
     if vm {
-        // The toggle is checked per hook family; the perf row's hooks are
-        // the kprobe and tracepoint families' programs, checked there.
-        ran.retain(|f| visibility::perf_hooks(f).is_none());
-        let t = toggle::check(plan, &ran, &report);
+        let toggled: Vec<(&str, &[check::Ev])> = runs
+            .iter()
+            .filter(|o| visibility::perf_hooks(&o.family).is_none())
+            .map(|o| (o.family.as_str(), o.events.as_slice()))
+            .collect();
+        let t = toggle::record(
+            &toggled,
+            run.toggle_parent.as_deref(),
+            run.toggle_error.as_deref(),
+            &report,
+        );
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);
     }

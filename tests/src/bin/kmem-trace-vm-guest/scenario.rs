@@ -1,7 +1,8 @@
-//! One family run of the VM scenario on a live kernel: a lifecycle churn, a tmpfs
-//! pin and page-cache pins under a parent cgroup named for the run, traced by two
-//! `kmem-trace watch --json` processes — one through the whole run, one stopped
-//! while the pins hold their memcgs, for the zombie verdict.
+//! The VM scenario on a live kernel: a lifecycle churn, a tmpfs pin and
+//! page-cache pins under a parent cgroup named for the run (and on cgroup v2 the
+//! `+memory` toggle), traced by one `kmem-trace watch --json` per hook family at
+//! once (`watches`); each watch's summary so far (SIGUSR1) while the pins hold
+//! their memcgs gives the zombie verdict.
 
 use std::{
     fs,
@@ -12,12 +13,12 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use kmem_trace_tests::{TestParent, Tracer};
-use serde_json::Value;
+use kmem_trace_tests::TestParent;
 
 use crate::{
-    check::{lives, watch_blind, Ev, Expect, Observation},
+    check::Expect,
     proto,
+    watches::{Watch, Watches},
 };
 
 /// How the page-cache pins are released.
@@ -92,169 +93,83 @@ impl Plan {
     }
 }
 
-/// Runs the scenario for one family; failures are recorded, never propagated.
-pub fn run_family(plan: &Plan, family: &str, kmem: bool) -> Observation {
-    let mut obs = Observation {
-        family: family.to_string(),
-        ..Observation::default()
+/// Runs the scenario once under every family's watch at once (`watches`);
+/// failures are recorded per family, never propagated. `toggle`: also make and
+/// kill memcgs with `+memory`/`-memory` (cgroup v2), for `toggle::judge`.
+pub fn run_families(plan: &Plan, families: &[&str], kmem: bool, toggle: bool) -> Families {
+    let mut out = Families {
+        watches: Watches(Vec::new()),
+        toggle_parent: None,
+        toggle_error: None,
     };
-    if let Err(e) = scenario(plan, family, kmem, &mut obs) {
-        obs.errors.push(format!("{e:#}"));
-    }
-    obs
-}
-
-/// The whole-run watch's events so far, parsed once each: polling re-parsed
-/// everything every 50 ms, which under TCG cost a tenth of the guest's CPU.
-#[derive(Default)]
-struct Seen {
-    lines: usize,
-    events: Vec<Ev>,
-}
-
-impl Seen {
-    fn refresh(&mut self, t: &Tracer) -> &[Ev] {
-        let lines = t.lines();
-        for l in &lines[self.lines.min(lines.len())..] {
-            if let Some(ev) = serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| Ev::from_json(&v))
-            {
-                self.events.push(ev);
-            }
+    let parent = match TestParent::new("vm-families").context("creating the parent") {
+        Ok(p) => p,
+        Err(e) => {
+            let e = format!("{e:#}");
+            out.watches.0 = families.iter().map(|f| Watch::failed(f, &e)).collect();
+            out.toggle_error = Some(e);
+            return out;
         }
-        self.lines = lines.len();
-        &self.events
+    };
+    for f in families {
+        out.watches.0.push(Watch::start(plan, f, &parent.name));
     }
-}
-
-fn summary(out: &str) -> Option<Value> {
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .rfind(|v| v["kind"] == "summary")
-}
-
-/// Names (relative to the parent) that have an event of `kind` in `evs`.
-fn with_event(evs: &[Ev], parent: &str, kind: &str) -> Vec<String> {
-    lives(evs, parent)
-        .into_iter()
-        .filter(|l| l.count(kind) > 0)
-        .filter_map(|l| l.rel)
-        .collect()
-}
-
-struct Run<'a> {
-    plan: &'a Plan,
-    family: &'a str,
-    parent: String,
-    blind: Vec<String>,
-    seen: Seen,
-}
-
-impl Run<'_> {
-    fn step(&self, what: &str) {
-        proto::step(Some(self.family), what);
-    }
-
-    /// Names (relative to the parent) with a `kind` event from `w` so far.
-    fn with_event(&mut self, w: &Tracer, kind: &str) -> Vec<String> {
-        let parent = self.parent.clone();
-        with_event(self.seen.refresh(w), &parent, kind)
-    }
-
-    /// Waits until every name in `names` has a `kind` event in `w`'s output;
-    /// when the watch cannot see `kind`, just lets the kernel catch up.
-    fn wait_event(&mut self, w: &Tracer, kind: &str, names: &[String], obs: &mut Observation) {
-        if self.blind.iter().any(|b| b == kind) {
-            thread::sleep(Duration::from_millis(500));
-            return;
-        }
-        let deadline = Instant::now() + self.plan.wait;
-        loop {
-            let have = self.with_event(w, kind);
-            let missing: Vec<&String> = names.iter().filter(|n| !have.contains(n)).collect();
-            if missing.is_empty() {
-                return;
-            }
-            if Instant::now() > deadline {
-                obs.errors.push(format!(
-                    "no {kind} event within {:?} for {missing:?}",
-                    self.plan.wait
-                ));
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
+    if let Err(e) = scenario(plan, parent, kmem, toggle, &mut out) {
+        let e = format!("{e:#}");
+        for w in &mut out.watches.0 {
+            w.obs.errors.push(e.clone());
         }
     }
-
-    /// Records pinned memcgs that were freed while their pin should still hold.
-    fn note_early_frees(&mut self, w: &Tracer, pinned: &[String], obs: &mut Observation) {
-        let freed = self.with_event(w, "free");
-        for n in pinned {
-            if freed.contains(n) && !obs.freed_early.contains(n) {
-                obs.freed_early.push(n.clone());
-            }
-        }
-    }
+    out.watches.stop();
+    out
 }
 
-fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Result<()> {
+/// What [`run_families`] observed.
+pub struct Families {
+    pub watches: Watches,
+    /// The toggle's parent cgroup (its events are judged by `toggle`).
+    pub toggle_parent: Option<String>,
+    /// Why the toggle could not run.
+    pub toggle_error: Option<String>,
+}
+
+fn step(what: &str) {
+    proto::step(None, what);
+}
+
+fn scenario(
+    plan: &Plan,
+    mut parent: TestParent,
+    kmem: bool,
+    toggle: bool,
+    out: &mut Families,
+) -> Result<()> {
     let exp = plan.expect(kmem);
-    let mut parent = TestParent::new(&format!("vm-{family}")).context("creating the parent")?;
-    obs.parent = parent.name.clone();
-    let zombie_after = format!("{}ms", plan.zombie_after.as_millis());
-    // No history database: a VM would create one at every start, and the
-    // host's default one is not this test's to fill.
-    let mut args = vec!["watch", "--json", "--no-history"];
-    if let Some(hooks) = crate::visibility::perf_hooks(family) {
-        // The old-kernel object forced: hooks chosen per point as on a node
-        // where auto picks it (kprobes, else classic tracepoints), or its
-        // tracepoint programs alone.
-        args.extend(["--transport", "perf", "--hooks", hooks]);
-    } else {
-        args.extend(["--hooks", family]);
-    }
-    args.extend(["--zombie-after", &zombie_after]);
-    for (f, forced) in &plan.forced {
-        if f == family {
-            args.extend(["--force-symbol", forced.as_str()]);
-        }
-    }
-    let mut run = Run {
-        plan,
-        family,
-        parent: parent.name.clone(),
-        blind: Vec::new(),
-        seen: Seen::default(),
-    };
-    run.step("start watch");
-    let mut w = Tracer::start(&args).context("starting kmem-trace watch")?;
-    let mut z = Tracer::start(&args).context("starting the snapshot watch")?;
-    run.blind = watch_blind(&w.stderr);
-    obs.watch_blind = run.blind.clone();
+    let name = parent.name.clone();
+    let w = &mut out.watches;
     let dying_before = crate::sys::kernel_dying();
 
-    run.step("churn");
+    step("churn");
     let mut churn = Vec::new();
-    for name in &exp.churn {
-        churn.push(parent.child(name)?);
+    for n in &exp.churn {
+        churn.push(parent.child(n)?);
     }
     for c in &churn {
         parent.rmdir(c)?;
     }
-    run.wait_event(&w, "free", &exp.churn, obs);
+    w.wait_event(&name, "free", &exp.churn, plan.wait);
 
-    run.step("pins");
-    let tmpfs_file = plan.shm_dir.join(format!("{}-pin", parent.name));
+    step("pins");
+    let tmpfs_file = plan.shm_dir.join(format!("{name}-pin"));
     parent.track_file(&tmpfs_file);
     let cg = parent.child(&exp.tmpfs_pin)?;
     let bytes = plan.pin_bytes.to_string();
     in_cgroup(&cg, &["write", &tmpfs_file.to_string_lossy(), &bytes])?;
     let mut pins = vec![cg];
-    for (i, name) in exp.cache_pins.iter().enumerate() {
+    for (i, n) in exp.cache_pins.iter().enumerate() {
         let f = plan.data_file(i);
         evict(&f)?;
-        let cg = parent.child(name)?;
+        let cg = parent.child(n)?;
         in_cgroup(&cg, &["read", &f.to_string_lossy()])?;
         pins.push(cg);
     }
@@ -262,24 +177,31 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
         parent.rmdir(cg)?;
     }
     let pin_names: Vec<String> = exp.pins().iter().map(|s| s.to_string()).collect();
-    run.wait_event(&w, "offline", &pin_names, obs);
+    w.wait_event(&name, "offline", &pin_names, plan.wait);
 
-    run.step("zombies");
+    step("zombies");
     thread::sleep(plan.zombie_after + Duration::from_millis(300));
-    obs.kernel_dying = match (crate::sys::kernel_dying(), dying_before) {
+    let kernel_dying = match (crate::sys::kernel_dying(), dying_before) {
         (Some(now), Some(before)) => Some(now - before),
         _ => None,
     };
-    let (_, zout) = z.stop().context("stopping the snapshot watch")?;
-    obs.snapshot = summary(&zout);
-    run.note_early_frees(&w, &pin_names, obs);
+    w.snapshot(plan.wait);
+    for x in &mut w.0 {
+        x.obs.kernel_dying = kernel_dying;
+    }
+    w.note_early_frees(&name, &pin_names);
 
-    run.step("unpin tmpfs");
+    step("unpin tmpfs");
     fs::remove_file(&tmpfs_file).with_context(|| format!("removing {}", tmpfs_file.display()))?;
-    run.wait_event(&w, "free", std::slice::from_ref(&exp.tmpfs_pin), obs);
-    run.note_early_frees(&w, &exp.cache_pins, obs);
+    w.wait_event(
+        &name,
+        "free",
+        std::slice::from_ref(&exp.tmpfs_pin),
+        plan.wait,
+    );
+    w.note_early_frees(&name, &exp.cache_pins);
 
-    run.step("drop caches");
+    step("drop caches");
     match plan.release {
         Release::DropCaches => {
             fs::write("/proc/sys/vm/drop_caches", "1").context("writing drop_caches")?
@@ -290,25 +212,26 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
             }
         }
     }
-    run.wait_event(&w, "free", &exp.cache_pins, obs);
+    w.wait_event(&name, "free", &exp.cache_pins, plan.wait);
+    let _toggled = if toggle {
+        step("memory toggle");
+        match crate::toggle::steps(plan) {
+            Ok(p) => {
+                out.toggle_parent = Some(p.name.clone());
+                Some(p)
+            }
+            Err(e) => {
+                out.toggle_error = Some(format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     // Late events (id_release after free on old kernels) get a moment to arrive.
     thread::sleep(Duration::from_millis(200));
-
-    run.step("stop watch");
-    let (code, out) = w.stop().context("stopping kmem-trace watch")?;
-    if code != Some(0) {
-        obs.errors.push(format!(
-            "watch exited with {code:?}: {}",
-            w.stderr.join(" | ")
-        ));
-    }
-    obs.events = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Ev::from_json(&v))
-        .collect();
-    obs.summary = summary(&out);
-    obs.watch_stderr = w.stderr.clone();
+    step("stop watch");
+    out.watches.stop();
     drop(parent);
     Ok(())
 }

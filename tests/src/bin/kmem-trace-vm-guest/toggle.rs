@@ -1,9 +1,9 @@
 //! cgroup v2 memcgs made and killed without mkdir/rmdir: writing `+memory` to
 //! a parent's `cgroup.subtree_control` gives its existing children memcgs
 //! (css alloc and online), `-memory` kills them (offline, then release and
-//! free). Once per hook family: `toggled` is made before `+memory` and gets its
-//! memcg from the toggle; `known` gets its memcg at mkdir and loses it to
-//! `-memory`. Each family must see what its hooks can (`sees_toggles` in the
+//! free). Once, under every family's watch (`scenario`): `toggled` is made
+//! before `+memory` and gets its memcg from the toggle; `known` gets its memcg
+//! at mkdir and loses it to `-memory`. Each family must see what its hooks can (`sees_toggles` in the
 //! unforced `probes --json` report); where the report says a hook is blind to
 //! toggles (the tracepoint family's mkdir/rmdir), not seeing it is the
 //! documented limitation, and the memcg it knew must still end freed, not live.
@@ -11,7 +11,7 @@
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context, Result};
-use kmem_trace_tests::{TestParent, Tracer};
+use kmem_trace_tests::TestParent;
 use serde_json::{json, Value};
 
 use crate::{
@@ -117,28 +117,39 @@ pub fn judge(evs: &[Ev], parent: &str, w: &Want) -> Vec<String> {
     errors
 }
 
-/// Runs the toggle once per family; the `toggle` protocol record.
-pub fn check(plan: &Plan, families: &[&str], report: &Value) -> Value {
+/// The `toggle` protocol record: each family judged on what its watch showed
+/// of the toggle's parent (`parent`; `None` with `error` when the toggle could
+/// not run). `families`: the non-perf families and their events.
+pub fn record(
+    families: &[(&str, &[Ev])],
+    parent: Option<&str>,
+    error: Option<&str>,
+    report: &Value,
+) -> Value {
     if !crate::sys::cgroup_v2() {
         return json!({"status": "unsupported", "why": "cgroup v1 has no cgroup.subtree_control"});
     }
     let mut out = Vec::new();
-    for &family in families {
-        crate::proto::step(Some(family), "memory toggle");
+    for &(family, evs) in families {
         let w = want(report, family);
         let mut errors = Vec::new();
         let mut seen = json!(null);
         let mut shown = Vec::new();
-        match run(plan, family) {
-            Ok((evs, parent)) => {
-                errors = judge(&evs, &parent, &w);
+        match parent {
+            Some(parent) => {
+                errors = judge(evs, parent, &w);
                 // What the family did report, for a failure that does not
                 // repeat (7.3.4 cloud nokmem, kprobe: the toggled memcg
                 // unseen once in nine v2 boots, seen on the rerun).
                 if !errors.is_empty() {
-                    shown = evs.iter().take(60).map(Ev::line).collect();
+                    shown = evs
+                        .iter()
+                        .filter(|e| e.path.as_deref().is_none_or(|p| p.contains(parent)))
+                        .take(60)
+                        .map(Ev::line)
+                        .collect();
                 }
-                let all = lives(&evs, &parent);
+                let all = lives(evs, parent);
                 let kinds = |rel: &str| {
                     let v: Vec<&str> = all
                         .iter()
@@ -149,7 +160,7 @@ pub fn check(plan: &Plan, families: &[&str], report: &Value) -> Value {
                 };
                 seen = json!({"toggled": kinds("t1/toggled"), "known": kinds("t2/known")});
             }
-            Err(e) => errors.push(format!("{e:#}")),
+            None => errors.push(error.unwrap_or("the toggle did not run").to_string()),
         }
         out.push(json!({
             "family": family,
@@ -169,14 +180,12 @@ fn write(p: &Path, what: &str) -> Result<()> {
         .with_context(|| format!("writing {what} to {}/cgroup.subtree_control", p.display()))
 }
 
-/// The toggles under a watch of `family`; its events and the parent's name.
-fn run(plan: &Plan, family: &str) -> Result<(Vec<Ev>, String)> {
-    if plan.exact && !crate::scenario::settle(Duration::from_secs(5)) {
-        anyhow::bail!("dying memcgs left from earlier runs");
-    }
-    let parent = TestParent::new(&format!("vm-toggle-{family}")).context("creating the parent")?;
-    let args = ["watch", "--json", "--no-history", "--hooks", family];
-    let mut w = Tracer::start(&args).context("starting kmem-trace watch")?;
+/// The toggles, under the running watches: `t1/toggled` gets its memcg from
+/// `+memory` on `t1`, `t2/known` at mkdir under `t2` (`+memory` already), and
+/// both lose them to `-memory`. Returns the parent, to be removed after the
+/// watches stop.
+pub fn steps(plan: &Plan) -> Result<TestParent> {
+    let parent = TestParent::new("vm-toggle").context("creating the parent")?;
     let before = crate::sys::kernel_dying().unwrap_or(0);
     let t1 = parent.child("t1")?;
     parent.child("t1/toggled")?;
@@ -192,12 +201,7 @@ fn run(plan: &Plan, family: &str) -> Result<(Vec<Ev>, String)> {
         crate::sys::kernel_dying().is_some_and(|n| n <= before)
     });
     thread::sleep(Duration::from_millis(500));
-    let (_, text) = w.stop().context("stopping kmem-trace watch")?;
-    let evs = text
-        .lines()
-        .filter_map(|l| Ev::from_json(&serde_json::from_str(l).ok()?))
-        .collect();
-    Ok((evs, parent.name.clone()))
+    Ok(parent)
 }
 
 #[cfg(test)]

@@ -1,0 +1,260 @@
+//! The scenario's watches: one `kmem-trace watch --json` per hook family, all
+//! running over the same scenario, each judged on its own output. Starting a
+//! tracer costs about 2 s of guest CPU under TCG and a scenario about 4 s, so one
+//! scenario seen by every family at once takes a third of the time of one
+//! scenario per family, and the families see the very same memcgs.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use kmem_trace_tests::Tracer;
+use serde_json::Value;
+
+use crate::{
+    check::{lives, watch_blind, Ev, Observation},
+    proto,
+    scenario::Plan,
+};
+
+/// The `watch` arguments of `family`'s tracer.
+fn args(plan: &Plan, family: &str, zombie_after: &str) -> Vec<String> {
+    // No history database: a VM would create one at every start, and the
+    // host's default one is not this test's to fill.
+    let mut args: Vec<String> = ["watch", "--json", "--no-history"].map(String::from).into();
+    let hooks = match crate::visibility::perf_hooks(family) {
+        // The old-kernel object forced: hooks chosen per point as on a node
+        // where auto picks it (kprobes, else classic tracepoints), or its
+        // tracepoint programs alone.
+        Some(hooks) => {
+            args.extend(["--transport", "perf"].map(String::from));
+            hooks
+        }
+        None => family,
+    };
+    args.extend(["--hooks", hooks, "--zombie-after", zombie_after].map(String::from));
+    for (f, forced) in &plan.forced {
+        if f == family {
+            args.extend(["--force-symbol".to_string(), forced.clone()]);
+        }
+    }
+    args
+}
+
+/// One family's tracer and what it has shown so far.
+pub struct Watch {
+    tracer: Option<Tracer>,
+    /// Lines of the tracer's output already parsed into `events`: polling
+    /// re-parsed everything every 100 ms, which under TCG cost a tenth of the
+    /// guest's CPU.
+    parsed: usize,
+    events: Vec<Ev>,
+    pub obs: Observation,
+}
+
+impl Watch {
+    /// Starts `family`'s tracer; a failure is recorded in its observation.
+    pub fn start(plan: &Plan, family: &str, parent: &str) -> Watch {
+        proto::step(Some(family), "start watch");
+        let zombie_after = format!("{}ms", plan.zombie_after.as_millis());
+        let a = args(plan, family, &zombie_after);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut obs = Observation {
+            family: family.to_string(),
+            parent: parent.to_string(),
+            ..Observation::default()
+        };
+        let tracer = match Tracer::start(&a).context("starting kmem-trace watch") {
+            Ok(t) => {
+                obs.watch_blind = watch_blind(&t.stderr);
+                Some(t)
+            }
+            Err(e) => {
+                obs.errors.push(format!("{e:#}"));
+                None
+            }
+        };
+        Watch {
+            tracer,
+            parsed: 0,
+            events: Vec::new(),
+            obs,
+        }
+    }
+
+    /// A family whose scenario could not start.
+    pub fn failed(family: &str, why: &str) -> Watch {
+        Watch {
+            tracer: None,
+            parsed: 0,
+            events: Vec::new(),
+            obs: Observation {
+                family: family.to_string(),
+                errors: vec![why.to_string()],
+                ..Observation::default()
+            },
+        }
+    }
+
+    /// The events so far.
+    fn refresh(&mut self) -> &[Ev] {
+        if let Some(t) = &self.tracer {
+            let lines = t.lines();
+            for l in &lines[self.parsed.min(lines.len())..] {
+                if let Some(ev) = serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| Ev::from_json(&v))
+                {
+                    self.events.push(ev);
+                }
+            }
+            self.parsed = lines.len();
+        }
+        &self.events
+    }
+
+    /// Names (relative to `parent`) with a `kind` event so far.
+    pub fn with_event(&mut self, parent: &str, kind: &str) -> Vec<String> {
+        lives(self.refresh(), parent)
+            .into_iter()
+            .filter(|l| l.count(kind) > 0)
+            .filter_map(|l| l.rel)
+            .collect()
+    }
+
+    /// Whether this watch can show `kind` at all (running, and not blind to it).
+    fn sees(&self, kind: &str) -> bool {
+        self.tracer.is_some() && !self.obs.watch_blind.iter().any(|b| b == kind)
+    }
+
+    /// Records pinned memcgs whose free was seen while their pin should hold.
+    pub fn note_early_frees(&mut self, parent: &str, pinned: &[String]) {
+        let freed = self.with_event(parent, "free");
+        for n in pinned {
+            if freed.contains(n) && !self.obs.freed_early.contains(n) {
+                self.obs.freed_early.push(n.clone());
+            }
+        }
+    }
+
+    /// Asks for the summary so far (SIGUSR1) and waits for it: the zombie
+    /// verdict while the pins hold.
+    fn snapshot(&mut self, limit: Duration) {
+        let Some(t) = &self.tracer else { return };
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
+        let found = || t.json().into_iter().rfind(|v| v["kind"] == "snapshot");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = found() {
+                self.obs.snapshot = Some(s);
+                return;
+            }
+            if Instant::now() > deadline {
+                self.obs
+                    .errors
+                    .push(format!("no snapshot record within {limit:?} of SIGUSR1"));
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the tracer and keeps its events, summary and stderr.
+    pub fn stop(&mut self) {
+        let Some(mut t) = self.tracer.take() else {
+            return;
+        };
+        match t.stop() {
+            Ok((code, out)) => {
+                if code != Some(0) {
+                    self.obs.errors.push(format!(
+                        "watch exited with {code:?}: {}",
+                        t.stderr.join(" | ")
+                    ));
+                }
+                self.obs.events = out
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter_map(|v| Ev::from_json(&v))
+                    .collect();
+                self.obs.summary = out
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .rfind(|v| v["kind"] == "summary");
+            }
+            Err(e) => self
+                .obs
+                .errors
+                .push(format!("stopping kmem-trace watch: {e:#}")),
+        }
+        self.obs.watch_stderr = t.stderr.clone();
+    }
+}
+
+/// Every family's watch at once.
+pub struct Watches(pub Vec<Watch>);
+
+impl Watches {
+    /// Waits until every watch that can see `kind` shows it for every name in
+    /// `names`; a watch still missing some when `wait` is up gets the error.
+    /// When no watch can see `kind`, just lets the kernel catch up.
+    pub fn wait_event(&mut self, parent: &str, kind: &str, names: &[String], wait: Duration) {
+        if !self.0.iter().any(|w| w.sees(kind)) {
+            thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut late = Vec::new();
+            for (i, w) in self.0.iter_mut().enumerate() {
+                if !w.sees(kind) {
+                    continue;
+                }
+                let have = w.with_event(parent, kind);
+                let missing: Vec<String> = names
+                    .iter()
+                    .filter(|n| !have.contains(n))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    late.push((i, missing));
+                }
+            }
+            if late.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                for (i, missing) in late {
+                    self.0[i]
+                        .obs
+                        .errors
+                        .push(format!("no {kind} event within {wait:?} for {missing:?}"));
+                }
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn note_early_frees(&mut self, parent: &str, pinned: &[String]) {
+        for w in &mut self.0 {
+            w.note_early_frees(parent, pinned);
+        }
+    }
+
+    /// Every watch's summary so far (see [`Watch::snapshot`]).
+    pub fn snapshot(&mut self, limit: Duration) {
+        for w in &mut self.0 {
+            w.snapshot(limit);
+        }
+    }
+
+    pub fn stop(&mut self) {
+        for w in &mut self.0 {
+            w.stop();
+        }
+    }
+}
