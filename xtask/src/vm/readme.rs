@@ -86,11 +86,12 @@ pub fn readme_table(runs: &[RunResult], date: &str) -> String {
     let _ = writeln!(
         s,
         "\nLast run {date} with `cargo xtask vm-test --readme`: each Debian kernel booted in qemu \
-         (TCG) with and without `cgroup.memory=nokmem`; per hook family a churn of memcgs, a \
-         tmpfs pin and page-cache pins on ext4, checking every lifecycle point's events, the \
-         memcg IDs, the zombie verdicts, kmem activation, and that families agree, and on \
-         cgroup v2 the `+memory` toggle (memcgs made and killed without mkdir/rmdir; a family \
-         fails if it misses what its hooks can see); \
+         (TCG) with and without `cgroup.memory=nokmem`; a churn of memcgs, a tmpfs pin and \
+         page-cache pins on ext4, under one `watch` per hook family at once, checking per \
+         family every lifecycle point's events, the memcg IDs, the zombie verdicts (the \
+         summary so far, SIGUSR1, while the pins hold), kmem activation, and that families \
+         agree, and on cgroup v2 the `+memory` toggle under the same watches (memcgs made and \
+         killed without mkdir/rmdir; a family fails if it misses what its hooks can see); \
          once per boot a census of a tmpfs-pinned and a page-cache-pinned dying memcg \
          (listed dying with that pin cause where the leak table says they pin, gone after \
          release, counts equal to the kernel's); on cgroup v2 the pins that hold on every \

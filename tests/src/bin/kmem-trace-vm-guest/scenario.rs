@@ -185,7 +185,7 @@ fn scenario(
         (Some(now), Some(before)) => Some(now - before),
         _ => None,
     };
-    w.snapshot(plan.wait);
+    w.zombie_snapshot(plan.wait);
     for x in &mut w.0 {
         x.obs.kernel_dying = kernel_dying;
     }
@@ -214,6 +214,9 @@ fn scenario(
     }
     w.wait_event(&name, "free", &exp.cache_pins, plan.wait);
     let _toggled = if toggle {
+        // Late events (id_release after free on old kernels) get a moment.
+        thread::sleep(Duration::from_millis(200));
+        w.scenario_summary(plan.wait);
         step("memory toggle");
         match crate::toggle::steps(plan) {
             Ok(p) => {
