@@ -31,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::{
-    check::Vis,
+    check::{Expect, Vis},
     scenario::{Plan, Release},
 };
 
@@ -289,17 +289,47 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     };
     proto::emit("probes", json!({"report": report, "perf": perf_json}));
     proto::emit("symbols", json!({"symbols": sys::memcg_symbols()}));
-    let report_of = |family: &str| -> &Value {
-        match &perf {
-            Some(Ok(r)) if visibility::perf_hooks(family).is_some() => r,
-            _ => &report,
-        }
-    };
+    let reports = Reports { report, perf };
     let exp = plan.expect(kmem);
-    let mut ok = true;
+    let runnable = runnable(&families, &reports);
+    let mut ok = run_families(plan, &runnable, &reports, &exp, vm);
+    proto::step(None, "census");
+    let census = census::check(plan);
+    ok &= census["status"] != "fail";
+    proto::emit("census", census);
+    if vm {
+        let pins = pins::check(plan);
+        ok &= pins["status"] != "fail";
+        proto::emit("pins", pins);
+    }
+    let log = kmsg.collect();
+    ok &= log["splat"] != true;
+    proto::emit("kernel_log", log);
+    proto::emit("done", json!({ "ok": ok }));
+    Ok(ok)
+}
+
+/// The `probes --json` reports a family is judged by: the perf rows by the
+/// perf transport's (`Err`: why it cannot start), the families by the default.
+struct Reports {
+    report: Value,
+    perf: Option<Result<Value, String>>,
+}
+
+impl Reports {
+    fn of(&self, family: &str) -> &Value {
+        match &self.perf {
+            Some(Ok(r)) if visibility::perf_hooks(family).is_some() => r,
+            _ => &self.report,
+        }
+    }
+}
+
+/// The families that can run here; a `cell` record for each that cannot.
+fn runnable<'f>(families: &[&'f str], reports: &Reports) -> Vec<&'f str> {
     let mut runnable = Vec::new();
-    for family in families {
-        if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &perf) {
+    for &family in families {
+        if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &reports.perf) {
             proto::emit(
                 "cell",
                 json!({"family": family, "status": "unsupported",
@@ -309,7 +339,7 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         }
         let vis: Vec<Vis> = check::POINTS
             .iter()
-            .map(|p| check::visibility(report_of(family), family, p))
+            .map(|p| check::visibility(reports.of(family), family, p))
             .collect();
         if !vis.contains(&Vis::Seen) {
             // Every point blind by the table (fentry on 5.10 arm64: BPF
@@ -332,6 +362,12 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         }
         runnable.push(family);
     }
+    runnable
+}
+
+/// The scenario under every runnable family's watch, then a `cell` per family,
+/// the families-agree `compare` and (VM) the `toggle` record; whether all passed.
+fn run_families(plan: &Plan, runnable: &[&str], reports: &Reports, exp: &Expect, vm: bool) -> bool {
     if plan.exact && !scenario::settle(Duration::from_secs(5)) {
         proto::emit(
             "note",
@@ -342,18 +378,19 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     // row's hooks are the kprobe and tracepoint families' programs, checked there.
     let toggle = vm && sys::cgroup_v2();
     let start = Instant::now();
-    let run = scenario::run_families(plan, &runnable, kmem, toggle);
+    let run = scenario::run_families(plan, runnable, exp.kmem, toggle);
     let seconds = start.elapsed().as_secs_f64();
     let runs: Vec<&check::Observation> = run.watches.0.iter().map(|w| &w.obs).collect();
+    let mut ok = true;
     for obs in &runs {
-        let mut cell = check::judge(obs, &exp, report_of(&obs.family));
+        let mut cell = check::judge(obs, exp, reports.of(&obs.family));
         cell["seconds"] = json!(seconds);
         ok &= cell["status"] == "pass";
         proto::emit("cell", cell);
     }
     let refs: Vec<(&check::Observation, &Value)> =
-        runs.iter().map(|o| (*o, report_of(&o.family))).collect();
-    let cmp = compare::compare(&refs, &exp);
+        runs.iter().map(|o| (*o, reports.of(&o.family))).collect();
+    let cmp = compare::compare(&refs, exp);
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
     if vm {
@@ -366,25 +403,12 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
             &toggled,
             run.toggle_parent.as_deref(),
             run.toggle_error.as_deref(),
-            &report,
+            &reports.report,
         );
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);
     }
-    proto::step(None, "census");
-    let census = census::check(plan);
-    ok &= census["status"] != "fail";
-    proto::emit("census", census);
-    if vm {
-        let pins = pins::check(plan);
-        ok &= pins["status"] != "fail";
-        proto::emit("pins", pins);
-    }
-    let log = kmsg.collect();
-    ok &= log["splat"] != true;
-    proto::emit("kernel_log", log);
-    proto::emit("done", json!({ "ok": ok }));
-    Ok(ok)
+    ok
 }
 
 #[cfg(test)]
