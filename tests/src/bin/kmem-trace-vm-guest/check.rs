@@ -51,7 +51,8 @@ impl Ev {
     /// `None` for the summary and anything that is not an event line.
     pub fn from_json(v: &Value) -> Option<Ev> {
         let kind = v["kind"].as_str()?;
-        if kind == "summary" || !v.get("ts_ns").is_some_and(Value::is_u64) {
+        // The summary and SIGUSR1's snapshot are counts, not events.
+        if kind == "summary" || kind == "snapshot" || !v.get("ts_ns").is_some_and(Value::is_u64) {
             return None;
         }
         Some(Ev {
@@ -182,7 +183,8 @@ pub struct Observation {
     pub watch_blind: Vec<String>,
     /// Summary of the watch that ran through the whole scenario.
     pub summary: Option<Value>,
-    /// Summary of the watch stopped while the pins held their memcgs.
+    /// The whole-run watch's summary so far (SIGUSR1's `"kind":"snapshot"`),
+    /// taken while the pins held their memcgs.
     pub snapshot: Option<Value>,
     /// Dying memcgs the kernel counted at the snapshot.
     pub kernel_dying: Option<i64>,

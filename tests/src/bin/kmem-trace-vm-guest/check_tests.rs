@@ -399,3 +399,18 @@ fn the_id_must_go_at_offline_not_at_release() {
         "{v:#}"
     );
 }
+
+#[test]
+fn summary_and_snapshot_records_are_not_events() {
+    let counts = json!({"zombies": 4, "dying": 4, "drops": 0, "elapsed_s": 1.5});
+    for kind in ["summary", "snapshot"] {
+        let mut v = counts.clone();
+        v["kind"] = json!(kind);
+        assert!(Ev::from_json(&v).is_none(), "{kind}");
+        // Even a record that carried a timestamp is not an event.
+        v["ts_ns"] = json!(7);
+        assert!(Ev::from_json(&v).is_none(), "{kind} with ts_ns");
+    }
+    let e = json!({"kind": "free", "ts_ns": 7, "memcg_addr": "0x1", "path": "/p/x"});
+    assert!(Ev::from_json(&e).is_some());
+}

@@ -1,7 +1,8 @@
 //! One family run of the VM scenario on a live kernel: a lifecycle churn, a tmpfs
-//! pin and page-cache pins under a parent cgroup named for the run, traced by two
-//! `kmem-trace watch --json` processes — one through the whole run, one stopped
-//! while the pins hold their memcgs, for the zombie verdict.
+//! pin and page-cache pins under a parent cgroup named for the run, traced by one
+//! `kmem-trace watch --json` through the whole run; SIGUSR1 makes it write its
+//! summary so far (`"kind":"snapshot"`) while the pins hold their memcgs, for
+//! the zombie verdict.
 
 use std::{
     fs,
@@ -134,6 +135,31 @@ fn summary(out: &str) -> Option<Value> {
         .rfind(|v| v["kind"] == "summary")
 }
 
+/// Asks the running watch for its summary so far (SIGUSR1: it drains what the
+/// kernel sent, writes a `"kind":"snapshot"` record and goes on) and waits
+/// for that record. One start of kmem-trace fewer than a second watch stopped
+/// for its final summary (about 2 s of CPU under TCG).
+fn snapshot(w: &Tracer, wait: Duration) -> Result<Value> {
+    let pid = i32::try_from(w.pid()).context("watch PID")?;
+    if pid <= 0 {
+        anyhow::bail!("the watch has exited");
+    }
+    // SAFETY: signalling our own running child by PID.
+    if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+        anyhow::bail!("SIGUSR1 to the watch: {}", std::io::Error::last_os_error());
+    }
+    let mut snap = None;
+    kmem_trace_tests::wait_for(wait, || {
+        snap = w
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .rfind(|v| v["kind"] == "snapshot");
+        snap.is_some()
+    });
+    snap.with_context(|| format!("no snapshot record from the watch within {wait:?}"))
+}
+
 /// Names (relative to the parent) that have an event of `kind` in `evs`.
 fn with_event(evs: &[Ev], parent: &str, kind: &str) -> Vec<String> {
     lives(evs, parent)
@@ -229,7 +255,6 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     };
     run.step("start watch");
     let mut w = Tracer::start(&args).context("starting kmem-trace watch")?;
-    let mut z = Tracer::start(&args).context("starting the snapshot watch")?;
     run.blind = watch_blind(&w.stderr);
     obs.watch_blind = run.blind.clone();
     let dying_before = crate::sys::kernel_dying();
@@ -270,8 +295,10 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
         (Some(now), Some(before)) => Some(now - before),
         _ => None,
     };
-    let (_, zout) = z.stop().context("stopping the snapshot watch")?;
-    obs.snapshot = summary(&zout);
+    match snapshot(&w, plan.wait) {
+        Ok(v) => obs.snapshot = Some(v),
+        Err(e) => obs.errors.push(format!("{e:#}")),
+    }
     run.note_early_frees(&w, &pin_names, obs);
 
     run.step("unpin tmpfs");
