@@ -297,7 +297,6 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     let exp = plan.expect(kmem);
     let mut ok = true;
     let mut runs = Vec::new();
-    let mut ran = Vec::new();
     for family in families {
         if let (Some(_), Some(Err(e))) = (visibility::perf_hooks(family), &perf) {
             proto::emit(
@@ -343,7 +342,6 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
         ok &= cell["status"] == "pass";
         proto::emit("cell", cell);
         runs.push(obs);
-        ran.push(family);
     }
     let refs: Vec<(&check::Observation, &Value)> =
         runs.iter().map(|o| (o, report_of(&o.family))).collect();
@@ -351,10 +349,18 @@ fn run_all(plan: &Plan, vm: bool) -> Result<bool> {
     ok &= cmp.iter().all(|c| c["agree"] != false);
     proto::emit("compare", json!({ "points": cmp }));
     if vm {
-        // The toggle is checked per hook family; the perf row's hooks are
-        // the kprobe and tracepoint families' programs, checked there.
-        ran.retain(|f| visibility::perf_hooks(f).is_none());
-        let t = toggle::check(plan, &ran, &report);
+        // The toggle ran in each hook family's watch (`scenario`); the perf
+        // rows' hooks are the kprobe and tracepoint families' programs.
+        let t = if sys::cgroup_v2() {
+            toggle::record(
+                runs.iter()
+                    .filter(|o| visibility::perf_hooks(&o.family).is_none())
+                    .map(|o| toggle::family(&o.family, &report, o.toggle.as_ref()))
+                    .collect(),
+            )
+        } else {
+            toggle::unsupported_v1()
+        };
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);
     }

@@ -2,7 +2,8 @@
 //! pin and page-cache pins under a parent cgroup named for the run, traced by one
 //! `kmem-trace watch --json` through the whole run; SIGUSR1 makes it write its
 //! summary so far (`"kind":"snapshot"`) while the pins hold their memcgs, for
-//! the zombie verdict.
+//! the zombie verdict. In VMs with cgroup v2 the same watch then sees the
+//! memory toggle (`toggle`) of hook families.
 
 use std::{
     fs,
@@ -137,27 +138,37 @@ fn summary(out: &str) -> Option<Value> {
 
 /// Asks the running watch for its summary so far (SIGUSR1: it drains what the
 /// kernel sent, writes a `"kind":"snapshot"` record and goes on) and waits
-/// for that record. One start of kmem-trace fewer than a second watch stopped
-/// for its final summary (about 2 s of CPU under TCG).
-fn snapshot(w: &Tracer, wait: Duration) -> Result<Value> {
+/// for that record; with the number of output lines up to it. One start of
+/// kmem-trace fewer than a second watch stopped for its final summary (about
+/// 2 s of CPU under TCG).
+fn snapshot(w: &Tracer, wait: Duration) -> Result<(Value, usize)> {
     let pid = i32::try_from(w.pid()).context("watch PID")?;
     if pid <= 0 {
         anyhow::bail!("the watch has exited");
     }
+    let from = w.lines().len();
     // SAFETY: signalling our own running child by PID.
     if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
         anyhow::bail!("SIGUSR1 to the watch: {}", std::io::Error::last_os_error());
     }
     let mut snap = None;
     kmem_trace_tests::wait_for(wait, || {
-        snap = w
-            .lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .rfind(|v| v["kind"] == "snapshot");
+        let lines = w.lines();
+        snap = lines.iter().enumerate().skip(from).find_map(|(i, l)| {
+            let v = serde_json::from_str::<Value>(l).ok()?;
+            (v["kind"] == "snapshot").then_some((v, i + 1))
+        });
         snap.is_some()
     });
     snap.with_context(|| format!("no snapshot record from the watch within {wait:?}"))
+}
+
+fn events(lines: &[&str]) -> Vec<Ev> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| Ev::from_json(&v))
+        .collect()
 }
 
 /// Names (relative to the parent) that have an event of `kind` in `evs`.
@@ -296,7 +307,7 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
         _ => None,
     };
     match snapshot(&w, plan.wait) {
-        Ok(v) => obs.snapshot = Some(v),
+        Ok((v, _)) => obs.snapshot = Some(v),
         Err(e) => obs.errors.push(format!("{e:#}")),
     }
     run.note_early_frees(&w, &pin_names, obs);
@@ -321,6 +332,10 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
     // Late events (id_release after free on old kernels) get a moment to arrive.
     thread::sleep(Duration::from_millis(200));
 
+    let toggle = toggles(plan, family)
+        .then(|| toggle_in(&mut run, &w, obs))
+        .flatten();
+
     run.step("stop watch");
     let (code, out) = w.stop().context("stopping kmem-trace watch")?;
     if code != Some(0) {
@@ -329,15 +344,38 @@ fn scenario(plan: &Plan, family: &str, kmem: bool, obs: &mut Observation) -> Res
             w.stderr.join(" | ")
         ));
     }
-    obs.events = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Ev::from_json(&v))
-        .collect();
+    let lines: Vec<&str> = out.lines().collect();
+    obs.events = events(&lines);
+    if let Some((tparent, from)) = toggle {
+        let evs = events(&lines[from.min(lines.len())..]);
+        obs.toggle = Some(Ok((evs, tparent.name.clone())));
+    }
     obs.summary = summary(&out);
     obs.watch_stderr = w.stderr.clone();
     drop(parent);
     Ok(())
+}
+
+/// Whether the memory toggle runs in this family's watch: VMs (the host row
+/// never toggled), cgroup v2 (`cgroup.subtree_control`), hook families (the
+/// perf rows' hooks are the kprobe and tracepoint families' programs).
+fn toggles(plan: &Plan, family: &str) -> bool {
+    plan.exact && crate::sys::cgroup_v2() && crate::visibility::perf_hooks(family).is_none()
+}
+
+/// Runs the memory toggle in the running watch after the scenario's own
+/// steps: first the watch's snapshot, which holds the scenario's own counters
+/// for the clean end (the toggled memcgs are partly invisible to some
+/// families), then the toggles. Their parent, kept until the watch stops,
+/// and the output line their events start after; `None` with
+/// `obs.toggle` saying why when they could not run.
+fn toggle_in(run: &mut Run, w: &Tracer, obs: &mut Observation) -> Option<(TestParent, usize)> {
+    run.step("memory toggle");
+    let r = snapshot(w, run.plan.wait).and_then(|(v, from)| {
+        obs.pre_toggle = Some(v);
+        Ok((crate::toggle::steps(run.plan, run.family)?, from))
+    });
+    r.map_err(|e| obs.toggle = Some(Err(format!("{e:#}")))).ok()
 }
 
 /// Runs this binary's `child` mode inside `cgroup` and waits for it. Not a

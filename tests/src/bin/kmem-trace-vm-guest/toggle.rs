@@ -1,7 +1,8 @@
 //! cgroup v2 memcgs made and killed without mkdir/rmdir: writing `+memory` to
 //! a parent's `cgroup.subtree_control` gives its existing children memcgs
 //! (css alloc and online), `-memory` kills them (offline, then release and
-//! free). Once per hook family: `toggled` is made before `+memory` and gets its
+//! free). Once per hook family, in that family's scenario watch after its
+//! own steps (VM, cgroup v2): `toggled` is made before `+memory` and gets its
 //! memcg from the toggle; `known` gets its memcg at mkdir and loses it to
 //! `-memory`. Each family must see what its hooks can (`sees_toggles` in the
 //! unforced `probes --json` report); where the report says a hook is blind to
@@ -11,7 +12,7 @@
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context, Result};
-use kmem_trace_tests::{TestParent, Tracer};
+use kmem_trace_tests::TestParent;
 use serde_json::{json, Value};
 
 use crate::{
@@ -117,51 +118,60 @@ pub fn judge(evs: &[Ev], parent: &str, w: &Want) -> Vec<String> {
     errors
 }
 
-/// Runs the toggle once per family; the `toggle` protocol record.
-pub fn check(plan: &Plan, families: &[&str], report: &Value) -> Value {
-    if !crate::sys::cgroup_v2() {
-        return json!({"status": "unsupported", "why": "cgroup v1 has no cgroup.subtree_control"});
-    }
-    let mut out = Vec::new();
-    for &family in families {
-        crate::proto::step(Some(family), "memory toggle");
-        let w = want(report, family);
-        let mut errors = Vec::new();
-        let mut seen = json!(null);
-        let mut shown = Vec::new();
-        match run(plan, family) {
-            Ok((evs, parent)) => {
-                errors = judge(&evs, &parent, &w);
-                // What the family did report, for a failure that does not
-                // repeat (7.3.4 cloud nokmem, kprobe: the toggled memcg
-                // unseen once in nine v2 boots, seen on the rerun).
-                if !errors.is_empty() {
-                    shown = evs.iter().take(60).map(Ev::line).collect();
-                }
-                let all = lives(&evs, &parent);
-                let kinds = |rel: &str| {
-                    let v: Vec<&str> = all
-                        .iter()
-                        .filter(|l| l.rel.as_deref() == Some(rel))
-                        .flat_map(|l| l.events.iter().map(|e| e.kind.as_str()))
-                        .collect();
-                    v.join(",")
-                };
-                seen = json!({"toggled": kinds("t1/toggled"), "known": kinds("t2/known")});
+/// The `toggle` protocol record of a cgroup v1 kernel.
+pub fn unsupported_v1() -> Value {
+    json!({"status": "unsupported", "why": "cgroup v1 has no cgroup.subtree_control"})
+}
+
+/// The `toggle` protocol record from the families' entries ([`family`]).
+pub fn record(families: Vec<Value>) -> Value {
+    let failed = families.iter().any(|f| f["status"] == "fail");
+    json!({"status": if failed { "fail" } else { "pass" }, "families": families})
+}
+
+/// One family's entry of the `toggle` record: what its watch showed of the
+/// toggles run in it ([`steps`]: the events from the toggle on and the
+/// toggle parent's name), or why they did not run, judged by [`want`].
+pub fn family(
+    family: &str,
+    report: &Value,
+    ran: Option<&Result<(Vec<Ev>, String), String>>,
+) -> Value {
+    let w = want(report, family);
+    let mut errors = Vec::new();
+    let mut seen = json!(null);
+    let mut shown = Vec::new();
+    match ran {
+        Some(Ok((evs, parent))) => {
+            errors = judge(evs, parent, &w);
+            // What the family did report, for a failure that does not
+            // repeat (7.3.4 cloud nokmem, kprobe: the toggled memcg
+            // unseen once in nine v2 boots, seen on the rerun).
+            if !errors.is_empty() {
+                shown = evs.iter().take(60).map(Ev::line).collect();
             }
-            Err(e) => errors.push(format!("{e:#}")),
+            let all = lives(evs, parent);
+            let kinds = |rel: &str| {
+                let v: Vec<&str> = all
+                    .iter()
+                    .filter(|l| l.rel.as_deref() == Some(rel))
+                    .flat_map(|l| l.events.iter().map(|e| e.kind.as_str()))
+                    .collect();
+                v.join(",")
+            };
+            seen = json!({"toggled": kinds("t1/toggled"), "known": kinds("t2/known")});
         }
-        out.push(json!({
-            "family": family,
-            "status": if errors.is_empty() { "pass" } else { "fail" },
-            "blind": w.blind,
-            "events": shown,
-            "seen": seen,
-            "errors": errors,
-        }));
+        Some(Err(e)) => errors.push(e.clone()),
+        None => errors.push("the memory toggle did not run in this family's watch".into()),
     }
-    let failed = out.iter().any(|f| f["status"] == "fail");
-    json!({"status": if failed { "fail" } else { "pass" }, "families": out})
+    json!({
+        "family": family,
+        "status": if errors.is_empty() { "pass" } else { "fail" },
+        "blind": w.blind,
+        "events": shown,
+        "seen": seen,
+        "errors": errors,
+    })
 }
 
 fn write(p: &Path, what: &str) -> Result<()> {
@@ -169,14 +179,14 @@ fn write(p: &Path, what: &str) -> Result<()> {
         .with_context(|| format!("writing {what} to {}/cgroup.subtree_control", p.display()))
 }
 
-/// The toggles under a watch of `family`; its events and the parent's name.
-fn run(plan: &Plan, family: &str) -> Result<(Vec<Ev>, String)> {
+/// The toggles, under the family's running watch (no watch of their own: a
+/// kmem-trace start costs about 2 s of CPU under TCG); the parent they ran
+/// under, to keep until the watch has stopped.
+pub fn steps(plan: &Plan, family: &str) -> Result<TestParent> {
     if plan.exact && !crate::scenario::settle(Duration::from_secs(5)) {
         anyhow::bail!("dying memcgs left from earlier runs");
     }
     let parent = TestParent::new(&format!("vm-toggle-{family}")).context("creating the parent")?;
-    let args = ["watch", "--json", "--no-history", "--hooks", family];
-    let mut w = Tracer::start(&args).context("starting kmem-trace watch")?;
     let before = crate::sys::kernel_dying().unwrap_or(0);
     let t1 = parent.child("t1")?;
     parent.child("t1/toggled")?;
@@ -192,12 +202,7 @@ fn run(plan: &Plan, family: &str) -> Result<(Vec<Ev>, String)> {
         crate::sys::kernel_dying().is_some_and(|n| n <= before)
     });
     thread::sleep(Duration::from_millis(500));
-    let (_, text) = w.stop().context("stopping kmem-trace watch")?;
-    let evs = text
-        .lines()
-        .filter_map(|l| Ev::from_json(&serde_json::from_str(l).ok()?))
-        .collect();
-    Ok((evs, parent.name.clone()))
+    Ok(parent)
 }
 
 #[cfg(test)]
