@@ -109,13 +109,13 @@ pub fn run_family(plan: &Plan, family: &str, kmem: bool) -> Observation {
 /// The whole-run watch's events so far, parsed once each: polling re-parsed
 /// everything every 50 ms, which under TCG cost a tenth of the guest's CPU.
 #[derive(Default)]
-struct Seen {
+pub struct Seen {
     lines: usize,
     events: Vec<Ev>,
 }
 
 impl Seen {
-    fn refresh(&mut self, t: &Tracer) -> &[Ev] {
+    pub fn refresh(&mut self, t: &Tracer) -> &[Ev] {
         let lines = t.lines();
         for l in &lines[self.lines.min(lines.len())..] {
             if let Some(ev) = serde_json::from_str::<Value>(l)
@@ -431,7 +431,7 @@ pub fn child(args: &[String]) -> Result<()> {
             while f.read(&mut buf)? > 0 {}
         }
         // `file` is the socket kind here, `path` where to send it.
-        ("socket", [path]) => crate::pins::child_socket(file, path)?,
+        ("socket", [path]) => crate::pin_socket::child_socket(file, path)?,
         _ => anyhow::bail!("unknown child operation {op:?}"),
     }
     Ok(())
