@@ -63,6 +63,7 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
         errors.push("dying memcgs left from the family runs".into());
     }
     let mut parent = TestParent::new("vm-census").context("creating the parent")?;
+    let dying_before = crate::sys::kernel_dying();
     let pname = parent.name.clone();
     let suffix = |leaf: &str| {
         let (holder, name, _, _) = PINS.iter().find(|p| p.1 == leaf).expect("a pin");
@@ -164,6 +165,13 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
         Release::Fadvise => evict(&plan.data_file(0))?,
     }
     let deadline = Instant::now() + plan.wait;
+    if let (true, Some(before)) = (plan.exact, dying_before) {
+        // A census is a kmem-trace start (about 2 s of CPU under TCG): ask
+        // it once the kernel counts the pins' memcgs gone, not while they go.
+        kmem_trace_tests::wait_for(plan.wait, || {
+            crate::sys::kernel_dying().is_some_and(|n| n <= before)
+        });
+    }
     let still = loop {
         let doc = kmem_trace_json(&plan.kmem_trace, "census")?;
         let still: Vec<&str> = PINS

@@ -111,7 +111,8 @@ fn observation(family: &str, kmem: bool, id_release: bool) -> Observation {
         watch_blind: vec![],
         summary: Some(json!({"kind": "summary", "drops": 0, "bad_records": 0,
                              "untracked": 0, "missed_frees": 0, "ids_reused": 0})),
-        snapshot: Some(json!({"kind": "summary", "zombies": 2, "dying": 2})),
+        snapshot: Some(json!({"kind": "snapshot", "zombies": 2, "dying": 2})),
+        pre_toggle: None,
         kernel_dying: Some(2),
         freed_early: vec![],
         errors: vec![],
@@ -398,4 +399,41 @@ fn the_id_must_go_at_offline_not_at_release() {
             .any(|c| c.contains("id_release after released")),
         "{v:#}"
     );
+}
+
+#[test]
+fn summary_and_snapshot_records_are_not_events() {
+    let counts = json!({"zombies": 4, "dying": 4, "drops": 0, "elapsed_s": 1.5});
+    for kind in ["summary", "snapshot"] {
+        let mut v = counts.clone();
+        v["kind"] = json!(kind);
+        assert!(Ev::from_json(&v).is_none(), "{kind}");
+        // Even a record that carried a timestamp is not an event.
+        v["ts_ns"] = json!(7);
+        assert!(Ev::from_json(&v).is_none(), "{kind} with ts_ns");
+    }
+    let e = json!({"kind": "free", "ts_ns": 7, "memcg_addr": "0x1", "path": "/p/x"});
+    assert!(Ev::from_json(&e).is_some());
+}
+
+#[test]
+fn a_toggle_in_the_watch_is_judged_apart_from_the_clean_end() {
+    let r = report(&["tracepoint"], &[]);
+    let clean = json!({"kind": "snapshot", "drops": 0, "bad_records": 0,
+                       "untracked": 0, "missed_frees": 0, "ids_reused": 0});
+    let mut o = observation("tracepoint", true, true);
+    // The toggled memcg's free without its alloc: untracked in the whole
+    // run, not in the scenario's counters from before the toggle.
+    o.summary.as_mut().unwrap()["untracked"] = json!(1);
+    assert!(!failed_checks(&judge(&o, &expect(true), &r)).is_empty());
+    o.pre_toggle = Some(clean.clone());
+    assert!(failed_checks(&judge(&o, &expect(true), &r)).is_empty());
+    // A drop anywhere in the run still fails.
+    o.summary.as_mut().unwrap()["drops"] = json!(3);
+    let failed = failed_checks(&judge(&o, &expect(true), &r));
+    assert!(failed.iter().any(|f| f.contains("drops 3")), "{failed:?}");
+    // So does one before the toggle.
+    o.summary.as_mut().unwrap()["drops"] = json!(0);
+    o.pre_toggle.as_mut().unwrap()["missed_frees"] = json!(1);
+    assert!(!failed_checks(&judge(&o, &expect(true), &r)).is_empty());
 }

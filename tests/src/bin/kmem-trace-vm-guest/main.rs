@@ -11,6 +11,8 @@ mod exhaustion;
 mod exhaustion_leak;
 mod init;
 mod pin_census;
+mod pin_run;
+mod pin_socket;
 mod pins;
 mod proto;
 mod rows;

@@ -292,7 +292,7 @@ pub fn child(args: &[String]) -> Result<()> {
             while f.read(&mut buf)? > 0 {}
         }
         // `file` is the socket kind here, `path` where to send it.
-        ("socket", [path]) => crate::pins::child_socket(file, path)?,
+        ("socket", [path]) => crate::pin_socket::child_socket(file, path)?,
         _ => anyhow::bail!("unknown child operation {op:?}"),
     }
     Ok(())
