@@ -193,17 +193,22 @@ pub struct ArchFloor {
 /// Per-architecture floors. kprobes, raw and classic tracepoints and tp_btf
 /// work on arm64 from the same kernels as on x86_64.
 pub static ARCH_FLOORS: &[ArchFloor] = &[
+    // BPF trampolines came to arm64 in 6.0 (efc9909fdce0), but attaching one
+    // to a kernel function goes through ftrace direct calls
+    // (`bpf_trampoline_update()` -> `register_ftrace_direct()`), which arm64
+    // got in 6.4 (2aa6ac03516d); before, the attach fails with ENOTSUPP (524).
+    // Seen in the arm64 VM matrix: 6.1.0-57 arm64, every fentry/fexit hook 524.
     ArchFloor {
         arch: "aarch64",
         attach: Attach::Fentry,
-        since: v(6, 0),
-        note: "BPF trampolines on arm64: commit efc9909fdce0 (\"bpf, arm64: Add bpf trampoline for arm64\"), 6.0",
+        since: v(6, 4),
+        note: "fentry on a kernel function needs ftrace direct calls on arm64: commit 2aa6ac03516d (\"arm64: ftrace: Add direct call support\"), 6.4; BPF trampolines alone (efc9909fdce0, 6.0) attach only to BPF programs",
     },
     ArchFloor {
         arch: "aarch64",
         attach: Attach::Fexit,
-        since: v(6, 0),
-        note: "BPF trampolines on arm64: commit efc9909fdce0, 6.0",
+        since: v(6, 4),
+        note: "fexit on a kernel function needs ftrace direct calls on arm64: commit 2aa6ac03516d, 6.4",
     },
 ];
 

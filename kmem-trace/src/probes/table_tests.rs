@@ -130,23 +130,30 @@ fn no_kprobes_falls_back_to_tracepoints() {
 }
 
 #[test]
-fn fentry_on_arm64_needs_6_0() {
-    // 5.10 arm64 has BTF but no BPF trampoline: kprobes serve, and the fentry
-    // rows are "meant for" later kernels (so a blind fentry cell is a pass).
+fn fentry_on_arm64_needs_6_4() {
+    // 5.10 arm64 has BTF but no BPF trampoline, 6.1 arm64 trampolines but no
+    // ftrace direct calls (ENOTSUPP in the VM matrix): kprobes serve, and the
+    // fentry rows are "meant for" later kernels (so a blind fentry cell is a pass).
     let mut k = debian_61();
     k.arch = "aarch64";
     k.version = KernelVersion(5, 10, 0);
     let fexit = candidates(Point::Alloc, HookMode::Fentry)[0];
     assert_eq!(
         check(fexit, &k, None).unwrap_err(),
-        "meant for kernels 6.0+ on aarch64, this is 5.10"
+        "meant for kernels 6.4+ on aarch64, this is 5.10"
+    );
+    assert_eq!(first(Point::Offline, HookMode::Fentry, &k), None);
+    k.version = KernelVersion(6, 1, 0);
+    assert_eq!(
+        check(fexit, &k, None).unwrap_err(),
+        "meant for kernels 6.4+ on aarch64, this is 6.1"
     );
     assert_eq!(first(Point::Offline, HookMode::Fentry, &k), None);
     assert_eq!(
         first(Point::Offline, HookMode::Kprobe, &k).as_deref(),
         Some("kt_kprobe_css_offline@mem_cgroup_css_offline")
     );
-    k.version = KernelVersion(6, 1, 0);
+    k.version = KernelVersion(6, 12, 0);
     assert_eq!(
         first(Point::Offline, HookMode::Fentry, &k).as_deref(),
         Some("kt_fentry_css_offline@mem_cgroup_css_offline")
