@@ -190,6 +190,18 @@ impl<'o> Pipeline<'o> {
         Ok(status)
     }
 
+    /// The counts now, for a summary (the stop's, SIGUSR1's): unlike
+    /// [`Pipeline::status`], no forecast sample, history sample or output.
+    pub fn status_now(&self, drops: u64, family: &str, elapsed: Duration) -> Status {
+        Status {
+            counts: self.lifecycle.counts(Clock::mono_now()),
+            drops,
+            hook_family: family.to_string(),
+            elapsed_s: elapsed.as_secs_f64(),
+            forecast: None,
+        }
+    }
+
     /// The summary so far (SIGUSR1), `kind` "snapshot"; the run goes on.
     pub fn interim(&mut self, status: Status) -> Result<Summary, WatchError> {
         let summary = self.summary_of(status, "snapshot");
@@ -541,9 +553,10 @@ pub async fn run_interactive(
                 }
             }
             _ = sigusr1.recv() => {
-                // Everything the kernel sent until now counts (as at a stop).
+                // Everything the kernel sent until now counts, as at a stop;
+                // the tick's history sample and forecast are the tick's.
                 stream.drain(|b| pipe.feed(b))?;
-                let status = pipe.status(counters.drops, &family, started.elapsed(), Clock::mono_now())?;
+                let status = pipe.status_now(probes.drops(), &family, started.elapsed());
                 pipe.interim(status)?;
             }
             _ = sigterm.recv() => break,
@@ -554,14 +567,7 @@ pub async fn run_interactive(
     probes.detach();
     stream.drain(|b| pipe.feed(b))?;
     counters.read(&probes, &mut pipe, true)?;
-    let drops = probes.drops();
-    let status = Status {
-        counts: pipe.lifecycle.counts(Clock::mono_now()),
-        drops,
-        hook_family: family,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        forecast: None,
-    };
+    let status = pipe.status_now(probes.drops(), &family, started.elapsed());
     pipe.finish(status)
 }
 
