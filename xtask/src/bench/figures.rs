@@ -94,7 +94,7 @@ pub fn figures(r: &Results) -> Vec<Figure> {
         None,
         format!(
             "CPU of the churn and its children, robust to other load; bpftrace {}",
-            f(churn, "bpftrace_cpu_ratio").map_or("-".into(), |v| format!("{v:.3}"))
+            num(f(churn, "bpftrace_cpu_ratio"), 3)
         ),
     ));
     let kc = f(churn, "kmem_trace_cpu_us");
@@ -299,7 +299,7 @@ fn bpf_figures(churn: &Value, out: &mut Vec<Figure>) {
                 format!(
                     "sum of run_time_ns of its programs (kernel.bpf_stats_enabled during the churn bench) / lifecycles; \
                      tracer process CPU {} µs per lifecycle",
-                    f(churn, "kmem_trace_cpu_us").map_or("-".into(), |v| format!("{v:.1}"))
+                    num(f(churn, "kmem_trace_cpu_us"), 1)
                 )
             },
             |e| format!("no BPF statistics: {e}"),
@@ -308,6 +308,11 @@ fn bpf_figures(churn: &Value, out: &mut Vec<Figure>) {
 }
 
 /// A JSON array of numbers.
+/// `v` with `digits` decimals, "-" when absent.
+pub fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
 pub fn list(v: &Value) -> Vec<f64> {
     v.as_array()
         .into_iter()

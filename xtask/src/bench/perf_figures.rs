@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{
     drops::DEFAULT_RING,
-    figures::{every, f, fig, interval, list, smallest_clean_buffer},
+    figures::{every, f, fig, interval, list, num, smallest_clean_buffer},
     report::Figure,
 };
 
@@ -73,7 +73,7 @@ pub fn churn(churn: &Value, out: &mut Vec<Figure>) {
             "perf buffers (the old-kernel object), with history, in the same interleaved rounds; \
              rounds {}; in-line CPU {}; linked to {}{}",
             every(&rounds, 3),
-            f(p, "cpu_ratio").map_or("-".into(), |v| format!("{v:.3}")),
+            num(f(p, "cpu_ratio"), 3),
             if tps.is_empty() {
                 "-".to_string()
             } else {
@@ -100,7 +100,7 @@ pub fn churn(churn: &Value, out: &mut Vec<Figure>) {
             "per round, the perf run's time over the ring-buffer run's (both with history), median; \
              rounds {}; in-line CPU perf / ring buffer {}",
             every(&vs, 3),
-            f(p, "cpu_vs_ringbuf_ratio").map_or("-".into(), |v| format!("{v:.3}"))
+            num(f(p, "cpu_vs_ringbuf_ratio"), 3)
         ),
     ));
     let cpu = f(p, "cpu_us");
@@ -115,8 +115,8 @@ pub fn churn(churn: &Value, out: &mut Vec<Figure>) {
              lines about the bench's cgroups per lifecycle {} (ring buffer {}); drops {}",
             every(&list(&p["cpu_us_rounds"]), 1),
             over(cpu, ring_cpu),
-            f(p, "events_per_lifecycle").map_or("-".into(), |v| format!("{v:.2}")),
-            f(churn, "kmem_trace_events_per_lifecycle").map_or("-".into(), |v| format!("{v:.2}")),
+            num(f(p, "events_per_lifecycle"), 2),
+            num(f(churn, "kmem_trace_events_per_lifecycle"), 2),
             p["drops"]
         ),
     ));
