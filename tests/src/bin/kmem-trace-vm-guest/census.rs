@@ -168,9 +168,7 @@ fn run(plan: &Plan, errors: &mut Vec<String>, seen: &mut Value) -> Result<bool> 
     if let (true, Some(before)) = (plan.exact, dying_before) {
         // A census is a kmem-trace start (about 2 s of CPU under TCG): ask
         // it once the kernel counts the pins' memcgs gone, not while they go.
-        kmem_trace_tests::wait_for(plan.wait, || {
-            crate::sys::kernel_dying().is_some_and(|n| n <= before)
-        });
+        crate::sys::wait_dying_back_to(before, plan.wait);
     }
     let still = loop {
         let doc = kmem_trace_json(&plan.kmem_trace, "census")?;

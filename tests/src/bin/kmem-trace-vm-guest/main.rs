@@ -401,12 +401,7 @@ fn run_families(plan: &Plan, runnable: &[&str], reports: &Reports, exp: &Expect,
             .filter(|o| visibility::perf_hooks(&o.family).is_none())
             .map(|o| (o.family.as_str(), o.events.as_slice()))
             .collect();
-        let t = toggle::record(
-            &toggled,
-            run.toggle_parent.as_deref(),
-            run.toggle_error.as_deref(),
-            &reports.report,
-        );
+        let t = toggle::record(&toggled, run.toggle.as_ref(), &reports.report);
         ok &= t["status"] != "fail";
         proto::emit("toggle", t);
     }

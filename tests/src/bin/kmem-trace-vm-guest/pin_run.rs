@@ -16,7 +16,7 @@ use kmem_trace_tests::{wait_for, TestParent, Tracer};
 use serde_json::{json, Value};
 
 use crate::{
-    check::lives,
+    check::{lives, Ev},
     kmem_trace_json,
     pins::Outcome,
     scenario::{in_cgroup, Plan},
@@ -100,26 +100,27 @@ pub fn run(plan: &Plan, pins: &mut [Pin]) -> Result<()> {
         if let Err(e) = set_up(plan, &parent, p) {
             p.fail(&parent, &e);
             // Its memcg, removed with the pin gone, must not count as another's.
-            wait_for(Duration::from_secs(5), || {
-                kernel_dying().is_some_and(|n| n <= before)
-            });
+            crate::sys::wait_dying_back_to(before, Duration::from_secs(5));
             before = kernel_dying().unwrap_or(0);
         }
     }
     remove_all(&parent, pins)?;
-    measure(plan, &parent, &w, pins, before);
+    // The watch's output, each line parsed once, for the whole run.
     let mut seen = Seen::default();
+    measure(plan, &parent, &w, &mut seen, pins, before);
     let mut released_at = Vec::new();
     for p in pins.iter_mut().filter(|p| p.cg.is_some()) {
         crate::proto::step(None, &format!("pin {} release", p.name));
-        released_at.push(w.lines().len());
+        released_at.push(seen.refresh(&w).len());
         release_and_wait(plan, &parent.name, &w, &mut seen, p, before);
     }
     thread::sleep(Duration::from_millis(300));
-    let (_, text) = w.stop().context("stopping kmem-trace watch")?;
+    w.stop().context("stopping kmem-trace watch")?;
+    // The tracer's whole output is in its lines now.
+    let evs = seen.refresh(&w);
     let active = pins.iter_mut().filter(|p| p.cg.is_some());
     for (p, at) in active.zip(released_at) {
-        p.out.id_release = id_release(&text, &parent.name, &p.name, at).into();
+        p.out.id_release = id_release(evs, &parent.name, &p.name, at).into();
     }
     drop(parent);
     Ok(())
@@ -210,15 +211,21 @@ fn remove_all(parent: &TestParent, pins: &mut [Pin]) -> Result<()> {
 /// Whether each memcg is dying, and its census entry. The kernel's count
 /// says it for all at once when every pin holds or none does; otherwise
 /// each memcg's own evidence: its free in the watch, its census entry.
-fn measure(plan: &Plan, parent: &TestParent, w: &Tracer, pins: &mut [Pin], before: i64) {
+fn measure(
+    plan: &Plan,
+    parent: &TestParent,
+    w: &Tracer,
+    seen: &mut Seen,
+    pins: &mut [Pin],
+    before: i64,
+) {
     // Memcgs the kernel reparents at offline (7.x LRU folios) go a moment later.
     thread::sleep(Duration::from_millis(300));
     let held = pins.iter().filter(|p| p.cg.is_some()).count() as i64;
     let delta = kernel_dying().map(|n| n - before);
     crate::proto::step(None, "pins: census");
     let doc = kmem_trace_json(&plan.kmem_trace, "census");
-    let mut seen = Seen::default();
-    let evs = seen.refresh(w).to_vec();
+    let evs = seen.refresh(w);
     for p in pins.iter_mut().filter(|p| p.cg.is_some()) {
         let doc = match &doc {
             Ok(d) => d,
@@ -242,7 +249,7 @@ fn measure(plan: &Plan, parent: &TestParent, w: &Tracer, pins: &mut [Pin], befor
             None => json!({"listed": false, "source": doc["source"]}),
         };
         let iterator = doc["source"] == "bpf_iterator";
-        let freed = freed_in(&evs, &parent.name, &p.name);
+        let freed = freed_in(evs, &parent.name, &p.name);
         p.out.kernel_dying = dying(delta, held, freed, p.out.entry.as_ref(), iterator);
     }
 }
@@ -271,7 +278,7 @@ fn dying(
 }
 
 /// Whether the watch saw the free of `parent`/`name`.
-fn freed_in(evs: &[crate::check::Ev], parent: &str, name: &str) -> bool {
+fn freed_in(evs: &[Ev], parent: &str, name: &str) -> bool {
     lives(evs, parent)
         .iter()
         .any(|l| l.rel.as_deref() == Some(name) && l.count("free") > 0)
@@ -330,25 +337,16 @@ fn release_and_wait(
 }
 
 /// When the trace saw the memcg's ID released: at "offline" (before the
-/// pin's release, output line `released_at`), at "release", or "not seen".
-fn id_release(text: &str, parent: &str, name: &str, released_at: usize) -> &'static str {
-    let evs: Vec<(usize, crate::check::Ev)> = text
-        .lines()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let v = serde_json::from_str::<Value>(l).ok()?;
-            Some((i, crate::check::Ev::from_json(&v)?))
-        })
-        .collect();
-    let all: Vec<crate::check::Ev> = evs.iter().map(|(_, e)| e.clone()).collect();
-    let ours = lives(&all, parent)
+/// pin's release, the watch's `released_at`-th event), at "release", or "not seen".
+fn id_release(evs: &[Ev], parent: &str, name: &str, released_at: usize) -> &'static str {
+    let ours = lives(evs, parent)
         .into_iter()
         .find(|l| l.rel.as_deref() == Some(name));
     match ours.as_ref().and_then(|l| l.first("id_release")) {
         None => "not seen",
         Some(id) => {
-            let line = evs.iter().find(|(_, e)| e == id).map_or(0, |(i, _)| *i);
-            if line < released_at {
+            let at = evs.iter().position(|e| e == id).unwrap_or(0);
+            if at < released_at {
                 "offline"
             } else {
                 "release"
@@ -391,8 +389,12 @@ mod tests {
             ev("free", "/p/swap"),
         ]
         .join("\n");
-        assert_eq!(id_release(&text, "p", "swap", 3), "offline");
-        assert_eq!(id_release(&text, "p", "swap", 2), "release");
-        assert_eq!(id_release(&text, "p", "tcp", 2), "not seen");
+        let evs: Vec<Ev> = text
+            .lines()
+            .filter_map(|l| Ev::from_json(&serde_json::from_str(l).ok()?))
+            .collect();
+        assert_eq!(id_release(&evs, "p", "swap", 3), "offline");
+        assert_eq!(id_release(&evs, "p", "swap", 2), "release");
+        assert_eq!(id_release(&evs, "p", "tcp", 2), "not seen");
     }
 }

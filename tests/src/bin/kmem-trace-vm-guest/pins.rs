@@ -55,9 +55,7 @@ pub fn check(plan: &crate::scenario::Plan) -> Value {
     }
     scenarios.extend(pins.iter().map(|p| p.out.json(&p.name, p.cause)));
     if swap.is_ok() {
-        let _ = Command::new("/bin/busybox")
-            .args(["swapoff", SWAP_DEV])
-            .status();
+        swapoff();
     }
     let failed = scenarios
         .iter()

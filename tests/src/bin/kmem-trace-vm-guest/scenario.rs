@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -99,15 +99,14 @@ impl Plan {
 pub fn run_families(plan: &Plan, families: &[&str], kmem: bool, toggle: bool) -> Families {
     let mut out = Families {
         watches: Watches(Vec::new()),
-        toggle_parent: None,
-        toggle_error: None,
+        toggle: None,
     };
     let parent = match TestParent::new("vm-families").context("creating the parent") {
         Ok(p) => p,
         Err(e) => {
             let e = format!("{e:#}");
             out.watches.0 = families.iter().map(|f| Watch::failed(f, &e)).collect();
-            out.toggle_error = Some(e);
+            out.toggle = Some(Err(e));
             return out;
         }
     };
@@ -127,10 +126,9 @@ pub fn run_families(plan: &Plan, families: &[&str], kmem: bool, toggle: bool) ->
 /// What [`run_families`] observed.
 pub struct Families {
     pub watches: Watches,
-    /// The toggle's parent cgroup (its events are judged by `toggle`).
-    pub toggle_parent: Option<String>,
-    /// Why the toggle could not run.
-    pub toggle_error: Option<String>,
+    /// The toggle's parent cgroup (its events are judged by `toggle`), or why
+    /// it could not run; `None`: not asked for, or the scenario failed before.
+    pub toggle: Option<Result<String, String>>,
 }
 
 fn step(what: &str) {
@@ -218,16 +216,12 @@ fn scenario(
         thread::sleep(Duration::from_millis(200));
         w.scenario_summary(plan.wait);
         step("memory toggle");
-        match crate::toggle::steps(plan) {
-            Ok(p) => {
-                out.toggle_parent = Some(p.name.clone());
-                Some(p)
-            }
-            Err(e) => {
-                out.toggle_error = Some(format!("{e:#}"));
-                None
-            }
-        }
+        let run = crate::toggle::steps(plan);
+        out.toggle = Some(match &run {
+            Ok(p) => Ok(p.name.clone()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+        run.ok()
     } else {
         None
     };
@@ -318,14 +312,5 @@ pub fn evict(path: &Path) -> Result<()> {
 /// Waits until the kernel has no dying memcgs left over from an earlier run,
 /// so every family starts from the same state (and gets the same memcg IDs).
 pub fn settle(limit: Duration) -> bool {
-    let start = Instant::now();
-    loop {
-        if crate::sys::kernel_dying() == Some(0) {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    crate::sys::wait_dying_back_to(0, limit)
 }

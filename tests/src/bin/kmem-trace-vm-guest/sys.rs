@@ -32,6 +32,12 @@ pub fn kmem_enabled() -> bool {
         .any(|a| a == "cgroup.memory=nokmem")
 }
 
+/// Waits up to `limit` until the kernel counts at most `before` dying memcgs
+/// (the ones a step made are gone); whether it did.
+pub fn wait_dying_back_to(before: i64, limit: std::time::Duration) -> bool {
+    kmem_trace_tests::wait_for(limit, || kernel_dying().is_some_and(|n| n <= before))
+}
+
 /// Memcgs the kernel still has after their directory was removed: v2's
 /// `nr_dying_descendants` at the root, or on v1 `num_cgroups` of `memory` in
 /// `/proc/cgroups` minus the directories of the hierarchy.

@@ -118,12 +118,12 @@ pub fn judge(evs: &[Ev], parent: &str, w: &Want) -> Vec<String> {
 }
 
 /// The `toggle` protocol record: each family judged on what its watch showed
-/// of the toggle's parent (`parent`; `None` with `error` when the toggle could
-/// not run). `families`: the non-perf families and their events.
+/// of the toggle's parent (`run`: its name, or why the toggle could not run;
+/// `None` when the scenario failed before it). `families`: the non-perf
+/// families and their events.
 pub fn record(
     families: &[(&str, &[Ev])],
-    parent: Option<&str>,
-    error: Option<&str>,
+    run: Option<&Result<String, String>>,
     report: &Value,
 ) -> Value {
     if !crate::sys::cgroup_v2() {
@@ -135,8 +135,8 @@ pub fn record(
         let mut errors = Vec::new();
         let mut seen = json!(null);
         let mut shown = Vec::new();
-        match parent {
-            Some(parent) => {
+        match run {
+            Some(Ok(parent)) => {
                 errors = judge(evs, parent, &w);
                 // What the family did report, for a failure that does not
                 // repeat (7.3.4 cloud nokmem, kprobe: the toggled memcg
@@ -160,7 +160,8 @@ pub fn record(
                 };
                 seen = json!({"toggled": kinds("t1/toggled"), "known": kinds("t2/known")});
             }
-            None => errors.push(error.unwrap_or("the toggle did not run").to_string()),
+            Some(Err(e)) => errors.push(e.clone()),
+            None => errors.push("the toggle did not run".into()),
         }
         out.push(json!({
             "family": family,
@@ -197,9 +198,7 @@ pub fn steps(plan: &Plan) -> Result<TestParent> {
     write(&t1, "-memory")?;
     write(&t2, "-memory")?;
     // Empty memcgs are freed a moment after they go offline.
-    kmem_trace_tests::wait_for(plan.wait, || {
-        crate::sys::kernel_dying().is_some_and(|n| n <= before)
-    });
+    crate::sys::wait_dying_back_to(before, plan.wait);
     thread::sleep(Duration::from_millis(500));
     Ok(parent)
 }

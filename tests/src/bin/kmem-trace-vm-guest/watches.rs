@@ -43,23 +43,29 @@ fn args(plan: &Plan, family: &str, zombie_after: &str) -> Vec<String> {
     args
 }
 
-/// A tracer's events so far, parsed once each: polling re-parsed everything
-/// every 100 ms, which under TCG cost a tenth of the guest's CPU.
+/// A tracer's output so far, each line parsed once: polling re-parsed
+/// everything every 100 ms, which under TCG cost a tenth of the guest's CPU.
 #[derive(Default)]
 pub struct Seen {
     lines: usize,
     events: Vec<Ev>,
+    /// SIGUSR1's `"kind":"snapshot"` records, in order.
+    snapshots: Vec<Value>,
+    /// The `"kind":"summary"` record, once the tracer stopped.
+    summary: Option<Value>,
 }
 
 impl Seen {
     pub fn refresh(&mut self, t: &Tracer) -> &[Ev] {
         let lines = t.lines();
         for l in &lines[self.lines.min(lines.len())..] {
-            if let Some(ev) = serde_json::from_str::<Value>(l)
-                .ok()
-                .and_then(|v| Ev::from_json(&v))
-            {
-                self.events.push(ev);
+            let Ok(v) = serde_json::from_str::<Value>(l) else {
+                continue;
+            };
+            match v["kind"].as_str() {
+                Some("snapshot") => self.snapshots.push(v),
+                Some("summary") => self.summary = Some(v),
+                _ => self.events.extend(Ev::from_json(&v)),
             }
         }
         self.lines = lines.len();
@@ -152,20 +158,15 @@ impl Watch {
     /// an error) when it does not come within `limit`.
     fn snapshot(&mut self, limit: Duration) -> Option<Value> {
         let t = self.tracer.as_ref()?;
-        let snapshots = || -> Vec<Value> {
-            t.json()
-                .into_iter()
-                .filter(|v| v["kind"] == "snapshot")
-                .collect()
-        };
-        let before = snapshots().len();
+        self.seen.refresh(t);
+        let before = self.seen.snapshots.len();
         // SAFETY: signalling our own child by PID.
         unsafe { libc::kill(t.pid() as i32, libc::SIGUSR1) };
         let deadline = Instant::now() + limit;
         loop {
-            let mut now = snapshots();
-            if now.len() > before {
-                return now.pop();
+            self.seen.refresh(t);
+            if self.seen.snapshots.len() > before {
+                return self.seen.snapshots.last().cloned();
             }
             if Instant::now() > deadline {
                 self.obs
@@ -183,22 +184,17 @@ impl Watch {
             return;
         };
         match t.stop() {
-            Ok((code, out)) => {
+            Ok((code, _)) => {
                 if code != Some(0) {
                     self.obs.errors.push(format!(
                         "watch exited with {code:?}: {}",
                         t.stderr.join(" | ")
                     ));
                 }
-                self.obs.events = out
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter_map(|v| Ev::from_json(&v))
-                    .collect();
-                self.obs.summary = out
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .rfind(|v| v["kind"] == "summary");
+                // The tracer's whole output is in its lines now.
+                self.seen.refresh(&t);
+                self.obs.events = self.seen.events.clone();
+                self.obs.summary = self.seen.summary.clone();
             }
             Err(e) => self
                 .obs
