@@ -202,8 +202,7 @@ impl Catalog {
     /// name (`linux-image-...`) or a series alias (`6.12`, `7.3-cloud`).
     pub fn resolve(&self, spec: &str) -> Result<String> {
         let arch = self.arch.debian();
-        let exact = release_of(spec)
-            .or_else(|| (spec.ends_with("amd64") || spec.ends_with("arm64")).then_some(spec));
+        let exact = release_of(spec).or_else(|| names_a_release(spec).then_some(spec));
         if let Some(r) = exact.filter(|r| !r.ends_with(arch)) {
             bail!("{r} is not an {arch} kernel: --arch chooses the architecture (default amd64)");
         }
