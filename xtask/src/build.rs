@@ -76,7 +76,6 @@ impl Arch {
     }
 
     /// qemu's full-system emulator for this architecture.
-    #[allow(dead_code, reason = "for the VM matrix's arm64 guests (xtask/src/vm)")]
     pub fn qemu_system(self) -> String {
         format!("qemu-system-{}", self.rust_arch())
     }
